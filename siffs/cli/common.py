@@ -1,0 +1,46 @@
+"""What every command shares: the error-to-exit-code map and small output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from siffs.cli.exitcodes import ExitCode
+from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
+
+
+class CommandError(Exception):
+    """A failure already phrased for the user, with the exit code it maps to."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: Error classes of the layers below, most specific first, and the exit code each gets.
+ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
+    (SifIOError, ExitCode.IO),
+    (SifFormatError, ExitCode.INVALID_IMAGE),
+    (ObjectNotFoundError, ExitCode.NOT_FOUND),
+    (SifUsageError, ExitCode.REFUSED),
+]
+
+
+def exit_code_for(exc: BaseException) -> ExitCode | None:
+    if isinstance(exc, CommandError):
+        return exc.code
+    for cls, code in ERROR_CODES:
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def write_bytes(data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)

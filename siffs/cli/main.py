@@ -1,0 +1,72 @@
+"""Entry point of the ``siffs`` command: parse, dispatch, turn errors into one line + exit code.
+
+Every error class of the layers below maps to one documented exit code (``exitcodes``); a
+user never sees a traceback unless ``SIFFS_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from siffs import __version__
+from siffs.cli import edit, inspect
+from siffs.cli.common import exit_code_for
+from siffs.cli.exitcodes import ExitCode
+
+COMMAND_GROUPS = (inspect, edit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siffs",
+        description="Use Singularity/Apptainer SIF images without Singularity.",
+        epilog="Exit codes: see 'siffs help exit-codes' or the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"siffs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def _subject(args: argparse.Namespace) -> str | None:
+    """The file an error is about, to name it in the message."""
+    return getattr(args, "image", None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("siffs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``siffs dump ... | head``): not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None or os.environ.get("SIFFS_DEBUG"):
+            if os.environ.get("SIFFS_DEBUG"):
+                raise
+            print(
+                f"siffs: internal error: {type(exc).__name__}: {exc} "
+                "(please report it; SIFFS_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            return ExitCode.INTERNAL
+        subject = _subject(args)
+        prefix = f"siffs: {subject}: " if subject else "siffs: "
+        print(prefix + str(exc), file=sys.stderr)
+        return code
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
