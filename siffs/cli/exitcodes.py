@@ -17,3 +17,13 @@ class ExitCode(IntEnum):
     NOT_FOUND = 5
     #: The requested change cannot be made to this image (no free slot, wrong object kind).
     REFUSED = 6
+    #: Signature verification failed, or the image is not signed by a trusted key.
+    NOT_TRUSTED = 7
+    #: A key could not be used: unreadable or malformed key file, wrong kind of key.
+    KEY_ERROR = 8
+    #: The filesystem inside the image is damaged (SquashFS corruption).
+    CORRUPT_FILESYSTEM = 9
+    #: The image uses something siffs cannot read (compressor, encryption, partition kind).
+    UNSUPPORTED = 10
+    #: Mounting or unmounting failed (mount point, FUSE, daemon).
+    MOUNT_FAILED = 11
