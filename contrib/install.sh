@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything siffs needs on Debian 12 (run as root; idempotent): the system packages
+# and a virtual environment in .venv with siffs and its Python dependencies.
+#
+# The venv is made from Debian's /usr/bin/python3 on purpose: an interpreter under a
+# root-only directory (pyenv in /root) could not be run by the unprivileged users that the
+# tests and the FUSE daemon run as.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+    python3 python3-venv python3-dev gcc pkg-config   # the venv and the pyfuse3 build
+    fuse3 libfuse3-dev                                 # FUSE: fusermount3 and the library pyfuse3 binds
+    squashfs-tools squashfs-tools-ng                   # mksquashfs/gensquashfs: building images
+    busybox-static                                     # content of the example and test images
+    gnupg gpgv                                         # OpenPGP signatures (verify and sign)
+    charliecloud runc uidmap                           # running mounted images (ch-run, rootless runc)
+    golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
+    liblzo2-dev attr util-linux squashfuse             # LZO images, xattr tools, setpriv, benchmark peers
+)
+
+need=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if ((${#need[@]})); then
+    echo "siffs: installing Debian packages: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,lzo]'
