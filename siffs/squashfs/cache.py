@@ -1,0 +1,104 @@
+"""A bounded, thread-safe LRU cache that also de-duplicates work in flight.
+
+The image is immutable, so anything decoded from it may be kept as long as memory allows.
+Several FUSE worker threads often want the same block at once (readahead, two processes
+reading one library); the second asker waits for the first decompression instead of
+repeating it. The loader runs outside the lock, so decompressions of different blocks
+proceed in parallel (the codecs release the GIL).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+V = TypeVar("V")
+
+
+class _Pending:
+    """One load in progress: waiters block on ``done`` and then take ``result`` or ``error``."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: tuple[Any] | None = None  # a 1-tuple, so that a loaded None is told from "not loaded"
+        self.error: BaseException | None = None
+
+
+class LruCache:
+    """Keeps values up to a total cost of ``capacity`` (bytes), evicting the least recently used.
+
+    One cache holds values of several kinds (blocks, inodes, indexes), so each caller says
+    what its value costs. A value costing more than the whole capacity is returned but not
+    kept. Failed loads are not cached: the error goes to the caller and to everyone waiting
+    on the same key.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(0, capacity)
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._pending: dict[Hashable, _Pending] = {}
+        self._used = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def used(self) -> int:
+        """Total cost of the values held now."""
+        return self._used
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_or_load(self, key: Hashable, load: Callable[[], V], cost: Callable[[V], int]) -> V:
+        """Return the cached value for ``key``, or run ``load`` once (however many threads ask).
+
+        The caller owns the key space: a key must always name values of one type.
+        """
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                value: V = item[0]
+                return value
+            pending = self._pending.get(key)
+            owner = pending is None
+            if pending is None:
+                pending = self._pending[key] = _Pending()
+                self.misses += 1
+        if not owner:
+            pending.done.wait()
+            if pending.result is None:
+                assert pending.error is not None
+                raise pending.error
+            loaded: V = pending.result[0]
+            return loaded
+        try:
+            value = load()
+        except BaseException as e:
+            pending.error = e
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+            raise
+        pending.result = (value,)
+        with self._lock:
+            del self._pending[key]
+            self._store(key, value, cost(value))
+        pending.done.set()
+        return value
+
+    def _store(self, key: Hashable, value: Any, cost: int) -> None:
+        """Insert under the lock, then evict from the old end until within capacity."""
+        if cost > self._capacity:
+            return
+        self._items[key] = (value, cost)
+        self._used += cost
+        while self._used > self._capacity:
+            _, (_, old_cost) = self._items.popitem(last=False)
+            self._used -= old_cost

@@ -1,0 +1,108 @@
+"""Errors of the SquashFS reader: one hierarchy, one documented type for bad input.
+
+The filesystem layer needs to answer every failure with an errno, and the CLI needs one
+message and one exit code per class; so each class carries the errno a FUSE handler
+should reply with, and messages are one line that says what is wrong and what to do.
+
+A damaged or hostile image must never leak a raw ``struct.error``, ``IndexError``,
+codec exception or ``RecursionError`` to the caller: every parsing entry point runs
+under :func:`corrupt_on_bad_input`, which turns those into :class:`CorruptImage`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+
+class SquashfsError(Exception):
+    """Base class: anything the SquashFS reader refuses or cannot do."""
+
+    #: What a filesystem layer should answer for this error.
+    errno: ClassVar[int] = _errno.EIO
+
+
+class CorruptImage(SquashfsError):
+    """The image contradicts the SquashFS format (truncated, damaged or hostile).
+
+    The one error type for bad input: the FUSE layer turns it into EIO.
+    """
+
+
+class UnsupportedImage(SquashfsError):
+    """A well-formed image this reader does not handle (not SquashFS 4.0, unknown compressor)."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class MissingCodec(UnsupportedImage):
+    """The image's compressor needs a Python package that is not installed; the message names it."""
+
+
+class NotFound(SquashfsError):
+    """No entry of that name, or an inode number the reader has not been told about."""
+
+    errno = _errno.ENOENT
+
+
+class NotADirectory(SquashfsError):
+    """A directory operation (lookup, readdir, a path component) on something else."""
+
+    errno = _errno.ENOTDIR
+
+
+class IsADirectory(SquashfsError):
+    """File data was asked of a directory."""
+
+    errno = _errno.EISDIR
+
+
+class NotARegularFile(SquashfsError):
+    """File data was asked of a device, FIFO, socket or symlink."""
+
+    errno = _errno.EINVAL
+
+
+class NotASymlink(SquashfsError):
+    """readlink on something that is not a symbolic link (readlink(2) answers EINVAL)."""
+
+    errno = _errno.EINVAL
+
+
+class SymlinkLoop(SquashfsError):
+    """Path resolution followed too many symbolic links."""
+
+    errno = _errno.ELOOP
+
+
+class NoSuchAttribute(SquashfsError):
+    """The inode has no extended attribute of that name."""
+
+    errno = _errno.ENODATA
+
+
+#: What parsing damaged bytes can raise inside this package besides our own errors: a short
+#: buffer (struct.error, IndexError), a value out of range (ValueError, OverflowError), a
+#: lookup that misses (KeyError), a structure that nests too deep (RecursionError) or asks
+#: for too much (MemoryError). Codec exceptions are converted where the codec is called.
+_PARSE_ERRORS = (struct.error, IndexError, KeyError, ValueError, OverflowError, RecursionError, MemoryError)
+
+
+@contextmanager
+def corrupt_on_bad_input(what: str) -> Iterator[None]:
+    """Turn any low-level parsing exception raised inside the block into ``CorruptImage``.
+
+    This is the safety net behind the explicit checks: those give precise messages, this
+    guarantees that a check we did not think of still yields the one documented error type.
+    """
+    try:
+        yield
+    except SquashfsError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise CorruptImage(
+            f"{what}: damaged image ({type(e).__name__}: {e}); the image cannot be read"
+        ) from e

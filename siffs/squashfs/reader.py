@@ -1,0 +1,276 @@
+"""The one interface the filesystem layer uses: an inode-based, thread-safe SquashFS reader.
+
+Shaped like pyfuse3's operations (lookup by parent inode and name, getattr, readdir from a
+cookie, read, readlink, xattrs, statfs), so the FUSE layer stays a thin translation.
+Inode numbers are the image's own (as the kernel shows them): hard links share one.
+
+Opening reads the superblock, the small location lists of the lookup tables and the root
+inode, and nothing else; no tree scan. SquashFS has no inode-number index unless the image
+was made exportable, so without an export table the reader learns each inode's on-disk
+reference when a lookup or readdir returns it; FUSE only ever asks about inodes it was
+given that way. The image is immutable, so everything decoded may be cached; the caches
+are bounded, and no single call does more work than the structures it reads can justify.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import wraps
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from siffs.squashfs import directory, metadata
+from siffs.squashfs.cache import LruCache
+from siffs.squashfs.codecs import Codec, make_codec
+from siffs.squashfs.data import FRAGMENT_RECORD, DataReader
+from siffs.squashfs.errors import (
+    CorruptImage,
+    IsADirectory,
+    NoSuchAttribute,
+    NotADirectory,
+    NotARegularFile,
+    NotASymlink,
+    NotFound,
+    UnsupportedImage,
+    corrupt_on_bad_input,
+)
+from siffs.squashfs.inode import Inode, Stat, read_inode
+from siffs.squashfs.source import ByteSource, FileSource
+from siffs.squashfs.superblock import NO_TABLE, SIZE, Flags, Superblock
+from siffs.squashfs.table import LookupTable
+from siffs.squashfs.xattr import XattrTable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Cache cost charged per decoded inode (the dataclasses and their dict slot).
+_INODE_COST = 400
+_ID_RECORD = struct.Struct("<I")
+_EXPORT_RECORD = struct.Struct("<Q")
+
+
+def _guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run a public method under ``corrupt_on_bad_input``: damaged input only ever raises CorruptImage."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            with corrupt_on_bad_input(what):
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    return wrap
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    """What ``statfs`` shows, as the kernel's squashfs driver reports it (nothing is free)."""
+
+    block_size: int
+    blocks: int
+    bytes_used: int
+    inodes: int
+    name_max: int = directory.MAX_NAME
+
+
+class SquashFS:
+    """A SquashFS 4.0 image read through ``source``; every method is safe to call from several threads.
+
+    ``cache_bytes`` bounds the decompressed data kept: a quarter for metadata (blocks,
+    decoded inodes, directory indexes, block lists, xattrs), the rest for data blocks.
+    """
+
+    def __init__(self, source: ByteSource, *, cache_bytes: int = 64 << 20, **codec_args: Any) -> None:
+        self._owned: FileSource | None = None
+        with corrupt_on_bad_input("opening the image"):
+            if source.size < SIZE:
+                raise UnsupportedImage(f"not a SquashFS image: {source.size} bytes, less than a superblock")
+            self.superblock = sb = Superblock.parse(source.pread(0, SIZE), source.size)
+            self.codec: Codec = make_codec(
+                sb.compressor, self._options(source, sb), sb.block_size, **codec_args
+            )
+            self._meta_cache = LruCache(cache_bytes // 4)
+            self._data_cache = LruCache(cache_bytes - cache_bytes // 4)
+            self._meta = metadata.MetadataReader(source, self.codec, self._meta_cache, sb.bytes_used)
+            meta = self._meta
+            self._ids = LookupTable(meta, sb.id_table, sb.id_count, _ID_RECORD, "id")
+            fragments = None
+            if sb.fragment_count and sb.fragment_table != NO_TABLE:
+                fragments = LookupTable(
+                    meta, sb.fragment_table, sb.fragment_count, FRAGMENT_RECORD, "fragment"
+                )
+            self._export: LookupTable | None = None
+            if sb.export_table != NO_TABLE:
+                self._export = LookupTable(meta, sb.export_table, sb.inode_count, _EXPORT_RECORD, "export")
+            self._xattrs = XattrTable(meta, sb, self._meta_cache)
+            self._data = DataReader(meta, sb, fragments, self._meta_cache, self._data_cache)
+            # inode number -> on-disk reference, learned from lookups and listings. Plain dict
+            # reads and writes are atomic under the GIL, and a race only stores the same value.
+            self._refs: dict[int, int] = {}
+            root = self._inode_at(sb.root_inode_ref)
+            if root.dir is None:
+                raise CorruptImage("the root inode is not a directory; the image is damaged")
+            self.root_ino = root.stat.ino
+
+    @classmethod
+    def open(cls, path: str, offset: int = 0, length: int | None = None, **kw: Any) -> SquashFS:
+        """Open the image at ``offset`` in file ``path``; :meth:`close` closes the file."""
+        source = FileSource.open(path, offset, length)
+        try:
+            fs = cls(source, **kw)
+        except BaseException:
+            source.close()
+            raise
+        fs._owned = source
+        return fs
+
+    def close(self) -> None:
+        """Close the file if :meth:`open` opened it (a caller's source stays the caller's)."""
+        if self._owned is not None:
+            self._owned.close()
+
+    def __enter__(self) -> SquashFS:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @staticmethod
+    def _options(source: ByteSource, sb: Superblock) -> bytes | None:
+        """The compressor options block right after the superblock: one uncompressed metadata block."""
+        if not sb.flags & Flags.COMPRESSOR_OPTIONS:
+            return None
+        (header,) = struct.unpack("<H", source.pread(SIZE, 2))
+        size = header & 0x7FFF
+        if not header & 0x8000 or not 0 < size <= 64 or SIZE + 2 + size > sb.inode_table:
+            raise CorruptImage(f"bad compressor options block (header {header:#06x}); the image is damaged")
+        return source.pread(SIZE + 2, size)
+
+    # --- inodes ---------------------------------------------------------------------------
+
+    def _inode_at(self, ref: int) -> Inode:
+        inode = self._meta_cache.get_or_load(
+            ("i", ref), lambda: read_inode(self._meta, self.superblock, self._ids, ref), _inode_cost
+        )
+        self._refs.setdefault(inode.stat.ino, ref)
+        return inode
+
+    def _ref(self, ino: int) -> int:
+        ref = self._refs.get(ino)
+        if ref is not None:
+            return ref
+        if self._export is None or not 1 <= ino <= self.superblock.inode_count:
+            raise NotFound(f"inode {ino} is not known yet; reach it by lookup or readdir first")
+        ref = int(self._export.get(ino - 1)[0])
+        return ref
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self._inode_at(self._ref(ino))
+        if inode.stat.ino != ino:
+            raise CorruptImage(
+                f"the export table sends inode {ino} to inode {inode.stat.ino}; the image is damaged"
+            )
+        return inode
+
+    def _directory(self, ino: int) -> tuple[Inode, directory.Listing]:
+        inode = self._inode(ino)
+        loc = inode.dir
+        if loc is None:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        index = directory.Index((), (), ())
+        if loc.index_count:
+            index = self._meta_cache.get_or_load(
+                ("n", self._ref(ino)), lambda: directory.read_index(self._meta, loc), directory.Index.cost
+            )
+        return inode, directory.Listing(self._meta, self.superblock.directory_table, loc, index)
+
+    # --- the interface --------------------------------------------------------------------
+
+    @_guarded("getattr")
+    def getattr(self, ino: int) -> Stat:
+        """Attributes of inode ``ino``."""
+        return self._inode(ino).stat
+
+    @_guarded("lookup")
+    def lookup(self, parent: int, name: bytes) -> Stat | None:
+        """Attributes of entry ``name`` in directory ``parent``, or None if there is none.
+
+        Uses the directory index, so the cost is one index interval (about one metadata block
+        of entries), whatever the size of the directory.
+        """
+        _, listing = self._directory(parent)
+        entry = listing.find(name)
+        return None if entry is None else self._inode_at(entry.inode_ref).stat
+
+    def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Stat, int]]:
+        """(name, attributes, cookie) for each entry after cookie ``start`` (0: from the first entry).
+
+        No "." or "..": the FUSE layer adds them. Cookies are > 2, so 1 and 2 stay free for
+        those. Resuming from a cookie jumps through the directory index, not from the top.
+        """
+        with corrupt_on_bad_input("readdir"):
+            _, listing = self._directory(ino)
+            for entry in listing.entries(start):
+                yield entry.name, self._inode_at(entry.inode_ref).stat, entry.cookie
+
+    @_guarded("read")
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (fewer at the end of the file)."""
+        inode = self._inode(ino)
+        if inode.file is None:
+            if inode.dir is not None:
+                raise IsADirectory(f"inode {ino} is a directory")
+            raise NotARegularFile(f"inode {ino} is not a regular file")
+        return self._data.read(self._ref(ino), inode.file, inode.stat.size, offset, size)
+
+    @_guarded("readlink")
+    def readlink(self, ino: int) -> bytes:
+        """Target of symbolic link ``ino``, as stored (bytes, not necessarily UTF-8)."""
+        target = self._inode(ino).target
+        if target is None:
+            raise NotASymlink(f"inode {ino} is not a symbolic link")
+        return target
+
+    @_guarded("listxattr")
+    def listxattr(self, ino: int) -> list[bytes]:
+        """Full names (with their ``user.``/``trusted.``/``security.`` prefix) of the inode's xattrs."""
+        return [name for name, _ in self._xattrs.pairs(self._inode(ino).xattr)]
+
+    @_guarded("getxattr")
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """Value of extended attribute ``name``; ``NoSuchAttribute`` if the inode has none of that name."""
+        for key, value in self._xattrs.pairs(self._inode(ino).xattr):
+            if key == name:
+                return value
+        raise NoSuchAttribute(f"inode {ino} has no extended attribute {name!r}")
+
+    def statfs(self) -> FsStats:
+        """Filesystem figures, as ``statfs`` on the kernel mount shows them."""
+        sb = self.superblock
+        return FsStats(
+            block_size=sb.block_size,
+            blocks=((sb.bytes_used - 1) >> sb.block_log) + 1,
+            bytes_used=sb.bytes_used,
+            inodes=sb.inode_count,
+        )
+
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """Hits, misses and bytes held by the two caches (for benchmarks and tuning)."""
+        return {
+            "meta_hits": self._meta_cache.hits,
+            "meta_misses": self._meta_cache.misses,
+            "meta_bytes": self._meta_cache.used,
+            "data_hits": self._data_cache.hits,
+            "data_misses": self._data_cache.misses,
+            "data_bytes": self._data_cache.used,
+        }
+
+
+def _inode_cost(inode: Inode) -> int:
+    return _INODE_COST + len(inode.target or b"")
