@@ -7,7 +7,9 @@ import sys
 from typing import Any
 
 from siffs.cli.exitcodes import ExitCode
+from siffs.fs.errors import MountError
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
+from siffs.squashfs import errors as squashfs
 
 
 class CommandError(Exception):
@@ -24,6 +26,14 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (SifFormatError, ExitCode.INVALID_IMAGE),
     (ObjectNotFoundError, ExitCode.NOT_FOUND),
     (SifUsageError, ExitCode.REFUSED),
+    (squashfs.UnsupportedImage, ExitCode.UNSUPPORTED),
+    (squashfs.NotFound, ExitCode.NOT_FOUND),
+    (squashfs.NotADirectory, ExitCode.NOT_FOUND),
+    (squashfs.SymlinkLoop, ExitCode.NOT_FOUND),
+    (squashfs.IsADirectory, ExitCode.REFUSED),
+    (squashfs.NotARegularFile, ExitCode.REFUSED),
+    (squashfs.SquashfsError, ExitCode.CORRUPT_FILESYSTEM),
+    (MountError, ExitCode.MOUNT_FAILED),
 ]
 
 

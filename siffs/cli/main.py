@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from siffs import __version__
-from siffs.cli import edit, inspect
+from siffs.cli import browse, edit, inspect, mount
 from siffs.cli.common import exit_code_for
 from siffs.cli.exitcodes import ExitCode
 
-COMMAND_GROUPS = (inspect, edit)
+COMMAND_GROUPS = (inspect, browse, edit, mount)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return ExitCode.INTERNAL
         subject = _subject(args)
-        prefix = f"siffs: {subject}: " if subject else "siffs: "
+        # Name the file unless the error names its own subject (mount errors name the mount point).
+        named = getattr(exc, "names_its_subject", False)
+        prefix = f"siffs: {subject}: " if subject and not named else "siffs: "
         print(prefix + str(exc), file=sys.stderr)
         return code
     return ExitCode.OK

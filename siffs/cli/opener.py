@@ -1,0 +1,85 @@
+"""Open the SquashFS tree of an image: what ``ls``, ``cat``, ``mount`` and ``run`` share.
+
+Accepts a SIF (its primary system partition, or the partition asked for) and, for
+convenience, a bare SquashFS file. The SIF layer has already checked that every object
+lies inside the file; here the partition kind is checked before anything is read from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from siffs.cli.common import CommandError
+from siffs.cli.exitcodes import ExitCode
+from siffs.sif import Descriptor, Image, SifIOError
+from siffs.sif.types import FS_TYPE_NAMES, FsType, name_of
+from siffs.squashfs.reader import SquashFS
+from siffs.squashfs.source import FileSource
+
+SQUASHFS_MAGIC = b"hsqs"
+
+
+@dataclass
+class OpenedTree:
+    """A readable tree and where it came from (``image`` is None for a bare SquashFS file)."""
+
+    tree: SquashFS
+    image: Image | None
+    partition: Descriptor | None
+    fd: int
+
+    def close(self) -> None:
+        self.tree.close()
+        if self.image is not None:
+            self.image.close()
+        else:
+            os.close(self.fd)
+
+
+def check_squashfs_partition(d: Descriptor) -> None:
+    part = d.partition
+    if part is None:
+        raise CommandError(f"object {d.id} is not a partition", ExitCode.NOT_FOUND)
+    if part.fs_type == FsType.ENCRYPTED_SQUASHFS:
+        raise CommandError(f"partition {d.id} is encrypted (LUKS2): not supported yet", ExitCode.UNSUPPORTED)
+    if part.fs_type == FsType.GOCRYPTFS_SQUASHFS:
+        raise CommandError("gocryptfs-encrypted SIF partitions are not supported", ExitCode.UNSUPPORTED)
+    if part.fs_type != FsType.SQUASHFS:
+        kind = name_of(FS_TYPE_NAMES, part.fs_type)
+        raise CommandError(
+            f"partition {d.id} holds a {kind} filesystem; siffs reads SquashFS only", ExitCode.UNSUPPORTED
+        )
+    if d.size == 0:
+        raise CommandError(f"partition {d.id} is empty", ExitCode.INVALID_IMAGE)
+
+
+def _is_bare_squashfs(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == SQUASHFS_MAGIC
+    except OSError:
+        return False  # Image.open reports the problem properly
+
+
+def open_tree(path: str, partition_id: int | None = None, *, cache_bytes: int = 64 << 20) -> OpenedTree:
+    """The SquashFS tree of ``path``; the caller closes it."""
+    if partition_id is None and _is_bare_squashfs(path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SifIOError(exc.strerror or str(exc)) from exc
+        try:
+            return OpenedTree(SquashFS(FileSource(fd), cache_bytes=cache_bytes), None, None, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+    image = Image.open(path)
+    try:
+        d = image.primary_partition() if partition_id is None else image.get(partition_id)
+        check_squashfs_partition(d)
+        tree = SquashFS(FileSource(image.fd, d.offset, d.size), cache_bytes=cache_bytes)
+    except BaseException:
+        image.close()
+        raise
+    return OpenedTree(tree, image, d, image.fd)

@@ -1,0 +1,167 @@
+"""Run a pyfuse3 filesystem: in the foreground, or as a daemon that reports readiness.
+
+``siffs mount`` must return only once the mount is live, and a daemon's failure must reach
+the caller's terminal and exit code. So the caller forks; the child detaches (new session,
+standard streams to the log file), mounts, and writes one line to a pipe: ``ok`` or the
+error message. The parent waits for that line. Nothing is mounted by the parent, so an
+early failure leaves neither a daemon nor a mount behind.
+
+SIGTERM, SIGINT and SIGHUP end the session and unmount cleanly (without handlers they
+would kill the daemon and leave a dead mount behind); an external ``fusermount3 -u`` ends
+the session too, and the daemon then exits on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from siffs.fs.errors import MountError
+
+log = logging.getLogger("siffs.fs")
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/siffs`` (default ``~/.local/state/siffs``), where daemon logs go."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "siffs"
+
+
+def log_path_for(mount_point: str) -> Path:
+    name = mount_point.strip("/").replace("/", "-") or "root"
+    return state_dir() / "logs" / f"{name}.log"
+
+
+def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = False) -> None:
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s siffs[%(process)d] %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+async def _session() -> None:
+    """Serve requests until unmounted or signalled; says whether to unmount on the way out."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(*_SIGNALS) as signals:
+                async for signum in signals:
+                    log.info("received %s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def serve(ops: pyfuse3.Operations, mount_point: str, options: set[str], on_ready: Callable[[], None]) -> None:
+    """Mount, call ``on_ready``, serve until unmounted or signalled, then clean up."""
+    try:
+        pyfuse3.init(ops, mount_point, options)
+    except RuntimeError as exc:
+        raise MountError(
+            f"{mount_point}: FUSE mount failed: {exc} (is /dev/fuse usable? see the log)"
+        ) from exc
+    log.info("mounted at %s with options %s", mount_point, ",".join(sorted(options)))
+    on_ready()
+    try:
+        trio.run(_session)
+    finally:
+        # After an external unmount the session is gone and this is a no-op; after a
+        # signal it removes the mount.
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mount_point)
+
+
+def run_foreground(
+    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str]
+) -> None:
+    serve(ops_factory(), mount_point, options, on_ready=lambda: None)
+
+
+def run_background(
+    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str], log_file: Path
+) -> int:
+    """Fork a daemon that mounts; return its pid once the mount is live, or raise ``MountError``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        _daemon_main(ops_factory, mount_point, options, log_file, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode("utf-8", "replace").strip()
+    if answer == "ok":
+        return pid
+    _, status = os.waitpid(pid, 0)
+    if answer:
+        raise MountError(answer)
+    raise MountError(f"the mount daemon died while starting (status {status}); see {log_file}")
+
+
+def _daemon_main(
+    ops_factory: Callable[[], pyfuse3.Operations],
+    mount_point: str,
+    options: set[str],
+    log_file: Path,
+    ready_fd: int,
+) -> None:
+    code = 0
+    try:
+        os.setsid()
+        _detach_stdio(log_file)
+        setup_logging(log_file, to_stderr=False)
+
+        def ready() -> None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+
+        serve(ops_factory(), mount_point, options, on_ready=ready)
+    except MountError as exc:
+        log.error("%s", exc)
+        _report(ready_fd, str(exc))
+        code = 1
+    except BaseException as exc:  # the daemon must never die silently
+        log.exception("daemon failed")
+        _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _report(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass  # the parent already has its answer (we failed after being ready)
+
+
+def _detach_stdio(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)

@@ -1,0 +1,266 @@
+"""The pyfuse3 request handlers: a thin, read-only translation onto a tree reader.
+
+The image is immutable, which licenses the kernel to cache everything: entries and
+attributes get effectively infinite timeouts, unknown names are cached as negative
+entries, and files keep their page cache across opens. Every FUSE request costs tens of
+microseconds in pyfuse3 + trio, so requests the kernel never has to send are the cheapest.
+
+Inode numbers are the image's own, except that FUSE insists on 1 for the root: the root
+and inode 1 swap numbers (an involution, so the same map converts both ways).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyfuse3
+
+log = logging.getLogger("siffs.fs")
+
+#: Effectively forever: nothing in an immutable image ever changes.
+FOREVER = 365 * 24 * 3600.0
+#: What the kernel's squashfs driver reports as the preferred I/O size.
+BLKSIZE = 4096
+_DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
+
+
+class Attributes(Protocol):
+    """What the tree reader says about an inode (``blocks`` in 512-byte units)."""
+
+    @property
+    def ino(self) -> int: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def nlink(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime(self) -> int: ...
+    @property
+    def rdev(self) -> int: ...
+    @property
+    def blocks(self) -> int: ...
+
+
+class FsFigures(Protocol):
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def blocks(self) -> int: ...
+    @property
+    def inodes(self) -> int: ...
+    @property
+    def name_max(self) -> int: ...
+
+
+class Tree(Protocol):
+    """The inode-based reader interface the FUSE layer needs (siffs.squashfs.SquashFS has it)."""
+
+    @property
+    def root_ino(self) -> int: ...
+    def getattr(self, ino: int) -> Attributes: ...
+    def lookup(self, parent: int, name: bytes) -> Attributes | None: ...
+    def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Attributes, int]]: ...
+    def read(self, ino: int, offset: int, size: int) -> bytes: ...
+    def readlink(self, ino: int) -> bytes: ...
+    def listxattr(self, ino: int) -> list[bytes]: ...
+    def getxattr(self, ino: int, name: bytes) -> bytes: ...
+    def statfs(self) -> FsFigures: ...
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """``-o uid=N,gid=N``: show every file as owned by N (what ch-run and desktops expect)."""
+
+    uid: int | None = None
+    gid: int | None = None
+
+
+def fuse_error(exc: Exception, what: str) -> pyfuse3.FUSEError:
+    """The errno to answer for a reader error; damage is logged, everything else is ordinary."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int) or code == 0:
+        code = errno.EIO
+    if code == errno.EIO:
+        log.error("%s: %s", what, exc)
+    return pyfuse3.FUSEError(code)
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """Serve ``tree`` read-only. Handlers call the reader inline: see the README's design notes."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, ownership: Ownership = Ownership()) -> None:
+        super().__init__()
+        self.tree = tree
+        self.ownership = ownership
+        self._root = tree.root_ino
+        # Directory -> its parent, learned from lookups, so readdir can answer "..".
+        self._parents: dict[int, int] = {self._root: self._root}
+
+    # -- numbering and attributes -------------------------------------------------------
+
+    def _swap(self, ino: int) -> int:
+        if ino == self._root:
+            return pyfuse3.ROOT_INODE
+        if ino == pyfuse3.ROOT_INODE:
+            return self._root
+        return ino
+
+    def _entry(self, a: Attributes) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = self._swap(a.ino)
+        e.generation = 0
+        e.entry_timeout = FOREVER
+        e.attr_timeout = FOREVER
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid if self.ownership.uid is None else self.ownership.uid
+        e.st_gid = a.gid if self.ownership.gid is None else self.ownership.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = a.blocks
+        ns = a.mtime * 1_000_000_000
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = ns
+        return e
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        """A cacheable "no such entry": st_ino 0 with a timeout (an ENOENT error is not cached)."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = FOREVER
+        return e
+
+    # -- lookups and attributes ----------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._swap(parent_inode)
+        try:
+            if name == b".":
+                a = self.tree.getattr(parent)
+            elif name == b"..":
+                a = self.tree.getattr(self._parents.get(parent, self._root))
+            else:
+                found = self.tree.lookup(parent, name)
+                if found is None:
+                    return self._negative()
+                a = found
+                if stat.S_ISDIR(a.mode):
+                    self._parents[a.ino] = parent
+        except Exception as exc:
+            raise fuse_error(exc, f"lookup {name!r} in inode {parent}") from exc
+        return self._entry(a)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            return self._entry(self.tree.getattr(self._swap(inode)))
+        except Exception as exc:
+            raise fuse_error(exc, f"getattr inode {inode}") from exc
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # The reader keeps what it learned about inodes; the image never changes, so there is
+        # nothing to release per inode.
+        return None
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return self.tree.readlink(self._swap(inode))
+        except Exception as exc:
+            raise fuse_error(exc, f"readlink inode {inode}") from exc
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # default_permissions makes the kernel check modes; writes are refused by "ro".
+        return True
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        fig = self.tree.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = fig.block_size
+        s.f_blocks = fig.blocks
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = fig.inodes
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = fig.name_max
+        return s
+
+    # -- directories ----------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino = self._swap(fh)
+        try:
+            if start_id < _DOT_COOKIE and not pyfuse3.readdir_reply(
+                token, b".", self._entry(self.tree.getattr(ino)), _DOT_COOKIE
+            ):
+                return
+            if start_id < _DOTDOT_COOKIE:
+                parent = self.tree.getattr(self._parents.get(ino, self._root))
+                if not pyfuse3.readdir_reply(token, b"..", self._entry(parent), _DOTDOT_COOKIE):
+                    return
+            for name, a, cookie in self.tree.readdir(ino, max(start_id, _DOTDOT_COOKIE) - _DOTDOT_COOKIE):
+                if stat.S_ISDIR(a.mode):
+                    self._parents[a.ino] = ino
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), cookie + _DOTDOT_COOKIE):
+                    return
+        except Exception as exc:
+            raise fuse_error(exc, f"readdir inode {ino}") from exc
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return self.tree.read(self._swap(fh), off, size)
+        except Exception as exc:
+            raise fuse_error(exc, f"read inode {fh} at {off}+{size}") from exc
+
+    async def release(self, fh: int) -> None:
+        return None
+
+    # -- extended attributes ------------------------------------------------------------------
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        try:
+            return self.tree.listxattr(self._swap(inode))
+        except Exception as exc:
+            raise fuse_error(exc, f"listxattr inode {inode}") from exc
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return self.tree.getxattr(self._swap(inode), name)
+        except Exception as exc:  # NoSuchAttribute carries ENODATA (= ENOATTR)
+            raise fuse_error(exc, f"getxattr inode {inode}") from exc
+
+    # -- everything that would modify the image ------------------------------------------------
+
+    async def _read_only(self, *args: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only  # type: ignore[assignment]
+    write = create = setxattr = removexattr = _read_only  # type: ignore[assignment]
