@@ -1,0 +1,295 @@
+"""Real siffs mounts, compared with the kernel's squashfs, as root and as an unprivileged user."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from siffs.sif import Image, ObjectInput, create
+from siffs.sif.raw import partition_extra
+from siffs.sif.types import DataType, FsType, PartType
+from tests.support.images import build_rootfs, mksquashfs
+from tests.support.mounts import daemons_for, is_mounted, kernel_mount, siffs, siffs_mount
+from tests.support.trees import assert_same_tree, snapshot
+from tests.support.users import TEST_USER, ensure_user, user_dir
+
+PSEUDO = [
+    "-p",
+    "dev/null c 666 0 0 1 3",
+    "-p",
+    "dev/sda b 660 0 6 8 0",
+    "-p",
+    "run d 755 0 0",
+    "-p",
+    "run/fifo i 600 1000 1000 f",
+    "-p",
+    "run/sock i 600 70000 70001 s",
+]
+
+
+def rich_tree(root: Path) -> Path:
+    """The example rootfs plus what a mount must get right: links, xattrs, odd names, sizes."""
+    build_rootfs(root)
+    data = root / "data"
+    data.mkdir()
+    (data / "empty").write_bytes(b"")
+    (data / "one").write_bytes(b"x")
+    (data / "big.bin").write_bytes(os.urandom(300_000) + bytes(400_000) + b"tail" * 1000)
+    os.link(data / "one", data / "one-hardlink")
+    (data / "caf\xe9 \n odd").write_text("odd name")
+    os.mkdir(root / os.fsdecode(b"dir-\xff\xfe"))
+    (data / "attrs").write_text("with xattrs")
+    os.setxattr(data / "attrs", "user.comment", b"hello")
+    os.setxattr(data / "attrs", "user.empty", b"")
+    (data / "loop").symlink_to("loop")
+    (data / "dangling").symlink_to("/nowhere/at/all")
+    deep = data / "/".join(f"d{i}" for i in range(40))
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_text("deep")
+    os.utime(data / "one", (1_000_000_000, 1_000_000_000))
+    return root
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("image")
+    squash = mksquashfs(rich_tree(work / "tree"), work / "root.squashfs", "-all-root", "-xattrs", *PSEUDO)
+    sif = work / "image.sif"
+    with open(squash, "rb") as f:
+        create(
+            sif,
+            [
+                ObjectInput(
+                    DataType.PARTITION, f, extra=partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, b"02")
+                )
+            ],
+        )
+    os.chmod(work, 0o755)
+    return sif
+
+
+def partition_offset(sif: Path) -> int:
+    with Image.open(sif) as img:
+        return img.primary_partition().offset
+
+
+def test_mount_equals_kernel(image, tmp_path):
+    with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
+        expected = snapshot(k)
+    with siffs_mount(image, tmp_path / "fuse") as m:
+        actual = snapshot(m)
+        again = snapshot(m)  # warm: everything now from the kernel's caches
+    assert_same_tree(actual, expected)
+    assert_same_tree(again, expected)
+
+
+def test_mount_table_df_and_statfs(image, tmp_path):
+    with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
+        kernel_vfs = os.statvfs(k)
+    with siffs_mount(image, tmp_path / "fuse") as m:
+        line = next(line for line in open("/proc/self/mountinfo") if line.split(" ")[4] == str(m))
+        fs_type, source = line.split(" - ")[1].split(" ")[:2]
+        assert fs_type == "fuse.siffs"
+        assert source == str(image)
+        vfs = os.statvfs(m)
+        assert (vfs.f_bsize, vfs.f_blocks, vfs.f_bfree, vfs.f_files, vfs.f_namemax) == (
+            kernel_vfs.f_bsize,
+            kernel_vfs.f_blocks,
+            0,
+            kernel_vfs.f_files,
+            256,
+        )
+        df = subprocess.run(
+            ["df", "--output=source,fstype", str(m)], capture_output=True, text=True, check=True
+        )
+        assert str(image) in df.stdout
+        assert "fuse.siffs" in df.stdout
+        assert os.listdir(m)  # ls works
+        assert os.readlink(m / "singularity") == ".singularity.d/runscript"
+
+
+def test_read_only_and_errnos(image, tmp_path):
+    with siffs_mount(image, tmp_path / "fuse") as m:
+        for action in (
+            lambda: open(m / "new", "w"),
+            lambda: open(m / "data/one", "r+b"),
+            lambda: os.mkdir(m / "d"),
+            lambda: os.unlink(m / "data/one"),
+            lambda: os.rename(m / "data/one", m / "data/two"),
+            lambda: os.symlink("x", m / "link"),
+            lambda: os.chmod(m / "data/one", 0o777),
+            lambda: os.setxattr(m / "data/one", "user.x", b"1"),
+        ):
+            with pytest.raises(OSError) as info:
+                action()
+            assert info.value.errno == errno.EROFS
+        with pytest.raises(FileNotFoundError):
+            os.stat(m / "no-such-file")
+        with pytest.raises(FileNotFoundError):  # the cached negative entry answers the same
+            os.stat(m / "no-such-file")
+        with pytest.raises(OSError) as info:
+            os.getxattr(m / "data/one", "user.none")
+        assert info.value.errno == errno.ENODATA
+        with pytest.raises(OSError) as info:
+            os.stat(m / "data/loop/x")
+        assert info.value.errno == errno.ELOOP
+        assert sorted(os.listdir(m / "data"))[:2] == ["attrs", "big.bin"]
+        listing = subprocess.run(["ls", "-a", str(m)], capture_output=True, check=True).stdout.split(b"\n")
+        assert listing[:2] == [b".", b".."]
+
+
+def as_user(*cmd: object) -> str:
+    """Run ``cmd`` as the test user: without allow_other, only the mounting user sees a FUSE mount."""
+    return subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", *map(str, cmd)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_unprivileged_mount(image, tmp_path):
+    ensure_user()
+    mnt = Path(user_dir(tmp_path, "user-mnt"))
+    with siffs_mount(image, mnt, user=TEST_USER) as m:
+        assert "Hello from the siffs example" in as_user("cat", m / ".singularity.d/runscript")
+        assert as_user("stat", "-c", "%u:%g", m / "bin/busybox").strip() == "0:0"  # the image's owners
+        with pytest.raises(PermissionError):
+            os.listdir(m)  # other users (root included) are kept out unless allow_other is given
+    assert not is_mounted(mnt)
+
+
+def test_unprivileged_mount_with_uid_option(image, tmp_path):
+    user = ensure_user()
+    mnt = Path(user_dir(tmp_path, "uid-mnt"))
+    with siffs_mount(image, mnt, "-o", f"uid={user.pw_uid},gid={user.pw_gid}", user=TEST_USER) as m:
+        assert as_user("stat", "-c", "%u:%g", m / "bin/busybox").strip() == f"{user.pw_uid}:{user.pw_gid}"
+
+
+def test_mount_inside_user_namespace(image, tmp_path):
+    ensure_user()
+    mnt = user_dir(tmp_path, "ns-mnt")
+    script = f'siffs_() {{ "$PY" -m siffs "$@"; }}; siffs_ mount {image} {mnt} && cat {mnt}/etc/passwd && siffs_ umount {mnt}'
+    env = dict(os.environ, PY=os.path.realpath(shutil.which("python3") or "python3"))
+    result = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "unshare", "-Urm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(env, PY=str(Path(os.sys.executable))),
+        cwd=Path(__file__).parents[2],
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "root:x:0:0" in result.stdout
+
+
+def _assert_refused(result, code, text, mount_point, daemons=0):
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert text in result.stderr
+    assert len(daemons_for(mount_point)) == daemons  # no daemon left behind
+
+
+def test_bad_mount_points(image, tmp_path):
+    missing = tmp_path / "missing"
+    _assert_refused(siffs("mount", image, missing), 11, "does not exist", missing)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _assert_refused(siffs("mount", image, afile), 11, "not a directory", afile)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    _assert_refused(siffs("mount", image, full), 11, "not empty", full)
+    with siffs_mount(image, tmp_path / "busy") as busy:
+        _assert_refused(siffs("mount", image, busy), 11, "already mounted", busy, daemons=1)
+    _assert_refused(siffs("mount", image, full, "-o", "bogus"), 2, "unknown mount option", full)
+
+
+def test_bad_images(tmp_path, image):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _assert_refused(siffs("mount", tmp_path / "nope.sif", mnt), 3, "no such file", mnt)
+    (tmp_path / "text").write_text("not an image" * 20)
+    _assert_refused(siffs("mount", tmp_path / "text", mnt), 4, "not a SIF file", mnt)
+    no_squash = tmp_path / "raw.sif"
+    create(
+        no_squash,
+        [
+            ObjectInput(
+                DataType.PARTITION, b"raw data", extra=partition_extra(FsType.RAW, PartType.PRIMSYS, b"02")
+            )
+        ],
+    )
+    _assert_refused(siffs("mount", no_squash, mnt), 10, "SquashFS only", mnt)
+    empty = tmp_path / "empty.sif"
+    create(empty, [])
+    _assert_refused(siffs("mount", empty, mnt), 5, "no primary system partition", mnt)
+    corrupt = tmp_path / "corrupt.sif"
+    shutil.copyfile(image, corrupt)
+    with open(corrupt, "r+b") as f:  # wreck the SquashFS superblock
+        f.seek(partition_offset(image))
+        f.write(b"\xff" * 96)
+    result = siffs("mount", corrupt, mnt)
+    assert result.returncode in (9, 10), result.stderr
+    _assert_refused(result, result.returncode, "", mnt)
+    assert not is_mounted(mnt)
+
+
+def test_signals_unmount_cleanly(image, tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        mnt = tmp_path / f"sig{sig}"
+        mnt.mkdir()
+        siffs("mount", image, mnt, check=True)
+        (pid,) = daemons_for(mnt)
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while (is_mounted(mnt) or daemons_for(mnt)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_mounted(mnt)
+        assert not daemons_for(mnt)
+
+
+def test_umount_recovers_after_kill_9(image, tmp_path):
+    mnt = tmp_path / "killed"
+    mnt.mkdir()
+    siffs("mount", image, mnt, check=True)
+    (pid,) = daemons_for(mnt)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(OSError) as info:
+        os.listdir(mnt)
+    assert info.value.errno == errno.ENOTCONN
+    remount = siffs("mount", image, mnt)
+    assert remount.returncode == 11 and "siffs umount" in remount.stderr
+    siffs("umount", mnt, check=True)
+    assert not is_mounted(mnt)
+    assert os.listdir(mnt) == []
+    assert siffs("umount", mnt).returncode == 11  # not mounted any more: said so
+
+
+def test_image_truncated_under_live_mount(image, tmp_path):
+    victim = tmp_path / "victim.sif"
+    shutil.copyfile(image, victim)
+    offset = partition_offset(victim)
+    with open(victim, "rb") as f:
+        f.seek(offset + 64)  # SquashFS superblock: inode_table_start
+        data_end = int.from_bytes(f.read(8), "little")
+    with siffs_mount(victim, tmp_path / "live") as m:
+        files = [p for p in m.rglob("*") if p.is_file() and not p.is_symlink()]
+        os.truncate(victim, offset + data_end // 2)  # the second half of all file data is gone
+        ok, eio = [], []
+        for path in files:
+            try:
+                path.read_bytes()
+                ok.append(path)
+            except OSError as exc:
+                assert exc.errno == errno.EIO, (path, exc)
+                eio.append(path)
+        assert ok and eio
+        assert os.listdir(m / "etc")  # still serving
+        assert is_mounted(m)
