@@ -11,10 +11,13 @@ and inode 1 swap numbers (an involution, so the same map converts both ways).
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +31,11 @@ FOREVER = 365 * 24 * 3600.0
 #: What the kernel's squashfs driver reports as the preferred I/O size.
 BLKSIZE = 4096
 _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
+#: Directory entries kept ready-made for readdir (pyfuse3 cannot ask the kernel to cache
+#: listings, so every readdir reaches the daemon; answering from a prepared list halves it).
+LISTING_CACHE_ENTRIES = 65536
+
+Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
 
 
 class Attributes(Protocol):
@@ -111,6 +119,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self._root = tree.root_ino
         # Directory -> its parent, learned from lookups, so readdir can answer "..".
         self._parents: dict[int, int] = {self._root: self._root}
+        self._listings: OrderedDict[int, Listing] = OrderedDict()
+        self._listed_entries = 0
+        self._too_large: set[int] = set()
 
     # -- numbering and attributes -------------------------------------------------------
 
@@ -205,21 +216,55 @@ class ReadOnlyOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         return inode
 
+    def _dots(self, ino: int) -> Listing:
+        parent = self._parents.get(ino, self._root)
+        return [
+            (b".", self._entry(self.tree.getattr(ino)), _DOT_COOKIE),
+            (b"..", self._entry(self.tree.getattr(parent)), _DOTDOT_COOKIE),
+        ]
+
+    def _entries(self, ino: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]]:
+        """Entries after reader cookie ``start``, with cookies shifted past "." and ".."."""
+        for name, a, cookie in self.tree.readdir(ino, start):
+            if stat.S_ISDIR(a.mode):
+                self._parents[a.ino] = ino
+            yield name, self._entry(a), cookie + _DOTDOT_COOKIE
+
+    def _listing(self, ino: int) -> Listing | None:
+        """The whole listing of directory ``ino``, built once and kept (LRU); None if too large to keep."""
+        listing = self._listings.get(ino)
+        if listing is not None:
+            self._listings.move_to_end(ino)
+            return listing
+        if ino in self._too_large:
+            return None
+        listing = self._dots(ino)
+        for entry in self._entries(ino, 0):
+            listing.append(entry)
+            if len(listing) > LISTING_CACHE_ENTRIES // 4:
+                self._too_large.add(ino)
+                return None
+        self._listings[ino] = listing
+        self._listed_entries += len(listing)
+        while self._listed_entries > LISTING_CACHE_ENTRIES:
+            _, dropped = self._listings.popitem(last=False)
+            self._listed_entries -= len(dropped)
+        return listing
+
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         ino = self._swap(fh)
         try:
-            if start_id < _DOT_COOKIE and not pyfuse3.readdir_reply(
-                token, b".", self._entry(self.tree.getattr(ino)), _DOT_COOKIE
-            ):
-                return
-            if start_id < _DOTDOT_COOKIE:
-                parent = self.tree.getattr(self._parents.get(ino, self._root))
-                if not pyfuse3.readdir_reply(token, b"..", self._entry(parent), _DOTDOT_COOKIE):
-                    return
-            for name, a, cookie in self.tree.readdir(ino, max(start_id, _DOTDOT_COOKIE) - _DOTDOT_COOKIE):
-                if stat.S_ISDIR(a.mode):
-                    self._parents[a.ino] = ino
-                if not pyfuse3.readdir_reply(token, name, self._entry(a), cookie + _DOTDOT_COOKIE):
+            listing = self._listing(ino)
+            if listing is None:  # a huge directory: stream it from the reader's index each time
+                entries: Iterator[tuple[bytes, pyfuse3.EntryAttributes, int]] = itertools.chain(
+                    self._dots(ino)[start_id:], self._entries(ino, max(start_id - _DOTDOT_COOKIE, 0))
+                )
+            else:
+                # Cookies grow along the listing, so the resume point is found by bisection.
+                start = bisect.bisect_right(listing, start_id, key=lambda item: item[2])
+                entries = itertools.islice(listing, start, None)
+            for name, attrs, cookie in entries:
+                if not pyfuse3.readdir_reply(token, name, attrs, cookie):
                     return
         except Exception as exc:
             raise fuse_error(exc, f"readdir inode {ino}") from exc
