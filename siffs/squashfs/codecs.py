@@ -22,8 +22,9 @@ from typing import Any
 
 from siffs.squashfs.errors import CorruptImage, MissingCodec, UnsupportedImage
 
-GZIP, LZO, LZMA, XZ, LZ4, ZSTD = 1, 2, 3, 4, 5, 6
-NAMES = {GZIP: "gzip", LZO: "lzo", LZMA: "lzma", XZ: "xz", LZ4: "lz4", ZSTD: "zstd"}
+# The kernel's numbering (squashfs_fs.h). Some format write-ups swap 2 and 3; images do not.
+GZIP, LZMA, LZO, XZ, LZ4, ZSTD = 1, 2, 3, 4, 5, 6
+NAMES = {GZIP: "gzip", LZMA: "lzma", LZO: "lzo", XZ: "xz", LZ4: "lz4", ZSTD: "zstd"}
 
 #: Memory an xz/lzma decoder may use beyond its dictionary (liblzma's own state is ~30 KiB).
 _LZMA_OVERHEAD = 1 << 20

@@ -8,19 +8,22 @@ double as readdir cookies (+3, see :func:`entries`) because they are stable and 
 position can be found again through the directory index without scanning from the start.
 
 Extended directories carry an index: for each metadata block the listing crosses, the
-linear offset and block of the header there and the first name after it. Lookups and
-readdir resumption jump to the right header with it, so a 100 000-entry directory is never
+linear offset and block of the header there and the first name after it. The index cuts
+the listing into segments of about one metadata block; a lookup or a resumed readdir
+parses (and caches) only the segment it needs, so a 100 000-entry directory is never
 scanned whole for one name.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from siffs.squashfs import metadata
+from siffs.squashfs.cache import LruCache
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.inode import DirLocation
 from siffs.squashfs.metadata import MetadataReader
@@ -60,79 +63,105 @@ def read_index(meta: MetadataReader, loc: DirLocation) -> Index:
         offsets.append(offset)
         blocks.append(block)
         names.append(cur.read(name_size + 1))
+    # Offsets must rise strictly inside the listing: then the segments partition it, and
+    # listing a directory parses each of its bytes once, whatever a hostile index claims.
+    length = loc.size - SIZE_BIAS
+    if any(b <= a for a, b in itertools.pairwise(offsets)) or (offsets and offsets[-1] >= length):
+        raise CorruptImage(
+            "a directory index is out of order or points past its listing; the image is damaged"
+        )
     return Index(tuple(offsets), tuple(blocks), tuple(names))
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """One directory entry: its name, inode reference and the cookie that resumes after it.
+class Segment:
+    """The entries from one index point to the next, parsed once and cached.
 
-    The entry's own inode number and type are not kept: the inode itself is authoritative
-    (the kernel, too, takes ``st_ino`` and the type from the inode).
+    Parallel tuples: names, inode references, linear start offsets and resume cookies.
+    A segment spans about one metadata block (the packer indexes each block crossing),
+    so parsing one is cheap and a lookup or resumed readdir never parses more than that.
     """
 
-    name: bytes
-    inode_ref: int
-    cookie: int
+    names: tuple[bytes, ...]
+    refs: tuple[int, ...]
+    starts: tuple[int, ...]
+    cookies: tuple[int, ...]
+
+    def cost(self) -> int:
+        """Bytes this segment holds, for the cache budget."""
+        return 100 + 150 * len(self.names) + sum(len(n) for n in self.names)
 
 
 class Listing:
-    """Reads one directory's listing; ``index`` may be empty (basic directories have none)."""
+    """One directory's listing, read segment by segment through ``cache`` under ``key``.
 
-    def __init__(self, meta: MetadataReader, directory_table: int, loc: DirLocation, index: Index) -> None:
+    ``index`` may be empty (basic directories have none): the whole listing is then one
+    segment, which the format bounds to 64 KiB for basic directories.
+    """
+
+    def __init__(
+        self, meta: MetadataReader, directory_table: int, loc: DirLocation, index: Index, cache: LruCache
+    ) -> None:
         self._meta = meta
         self._table = directory_table
         self._loc = loc
         self._index = index
+        self._cache = cache
         self._length = max(0, loc.size - SIZE_BIAS)
 
-    def _header_at(self, i: int) -> tuple[int, int, int]:
-        """(block position, offset in block, linear offset) of the header named by index entry ``i``,
-        or of the first header when ``i`` is -1."""
-        if i < 0:
-            return self._table + self._loc.block, self._loc.offset, 0
-        linear = self._index.offsets[i]
-        if linear >= self._length:
-            raise CorruptImage(f"directory index points at byte {linear} of a {self._length}-byte listing")
-        return self._table + self._index.blocks[i], (self._loc.offset + linear) % metadata.SIZE, linear
+    def entries(self, cookie: int = 0) -> Iterator[tuple[bytes, int, int]]:
+        """(name, inode reference, cookie) in listing order, after the entry whose cookie is ``cookie``.
 
-    def entries(self, cookie: int = 0) -> Iterator[Entry]:
-        """Entries in listing order, starting after the entry whose cookie is ``cookie`` (0: from the top)."""
+        Cookie 0 starts at the first entry.
+        """
         want = max(0, cookie - SIZE_BIAS)
-        return self._scan(bisect.bisect_right(self._index.offsets, want) - 1, want)
+        first = bisect.bisect_right(self._index.offsets, want) - 1
+        for i in range(first, len(self._index.offsets)):
+            seg = self._segment(i)
+            j = bisect.bisect_left(seg.starts, want) if i == first else 0
+            yield from zip(seg.names[j:], seg.refs[j:], seg.cookies[j:], strict=True)
 
-    def find(self, name: bytes) -> Entry | None:
-        """The entry called ``name``, reading only from the last index entry whose name is <= it."""
-        i = bisect.bisect_right(self._index.names, name) - 1
-        for entry in self._scan(i, 0):
-            if entry.name == name:
-                return entry
-            if entry.name > name:  # listings are sorted by strcmp, which is bytes order
-                return None
-        return None
+    def find(self, name: bytes) -> int | None:
+        """Inode reference of entry ``name``, parsing only the segment whose range holds it."""
+        seg = self._segment(bisect.bisect_right(self._index.names, name) - 1)
+        try:
+            return seg.refs[seg.names.index(name)]
+        except ValueError:
+            return None
 
-    def _scan(self, start_index: int, want: int) -> Iterator[Entry]:
-        """Walk header runs from index entry ``start_index``; yield entries at linear offset >= ``want``."""
-        if self._length == 0:
-            return
-        pos, offset, linear = self._header_at(start_index)
-        cur = self._meta.cursor(pos, offset)
-        end = self._length
+    def _segment(self, i: int) -> Segment:
+        """Segment ``i``: from index entry ``i`` (-1: the listing start) to the next one."""
+        # Empty directories share their location with the next listing: the length tells them apart.
+        key = ("s", self._table + self._loc.block, self._loc.offset, self._length, i)
+        return self._cache.get_or_load(key, lambda: self._parse(i), Segment.cost)
+
+    def _parse(self, i: int) -> Segment:
+        if i < 0:
+            pos, offset, linear = self._table + self._loc.block, self._loc.offset, 0
+        else:
+            linear = self._index.offsets[i]
+            pos, offset = self._table + self._index.blocks[i], (self._loc.offset + linear) % metadata.SIZE
+        end = self._index.offsets[i + 1] if i + 1 < len(self._index.offsets) else self._length
+        names: list[bytes] = []
+        refs: list[int] = []
+        starts: list[int] = []
+        cookies: list[int] = []
+        if linear < end:
+            cur = self._meta.cursor(pos, offset)
         while linear < end:
             count, inode_block, _base = cur.unpack(_HEADER)
             linear += _HEADER.size
             if count + 1 > MAX_RUN:
                 raise CorruptImage(f"directory header announces {count + 1} entries (at most {MAX_RUN})")
             for _ in range(count + 1):
-                if linear >= end:
+                if linear >= self._length:
                     raise CorruptImage("a directory listing runs past its stated size; the image is damaged")
-                offset, _delta, _kind, name_size = cur.unpack(_ENTRY)
+                entry_offset, _delta, _kind, name_size = cur.unpack(_ENTRY)
                 if name_size + 1 > MAX_NAME:
                     raise CorruptImage(f"directory entry name of {name_size + 1} bytes; the image is damaged")
-                entry_start = linear
+                starts.append(linear)
+                names.append(cur.read(name_size + 1))
+                refs.append((inode_block << 16) | entry_offset)
                 linear += _ENTRY.size + name_size + 1
-                if entry_start < want:
-                    cur.skip(name_size + 1)
-                    continue
-                name = cur.read(name_size + 1)
-                yield Entry(name, (inode_block << 16) | offset, linear + SIZE_BIAS)
+                cookies.append(linear + SIZE_BIAS)
+        return Segment(tuple(names), tuple(refs), tuple(starts), tuple(cookies))

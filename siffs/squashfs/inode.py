@@ -4,7 +4,8 @@ Attributes follow the kernel driver field for field, because the kernel is the o
 the mode keeps only the permission bits of the stored mode and takes the type from the
 inode type; directory sizes are the stored listing size (3 bytes more than the listing);
 ``st_blocks`` is derived from the size (minus sparse bytes for extended files) for regular
-files and 0 for everything else; device numbers are decoded the way Linux packs them.
+files and 0 for everything else, plus what the inode's xattrs take; device numbers are
+decoded the way Linux packs them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.metadata import MetadataReader
 from siffs.squashfs.superblock import Superblock
 from siffs.squashfs.table import LookupTable
+from siffs.squashfs.xattr import XattrTable
 
 #: Basic inode types; the extended variant of type ``t`` is ``t + 7``.
 DIR, FILE, SYMLINK, BLKDEV, CHRDEV, FIFO, SOCKET = range(1, 8)
@@ -108,11 +110,7 @@ def linux_rdev(raw: int) -> int:
     return os.makedev(major, minor)
 
 
-def _xattr(index: int) -> int | None:
-    return None if index == NO_XATTR else index
-
-
-def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, ref: int) -> Inode:
+def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, xattrs: XattrTable, ref: int) -> Inode:
     """Decode the inode at reference ``ref`` (inode-table block << 16 | offset)."""
     block = ref >> 16
     if block >= sb.directory_table - sb.inode_table:
@@ -128,22 +126,20 @@ def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, ref: int)
     uid = ids.get(uid_index)[0]
     gid = ids.get(gid_index)[0]
     mode = (perm & 0o7777) | FORMAT[basic]
-    xattr: int | None = None
+    xattr: int | None = None  # an index into the xattr id table
     size = rdev = blocks = 0
     dir_loc = file_loc = target = None
 
     if basic == DIR:
         if extended:
-            nlink, size, start, parent, index_count, offset, xattr_index = cur.unpack(_XDIR)
-            xattr = _xattr(xattr_index)
+            nlink, size, start, parent, index_count, offset, xattr = cur.unpack(_XDIR)
         else:
             start, nlink, size, offset, parent = cur.unpack(_DIR)
             index_count = 0
         dir_loc = DirLocation(start, offset, size, parent, index_count, cur.position)
     elif basic == FILE:
         if extended:
-            blocks_start, size, sparse, nlink, fragment, frag_offset, xattr_index = cur.unpack(_XFILE)
-            xattr = _xattr(xattr_index)
+            blocks_start, size, sparse, nlink, fragment, frag_offset, xattr = cur.unpack(_XFILE)
             blocks = max(0, size - sparse + 511) >> 9
         else:
             blocks_start, fragment, frag_offset, size = cur.unpack(_FILE)
@@ -160,17 +156,21 @@ def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, ref: int)
             raise CorruptImage(f"symlink inode {ino} claims a {size}-byte target; the image is damaged")
         target = cur.read(size)
         if extended:
-            xattr = _xattr(cur.unpack(_XATTR)[0])
+            xattr = cur.unpack(_XATTR)[0]
     elif basic in (BLKDEV, CHRDEV):
         nlink, raw_rdev = cur.unpack(_DEV)
         rdev = linux_rdev(raw_rdev)
         if extended:
-            xattr = _xattr(cur.unpack(_XATTR)[0])
+            xattr = cur.unpack(_XATTR)[0]
     else:
         (nlink,) = cur.unpack(_IPC)
         if extended:
-            xattr = _xattr(cur.unpack(_XATTR)[0])
+            xattr = cur.unpack(_XATTR)[0]
 
+    if xattr == NO_XATTR or not xattrs.present:
+        xattr = None  # none, or (as in the kernel) an index into a table the image does not have
+    if xattr is not None:
+        blocks += ((xattrs.stored_size(xattr) - 1) >> 9) + 1
     st = Stat(
         ino=ino, mode=mode, nlink=nlink, uid=uid, gid=gid, size=size, mtime=mtime, rdev=rdev, blocks=blocks
     )

@@ -155,7 +155,9 @@ class SquashFS:
 
     def _inode_at(self, ref: int) -> Inode:
         inode = self._meta_cache.get_or_load(
-            ("i", ref), lambda: read_inode(self._meta, self.superblock, self._ids, ref), _inode_cost
+            ("i", ref),
+            lambda: read_inode(self._meta, self.superblock, self._ids, self._xattrs, ref),
+            _inode_cost,
         )
         self._refs.setdefault(inode.stat.ino, ref)
         return inode
@@ -187,7 +189,9 @@ class SquashFS:
             index = self._meta_cache.get_or_load(
                 ("n", self._ref(ino)), lambda: directory.read_index(self._meta, loc), directory.Index.cost
             )
-        return inode, directory.Listing(self._meta, self.superblock.directory_table, loc, index)
+        return inode, directory.Listing(
+            self._meta, self.superblock.directory_table, loc, index, self._meta_cache
+        )
 
     # --- the interface --------------------------------------------------------------------
 
@@ -204,8 +208,8 @@ class SquashFS:
         of entries), whatever the size of the directory.
         """
         _, listing = self._directory(parent)
-        entry = listing.find(name)
-        return None if entry is None else self._inode_at(entry.inode_ref).stat
+        ref = listing.find(name)
+        return None if ref is None else self._inode_at(ref).stat
 
     def readdir(self, ino: int, start: int = 0) -> Iterator[tuple[bytes, Stat, int]]:
         """(name, attributes, cookie) for each entry after cookie ``start`` (0: from the first entry).
@@ -215,8 +219,8 @@ class SquashFS:
         """
         with corrupt_on_bad_input("readdir"):
             _, listing = self._directory(ino)
-            for entry in listing.entries(start):
-                yield entry.name, self._inode_at(entry.inode_ref).stat, entry.cookie
+            for name, ref, cookie in listing.entries(start):
+                yield name, self._inode_at(ref).stat, cookie
 
     @_guarded("read")
     def read(self, ino: int, offset: int, size: int) -> bytes:

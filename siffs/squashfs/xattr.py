@@ -56,6 +56,17 @@ class XattrTable:
         self._kv_start = kv_start
         self._ids = LookupTable(meta, sb.xattr_table + _TABLE_HEADER.size, count, _ID, "xattr id")
 
+    @property
+    def present(self) -> bool:
+        """Whether the image has an xattr table (without one, inodes' xattr indexes are ignored)."""
+        return self._ids is not None
+
+    def stored_size(self, index: int) -> int:
+        """The uncompressed size of attribute set ``index`` (the kernel counts it in ``st_blocks``)."""
+        if self._ids is None:
+            raise CorruptImage("an inode has extended attributes but the image has no xattr table")
+        return int(self._ids.get(index)[2])
+
     def pairs(self, index: int | None) -> Pairs:
         """(full name, value) pairs of attribute set ``index``; None means the inode has none."""
         if index is None:
