@@ -77,7 +77,8 @@ def fuse_options(image_path: str, options: dict[str, str | None]) -> set[str]:
 def cmd_mount(args: argparse.Namespace) -> None:
     options = parse_options(args.options)
     mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
-    cache_mib = int(options.get("cache_size") or 64)
+    # 32 MiB keeps the daemon under 100 MB resident after reading a whole rootfs (measured).
+    cache_mib = int(options.get("cache_size") or 32)
     opened = open_tree(args.image, args.partition, cache_bytes=cache_mib << 20)
     uid, gid = options.get("uid"), options.get("gid")
     ownership = Ownership(uid=None if uid is None else int(uid), gid=None if gid is None else int(gid))
