@@ -209,6 +209,8 @@ def build_main_tree(root: Path) -> Path:
     os.symlink("../links", links / "to-dir")
     os.symlink("x" * 4000, links / "long-target")
     os.symlink(b"\xff\xfe-not-utf8", bytes(links / "odd-target"))
+    os.symlink("loop-b", links / "loop-a")  # a symlink cycle, for resolution limits
+    os.symlink("loop-a", links / "loop-b")
 
     names = root / "names"
     names.mkdir()
