@@ -8,15 +8,17 @@ immediate one-line answer and no daemon is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
-from siffs.cli.opener import open_tree
+from siffs.cli.opener import open_all, open_tree
 from siffs.fs import daemon
 from siffs.fs.mountpoint import check_mount_point
-from siffs.fs.operations import Ownership, ReadOnlyOperations
+from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
 from siffs.fs.unmount import unmount
+from siffs.sif import Image
 
 #: libfuse options passed through as they are (the kernel or fusermount3 judge them).
 PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount"}
@@ -37,7 +39,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="comma-separated: allow_other, allow_root, uid=N, gid=N, nonempty, cache_size=MiB",
     )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
-    p.add_argument("--partition", type=int, metavar="ID", help="mount this partition instead of the primary")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--partition", type=int, metavar="ID", help="mount this partition instead of the primary"
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every SquashFS partition as a directory <ID>[-name], other objects as files in sif-objects/",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every error in detail")
     p.set_defaults(func=cmd_mount)
 
@@ -74,28 +84,36 @@ def fuse_options(image_path: str, options: dict[str, str | None]) -> set[str]:
     return fuse
 
 
+def _open_tree(args: argparse.Namespace, cache_bytes: int, stack: contextlib.ExitStack) -> Tree:
+    """The tree to serve: one partition (the primary by default), or with --all all of them."""
+    if args.all:
+        image = stack.enter_context(Image.open(args.image))
+        return open_all(image, cache_bytes=cache_bytes)
+    opened = open_tree(args.image, args.partition, cache_bytes=cache_bytes)
+    stack.callback(opened.close)
+    return opened.tree
+
+
 def cmd_mount(args: argparse.Namespace) -> None:
     options = parse_options(args.options)
     mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
     # 32 MiB keeps the daemon under 100 MB resident after reading a whole rootfs (measured).
     cache_mib = int(options.get("cache_size") or 32)
-    opened = open_tree(args.image, args.partition, cache_bytes=cache_mib << 20)
     uid, gid = options.get("uid"), options.get("gid")
     ownership = Ownership(uid=None if uid is None else int(uid), gid=None if gid is None else int(gid))
     fuse = fuse_options(args.image, options)
-
-    def make_ops() -> ReadOnlyOperations:
-        return ReadOnlyOperations(opened.tree, ownership)
-
     log_file = daemon.log_path_for(mount_point)
-    try:
+    with contextlib.ExitStack() as stack:
+        tree = _open_tree(args, cache_mib << 20, stack)
+
+        def make_ops() -> ReadOnlyOperations:
+            return ReadOnlyOperations(tree, ownership)
+
         if args.foreground:
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
             daemon.run_foreground(make_ops, mount_point, fuse)
         else:
             daemon.run_background(make_ops, mount_point, fuse, log_file)
-    finally:
-        opened.close()
 
 
 def cmd_umount(args: argparse.Namespace) -> None:

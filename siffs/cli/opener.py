@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
+from siffs.fs.composite import CompositeTree, ObjectFile
+from siffs.fs.operations import Tree
 from siffs.sif import Descriptor, Image, SifIOError
-from siffs.sif.types import FS_TYPE_NAMES, FsType, name_of
+from siffs.sif.types import FS_TYPE_NAMES, DataType, FsType, name_of
 from siffs.squashfs.reader import SquashFS
 from siffs.squashfs.source import FileSource
 
@@ -35,6 +37,48 @@ class OpenedTree:
             self.image.close()
         else:
             os.close(self.fd)
+
+
+#: File names (after "<ID>-") of the objects ``mount --all`` shows as files.
+OBJECT_FILE_NAMES: dict[int, str] = {
+    DataType.DEFFILE: "definition.def",
+    DataType.ENVVAR: "environment.sh",
+    DataType.LABELS: "labels.json",
+    DataType.SIGNATURE: "signature",
+    DataType.GENERIC_JSON: "data.json",
+    DataType.GENERIC: "data",
+    DataType.CRYPTO_MESSAGE: "crypt-message",
+    DataType.SBOM: "sbom",
+    DataType.OCI_ROOT_INDEX: "oci-root-index.json",
+    DataType.OCI_BLOB: "oci-blob",
+    DataType.PARTITION: "partition.img",
+}
+
+
+def _entry_name(d: Descriptor, kind: str) -> bytes:
+    # Names come from the image: keep them to one path component.
+    label = d.name.replace(b"/", b"_").replace(b"\0", b"")
+    return f"{d.id}-{kind}".encode() + (b"-" + label if label else b"")
+
+
+def open_all(image: Image, *, cache_bytes: int) -> CompositeTree:
+    """Every SquashFS partition of ``image`` as a directory, every other object as a file."""
+    trees: list[tuple[bytes, Tree]] = []
+    files: list[ObjectFile] = []
+    squashfs_parts = [d for d in image.descriptors if d.partition and d.partition.fs_type == FsType.SQUASHFS]
+    share = max(cache_bytes // max(len(squashfs_parts), 1), 4 << 20)
+    for d in image.descriptors:
+        if d in squashfs_parts and d.size:
+            name = str(d.id).encode() + (b"-" + d.name.replace(b"/", b"_") if d.name else b"")
+            trees.append((name, SquashFS(FileSource(image.fd, d.offset, d.size), cache_bytes=share)))
+            continue
+        kind = OBJECT_FILE_NAMES.get(d.data_type, "object")
+
+        def read(offset: int, size: int, d: Descriptor = d) -> bytes:
+            return image.read(d, offset, size)
+
+        files.append(ObjectFile(_entry_name(d, kind), d.size, read, max(d.modified_at, 0)))
+    return CompositeTree(trees, files, mtime=max(image.header.modified_at, 0))
 
 
 def check_squashfs_partition(d: Descriptor) -> None:

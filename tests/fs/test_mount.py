@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from siffs.sif import Image, ObjectInput, create
+from siffs.sif import Image, ObjectInput, add, create
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType
 from tests.support.images import build_rootfs, mksquashfs
@@ -293,3 +293,33 @@ def test_image_truncated_under_live_mount(image, tmp_path):
         assert ok and eio
         assert os.listdir(m / "etc")  # still serving
         assert is_mounted(m)
+
+
+def test_mount_all_partitions_and_objects(image, tmp_path):
+    sif = tmp_path / "multi.sif"
+    shutil.copyfile(image, sif)
+    part = tmp_path / "second.squashfs"
+    tree = tmp_path / "second"
+    tree.mkdir()
+    (tree / "hello.txt").write_text("second partition")
+    mksquashfs(tree, part, "-all-root")
+    add(
+        sif,
+        ObjectInput(
+            DataType.PARTITION,
+            part.read_bytes(),
+            name=b"extra",
+            extra=partition_extra(FsType.SQUASHFS, PartType.DATA, b"02"),
+        ),
+    )
+    add(sif, ObjectInput(DataType.LABELS, b'{"a": "b"}'))
+    with siffs_mount(sif, tmp_path / "all", "--all") as m:
+        assert sorted(os.listdir(m)) == ["1", "2-extra", "sif-objects"]
+        assert (m / "2-extra/hello.txt").read_text() == "second partition"
+        assert (m / "1/etc/passwd").read_text().startswith("root:")
+        assert os.listdir(m / "sif-objects") == ["3-labels.json"]
+        assert (m / "sif-objects/3-labels.json").read_bytes() == b'{"a": "b"}'
+        assert os.stat(m / "1").st_ino != os.stat(m / "2-extra").st_ino
+        assert os.path.samefile(m / "1/..", m)
+    result = siffs("mount", "--all", "--partition", "1", sif, tmp_path / "all")
+    assert result.returncode == 2
