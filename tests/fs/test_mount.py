@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_mount_table_df_and_statfs(image, tmp_path):
     with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
         kernel_vfs = os.statvfs(k)
     with siffs_mount(image, tmp_path / "fuse") as m:
-        line = next(line for line in open("/proc/self/mountinfo") if line.split(" ")[4] == str(m))
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        line = next(line for line in mountinfo if line.split(" ")[4] == str(m))
         fs_type, source = line.split(" - ")[1].split(" ")[:2]
         assert fs_type == "fuse.siffs"
         assert source == str(image)
@@ -118,8 +120,8 @@ def test_mount_table_df_and_statfs(image, tmp_path):
 def test_read_only_and_errnos(image, tmp_path):
     with siffs_mount(image, tmp_path / "fuse") as m:
         for action in (
-            lambda: open(m / "new", "w"),
-            lambda: open(m / "data/one", "r+b"),
+            lambda: os.open(m / "new", os.O_WRONLY | os.O_CREAT),
+            lambda: os.open(m / "data/one", os.O_RDWR),
             lambda: os.mkdir(m / "d"),
             lambda: os.unlink(m / "data/one"),
             lambda: os.rename(m / "data/one", m / "data/two"),
@@ -173,13 +175,12 @@ def test_unprivileged_mount_with_uid_option(image, tmp_path):
 def test_mount_inside_user_namespace(image, tmp_path):
     ensure_user()
     mnt = user_dir(tmp_path, "ns-mnt")
-    script = f'siffs_() {{ "$PY" -m siffs "$@"; }}; siffs_ mount {image} {mnt} && cat {mnt}/etc/passwd && siffs_ umount {mnt}'
-    env = dict(os.environ, PY=os.path.realpath(shutil.which("python3") or "python3"))
+    script = f'"$PY" -m siffs mount {image} {mnt} && cat {mnt}/etc/passwd && "$PY" -m siffs umount {mnt}'
     result = subprocess.run(
         ["runuser", "-u", TEST_USER, "--", "unshare", "-Urm", "sh", "-c", script],
         capture_output=True,
         text=True,
-        env=dict(env, PY=str(Path(os.sys.executable))),
+        env=dict(os.environ, PY=sys.executable),
         cwd=Path(__file__).parents[2],
         check=False,
         timeout=60,
