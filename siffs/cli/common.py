@@ -8,6 +8,7 @@ from typing import Any
 
 from siffs.cli.exitcodes import ExitCode
 from siffs.fs.errors import MountError
+from siffs.integrity.errors import IntegrityError, KeyMaterialError
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
 from siffs.squashfs import errors as squashfs
 
@@ -22,6 +23,8 @@ class CommandError(Exception):
 
 #: Error classes of the layers below, most specific first, and the exit code each gets.
 ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
+    (KeyMaterialError, ExitCode.KEY_ERROR),
+    (IntegrityError, ExitCode.NOT_TRUSTED),
     (SifIOError, ExitCode.IO),
     (SifFormatError, ExitCode.INVALID_IMAGE),
     (ObjectNotFoundError, ExitCode.NOT_FOUND),

@@ -1,0 +1,150 @@
+"""The user's trusted keys (``$XDG_CONFIG_HOME/siffs/keys/``) and the trust policy.
+
+A key is trusted because the user put it here (``siffs key import``); siffs has no web of
+trust and no key server. OpenPGP keys are stored as their armored public part, named by the
+primary fingerprint; PEM keys as their public part, named by the DSSE key ID. Secret key
+material is never stored: importing a secret key file keeps only its public half.
+
+The policy answers one question for ``mount``/``run``: is this image signed, by a trusted key,
+over every object that is about to be exposed? It verifies in normal mode (current signature
+formats only: legacy signatures protect no metadata and are never enough for trust).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from siffs.integrity.blockcache import BlockTableCache
+from siffs.integrity.blocktable import Progress
+from siffs.integrity.dsse import load_public_pem
+from siffs.integrity.errors import KeyMaterialError, NotTrustedError
+from siffs.integrity.keys import KeyKind, key_material, load_files, public_dsse_key
+from siffs.integrity.openpgp import PgpKeyring
+from siffs.integrity.verify import KeyMaterial, Report, verify
+from siffs.integrity.xdg import config_dir, private_dir
+from siffs.sif import Image
+from siffs.sif.errors import SifError
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """One key in the keyring, as ``siffs key list`` shows it."""
+
+    kind: str  # "pgp" or "dsse"
+    id: str  # primary fingerprint or DSSE key ID
+    description: str  # user ID, or key type
+    path: Path
+
+
+class Keyring:
+    """The directory of trusted public keys."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory if directory is not None else config_dir() / "keys"
+
+    def _files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if p.suffix in (".asc", ".pem"))
+
+    def import_file(self, path: str) -> list[TrustedKey]:
+        """Add the public key(s) of a key file; returns what was added."""
+        [f] = load_files([path])
+        private_dir(self.directory)
+        added = []
+        if f.kind is KeyKind.PGP:
+            ring = PgpKeyring.from_keys([(f.data, path)])
+            for key in ring.keys:
+                target = self.directory / f"{key.fingerprint}.asc"
+                _write(target, ring.armored(key.fingerprint))
+                added.append(TrustedKey("pgp", key.fingerprint, key.user_id, target))
+        else:
+            dkey = public_dsse_key(f)
+            target = self.directory / f"{_file_name(dkey.key_id)}.pem"
+            _write(target, dkey.pem())
+            added.append(TrustedKey("dsse", dkey.key_id, dkey.description, target))
+        return added
+
+    def keys(self) -> list[TrustedKey]:
+        found = []
+        for path in self._files():
+            if path.suffix == ".asc":
+                ring = PgpKeyring.from_keys([(path.read_bytes(), str(path))])
+                found += [TrustedKey("pgp", k.fingerprint, k.user_id, path) for k in ring.keys]
+            else:
+                dkey = load_public_pem(path.read_bytes(), str(path))
+                found.append(TrustedKey("dsse", dkey.key_id, dkey.description, path))
+        return found
+
+    def remove(self, key_id: str) -> TrustedKey:
+        """Remove the key with this fingerprint (or unambiguous fingerprint suffix) or DSSE key ID."""
+        wanted = key_id.strip().replace(" ", "")
+        matches = [
+            k
+            for k in self.keys()
+            if k.id == wanted or (k.kind == "pgp" and len(wanted) >= 16 and k.id.endswith(wanted.upper()))
+        ]
+        if not matches:
+            raise KeyMaterialError(f"no trusted key {key_id}: see 'siffs key list'")
+        if len(matches) > 1:
+            raise KeyMaterialError(f"{key_id} matches {len(matches)} keys: give the full fingerprint")
+        matches[0].path.unlink()
+        return matches[0]
+
+    def key_material(self) -> KeyMaterial:
+        """Every trusted key, ready for ``verify``."""
+        return key_material(load_files([str(p) for p in self._files()]))
+
+
+def _file_name(dsse_key_id: str) -> str:
+    # Key IDs are base64 and may contain '/': derive a safe, stable name instead.
+    digest = hashlib.sha256(dsse_key_id.encode("ascii")).digest()[:12]
+    return "dsse-" + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def require_trusted(
+    image: Image,
+    expose: Sequence[int],
+    keys: KeyMaterial,
+    *,
+    cache: BlockTableCache | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Verify that trusted signatures cover every object in ``expose``; the report has block tables.
+
+    Raises ``NotTrustedError`` (or the verification error) with a message that says what to do.
+    """
+    if keys.pgp is None and not keys.dsse:
+        raise NotTrustedError(
+            "no trusted keys: import the signer's public key with 'siffs key import FILE' "
+            "(or use --allow-unsigned to skip verification)"
+        )
+    groups = set()
+    for object_id in expose:
+        try:
+            group = image.get(object_id).group
+        except SifError as exc:
+            raise NotTrustedError(f"object {object_id}: {exc}") from None
+        if group == 0:
+            raise NotTrustedError(f"object {object_id} belongs to no group, so no signature can cover it")
+        groups.add(group)
+    report = verify(image, keys, groups=sorted(groups), cache=cache, record_blocks=True, progress=progress)
+    if report.error is not None:
+        raise NotTrustedError(
+            f"not signed by a trusted key: {report.error} (use --allow-unsigned to mount anyway)"
+        ) from report.error
+    uncovered = sorted(set(expose) - report.verified_objects)
+    if uncovered:
+        raise NotTrustedError(f"object {uncovered[0]} is not covered by a trusted signature")
+    return report
