@@ -55,6 +55,14 @@ class ObjectEntry:
     descriptor_digest: Digest
     object_digest: Digest
 
+    def to_dict(self) -> dict[str, object]:
+        """The entry as the reference encodes it (key order matters for byte-identical output)."""
+        return {
+            "relativeId": self.relative_id,
+            "descriptorDigest": str(self.descriptor_digest),
+            "objectDigest": str(self.object_digest),
+        }
+
 
 @dataclass(frozen=True)
 class ImageMetadata:
@@ -66,14 +74,7 @@ class ImageMetadata:
         doc = {
             "version": METADATA_VERSION,
             "header": {"digest": str(self.header_digest)},
-            "objects": [
-                {
-                    "relativeId": o.relative_id,
-                    "descriptorDigest": str(o.descriptor_digest),
-                    "objectDigest": str(o.object_digest),
-                }
-                for o in self.objects
-            ],
+            "objects": [o.to_dict() for o in self.objects],
         }
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
@@ -105,14 +106,16 @@ class ImageMetadata:
         return cls(Digest.parse(header.get("digest")), tuple(_entry(o) for o in objects or ()))
 
 
-def build(image: Image, members: Sequence[Descriptor], object_digests: Sequence[Digest]) -> ImageMetadata:
-    """Metadata for signing ``members`` (one group, sorted by ID) with SHA-256, as the reference."""
+def build(
+    image: Image, members: Sequence[Descriptor], object_digests: Sequence[Digest], algorithm: str = "sha256"
+) -> ImageMetadata:
+    """Metadata for signing ``members`` (one group, sorted by ID); the reference signer uses SHA-256."""
     min_id = min(d.id for d in image.descriptors if d.group == members[0].group)
     entries = tuple(
-        ObjectEntry(d.id - min_id, Digest.of("sha256", descriptor_integrity_bytes(image, d)), od)
+        ObjectEntry(d.id - min_id, Digest.of(algorithm, descriptor_integrity_bytes(image, d)), od)
         for d, od in zip(members, object_digests, strict=True)
     )
-    return ImageMetadata(Digest.of("sha256", image.header.integrity_bytes()), entries)
+    return ImageMetadata(Digest.of(algorithm, image.header.integrity_bytes()), entries)
 
 
 def _object(value: Any, what: str) -> GoObject:
