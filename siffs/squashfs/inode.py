@@ -94,9 +94,11 @@ class FileLocation:
 
 @dataclass(frozen=True, slots=True)
 class Inode:
-    """A decoded inode: attributes, xattr index (None if none) and what its type carries."""
+    """A decoded inode: attributes, where it is (``ref``), xattr index (None if none) and what
+    its type carries."""
 
     stat: Stat
+    ref: int
     xattr: int | None
     dir: DirLocation | None = None
     file: FileLocation | None = None
@@ -174,4 +176,4 @@ def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, xattrs: X
     st = Stat(
         ino=ino, mode=mode, nlink=nlink, uid=uid, gid=gid, size=size, mtime=mtime, rdev=rdev, blocks=blocks
     )
-    return Inode(st, xattr, dir_loc, file_loc, target)
+    return Inode(st, ref, xattr, dir_loc, file_loc, target)

@@ -187,7 +187,7 @@ class SquashFS:
         index = directory.Index((), (), ())
         if loc.index_count:
             index = self._meta_cache.get_or_load(
-                ("n", self._ref(ino)), lambda: directory.read_index(self._meta, loc), directory.Index.cost
+                ("n", inode.ref), lambda: directory.read_index(self._meta, loc), directory.Index.cost
             )
         return inode, directory.Listing(
             self._meta, self.superblock.directory_table, loc, index, self._meta_cache
@@ -199,6 +199,11 @@ class SquashFS:
     def getattr(self, ino: int) -> Stat:
         """Attributes of inode ``ino``."""
         return self._inode(ino).stat
+
+    @_guarded("inode")
+    def inode(self, ino: int) -> Inode:
+        """The decoded inode with its on-disk locations, for inspection tools, tests and the fuzzer."""
+        return self._inode(ino)
 
     @_guarded("lookup")
     def lookup(self, parent: int, name: bytes) -> Stat | None:
@@ -230,7 +235,7 @@ class SquashFS:
             if inode.dir is not None:
                 raise IsADirectory(f"inode {ino} is a directory")
             raise NotARegularFile(f"inode {ino} is not a regular file")
-        return self._data.read(self._ref(ino), inode.file, inode.stat.size, offset, size)
+        return self._data.read(inode.ref, inode.file, inode.stat.size, offset, size)
 
     @_guarded("readlink")
     def readlink(self, ino: int) -> bytes:
