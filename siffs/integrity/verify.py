@@ -288,7 +288,10 @@ class _Verifier:
         elif message is not None:
             self._require_pgp(sig)
         else:
-            raise SignatureFormatError(f"signature object {sig.id} is neither DSSE nor clear-signed")
+            raise SignatureFormatError(
+                f"signature object {sig.id} is damaged or of an unknown format "
+                "(neither a DSSE envelope nor a clear-signed OpenPGP message)"
+            )
         info = sig.signature
         assert info is not None
         if info.hash_type not in HASH_TYPE_NAMES:
