@@ -1,0 +1,132 @@
+"""Verified reads: the block table recorded while verifying, the reader, and the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+
+import siffs.integrity.verify as verify_module
+from siffs.integrity.blockcache import BlockTableCache, ImageIdentity
+from siffs.integrity.blocktable import BLOCK_SIZE, READ_SIZE, Extent, VerifiedObjectReader, hash_extents
+from siffs.integrity.errors import NotTrustedError, TamperedBlockError
+from siffs.integrity.keyring import Keyring, require_trusted
+from siffs.integrity.keys import load_files, private_pem
+from siffs.integrity.sign import DsseSigningKey, sign
+from siffs.integrity.verify import verify
+from siffs.sif import Image, ObjectInput, create
+from siffs.sif.raw import partition_extra
+from siffs.sif.types import DataType, FsType, PartType
+from tests.integrity.conftest import key_path
+
+SIZE = READ_SIZE + 5 * BLOCK_SIZE + 123  # two read chunks, a short last block
+
+
+@pytest.fixture
+def signed_image(tmp_path):
+    """A small image with a (random) 'partition' of SIZE bytes, DSSE-signed with Ed25519."""
+    path = tmp_path / "small.sif"
+    partition = os.urandom(SIZE)
+    extra = partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, b"02")
+    create(
+        path,
+        [
+            ObjectInput(DataType.DEFFILE, b"Bootstrap: scratch\n"),
+            ObjectInput(DataType.PARTITION, partition, extra=extra),
+        ],
+    )
+    [f] = load_files([key_path("ed25519", "private")])
+    sign(str(path), DsseSigningKey((private_pem(f),)))
+    return path, partition
+
+
+@pytest.fixture
+def keys(keysets):
+    return keysets["ed25519"]
+
+
+def test_one_pass_digest_and_blocks_match_hashlib(signed_image):
+    path, partition = signed_image
+    with Image.open(path) as image:
+        d = image.primary_partition()
+        digest, [table] = hash_extents(image.fd, [Extent(d.offset, d.size)], "sha256")
+    assert digest == hashlib.sha256(partition).digest()
+    blocks = [partition[i : i + BLOCK_SIZE] for i in range(0, SIZE, BLOCK_SIZE)]
+    assert table.digests == b"".join(hashlib.sha256(b).digest() for b in blocks)
+
+
+def test_tampered_block_raises_other_blocks_read(signed_image, keys):
+    path, partition = signed_image
+    with Image.open(path) as image:
+        report = verify(image, keys, record_blocks=True).check()
+        d = image.primary_partition()
+        reader = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
+        assert reader.size == SIZE
+        assert reader.pread(0, SIZE) == partition
+        assert reader.pread(SIZE - 10, 100) == partition[-10:]
+        assert reader.pread(SIZE, 10) == b""
+        victim = 3 * BLOCK_SIZE + 7
+        with open(path, "r+b") as f:  # change the file under the open image
+            f.seek(d.offset + victim)
+            f.write(bytes([partition[victim] ^ 1]))
+        with pytest.raises(TamperedBlockError, match="block 3 "):
+            reader.pread(victim, 1)
+        with pytest.raises(TamperedBlockError):
+            reader.pread(2 * BLOCK_SIZE, 2 * BLOCK_SIZE)  # spans the changed block
+        assert reader.pread(0, 3 * BLOCK_SIZE) == partition[: 3 * BLOCK_SIZE]
+        assert reader.pread(4 * BLOCK_SIZE, 1000) == partition[4 * BLOCK_SIZE : 4 * BLOCK_SIZE + 1000]
+
+
+def test_cache_skips_hashing_and_rejects_forged_entries(signed_image, keys, monkeypatch):
+    path, _ = signed_image
+    cache = BlockTableCache.default()
+    with Image.open(path) as image:
+        first = verify(image, keys, cache=cache).check()
+    entries = list(cache.directory.iterdir())
+    assert len(entries) == 2  # the definition file and the partition
+    assert (cache.directory.stat().st_mode & 0o777) == 0o700
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("hashed although the cache holds the digest")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(verify_module, "hash_extents", no_hashing)
+        with Image.open(path) as image:
+            again = verify(image, keys, cache=cache).check()
+    assert again.block_tables == first.block_tables
+
+    for entry in entries:  # forge: flip a byte of every table; the HMAC no longer matches
+        data = bytearray(entry.read_bytes())
+        data[-1] ^= 1
+        entry.write_bytes(data)
+    with Image.open(path) as image:
+        assert verify(image, keys, cache=cache).check().block_tables == first.block_tables
+    assert all(e.read_bytes() != b"" for e in cache.directory.iterdir())
+
+
+def test_cache_key_follows_the_file(signed_image, keys, tmp_path):
+    path, _ = signed_image
+    with Image.open(path) as image:
+        before = ImageIdentity.of(image.fd)
+    copy = tmp_path / "copy.sif"
+    shutil.copyfile(path, copy)
+    with Image.open(copy) as image:
+        assert ImageIdentity.of(image.fd) != before
+
+
+def test_trust_policy(signed_image, tmp_path):
+    path, _ = signed_image
+    keyring = Keyring()
+    with Image.open(path) as image, pytest.raises(NotTrustedError, match="siffs key import"):
+        require_trusted(image, [image.primary_partition().id], keyring.key_material())
+    keyring.import_file(key_path("rsa"))  # a key that did not sign
+    with Image.open(path) as image, pytest.raises(NotTrustedError, match="--allow-unsigned"):
+        require_trusted(image, [image.primary_partition().id], keyring.key_material())
+    keyring.import_file(key_path("ed25519", "private"))  # only the public half is kept
+    assert all(b"PRIVATE" not in p.read_bytes() for p in keyring.directory.iterdir())
+    with Image.open(path) as image:
+        report = require_trusted(image, [image.primary_partition().id], keyring.key_material())
+    assert image.primary_partition().id in report.verified_objects
+    assert set(report.block_tables) >= {image.primary_partition().id}
