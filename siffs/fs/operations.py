@@ -28,8 +28,8 @@ log = logging.getLogger("siffs.fs")
 
 #: Effectively forever: nothing in an immutable image ever changes.
 FOREVER = 365 * 24 * 3600.0
-#: What the kernel's squashfs driver reports as the preferred I/O size.
-BLKSIZE = 4096
+#: What the kernel's squashfs driver reports as the preferred I/O size (its device block size).
+BLKSIZE = 1024
 _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
 #: Directory entries kept ready-made for readdir (pyfuse3 cannot ask the kernel to cache
 #: listings, so every readdir reaches the daemon; answering from a prepared list halves it).

@@ -20,6 +20,7 @@ def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
         "mtime": st.st_mtime_ns,
         "rdev": st.st_rdev,
         "blocks": st.st_blocks,
+        "blksize": st.st_blksize,
         "xattrs": {
             n: os.getxattr(path, n, follow_symlinks=False)
             for n in sorted(os.listxattr(path, follow_symlinks=False))
