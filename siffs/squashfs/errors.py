@@ -88,7 +88,12 @@ class NoSuchAttribute(SquashfsError):
 #: buffer (struct.error, IndexError), a value out of range (ValueError, OverflowError), a
 #: lookup that misses (KeyError), a structure that nests too deep (RecursionError) or asks
 #: for too much (MemoryError). Codec exceptions are converted where the codec is called.
-_PARSE_ERRORS = (struct.error, IndexError, KeyError, ValueError, OverflowError, RecursionError, MemoryError)
+PARSE_ERRORS = (struct.error, IndexError, KeyError, ValueError, OverflowError, RecursionError, MemoryError)
+
+
+def as_corrupt(what: str, error: BaseException) -> CorruptImage:
+    """The ``CorruptImage`` that stands for a low-level ``error`` met while doing ``what``."""
+    return CorruptImage(f"{what}: damaged image ({type(error).__name__}: {error}); the image cannot be read")
 
 
 @contextmanager
@@ -100,9 +105,5 @@ def corrupt_on_bad_input(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except SquashfsError:
-        raise
-    except _PARSE_ERRORS as e:
-        raise CorruptImage(
-            f"{what}: damaged image ({type(e).__name__}: {e}); the image cannot be read"
-        ) from e
+    except PARSE_ERRORS as e:
+        raise as_corrupt(what, e) from e

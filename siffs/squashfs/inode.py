@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.metadata import MetadataReader
 from siffs.squashfs.superblock import Superblock
-from siffs.squashfs.table import LookupTable
 from siffs.squashfs.xattr import XattrTable
 
 #: Basic inode types; the extended variant of type ``t`` is ``t + 7``.
@@ -112,8 +112,10 @@ def linux_rdev(raw: int) -> int:
     return os.makedev(major, minor)
 
 
-def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, xattrs: XattrTable, ref: int) -> Inode:
-    """Decode the inode at reference ``ref`` (inode-table block << 16 | offset)."""
+def read_inode(
+    meta: MetadataReader, sb: Superblock, ids: Sequence[int], xattrs: XattrTable, ref: int
+) -> Inode:
+    """Decode the inode at reference ``ref`` (inode-table block << 16 | offset); ``ids`` is the id table."""
     block = ref >> 16
     if block >= sb.directory_table - sb.inode_table:
         raise CorruptImage(f"inode reference {ref:#x} points outside the inode table; the image is damaged")
@@ -125,8 +127,10 @@ def read_inode(meta: MetadataReader, sb: Superblock, ids: LookupTable, xattrs: X
         raise CorruptImage(f"unknown inode type {kind} (inode {ino}); the image is damaged")
     basic = (kind - 1) % 7 + 1
     extended = kind > 7
-    uid = ids.get(uid_index)[0]
-    gid = ids.get(gid_index)[0]
+    if uid_index >= len(ids) or gid_index >= len(ids):
+        raise CorruptImage(f"inode {ino} owner ids {uid_index}/{gid_index} beyond the {len(ids)} ids")
+    uid = ids[uid_index]
+    gid = ids[gid_index]
     mode = (perm & 0o7777) | FORMAT[basic]
     xattr: int | None = None  # an index into the xattr id table
     size = rdev = blocks = 0

@@ -26,6 +26,7 @@ from siffs.squashfs.cache import LruCache
 from siffs.squashfs.codecs import Codec, make_codec
 from siffs.squashfs.data import FRAGMENT_RECORD, DataReader
 from siffs.squashfs.errors import (
+    PARSE_ERRORS,
     CorruptImage,
     IsADirectory,
     NoSuchAttribute,
@@ -34,6 +35,7 @@ from siffs.squashfs.errors import (
     NotASymlink,
     NotFound,
     UnsupportedImage,
+    as_corrupt,
     corrupt_on_bad_input,
 )
 from siffs.squashfs.inode import Inode, Stat, read_inode
@@ -52,13 +54,16 @@ _EXPORT_RECORD = struct.Struct("<Q")
 
 
 def _guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run a public method under ``corrupt_on_bad_input``: damaged input only ever raises CorruptImage."""
+    """Make a public method raise only CorruptImage on damaged input (as ``corrupt_on_bad_input``,
+    without a context manager's cost on every getattr and lookup)."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            with corrupt_on_bad_input(what):
+            try:
                 return fn(*args, **kwargs)
+            except PARSE_ERRORS as e:
+                raise as_corrupt(what, e) from e
 
         return guarded
 
@@ -96,7 +101,10 @@ class SquashFS:
             self._data_cache = LruCache(cache_bytes - cache_bytes // 4)
             self._meta = metadata.MetadataReader(source, self.codec, self._meta_cache, sb.bytes_used)
             meta = self._meta
-            self._ids = LookupTable(meta, sb.id_table, sb.id_count, _ID_RECORD, "id")
+            # The id table is tiny (few images have more than a handful of owners) and every inode
+            # needs two entries: read it whole, once.
+            ids = LookupTable(meta, sb.id_table, sb.id_count, _ID_RECORD, "id")
+            self._ids = tuple(ids.get(i)[0] for i in range(sb.id_count))
             fragments = None
             if sb.fragment_count and sb.fragment_table != NO_TABLE:
                 fragments = LookupTable(
