@@ -8,7 +8,7 @@ verifies these only when asked (``--legacy``).
 
 from __future__ import annotations
 
-from siffs.integrity.clearsign import ClearSigned, decode
+from siffs.integrity.clearsign import ClearSigned
 from siffs.integrity.digest import ALGORITHMS, LEGACY_HASH_TYPES, Digest, parse_hex
 from siffs.integrity.errors import HashUnsupportedError, SignatureNotValidError
 
@@ -17,11 +17,6 @@ PREFIX = b"SIFHASH:\n"
 
 def is_legacy(message: ClearSigned | None) -> bool:
     return message is not None and message.plaintext.startswith(PREFIX)
-
-
-def is_legacy_data(data: bytes) -> bool:
-    """Is this signature object a legacy one? (decides which signatures a task considers)"""
-    return is_legacy(decode(data))
 
 
 def legacy_algorithm(hash_type: int) -> str:

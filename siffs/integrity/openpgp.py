@@ -108,10 +108,6 @@ class PgpKey:
     validity: str  # GnuPG's letter: "e" expired, "r" revoked, "-"/"u"/... otherwise
 
     @property
-    def key_id(self) -> str:
-        return self.fingerprint[-16:]
-
-    @property
     def user_id(self) -> str:
         return self.user_ids[0] if self.user_ids else ""
 
@@ -262,11 +258,6 @@ def _judge(status: list[list[str]], keyring: PgpKeyring) -> Signer:
     primary = valid[10].upper()
     user_id = next((k.user_id for k in keyring.keys if k.fingerprint == primary), "")
     return Signer(primary, user_id)
-
-
-def inspect_key(key_data: bytes, source: str) -> list[PgpKey]:
-    """The keys an OpenPGP key file holds (public view)."""
-    return list(PgpKeyring.from_keys([(key_data, source)]).keys)
 
 
 @dataclass(frozen=True)
