@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from collections.abc import Sequence
 
+from siffs.cli import trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
@@ -18,7 +20,8 @@ from siffs.fs import daemon
 from siffs.fs.mountpoint import check_mount_point
 from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
 from siffs.fs.unmount import unmount
-from siffs.sif import Image
+from siffs.sif import Descriptor, Image
+from siffs.squashfs.source import ByteSource
 
 #: libfuse options passed through as they are (the kernel or fusermount3 judge them).
 PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount"}
@@ -49,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="every SquashFS partition as a directory <ID>[-name], other objects as files in sif-objects/",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every error in detail")
+    trust.add_arguments(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a siffs mount (also one whose daemon died)")
@@ -85,11 +89,22 @@ def fuse_options(image_path: str, options: dict[str, str | None]) -> set[str]:
 
 
 def _open_tree(args: argparse.Namespace, cache_bytes: int, stack: contextlib.ExitStack) -> Tree:
-    """The tree to serve: one partition (the primary by default), or with --all all of them."""
+    """The tree to serve, verified: one partition (the primary by default), or all with --all."""
+    choice = trust.TrustChoice.from_args(args)
+
+    def sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
+        return trust.sources(image, exposed, choice)
+
     if args.all:
         image = stack.enter_context(Image.open(args.image))
-        return open_all(image, cache_bytes=cache_bytes)
-    opened = open_tree(args.image, args.partition, cache_bytes=cache_bytes)
+        return open_all(image, cache_bytes=cache_bytes, sources=sources)
+    opened = open_tree(
+        args.image,
+        args.partition,
+        cache_bytes=cache_bytes,
+        sources=sources,
+        bare_allowed=choice.allow_unsigned,
+    )
     stack.callback(opened.close)
     return opened.tree
 

@@ -8,6 +8,7 @@ lies inside the file; here the partition kind is checked before anything is read
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from siffs.cli.common import CommandError
@@ -17,7 +18,7 @@ from siffs.fs.operations import Tree
 from siffs.sif import Descriptor, Image, SifIOError
 from siffs.sif.types import FS_TYPE_NAMES, DataType, FsType, name_of
 from siffs.squashfs.reader import SquashFS
-from siffs.squashfs.source import FileSource
+from siffs.squashfs.source import ByteSource, FileSource
 
 SQUASHFS_MAGIC = b"hsqs"
 
@@ -37,6 +38,15 @@ class OpenedTree:
             self.image.close()
         else:
             os.close(self.fd)
+
+
+#: Gives a byte source for each object to expose (trust.sources verifies them first).
+SourceFactory = Callable[[Image, Sequence[Descriptor]], dict[int, ByteSource]]
+
+
+def plain_sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
+    """Unverified sources, for the peeking commands (``ls``, ``cat``), as ``siftool dump`` reads."""
+    return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
 
 
 #: File names (after "<ID>-") of the objects ``mount --all`` shows as files.
@@ -61,23 +71,26 @@ def _entry_name(d: Descriptor, kind: str) -> bytes:
     return f"{d.id}-{kind}".encode() + (b"-" + label if label else b"")
 
 
-def open_all(image: Image, *, cache_bytes: int) -> CompositeTree:
-    """Every SquashFS partition of ``image`` as a directory, every other object as a file."""
+def open_all(image: Image, *, cache_bytes: int, sources: SourceFactory = plain_sources) -> CompositeTree:
+    """Every SquashFS partition of ``image`` as a directory, every other object as a file.
+
+    Signature objects belong to no group, so no signature covers them: they are shown as
+    they are (they are what a verification checks), every other object through ``sources``.
+    """
+    grouped = [d for d in image.descriptors if d.group]
+    verified = sources(image, grouped)
     trees: list[tuple[bytes, Tree]] = []
     files: list[ObjectFile] = []
     squashfs_parts = [d for d in image.descriptors if d.partition and d.partition.fs_type == FsType.SQUASHFS]
     share = max(cache_bytes // max(len(squashfs_parts), 1), 4 << 20)
     for d in image.descriptors:
+        source = verified.get(d.id) or FileSource(image.fd, d.offset, d.size)
         if d in squashfs_parts and d.size:
             name = str(d.id).encode() + (b"-" + d.name.replace(b"/", b"_") if d.name else b"")
-            trees.append((name, SquashFS(FileSource(image.fd, d.offset, d.size), cache_bytes=share)))
+            trees.append((name, SquashFS(source, cache_bytes=share)))
             continue
         kind = OBJECT_FILE_NAMES.get(d.data_type, "object")
-
-        def read(offset: int, size: int, d: Descriptor = d) -> bytes:
-            return image.read(d, offset, size)
-
-        files.append(ObjectFile(_entry_name(d, kind), d.size, read, max(d.modified_at, 0)))
+        files.append(ObjectFile(_entry_name(d, kind), d.size, source.pread, max(d.modified_at, 0)))
     return CompositeTree(trees, files, mtime=max(image.header.modified_at, 0))
 
 
@@ -106,9 +119,21 @@ def _is_bare_squashfs(path: str) -> bool:
         return False  # Image.open reports the problem properly
 
 
-def open_tree(path: str, partition_id: int | None = None, *, cache_bytes: int = 64 << 20) -> OpenedTree:
+def open_tree(
+    path: str,
+    partition_id: int | None = None,
+    *,
+    cache_bytes: int = 64 << 20,
+    sources: SourceFactory = plain_sources,
+    bare_allowed: bool = True,
+) -> OpenedTree:
     """The SquashFS tree of ``path``; the caller closes it."""
     if partition_id is None and _is_bare_squashfs(path):
+        if not bare_allowed:
+            raise CommandError(
+                "a bare SquashFS file carries no signature: use --allow-unsigned to use it anyway",
+                ExitCode.NOT_TRUSTED,
+            )
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -122,7 +147,7 @@ def open_tree(path: str, partition_id: int | None = None, *, cache_bytes: int = 
     try:
         d = image.primary_partition() if partition_id is None else image.get(partition_id)
         check_squashfs_partition(d)
-        tree = SquashFS(FileSource(image.fd, d.offset, d.size), cache_bytes=cache_bytes)
+        tree = SquashFS(sources(image, [d])[d.id], cache_bytes=cache_bytes)
     except BaseException:
         image.close()
         raise

@@ -12,14 +12,14 @@ import argparse
 import sys
 from typing import Any
 
+from siffs.cli import trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
-from siffs.integrity.blockcache import BlockTableCache
 from siffs.integrity.keyring import Keyring
-from siffs.integrity.keys import KeyKind, key_material, load_files, private_pem, read_key_file
+from siffs.integrity.keys import KeyKind, load_files, private_pem, read_key_file
 from siffs.integrity.sign import DsseSigningKey, PgpSigningKey, SigningKey, sign
-from siffs.integrity.verify import KeyMaterial, Mode, Report, SignatureReport, verify
+from siffs.integrity.verify import Mode, Report, SignatureReport, verify
 from siffs.sif import Image
 
 
@@ -76,18 +76,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _keys(paths: list[str]) -> KeyMaterial:
-    if paths:
-        return key_material(load_files(paths))
-    keys = Keyring().key_material()
-    if keys.pgp is None and not keys.dsse:
-        raise CommandError(
-            "no keys: pass the signer's public key with --key FILE or trust it with 'siffs key import FILE'",
-            ExitCode.KEY_ERROR,
-        )
-    return keys
-
-
 def _mode(args: argparse.Namespace) -> Mode:
     if args.legacy_all or (args.legacy and args.all):
         return Mode.LEGACY_ALL
@@ -99,7 +87,7 @@ def _mode(args: argparse.Namespace) -> Mode:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    keys = _keys(args.key)
+    keys = trust.keys_from(args.key)
     mode = _mode(args)
     with Image.open(args.image) as image:
         groups = [args.group] if args.group is not None else []
@@ -109,7 +97,13 @@ def cmd_verify(args: argparse.Namespace) -> None:
             objects = [image.primary_partition().id]
         with ProgressBar("verifying") as progress:
             report = verify(
-                image, keys, groups=groups, objects=objects, mode=mode, cache=_cache(), progress=progress
+                image,
+                keys,
+                groups=groups,
+                objects=objects,
+                mode=mode,
+                cache=trust.block_cache(),
+                progress=progress,
             )
     if args.json:
         print_json(_report_json(report))
@@ -117,13 +111,6 @@ def cmd_verify(args: argparse.Namespace) -> None:
         _print_report(report)
     if report.error is not None:
         raise report.error
-
-
-def _cache() -> BlockTableCache | None:
-    try:
-        return BlockTableCache.default()
-    except OSError:
-        return None  # no writable config/cache directory: verify without the cache
 
 
 def _signer(s: SignatureReport) -> str:

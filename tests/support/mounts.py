@@ -74,10 +74,16 @@ def daemons_for(mount_point: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def siffs_mount(image: Path, mount_point: Path, *options: str, user: str | None = None) -> Iterator[Path]:
-    """A real ``siffs mount`` for the duration of the block; unmounted (and checked) after."""
+def siffs_mount(
+    image: Path, mount_point: Path, *options: str, user: str | None = None, unsigned: bool = True
+) -> Iterator[Path]:
+    """A real ``siffs mount`` for the duration of the block; unmounted (and checked) after.
+
+    Test images are unsigned unless a test signs them: ``unsigned`` adds ``--allow-unsigned``.
+    """
     mount_point.mkdir(parents=True, exist_ok=True)
-    siffs("mount", image, mount_point, *options, user=user, check=True)
+    flags = ("--allow-unsigned",) if unsigned else ()
+    siffs("mount", image, mount_point, *flags, *options, user=user, check=True)
     try:
         yield mount_point
     finally:

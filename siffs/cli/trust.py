@@ -1,0 +1,85 @@
+"""The trust decision before an image is exposed: verify, or say plainly that it was not.
+
+``siffs mount`` (and ``run``) refuse an image unless a trusted key's signature covers every
+object they expose; the bytes then reach the SquashFS reader only through the verified block
+table, so a file changed under a live mount yields EIO, never the changed bytes.
+``--allow-unsigned`` skips all of that, and says so on standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from siffs.cli.common import CommandError
+from siffs.cli.exitcodes import ExitCode
+from siffs.cli.progress import ProgressBar
+from siffs.integrity.blockcache import BlockTableCache
+from siffs.integrity.blocktable import VerifiedObjectReader
+from siffs.integrity.keyring import Keyring, require_trusted
+from siffs.integrity.keys import key_material, load_files
+from siffs.integrity.verify import KeyMaterial
+from siffs.sif import Descriptor, Image
+from siffs.squashfs.source import ByteSource, FileSource
+
+
+def keys_from(paths: Sequence[str], *, required: bool = True) -> KeyMaterial:
+    """The keys given with --key, or else the trusted keyring's."""
+    if paths:
+        return key_material(load_files(list(paths)))
+    keys = Keyring().key_material()
+    if required and keys.pgp is None and not keys.dsse:
+        raise CommandError(
+            "no keys: pass the signer's public key with --key FILE or trust it with 'siffs key import FILE'",
+            ExitCode.KEY_ERROR,
+        )
+    return keys
+
+
+def block_cache() -> BlockTableCache | None:
+    """The verified-block-table cache, or None where no cache directory can be written."""
+    try:
+        return BlockTableCache.default()
+    except OSError:
+        return None  # verify without the cache
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="expose the image without verifying its signatures (says so on stderr)",
+    )
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="trust this public key (OpenPGP or PEM) instead of the keyring; repeatable",
+    )
+
+
+@dataclass(frozen=True)
+class TrustChoice:
+    allow_unsigned: bool
+    key_files: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrustChoice:
+        return cls(bool(args.allow_unsigned), tuple(args.key))
+
+
+def sources(image: Image, exposed: Sequence[Descriptor], choice: TrustChoice) -> dict[int, ByteSource]:
+    """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
+    if choice.allow_unsigned:
+        print(f"siffs: warning: {image.path}: signatures not verified (--allow-unsigned)", file=sys.stderr)
+        return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
+    # An empty keyring is reported by require_trusted, with the --allow-unsigned hint.
+    keys = keys_from(choice.key_files, required=False)
+    with ProgressBar("verifying") as progress:
+        report = require_trusted(image, [d.id for d in exposed], keys, cache=block_cache(), progress=progress)
+    return {
+        d.id: VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id]) for d in exposed
+    }
