@@ -121,7 +121,10 @@ def test_unprivileged_mount_with_uid_option(image, tmp_path):
 def test_mount_inside_user_namespace(image, tmp_path):
     ensure_user()
     mnt = user_dir(tmp_path, "ns-mnt")
-    script = f'"$PY" -m siffs mount --allow-unsigned {image} {mnt} && cat {mnt}/etc/passwd && "$PY" -m siffs umount {mnt}'
+    script = (
+        f'"$PY" -m siffs mount --allow-unsigned {image} {mnt} && cat {mnt}/etc/passwd'
+        f' && "$PY" -m siffs umount {mnt}'
+    )
     result = subprocess.run(
         ["runuser", "-u", TEST_USER, "--", "unshare", "-Urm", "sh", "-c", script],
         capture_output=True,
