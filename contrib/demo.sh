@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash contrib/install.sh
-export PATH="$PWD/.venv/bin:$PATH"
+export PATH="$PWD/.venv/bin:$PATH"   # siffs, and the venv's python3 with cryptography
 out=example
 rm -rf "$out" && mkdir -p "$out"
 
@@ -25,5 +25,36 @@ step "siffs info $primary $out/example.sif"
 siffs info "$primary" "$out/example.sif"
 step "siffs dump 1 $out/example.sif (the definition file)"
 siffs dump 1 "$out/example.sif"
+
+# The demo keeps its keyring and caches under $out, never in your home directory.
+export XDG_CONFIG_HOME="$PWD/$out/config" XDG_CACHE_HOME="$PWD/$out/cache" XDG_STATE_HOME="$PWD/$out/state"
+step "Signing it with a new Ed25519 key (DSSE, as 'singularity sign --key' does)"
+python3 - "$out" <<'PY'
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization as s
+from cryptography.hazmat.primitives.asymmetric import ed25519
+key = ed25519.Ed25519PrivateKey.generate()
+out = Path(sys.argv[1])
+(out / "signing-key.pem").write_bytes(key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))
+(out / "signing-key.pub.pem").write_bytes(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+PY
+siffs sign "$out/example.sif" --key "$out/signing-key.pem"
+step "siffs verify $out/example.sif --key $out/signing-key.pub.pem"
+siffs verify "$out/example.sif" --key "$out/signing-key.pub.pem"
+step "Trusting that key and mounting the image (verified, read-only, FUSE)"
+siffs key import "$out/signing-key.pub.pem"
+mkdir -p "$out/mnt"
+siffs mount "$out/example.sif" "$out/mnt"
+trap 'siffs umount "$out/mnt" 2>/dev/null || true' EXIT
+df -h "$out/mnt" | sed 's/^/  /'
+step "Browsing the mount"
+ls -la "$out/mnt" "$out/mnt/.singularity.d"
+cat "$out/mnt/.singularity.d/labels.json"
+siffs umount "$out/mnt"
+trap - EXIT
+step "Peeking without mounting: siffs ls -l / siffs cat"
+siffs ls -l "$out/example.sif" /etc
+siffs cat "$out/example.sif" /.singularity.d/runscript
 echo
 echo "Done: $out/example.sif"
