@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="siffs",
         description="Use Singularity/Apptainer SIF images without Singularity.",
-        epilog="Exit codes: see 'siffs help exit-codes' or the README.",
+        epilog="exit codes: "
+        + ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in ExitCode)
+        + " (details in the README)",
     )
     parser.add_argument("--version", action="version", version=f"siffs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
