@@ -72,14 +72,30 @@ async def _session() -> None:
         nursery.cancel_scope.cancel()
 
 
-def serve(ops: pyfuse3.Operations, mount_point: str, options: set[str], on_ready: Callable[[], None]) -> None:
+def _fuse_complaint(log_file: Path | None) -> str | None:
+    """The last thing libfuse or fusermount3 wrote to the log (they explain refusals there)."""
+    if log_file is None or not log_file.exists():
+        return None
+    with open(log_file, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    found = [line for line in lines if line.startswith(("fusermount", "fuse:"))]
+    return found[-1] if found else None
+
+
+def serve(
+    ops: pyfuse3.Operations,
+    mount_point: str,
+    options: set[str],
+    on_ready: Callable[[], None],
+    log_file: Path | None = None,
+) -> None:
     """Mount, call ``on_ready``, serve until unmounted or signalled, then clean up."""
     try:
         pyfuse3.init(ops, mount_point, options)
     except RuntimeError as exc:
-        raise MountError(
-            f"{mount_point}: FUSE mount failed: {exc} (is /dev/fuse usable? see the log)"
-        ) from exc
+        reason = _fuse_complaint(log_file) or f"{exc} (is /dev/fuse usable?)"
+        raise MountError(f"{mount_point}: FUSE mount failed: {reason}") from exc
     log.info("mounted at %s with options %s", mount_point, ",".join(sorted(options)))
     on_ready()
     try:
@@ -134,7 +150,7 @@ def _daemon_main(
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
 
-        serve(ops_factory(), mount_point, options, on_ready=ready)
+        serve(ops_factory(), mount_point, options, on_ready=ready, log_file=log_file)
     except MountError as exc:
         log.error("%s", exc)
         _report(ready_fd, str(exc))

@@ -274,3 +274,15 @@ def test_mount_all_partitions_and_objects(image, tmp_path):
         assert os.path.samefile(m / "1/..", m)
     result = siffs("mount", "--all", "--partition", "1", sif, tmp_path / "all")
     assert result.returncode == 2
+
+
+def test_allow_other_refusal_is_explained(image, tmp_path):
+    ensure_user()
+    conf = Path("/etc/fuse.conf")
+    if conf.exists() and "\nuser_allow_other" in "\n" + conf.read_text():
+        pytest.skip("this machine allows allow_other for users")
+    mnt = Path(user_dir(tmp_path, "ao"))
+    result = siffs("mount", "--allow-unsigned", "-o", "allow_other", image, mnt, user=TEST_USER)
+    assert result.returncode == 11
+    assert "user_allow_other" in result.stderr  # fusermount3's own reason reaches the user
+    assert not is_mounted(mnt) and not daemons_for(mnt)
