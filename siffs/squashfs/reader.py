@@ -84,7 +84,7 @@ class FsStats:
 class SquashFS:
     """A SquashFS 4.0 image read through ``source``; every method is safe to call from several threads.
 
-    ``cache_bytes`` bounds the decompressed data kept: a quarter for metadata (blocks,
+    ``cache_bytes`` bounds the decompressed data kept: half for metadata (blocks,
     decoded inodes, directory indexes, block lists, xattrs), the rest for data blocks.
     """
 
@@ -97,8 +97,8 @@ class SquashFS:
             self.codec: Codec = make_codec(
                 sb.compressor, self._options(source, sb), sb.block_size, **codec_args
             )
-            self._meta_cache = LruCache(cache_bytes // 4)
-            self._data_cache = LruCache(cache_bytes - cache_bytes // 4)
+            self._meta_cache = LruCache(cache_bytes // 2)
+            self._data_cache = LruCache(cache_bytes - cache_bytes // 2)
             self._meta = metadata.MetadataReader(source, self.codec, self._meta_cache, sb.bytes_used)
             meta = self._meta
             # The id table is tiny (few images have more than a handful of owners) and every inode

@@ -422,6 +422,7 @@ def exercise(image: bytes) -> None:
 
 @dataclass
 class Outcome:
+    case: int
     mutation: str
     result: str
     seconds: float
@@ -441,7 +442,7 @@ def run_case(bases: list[Base], seed: int, case: int) -> Outcome:
         result, detail = type(e).__name__, str(e)
     except Exception as e:  # anything else is the bug the fuzzer looks for
         result, detail = f"BUG {type(e).__name__}", traceback.format_exc()
-    return Outcome(f"{base.name}:{mutation}", result, time.perf_counter() - t0, detail)
+    return Outcome(case, f"{base.name}:{mutation}", result, time.perf_counter() - t0, detail)
 
 
 def build_bases(workdir: Path) -> list[Base]:
@@ -459,20 +460,21 @@ def fuzz(
     start: int = 0,
     bases: list[Base] | None = None,
     report: Callable[[str], None] | None = None,
-) -> tuple[collections.Counter[str], list[Outcome], float]:
-    """Run ``cases`` cases; return outcome counts, the failures (bugs), and the slowest case time."""
+) -> tuple[collections.Counter[str], list[Outcome], Outcome | None]:
+    """Run ``cases`` cases; return outcome counts, the failures (bugs), and the slowest case."""
     if bases is None:
         with tempfile.TemporaryDirectory() as tmp:
             bases = build_bases(Path(tmp))
     counts: collections.Counter[str] = collections.Counter()
     bugs: list[Outcome] = []
-    slowest = 0.0
+    slowest: Outcome | None = None
     t0 = time.perf_counter()
     for case in range(start, start + cases):
         outcome = run_case(bases, seed, case)
         counts[outcome.result] += 1
         counts[f"{outcome.mutation.split(':')[1]} -> {outcome.result}"] += 1
-        slowest = max(slowest, outcome.seconds)
+        if slowest is None or outcome.seconds > slowest.seconds:
+            slowest = outcome
         if outcome.result.startswith("BUG"):
             bugs.append(outcome)
             if report:
@@ -504,10 +506,11 @@ def main() -> None:
     counts, bugs, slowest = fuzz(a.cases, a.seed, a.start, bases, report=lambda s: print(s, flush=True))
     elapsed = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(
-        f"{a.cases} cases in {elapsed:.0f} s: {a.cases / elapsed:.0f} cases/s; slowest case {slowest:.2f} s; "
-        f"peak RSS {rss} MiB"
-    )
+    print(f"{a.cases} cases in {elapsed:.0f} s: {a.cases / elapsed:.0f} cases/s; peak RSS {rss} MiB")
+    if slowest is not None:
+        print(
+            f"slowest: case {slowest.case} ({slowest.mutation} -> {slowest.result}) {slowest.seconds:.2f} s"
+        )
     for result, n in sorted(counts.items(), key=lambda kv: ("->" in kv[0], kv[0])):
         print(f"  {result:40} {n}")
     sys.exit(1 if bugs else 0)
