@@ -1,0 +1,55 @@
+"""The runtime's one error hierarchy.
+
+Every failure the user can do something about is a ``ContainerError`` whose message is one
+line saying what went wrong and, where there is one, what to do. Callers print it as
+Apptainer does (``FATAL: ...``) and exit with ``exit_status`` (255 unless stated).
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: The status of "siffs could not start the container" and "command not found" (spec §3, §12.3).
+COULD_NOT_START = 255
+
+
+class ContainerError(Exception):
+    """Anything that prevented the command from starting."""
+
+    exit_status = COULD_NOT_START
+
+
+class InvalidRequest(ContainerError):
+    """The request cannot be honoured as given: missing tree, bind source, bad option value."""
+
+
+class EnvironmentFileError(InvalidRequest):
+    """An ``--env-file`` line that siffs refuses to evaluate (command substitution, bad syntax)."""
+
+
+class NamespacesUnavailable(ContainerError):
+    """The kernel refused an unprivileged user namespace; the message names the knob to change."""
+
+
+class MountFailed(ContainerError):
+    """A mount needed to build the container root failed."""
+
+
+class CommandNotFound(ContainerError):
+    """The command does not exist or is not executable inside the container."""
+
+
+class NoRunscript(ContainerError):
+    """``run`` on an image with neither a runscript nor a shell (spec §12.3: exit 1)."""
+
+    exit_status = 1
+
+
+def warn(message: str) -> None:
+    """A problem the container survives, on stderr as Apptainer words it."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def report(error: ContainerError) -> None:
+    """The one line a failed start prints (spec §12.3)."""
+    print(f"FATAL: {error}", file=sys.stderr, flush=True)

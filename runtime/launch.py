@@ -1,0 +1,184 @@
+"""Start a container: the order of runtime.md §5, from host-side checks to ``execve``.
+
+Two entry points. ``exec_container`` turns the calling process into the command (no process of
+siffs stays between the user and the command, except PID 1 of a PID namespace): signals reach
+the command directly and its status is the caller's. ``run_container`` forks first and waits,
+forwarding signals, for callers that have something to do afterwards (unmount an image).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+from runtime import actions, envfile, libc, namespaces, rootfs
+from runtime.elf import Target, host_target
+from runtime.environment import (
+    IDENTITY_PREFIXES,
+    Overrides,
+    apply_literally,
+    collect_overrides,
+    forwarded_host,
+    identity_variables,
+    injection_script,
+    merge,
+)
+from runtime.envscripts import evaluate, find_shell
+from runtime.errors import ContainerError, InvalidRequest, report, warn
+from runtime.layout import Layout, plan
+from runtime.nvidia import NvidiaFiles, NvidiaSources, resolve
+from runtime.passwd import Identity
+from runtime.request import Request
+from runtime.supervise import restore_signals, wait_for
+
+_ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+@dataclass
+class Prepared:
+    """Everything decided on the host, before any namespace exists (§5 step 1)."""
+
+    request: Request
+    layout: Layout
+    identity: dict[str, str]
+    forwarded: dict[str, str]
+    overrides: Overrides
+    host: Target
+    host_cwd: str | None
+
+
+def env_options(items: list[str]) -> list[tuple[str, str]]:
+    """``--env K=V[,K=V]`` as pairs; a comma starts a new pair only when ``NAME=`` follows."""
+    pairs = []
+    for item in items:
+        for part in _ENV_ITEM_SPLIT.split(item):
+            name, sep, value = part.partition("=")
+            if not sep or not name:
+                raise InvalidRequest(f"--env {part!r}: expected NAME=VALUE")
+            pairs.append((name, value))
+    return pairs
+
+
+def _read_env_files(request: Request) -> list[dict[str, str]]:
+    parsed = []
+    for path in request.env_files:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InvalidRequest(f"--env-file {path}: {exc.strerror}") from None
+        parsed.append(envfile.parse(text, request.environ, path))
+    return parsed
+
+
+def prepare(request: Request) -> Prepared:
+    """Check and compute everything that can fail cheaply; nothing is mounted yet."""
+    root = os.path.abspath(request.root)
+    if not os.path.isdir(root):
+        what = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise InvalidRequest(f"{request.root} {what}")
+    request = replace(request, root=root)
+    overrides = collect_overrides(request.environ, _read_env_files(request), env_options(request.env))
+    gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
+    layout = plan(request, Identity.of_caller(), gpu)
+    for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
+        warn(message)
+    identity = identity_variables(
+        request.container or root, request.action, layout.home, layout.bind_destinations
+    )
+    for prefix in IDENTITY_PREFIXES:
+        if request.shell:
+            identity[f"{prefix}_SHELL"] = request.shell
+        if request.no_eval:
+            identity[f"{prefix}_NO_EVAL"] = "1"
+    try:
+        host_cwd: str | None = os.getcwd()
+    except OSError:
+        host_cwd = None
+    forwarded = forwarded_host(request.environ, request.clean, request.no_env)
+    return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd)
+
+
+def exec_container(request: Request) -> NoReturn:
+    """Become the container's command. Errors before the command starts raise ``ContainerError``."""
+    prepared = prepare(request)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    namespaces.enter(request.new_pid)
+    if request.new_pid:
+        pid = os.fork()
+        if pid:  # outside the PID namespace: pass signals to its init, return its status
+            os._exit(wait_for(pid))
+        _in_child(lambda: _start(prepared, as_init=True))
+    _start(prepared, as_init=False)
+
+
+def run_container(request: Request) -> int:
+    """Run the container in a child and return its exit status (128+N if killed by signal N)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _in_child(lambda: exec_container(request))
+    return wait_for(pid)
+
+
+def _in_child(body: Callable[[], object]) -> NoReturn:
+    """Run ``body`` in a forked child, which must never return into the caller's code."""
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # the container dies with whoever waits for it
+    status = 255
+    try:
+        body()
+    except ContainerError as exc:
+        report(exc)
+        status = exc.exit_status
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _start(prepared: Prepared, as_init: bool) -> NoReturn:
+    """Inside the namespaces: build the root, compute the environment, exec (§5 steps 5-13)."""
+    request, layout = prepared.request, prepared.layout
+    rootfs.build(layout)
+    workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
+    os.chdir(workdir)
+    shell = find_shell()
+    if shell is not None:
+        injection = injection_script(prepared.overrides, evaluate=not request.no_eval)
+        evaluated = evaluate(shell, injection, {**prepared.identity, "PWD": workdir})
+    else:
+        warn("the image has no shell: its environment scripts are skipped")
+        evaluated = {}
+        apply_literally(prepared.overrides, evaluated)
+    env = merge(evaluated, prepared.forwarded, prepared.identity, libs_on_path=request.nv)
+    env["PWD"] = workdir
+    shell_option = (
+        request.shell or request.environ.get("APPTAINER_SHELL") or request.environ.get("SINGULARITY_SHELL")
+    )
+    argv = actions.command(request.action, request.args, env, shell_option)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if argv is None:
+        os._exit(0)
+    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
+        pid = os.fork()
+        if pid:
+            os._exit(wait_for(pid, reap_all=True))
+        _in_child(lambda: _exec(argv, env, prepared.host))
+    _exec(argv, env, prepared.host)
+
+
+def _exec(argv: list[str], env: dict[str, str], host: Target) -> NoReturn:
+    restore_signals()
+    actions.execute(argv, env, host)

@@ -1,0 +1,281 @@
+"""What to mount where, decided on the host before any namespace exists (runtime.md §4, §5 step 1).
+
+Planning is separate from mounting so that every cheap failure (a missing bind source, a file
+bound onto a directory, a destination that cannot exist) is reported before the kernel is
+asked for anything, and so that the plan can be tested without privileges. Destinations are
+resolved inside the image (``paths.resolve_in``); those the image lacks become placeholders of
+the staging layer (§4.5), unless they lie inside a tmpfs the runtime mounts itself, where they
+are simply created.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from runtime.environment import LIBS_DIR
+from runtime.errors import InvalidRequest
+from runtime.nvidia import NvidiaFiles
+from runtime.passwd import Identity, group_text, passwd_text
+from runtime.paths import host_path, normalise, resolve_in
+from runtime.request import Request
+
+Kind = Literal["dir", "file"]
+#: Host device nodes of the minimal ``/dev`` (§4.3).
+MINIMAL_DEVICES = ("null", "zero", "random", "urandom", "tty")
+NO_MOUNT_NAMES = frozenset({"proc", "sys", "dev", "devpts", "home", "tmp", "hostfs", "cwd", "bind-paths"})
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bound at ``dest``; ``secure`` adds nosuid,nodev; ``unless_visible`` is the cwd rule."""
+
+    source: str
+    dest: str
+    readonly: bool = False
+    secure: bool = True
+    unless_visible: bool = False
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    dest: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A fresh procfs, possible only in a new PID namespace."""
+
+    dest: str
+
+
+@dataclass(frozen=True)
+class MinimalDev:
+    """``--contain``'s own /dev: host nodes bound onto placeholders of a tmpfs (mknod is EPERM)."""
+
+    dest: str
+    devices: tuple[str, ...]
+    console: str | None
+    devpts: bool
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A file the runtime writes (passwd, group), bound read-only."""
+
+    dest: str
+    content: str
+
+
+@dataclass(frozen=True)
+class LibraryDir:
+    """``--nv`` libraries bound onto placeholders of a staging dir, itself bound at ``dest``."""
+
+    dest: str
+    libraries: tuple[tuple[str, str], ...]
+
+
+Step = Bind | Tmpfs | Proc | MinimalDev | Generated | LibraryDir
+
+
+@dataclass
+class Layout:
+    """The mounts in order, the staging layer's placeholders and what the environment needs to know."""
+
+    root: str
+    home: str
+    steps: list[Step] = field(default_factory=list)
+    placeholders: dict[str, Kind] = field(default_factory=dict)
+    created: dict[str, Kind] = field(default_factory=dict)
+    bind_destinations: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    _unplaceable: list[str] = field(default_factory=list)
+
+    def add(self, step: Step, kind: Kind) -> None:
+        """Append ``step``, arranging for its destination to exist when it is mounted."""
+        covering = next((s for s in reversed(self.steps) if _inside(step.dest, s.dest)), None)
+        if covering is None:
+            self._check(step.dest, host_path(self.root, step.dest), kind, self.placeholders)
+        elif isinstance(covering, Bind):
+            rel = os.path.relpath(step.dest, covering.dest)
+            self._check(step.dest, os.path.join(covering.source, rel), kind, None)
+        elif isinstance(covering, (Tmpfs, MinimalDev)):
+            self.created[step.dest] = kind
+        else:
+            self._unplaceable.append(f"{step.dest} (inside {covering.dest})")
+        self.steps.append(step)
+
+    def _check(self, dest: str, where: str, kind: Kind, placeholders: dict[str, Kind] | None) -> None:
+        if not os.path.lexists(where):
+            if placeholders is None:
+                self._unplaceable.append(dest)
+            else:
+                placeholders[dest] = kind
+        elif os.path.isdir(where) != (kind == "dir"):
+            what = "directory" if kind == "dir" else "file"
+            raise InvalidRequest(f"cannot mount a {what} onto {dest}: it is not a {what} in the container")
+
+    def finish(self) -> Layout:
+        if self._unplaceable:
+            raise InvalidRequest(
+                "bind destinations missing inside other binds (create them there): "
+                + ", ".join(self._unplaceable)
+            )
+        return self
+
+
+def _inside(path: str, parent: str) -> bool:
+    return parent == "/" or path.startswith(parent.rstrip("/") + "/")
+
+
+def _kind(path: str) -> Kind:
+    return "dir" if os.path.isdir(path) else "file"
+
+
+def parse_binds(specs: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
+    """``SRC[:DST[:ro|rw]]`` items of comma lists as (absolute source, destination, read-only)."""
+    for spec in specs:
+        for item in filter(None, spec.split(",")):
+            parts = item.split(":")
+            if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise InvalidRequest(f"invalid bind {item!r}: expected SRC[:DST[:ro|rw]]")
+            source = os.path.abspath(parts[0])
+            dest = parts[1] if len(parts) > 1 and parts[1] else parts[0]
+            if not dest.startswith("/"):
+                raise InvalidRequest(f"invalid bind {item!r}: the destination must be an absolute path")
+            if not os.path.exists(source):
+                raise InvalidRequest(f"bind source {parts[0]} does not exist")
+            yield source, dest, len(parts) == 3 and parts[2] == "ro"
+
+
+def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
+    """The mounts of §5 step 9, in its order."""
+    root = request.root
+    skip = set(request.no_mount)
+    unknown = {name for name in skip if not name.startswith("/") and name not in NO_MOUNT_NAMES}
+    if unknown:
+        raise InvalidRequest(
+            f"--no-mount: unknown {', '.join(sorted(unknown))} (use {', '.join(sorted(NO_MOUNT_NAMES))})"
+        )
+
+    def where(path: str) -> str:
+        return resolve_in(root, path)
+
+    def wanted(name: str, dest: str) -> bool:
+        return name not in skip and dest not in skip
+
+    home_source, home_dest = _home(request, who)
+    layout = Layout(root=root, home=home_dest)
+    if wanted("dev", "/dev"):
+        if request.contained:
+            devices = tuple(f"/dev/{d}" for d in MINIMAL_DEVICES if os.path.exists(f"/dev/{d}"))
+            console = _tty()
+            layout.add(
+                MinimalDev(where("/dev"), devices + tuple(gpu.devices), console, "devpts" not in skip), "dir"
+            )
+        else:
+            layout.add(Bind("/dev", where("/dev"), secure=False), "dir")
+    for path in ("/etc/hosts", "/etc/localtime"):
+        if wanted("", path) and os.path.exists(path) and os.path.exists(host_path(root, where(path))):
+            layout.add(Bind(os.path.realpath(path), where(path), readonly=True), "file")
+    if wanted("proc", "/proc"):
+        layout.add(Proc(where("/proc")) if request.new_pid else Bind("/proc", where("/proc")), "dir")
+    if wanted("sys", "/sys"):
+        layout.add(Bind("/sys", where("/sys")), "dir")
+    if home_dest != "/" and not request.no_home and wanted("home", home_dest):
+        if home_source is None:
+            layout.add(Tmpfs(where(home_dest), 0o755), "dir")
+        else:
+            layout.add(Bind(home_source, where(home_dest)), "dir")
+    if wanted("tmp", "/tmp"):
+        _temporary_dirs(layout, request.contained, where)
+    if gpu.libraries:
+        layout.add(LibraryDir(where(LIBS_DIR), tuple(gpu.libraries)), "dir")
+    for source, dest in gpu.programs:
+        layout.add(Bind(source, where(dest), readonly=True), "file")
+    for path in gpu.data_files:
+        layout.add(Bind(path, where(path), readonly=True), _kind(path))
+    if wanted("", "/etc/resolv.conf") and os.path.exists("/etc/resolv.conf"):
+        layout.add(
+            Bind(os.path.realpath("/etc/resolv.conf"), where("/etc/resolv.conf"), readonly=True), "file"
+        )
+    _identity_files(layout, who, wanted)
+    specs = list(request.binds)
+    if "bind-paths" not in skip:
+        specs += [
+            request.environ[k] for k in ("SINGULARITY_BIND", "APPTAINER_BIND") if request.environ.get(k)
+        ]
+    for source, dest, readonly in sorted(parse_binds(specs), key=lambda b: len(normalise(b[1]))):
+        layout.bind_destinations.append(dest)
+        layout.add(Bind(source, where(dest), readonly=readonly), _kind(source))
+    _current_dir(layout, request, wanted)
+    return layout.finish()
+
+
+def _home(request: Request, who: Identity) -> tuple[str | None, str]:
+    """(host source or None for an empty dir, container destination) of the home directory."""
+    if request.home:
+        source, _, dest = request.home.partition(":")
+        source = os.path.abspath(source)
+        if not os.path.isdir(source):
+            raise InvalidRequest(f"--home: {source} is not a directory")
+        return source, normalise(dest or source)
+    if request.contained or not os.path.isdir(who.home):
+        return None, normalise(who.home)
+    return who.home, normalise(who.home)
+
+
+def _temporary_dirs(layout: Layout, contained: bool, where: Callable[[str], str]) -> None:
+    for path in ("/tmp", "/var/tmp"):
+        if contained:
+            layout.add(Tmpfs(where(path), 0o1777), "dir")
+        elif os.path.isdir(path) and not (path == "/var/tmp" and os.path.samefile("/tmp", "/var/tmp")):
+            layout.add(Bind(path, where(path)), "dir")
+
+
+def _identity_files(layout: Layout, who: Identity, wanted: Callable[[str, str], bool]) -> None:
+    generators: dict[str, Callable[[str], str]] = {
+        "/etc/passwd": lambda text: passwd_text(text, who, layout.home),
+        "/etc/group": lambda text: group_text(text, who),
+    }
+    for path, generate in generators.items():
+        if not wanted("", path):
+            continue
+        dest = resolve_in(layout.root, path)
+        image_file = host_path(layout.root, dest)
+        if not os.path.isfile(image_file):
+            layout.warnings.append(f"the image has no {path}: the user has no name inside the container")
+            continue
+        with open(image_file, encoding="utf-8", errors="surrogateescape") as f:
+            layout.add(Generated(dest, generate(f.read())), "file")
+
+
+def _current_dir(layout: Layout, request: Request, wanted: Callable[[str, str], bool]) -> None:
+    """The host cwd at the same path, unless contained or already visible through another bind."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return
+    if request.contained or cwd == "/" or not wanted("cwd", cwd):
+        return
+    for step in layout.steps:
+        if (
+            isinstance(step, Bind)
+            and step.source == step.dest
+            and (cwd == step.dest or _inside(cwd, step.dest))
+        ):
+            return
+    layout.add(Bind(cwd, resolve_in(layout.root, cwd), unless_visible=True), "dir")
+
+
+def _tty() -> str | None:
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            try:
+                return os.ttyname(fd)
+            except OSError:
+                return None
+    return None

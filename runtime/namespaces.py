@@ -1,0 +1,74 @@
+"""Enter new user and mount namespaces as an unprivileged user (runtime.md §5 steps 2-3).
+
+The caller keeps its own uid and gid inside (an identity map, not root), so files it creates
+in binds belong to it on the host and programs see the user they expect. When the kernel
+refuses, the message names the setting that refused: a bare EPERM tells a user nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from runtime import libc
+from runtime.errors import NamespacesUnavailable
+
+_SYSCTLS = (
+    ("kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=15000"),
+    (
+        "kernel/apparmor_restrict_unprivileged_userns",
+        "1",
+        "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile allowing 'userns'",
+    ),
+)
+
+
+def explain(err: int, proc_sys: str = "/proc/sys") -> str:
+    """Why an unprivileged user namespace was refused, and what an administrator can change."""
+    for name, blocking, fix in _SYSCTLS:
+        try:
+            with open(f"{proc_sys}/{name}") as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value == blocking:
+            setting = name.replace("/", ".")
+            return (
+                f"unprivileged user namespaces are disabled on this host ({setting} = {value}); "
+                f"ask an administrator to run: {fix}"
+            )
+    if err == errno.ENOSPC:
+        return (
+            "the limit of user namespaces is reached (user.max_user_namespaces); "
+            "ask an administrator to raise it: sysctl -w user.max_user_namespaces=15000"
+        )
+    if err == errno.EINVAL:
+        return "the kernel lacks unprivileged user namespaces (CONFIG_USER_NS), or the caller is threaded"
+    return (
+        f"cannot create a user namespace ({os.strerror(err)}): a seccomp filter or the container this "
+        "runs in forbids it (Docker needs --security-opt seccomp=unconfined, or run on the host)"
+    )
+
+
+def enter(new_pid: bool) -> None:
+    """Unshare user + mount (+ PID and IPC) namespaces and map the caller's ids onto themselves."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = libc.CLONE_NEWUSER | libc.CLONE_NEWNS
+    if new_pid:
+        flags |= libc.CLONE_NEWPID | libc.CLONE_NEWIPC
+    try:
+        libc.unshare(flags)
+    except OSError as exc:
+        raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+    try:
+        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        _write("/proc/self/setgroups", "deny\n")  # the gid map is refused before this
+        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    except OSError as exc:
+        raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)

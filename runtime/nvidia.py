@@ -1,0 +1,130 @@
+"""``--nv``: find the host's NVIDIA driver files to bind into the container (runtime.md §6).
+
+The driver's user-space libraries must match the host kernel module exactly, so they come
+from the host, not the image. They are found as Apptainer finds them: the names of a library
+list matched against the host's linker cache (``ldconfig -p``), each checked for the host's
+ELF class and machine. Every input is injectable (``NvidiaSources``) so that tests can use a
+fake driver tree: there is no GPU on the machines that run them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from runtime.elf import Target, host_target, read_target
+from runtime.nvliblist import DEFAULT
+
+PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
+_CACHE_LINE = re.compile(r"^\s*(\S+)\s+\((.*)\)\s+=>\s+(.+?)\s*$")
+_FALLBACK_LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
+
+
+@dataclass(frozen=True)
+class NvidiaSources:
+    """Where the driver is looked for; the defaults are the real host's."""
+
+    liblist: str = DEFAULT
+    path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
+    device_dir: str = "/dev"
+    persistenced_socket: str = PERSISTENCED_SOCKET
+    target: Target | None = None
+
+
+@dataclass
+class NvidiaFiles:
+    """What to bind: libraries (cache path, name in the libs dir), programs, data files, devices."""
+
+    libraries: list[tuple[str, str]] = field(default_factory=list)
+    programs: list[tuple[str, str]] = field(default_factory=list)
+    data_files: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def linker_cache(path: str) -> list[tuple[str, str]]:
+    """``(soname, path)`` pairs of ``ldconfig -p``, in its order (``ldconfig`` found on ``path`` first)."""
+    ldconfig = shutil.which("ldconfig", path=path) or next(
+        (p for p in _FALLBACK_LDCONFIG if os.access(p, os.X_OK)), None
+    )
+    if ldconfig is None:
+        return []
+    try:
+        out = subprocess.run([ldconfig, "-p"], capture_output=True, check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    pairs = []
+    for line in os.fsdecode(out).splitlines():
+        match = _CACHE_LINE.match(line)
+        if match:
+            pairs.append((match.group(1), match.group(3)))
+    return pairs
+
+
+def _entries(liblist: str) -> tuple[list[str], list[str], list[str]]:
+    libraries, data, programs = [], [], []
+    for raw in liblist.splitlines():
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if entry.startswith("/"):
+            data.append(entry)
+        elif ".so" in entry:
+            libraries.append(entry)
+        else:
+            programs.append(entry)
+    return libraries, data, programs
+
+
+def match_libraries(
+    prefixes: list[str], cache: list[tuple[str, str]], target: Target
+) -> list[tuple[str, str]]:
+    """Every cache key starting with a listed name, once, with its first path built for ``target``.
+
+    All paths of a key are considered, not only the first: a multiarch host lists the 32-bit
+    copy of a library under the same soname.
+    """
+    chosen: dict[str, str] = {}
+    for prefix in prefixes:
+        for key, path in cache:
+            if key.startswith(prefix) and key not in chosen and read_target(path) == target:
+                chosen[key] = path
+    found, names = [], set()
+    for path in chosen.values():
+        name = os.path.basename(path)
+        if name not in names:
+            names.add(name)
+            found.append((path, name))
+    return found
+
+
+def resolve(sources: NvidiaSources) -> NvidiaFiles:
+    """The host files ``--nv`` binds. No driver is a warning, never an error: the container runs."""
+    prefixes, data, programs = _entries(sources.liblist)
+    files = NvidiaFiles()
+    libraries = match_libraries(prefixes, linker_cache(sources.path), sources.target or host_target())
+    if not any(name.startswith(("libcuda", "libnvidia")) for _, name in libraries):
+        files.warnings.append(
+            "--nv: no NVIDIA driver found on this host (no libcuda or libnvidia-* in 'ldconfig -p'); "
+            "running without GPU support"
+        )
+        return files
+    files.libraries = libraries
+    for name in programs:
+        found = shutil.which(name, path=sources.path)
+        if found:
+            files.programs.append((found, f"/usr/bin/{name}"))
+    files.data_files = [p for p in (*data, sources.persistenced_socket) if os.path.exists(p)]
+    files.devices = sorted(
+        d for d in glob.glob(os.path.join(sources.device_dir, "nvidia*")) if not os.path.isdir(d)
+    )
+    if files.devices and not any(os.path.basename(d) == "nvidia-uvm" for d in files.devices):
+        files.warnings.append(
+            f"--nv: {sources.device_dir}/nvidia-uvm is missing: CUDA programs will fail to find the GPU "
+            "(load the module with 'nvidia-modprobe -u -c=0')"
+        )
+    return files

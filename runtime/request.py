@@ -1,0 +1,52 @@
+"""What the caller asks the runtime to do: one tree, one action, Apptainer's options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from runtime.nvidia import NvidiaSources
+
+Action = Literal["run", "exec", "shell", "test"]
+
+
+@dataclass
+class Request:
+    """A container to start. ``args`` holds the command and its arguments for ``exec``."""
+
+    root: str
+    action: Action
+    args: list[str] = field(default_factory=list)
+    #: The image as the user named it (``*_CONTAINER``); the tree itself if empty.
+    container: str = ""
+    binds: list[str] = field(default_factory=list)
+    home: str | None = None
+    no_home: bool = False
+    contain: bool = False
+    containall: bool = False
+    pid: bool = False
+    cleanenv: bool = False
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    no_env: list[str] = field(default_factory=list)
+    no_eval: bool = False
+    pwd: str | None = None
+    shell: str | None = None
+    nv: bool = False
+    nv_sources: NvidiaSources | None = None
+    no_mount: list[str] = field(default_factory=list)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def contained(self) -> bool:
+        return self.contain or self.containall
+
+    @property
+    def clean(self) -> bool:
+        return self.cleanenv or self.containall
+
+    @property
+    def new_pid(self) -> bool:
+        return self.pid or self.containall
