@@ -14,6 +14,7 @@ are bounded, and no single call does more work than the structures it reads can 
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ class SquashFS:
             self.root_ino = root.stat.ino
 
     @classmethod
-    def open(cls, path: str, offset: int = 0, length: int | None = None, **kw: Any) -> SquashFS:
+    def open(
+        cls, path: str | os.PathLike[str], offset: int = 0, length: int | None = None, **kw: Any
+    ) -> SquashFS:
         """Open the image at ``offset`` in file ``path``; :meth:`close` closes the file."""
         source = FileSource.open(path, offset, length)
         try:
