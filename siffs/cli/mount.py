@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Sequence
 
 from siffs.cli import trust
-from siffs.cli.common import CommandError
+from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
-from siffs.fs import daemon
+from siffs.fs import daemon, registry
 from siffs.fs.mountpoint import check_mount_point
 from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
 from siffs.fs.unmount import unmount
-from siffs.sif import Descriptor, Image
-from siffs.squashfs.source import ByteSource
+from siffs.sif import Image
 
 #: libfuse options passed through as they are (the kernel or fusermount3 judge them).
 PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount"}
@@ -56,9 +54,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a siffs mount (also one whose daemon died)")
-    p.add_argument("mount_point")
+    p.add_argument("mount_point", nargs="?", help="the mount point (or --all)")
+    p.add_argument("-a", "--all", action="store_true", help="unmount every siffs mount")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now, clean up when no longer busy")
     p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("mounts", help="list live siffs mounts: mount point, image, verified by, daemon pid")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=cmd_mounts)
 
 
 def parse_options(raw: list[str]) -> dict[str, str | None]:
@@ -88,22 +91,19 @@ def fuse_options(image_path: str, options: dict[str, str | None]) -> set[str]:
     return fuse
 
 
-def _open_tree(args: argparse.Namespace, cache_bytes: int, stack: contextlib.ExitStack) -> Tree:
+def _open_tree(
+    args: argparse.Namespace, cache_bytes: int, gate: trust.Gate, stack: contextlib.ExitStack
+) -> Tree:
     """The tree to serve, verified: one partition (the primary by default), or all with --all."""
-    choice = trust.TrustChoice.from_args(args)
-
-    def sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
-        return trust.sources(image, exposed, choice)
-
     if args.all:
         image = stack.enter_context(Image.open(args.image))
-        return open_all(image, cache_bytes=cache_bytes, sources=sources)
+        return open_all(image, cache_bytes=cache_bytes, sources=gate.sources)
     opened = open_tree(
         args.image,
         args.partition,
         cache_bytes=cache_bytes,
-        sources=sources,
-        bare_allowed=choice.allow_unsigned,
+        sources=gate.sources,
+        bare_allowed=gate.choice.allow_unsigned,
     )
     stack.callback(opened.close)
     return opened.tree
@@ -119,17 +119,54 @@ def cmd_mount(args: argparse.Namespace) -> None:
     fuse = fuse_options(args.image, options)
     log_file = daemon.log_path_for(mount_point)
     with contextlib.ExitStack() as stack:
-        tree = _open_tree(args, cache_mib << 20, stack)
+        gate = trust.Gate(trust.TrustChoice.from_args(args))
+        tree = _open_tree(args, cache_mib << 20, gate, stack)
 
         def make_ops() -> ReadOnlyOperations:
             return ReadOnlyOperations(tree, ownership)
 
+        served = daemon.Served(os.path.abspath(args.image), gate.verified_by)
         if args.foreground:
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
-            daemon.run_foreground(make_ops, mount_point, fuse)
+            daemon.run_foreground(make_ops, mount_point, fuse, served)
         else:
-            daemon.run_background(make_ops, mount_point, fuse, log_file)
+            daemon.run_background(make_ops, mount_point, fuse, served, log_file)
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
-    unmount(args.mount_point, lazy=args.lazy)
+    if args.all == (args.mount_point is not None):
+        raise CommandError("give a mount point or --all", ExitCode.USAGE)
+    targets = [entry.mount_point for entry, _ in registry.live_mounts()] if args.all else [args.mount_point]
+    for target in targets:
+        unmount(target, lazy=args.lazy)
+
+
+def _live_pid(rec: registry.MountRecord | None) -> int | None:
+    """The daemon's pid if it still runs (a killed daemon may linger as a zombie: not running)."""
+    if rec is None:
+        return None
+    try:
+        with open(f"/proc/{rec.pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+    return rec.pid if state not in ("Z", "X") else None
+
+
+def cmd_mounts(args: argparse.Namespace) -> None:
+    rows = [
+        {
+            "mount_point": entry.mount_point,
+            "image": entry.source,
+            "verified_by": rec.verified_by if rec else None,
+            "pid": _live_pid(rec),
+            "alive": _live_pid(rec) is not None,
+        }
+        for entry, rec in registry.live_mounts()
+    ]
+    if args.json:
+        print_json(rows)
+        return
+    for row in rows:
+        state = f"pid {row['pid']}" if row["alive"] else "daemon gone: run 'siffs umount'"
+        print(f"{row['mount_point']}\t{row['image']}\tverified by {row['verified_by'] or 'unknown'}\t{state}")

@@ -20,7 +20,7 @@ from siffs.integrity.blockcache import BlockTableCache
 from siffs.integrity.blocktable import VerifiedObjectReader
 from siffs.integrity.keyring import Keyring, require_trusted
 from siffs.integrity.keys import key_material, load_files
-from siffs.integrity.verify import KeyMaterial
+from siffs.integrity.verify import KeyMaterial, SignatureReport
 from siffs.sif import Descriptor, Image
 from siffs.squashfs.source import ByteSource, FileSource
 
@@ -71,15 +71,37 @@ class TrustChoice:
         return cls(bool(args.allow_unsigned), tuple(args.key))
 
 
-def sources(image: Image, exposed: Sequence[Descriptor], choice: TrustChoice) -> dict[int, ByteSource]:
-    """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
-    if choice.allow_unsigned:
-        print(f"siffs: warning: {image.path}: signatures not verified (--allow-unsigned)", file=sys.stderr)
-        return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
-    # An empty keyring is reported by require_trusted, with the --allow-unsigned hint.
-    keys = keys_from(choice.key_files, required=False)
-    with ProgressBar("verifying") as progress:
-        report = require_trusted(image, [d.id for d in exposed], keys, cache=block_cache(), progress=progress)
-    return {
-        d.id: VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id]) for d in exposed
-    }
+def signer_text(s: SignatureReport) -> str:
+    """Who made a verified signature, for people: fingerprint and user ID, or DSSE key IDs."""
+    if s.pgp_signer is not None:
+        uid = f' "{s.pgp_signer.user_id}"' if s.pgp_signer.user_id else ""
+        return f"{s.pgp_signer.fingerprint}{uid}"
+    if s.dsse_keys:
+        return ", ".join(f"{k.key_id} ({k.description})" for k in s.dsse_keys)
+    return "unknown"
+
+
+class Gate:
+    """Makes the byte sources of the objects to expose, and remembers who vouched for them."""
+
+    def __init__(self, choice: TrustChoice) -> None:
+        self.choice = choice
+        self.verified_by = "nobody (--allow-unsigned)"
+
+    def sources(self, image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
+        """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
+        if self.choice.allow_unsigned:
+            print(
+                f"siffs: warning: {image.path}: signatures not verified (--allow-unsigned)", file=sys.stderr
+            )
+            return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
+        # An empty keyring is reported by require_trusted, with the --allow-unsigned hint.
+        keys = keys_from(self.choice.key_files, required=False)
+        with ProgressBar("verifying") as progress:
+            report = require_trusted(
+                image, [d.id for d in exposed], keys, cache=block_cache(), progress=progress
+            )
+        self.verified_by = "; ".join(sorted({signer_text(s) for s in report.signatures if s.ok}))
+        return {
+            d.id: VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id]) for d in exposed
+        }

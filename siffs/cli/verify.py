@@ -19,7 +19,7 @@ from siffs.cli.progress import ProgressBar
 from siffs.integrity.keyring import Keyring
 from siffs.integrity.keys import KeyKind, load_files, private_pem, read_key_file
 from siffs.integrity.sign import DsseSigningKey, PgpSigningKey, SigningKey, sign
-from siffs.integrity.verify import Mode, Report, SignatureReport, verify
+from siffs.integrity.verify import Mode, Report, verify
 from siffs.sif import Image
 
 
@@ -113,22 +113,13 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise report.error
 
 
-def _signer(s: SignatureReport) -> str:
-    if s.pgp_signer is not None:
-        uid = f' "{s.pgp_signer.user_id}"' if s.pgp_signer.user_id else ""
-        return f"{s.pgp_signer.fingerprint}{uid}"
-    if s.dsse_keys:
-        return ", ".join(f"{k.key_id} ({k.description})" for k in s.dsse_keys)
-    return "unknown"
-
-
 def _print_report(report: Report) -> None:
     out = sys.stdout
     for s in report.signatures:
         link = "" if s.link is None else f", {'group' if s.link.is_group else 'object'} {s.link.target}"
         out.write(f"signature {s.signature_id} ({s.format.upper()}{link}): ")
         out.write("verified\n" if s.ok else f"FAILED: {s.error}\n")
-        out.write(f"  signer:  {_signer(s)}\n")
+        out.write(f"  signer:  {trust.signer_text(s)}\n")
         covered = s.verified if s.ok else s.covers
         out.write(f"  objects: {', '.join(str(i) for i in covered) or 'none'}\n")
     if report.ok:

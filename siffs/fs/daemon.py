@@ -18,11 +18,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from siffs.fs import registry
 from siffs.fs.errors import MountError
 
 log = logging.getLogger("siffs.fs")
@@ -83,10 +85,20 @@ def _fuse_complaint(log_file: Path | None) -> str | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a daemon serves, for the logs and ``siffs mounts``."""
+
+    image: str
+    verified_by: str
+
+
 def serve(
     ops: pyfuse3.Operations,
     mount_point: str,
     options: set[str],
+    served: Served,
+    *,
     on_ready: Callable[[], None],
     log_file: Path | None = None,
 ) -> None:
@@ -96,7 +108,8 @@ def serve(
     except RuntimeError as exc:
         reason = _fuse_complaint(log_file) or f"{exc} (is /dev/fuse usable?)"
         raise MountError(f"{mount_point}: FUSE mount failed: {reason}") from exc
-    log.info("mounted at %s with options %s", mount_point, ",".join(sorted(options)))
+    log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
+    registry.record(mount_point, served.image, served.verified_by)
     on_ready()
     try:
         trio.run(_session)
@@ -104,24 +117,29 @@ def serve(
         # After an external unmount the session is gone and this is a no-op; after a
         # signal it removes the mount.
         pyfuse3.close(unmount=True)
+        registry.forget(mount_point)
         log.info("unmounted %s", mount_point)
 
 
 def run_foreground(
-    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str]
+    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str], served: Served
 ) -> None:
-    serve(ops_factory(), mount_point, options, on_ready=lambda: None)
+    serve(ops_factory(), mount_point, options, served, on_ready=lambda: None)
 
 
 def run_background(
-    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str], log_file: Path
+    ops_factory: Callable[[], pyfuse3.Operations],
+    mount_point: str,
+    options: set[str],
+    served: Served,
+    log_file: Path,
 ) -> int:
     """Fork a daemon that mounts; return its pid once the mount is live, or raise ``MountError``."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_end)
-        _daemon_main(ops_factory, mount_point, options, log_file, write_end)
+        _daemon_main(ops_factory, mount_point, options, served, log_file=log_file, ready_fd=write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read().decode("utf-8", "replace").strip()
@@ -137,6 +155,8 @@ def _daemon_main(
     ops_factory: Callable[[], pyfuse3.Operations],
     mount_point: str,
     options: set[str],
+    served: Served,
+    *,
     log_file: Path,
     ready_fd: int,
 ) -> None:
@@ -150,7 +170,7 @@ def _daemon_main(
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
 
-        serve(ops_factory(), mount_point, options, on_ready=ready, log_file=log_file)
+        serve(ops_factory(), mount_point, options, served, on_ready=ready, log_file=log_file)
     except MountError as exc:
         log.error("%s", exc)
         _report(ready_fd, str(exc))

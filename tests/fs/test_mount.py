@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -286,3 +287,23 @@ def test_allow_other_refusal_is_explained(image, tmp_path):
     assert result.returncode == 11
     assert "user_allow_other" in result.stderr  # fusermount3's own reason reaches the user
     assert not is_mounted(mnt) and not daemons_for(mnt)
+
+
+def test_mounts_lists_live_mounts_and_umount_all(image, tmp_path):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        assert siffs("mount", "--allow-unsigned", image, tmp_path / name, env=env).returncode == 0
+    listed = json.loads(siffs("mounts", "--json", env=env, check=True).stdout)
+    mine = {row["mount_point"]: row for row in listed if row["mount_point"].startswith(str(tmp_path))}
+    assert set(mine) == {str(tmp_path / "a"), str(tmp_path / "b")}
+    for row in mine.values():
+        assert row["image"] == str(image)
+        assert row["alive"] and row["pid"] in daemons_for(Path(row["mount_point"]))
+        assert row["verified_by"] == "nobody (--allow-unsigned)"
+    os.kill(mine[str(tmp_path / "b")]["pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    text = siffs("mounts", env=env, check=True).stdout
+    assert "daemon gone" in text
+    assert siffs("umount", "--all", env=env).returncode == 0
+    assert not is_mounted(tmp_path / "a") and not is_mounted(tmp_path / "b")
