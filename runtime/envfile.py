@@ -10,10 +10,24 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from runtime.errors import EnvironmentFileError
+from runtime.errors import EnvironmentFileError, InvalidRequest
 
 _ASSIGNMENT = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z", re.DOTALL)
 _REFERENCE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def read(path: str, option: str) -> str:
+    """The text of a file named by a command-line option, or an error naming the option."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidRequest(f"{option} {path}: {exc.strerror}") from None
+
+
+def load(path: str, host: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``--env-file path``."""
+    return parse(read(path, "--env-file"), host, path)
 
 
 def parse(text: str, host: Mapping[str, str], where: str) -> dict[str, str]:
@@ -67,6 +81,7 @@ def _value(rest: str, scope: Mapping[str, str]) -> str:
             flush()
             quote = "'"
         elif c.isspace() and not quote:
+            flush()  # a command substitution before the space is the error worth reporting
             if rest[i:].strip() and not rest[i:].strip().startswith("#"):
                 raise ValueError("unquoted space in value (quote it)")
             break

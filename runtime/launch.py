@@ -65,18 +65,6 @@ def env_options(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_env_files(request: Request) -> list[dict[str, str]]:
-    parsed = []
-    for path in request.env_files:
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        except OSError as exc:
-            raise InvalidRequest(f"--env-file {path}: {exc.strerror}") from None
-        parsed.append(envfile.parse(text, request.environ, path))
-    return parsed
-
-
 def prepare(request: Request) -> Prepared:
     """Check and compute everything that can fail cheaply; nothing is mounted yet."""
     root = os.path.abspath(request.root)
@@ -84,7 +72,11 @@ def prepare(request: Request) -> Prepared:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
     request = replace(request, root=root)
-    overrides = collect_overrides(request.environ, _read_env_files(request), env_options(request.env))
+    overrides = collect_overrides(
+        request.environ,
+        [envfile.load(p, request.environ) for p in request.env_files],
+        env_options(request.env),
+    )
     gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
     layout = plan(request, Identity.of_caller(), gpu)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):

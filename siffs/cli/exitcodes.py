@@ -27,3 +27,6 @@ class ExitCode(IntEnum):
     UNSUPPORTED = 10
     #: Mounting or unmounting failed (mount point, FUSE, daemon).
     MOUNT_FAILED = 11
+    #: run/exec/shell/test could not start the command (image, mount, user namespaces, command not
+    #: found): one ``FATAL:`` line, as Apptainer. Otherwise these commands exit with the command's status.
+    CONTAINER_FAILED = 255

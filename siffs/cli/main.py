@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from siffs import __version__
-from siffs.cli import browse, edit, inspect, mount, verify
+from siffs.cli import browse, edit, inspect, mount, run, verify
 from siffs.cli.common import exit_code_for
 from siffs.cli.exitcodes import ExitCode
 
-COMMAND_GROUPS = (inspect, browse, edit, mount, verify)
+COMMAND_GROUPS = (inspect, browse, edit, mount, verify, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
