@@ -29,10 +29,15 @@ def find_program(name: str, path: str) -> str:
     """``name`` looked up on the container's final ``PATH``, as ``execvp`` would."""
     if "/" in name:
         return name
+    unusable = None
     for directory in path.split(":"):
         candidate = os.path.join(directory or ".", name)
         if _executable(candidate):
             return candidate
+        if unusable is None and os.path.isfile(candidate):
+            unusable = candidate
+    if unusable is not None:  # as execvp: a file that is there but not executable says so
+        return unusable
     raise CommandNotFound(f'"{name}": executable file not found in $PATH')
 
 
@@ -81,11 +86,11 @@ def working_directory(pwd: str | None, contained: bool, host_cwd: str | None, ho
 
 
 def execute(argv: list[str], env: Mapping[str, str], host: Target) -> NoReturn:
-    """``execve`` the command; a file without ``#!`` that is not ELF runs under ``/bin/sh``."""
+    """``execve`` the command; a file without ``#!`` that is not ELF runs under ``/bin/sh`` (as execvp)."""
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
-        if exc.errno == errno.ENOEXEC and _executable("/bin/sh"):
+        if exc.errno == errno.ENOEXEC and read_target(argv[0]) is None and _executable("/bin/sh"):
             try:
                 os.execve("/bin/sh", ["/bin/sh", *argv], env)
             except OSError as again:
@@ -95,10 +100,10 @@ def execute(argv: list[str], env: Mapping[str, str], host: Target) -> NoReturn:
 
 def explain(path: str, err: int, host: Target) -> str:
     """Why ``path`` did not start, in the terms a user can act on."""
+    target = read_target(path) if err in (errno.ENOENT, errno.ENOEXEC) else None
+    if target is not None and target != host:  # the kernel says ENOEXEC, or ENOENT for the loader
+        return f"{path}: cannot run: the image is {target.describe()}, this host is {host.describe()}"
     if err == errno.ENOENT and os.path.exists(path):
-        target = read_target(path)
-        if target is not None and target != host:
-            return f"{path}: cannot run: the image is {target.describe()}, this host is {host.describe()}"
         if target is not None:
             return f"{path}: cannot run: its program interpreter (dynamic loader) is missing in the image"
         interpreter = _shebang(path)
