@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 
 from siffs.cli import trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
 from siffs.fs import daemon, registry
+from siffs.fs.errors import MountError
 from siffs.fs.mountpoint import check_mount_point
 from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
 from siffs.fs.unmount import unmount
@@ -109,9 +112,15 @@ def _open_tree(
     return opened.tree
 
 
-def cmd_mount(args: argparse.Namespace) -> None:
-    options = parse_options(args.options)
-    mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
+def _serve(
+    args: argparse.Namespace,
+    mount_point: str,
+    options: dict[str, str | None],
+    *,
+    foreground: bool,
+    ephemeral: bool,
+) -> None:
+    """Verify, open and serve ``args.image`` at ``mount_point`` (a daemon unless ``foreground``)."""
     # 32 MiB keeps the daemon under 100 MB resident after reading a whole rootfs (measured).
     cache_mib = int(options.get("cache_size") or 32)
     uid, gid = options.get("uid"), options.get("gid")
@@ -125,12 +134,49 @@ def cmd_mount(args: argparse.Namespace) -> None:
         def make_ops() -> ReadOnlyOperations:
             return ReadOnlyOperations(tree, ownership)
 
-        served = daemon.Served(os.path.abspath(args.image), gate.verified_by)
-        if args.foreground:
+        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral)
+        if foreground:
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
             daemon.run_foreground(make_ops, mount_point, fuse, served)
         else:
             daemon.run_background(make_ops, mount_point, fuse, served, log_file)
+
+
+@contextlib.contextmanager
+def mounted_image(image: str, args: argparse.Namespace) -> Iterator[str]:
+    """Verify and mount ``image`` on a private, temporary mount point for the block's duration.
+
+    For ``siffs run`` and friends: the daemon is tied to this process, so the mount goes away
+    when the block ends, and also when this process is killed.
+    """
+    base = registry.registry_dir().parent / "run"
+    base.mkdir(parents=True, exist_ok=True)
+    mount_point = tempfile.mkdtemp(prefix="mnt-", dir=base)
+    ns = argparse.Namespace(
+        image=image,
+        all=False,
+        partition=None,
+        key=getattr(args, "key", []) or [],
+        allow_unsigned=getattr(args, "allow_unsigned", False),
+        verbose=False,
+    )
+    try:
+        _serve(ns, mount_point, {}, foreground=False, ephemeral=True)
+    except BaseException:
+        os.rmdir(mount_point)
+        raise
+    try:
+        yield mount_point
+    finally:
+        with contextlib.suppress(MountError):
+            unmount(mount_point, lazy=True)
+        # The daemon removes the mount point once it has unmounted; it may still be at it.
+
+
+def cmd_mount(args: argparse.Namespace) -> None:
+    options = parse_options(args.options)
+    mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
+    _serve(args, mount_point, options, foreground=args.foreground, ephemeral=False)
 
 
 def cmd_umount(args: argparse.Namespace) -> None:

@@ -13,6 +13,8 @@ the session too, and the daemon then exits on its own.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -30,6 +32,7 @@ from siffs.fs.errors import MountError
 log = logging.getLogger("siffs.fs")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
 
 
 def state_dir() -> Path:
@@ -87,10 +90,15 @@ def _fuse_complaint(log_file: Path | None) -> str | None:
 
 @dataclass(frozen=True)
 class Served:
-    """What a daemon serves, for the logs and ``siffs mounts``."""
+    """What a daemon serves, for the logs and ``siffs mounts``.
+
+    ``ephemeral``: the mount belongs to one command (``siffs run``): the daemon unmounts when
+    that command's process dies, however it dies, and removes the mount point it was given.
+    """
 
     image: str
     verified_by: str
+    ephemeral: bool = False
 
 
 def serve(
@@ -119,6 +127,9 @@ def serve(
         pyfuse3.close(unmount=True)
         registry.forget(mount_point)
         log.info("unmounted %s", mount_point)
+        if served.ephemeral:
+            with contextlib.suppress(OSError):
+                os.rmdir(mount_point)
 
 
 def run_foreground(
@@ -136,10 +147,13 @@ def run_background(
 ) -> int:
     """Fork a daemon that mounts; return its pid once the mount is live, or raise ``MountError``."""
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_end)
-        _daemon_main(ops_factory, mount_point, options, served, log_file=log_file, ready_fd=write_end)
+        _daemon_main(
+            ops_factory, mount_point, options, served, log_file=log_file, ready_fd=write_end, parent=parent
+        )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read().decode("utf-8", "replace").strip()
@@ -159,9 +173,12 @@ def _daemon_main(
     *,
     log_file: Path,
     ready_fd: int,
+    parent: int,
 ) -> None:
     code = 0
     try:
+        if served.ephemeral:
+            _die_with(parent)
         os.setsid()
         _detach_stdio(log_file)
         setup_logging(log_file, to_stderr=False)
@@ -182,6 +199,15 @@ def _daemon_main(
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGTERM (and so unmount cleanly) when ``parent`` dies, even of SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _report(fd: int, message: str) -> None:
