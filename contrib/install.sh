@@ -33,4 +33,4 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,lzo]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,lzo,bench]'

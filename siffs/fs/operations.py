@@ -292,9 +292,12 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         try:
-            return self.tree.listxattr(self._swap(inode))
+            names = self.tree.listxattr(self._swap(inode))
         except Exception as exc:
             raise fuse_error(exc, f"listxattr inode {inode}") from exc
+        if ctx.uid != 0:  # as the kernel: trusted.* is listed only for CAP_SYS_ADMIN (root here)
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         try:

@@ -18,6 +18,7 @@ from siffs.squashfs.errors import (
     SquashfsError,
     SymlinkLoop,
     UnsupportedImage,
+    XattrsUnsupported,
 )
 from siffs.squashfs.inode import Stat
 from siffs.squashfs.listing import format_long, quote_name
@@ -42,6 +43,7 @@ __all__ = [
     "Stat",
     "SymlinkLoop",
     "UnsupportedImage",
+    "XattrsUnsupported",
     "format_long",
     "quote_name",
     "resolve",

@@ -78,6 +78,12 @@ class SymlinkLoop(SquashfsError):
     errno = _errno.ELOOP
 
 
+class XattrsUnsupported(SquashfsError):
+    """listxattr on an image without an xattr table, where the kernel answers EOPNOTSUPP."""
+
+    errno = _errno.EOPNOTSUPP
+
+
 class NoSuchAttribute(SquashfsError):
     """The inode has no extended attribute of that name."""
 

@@ -100,6 +100,7 @@ class Inode:
     stat: Stat
     ref: int
     xattr: int | None
+    extended: bool = False
     dir: DirLocation | None = None
     file: FileLocation | None = None
     target: bytes | None = None
@@ -180,4 +181,4 @@ def read_inode(
     st = Stat(
         ino=ino, mode=mode, nlink=nlink, uid=uid, gid=gid, size=size, mtime=mtime, rdev=rdev, blocks=blocks
     )
-    return Inode(st, ref, xattr, dir_loc, file_loc, target)
+    return Inode(st, ref, xattr, extended, dir_loc, file_loc, target)

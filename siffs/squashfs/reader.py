@@ -36,6 +36,7 @@ from siffs.squashfs.errors import (
     NotASymlink,
     NotFound,
     UnsupportedImage,
+    XattrsUnsupported,
     as_corrupt,
     corrupt_on_bad_input,
 )
@@ -258,8 +259,18 @@ class SquashFS:
 
     @_guarded("listxattr")
     def listxattr(self, ino: int) -> list[bytes]:
-        """Full names (with their ``user.``/``trusted.``/``security.`` prefix) of the inode's xattrs."""
-        return [name for name, _ in self._xattrs.pairs(self._inode(ino).xattr)]
+        """Full names (with their ``user.``/``trusted.``/``security.`` prefix) of the inode's xattrs.
+
+        On an image without an xattr table the kernel answers EOPNOTSUPP for the inodes it gives
+        xattr operations (directories, symlinks, every extended inode) and an empty list for the
+        others (basic files, devices, FIFOs, sockets): so does this, with ``XattrsUnsupported``.
+        """
+        inode = self._inode(ino)
+        if self.superblock.xattr_table == NO_TABLE and (
+            inode.extended or inode.dir is not None or inode.target is not None
+        ):
+            raise XattrsUnsupported(f"the image has no extended attributes (inode {ino})")
+        return [name for name, _ in self._xattrs.pairs(inode.xattr)]
 
     @_guarded("getxattr")
     def getxattr(self, ino: int, name: bytes) -> bytes:

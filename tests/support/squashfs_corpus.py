@@ -8,13 +8,12 @@ id-table block holds, more fragments than one fragment-table block holds, user/t
 security xattrs (shared values become out-of-line), odd modes and timestamps.
 
 Each image is a :class:`Spec` (tree, packer, options). :class:`Corpus` builds a tree or an
-image the first time it is asked for and keeps it for the session. :func:`kernel_mount`
-mounts an image read-only at a byte offset with the kernel's squashfs driver: the oracle.
+image the first time it is asked for and keeps it for the session. ``kernel_mount`` (from
+``tests.support.mounts``) mounts an image with the kernel's squashfs driver: the oracle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -23,9 +22,10 @@ import stat
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.mounts import kernel_mount
 
 BUSYBOX = Path("/bin/busybox")
 BLOCK_SIZES = (4096, 131072, 1 << 20)
@@ -414,18 +414,3 @@ def mount_unavailable(workdir: Path) -> str | None:
     except (subprocess.CalledProcessError, OSError) as e:
         detail = getattr(e, "stderr", b"") or b""
         return f"loop mounts of squashfs are impossible here: {e} {detail.decode(errors='replace').strip()}"
-
-
-@contextlib.contextmanager
-def kernel_mount(image: Path, mnt: Path, offset: int = 0) -> Iterator[Path]:
-    """Mount ``image`` read-only at byte ``offset`` on ``mnt`` with the kernel's squashfs driver."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "squashfs", "-o", f"loop,ro,offset={offset}", str(image), str(mnt)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)

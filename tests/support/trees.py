@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 from pathlib import Path
 from typing import Any
+
+
+def _xattrs(path: str) -> dict[str, bytes] | str:
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError as exc:  # e.g. EOPNOTSUPP from an image without an xattr table
+        return errno.errorcode[exc.errno or 0]
+    return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
 
 
 def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
@@ -21,10 +30,7 @@ def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
         "rdev": st.st_rdev,
         "blocks": st.st_blocks,
         "blksize": st.st_blksize,
-        "xattrs": {
-            n: os.getxattr(path, n, follow_symlinks=False)
-            for n in sorted(os.listxattr(path, follow_symlinks=False))
-        },
+        "xattrs": _xattrs(path),
     }
     if stat.S_ISLNK(st.st_mode):
         facts["target"] = os.readlink(path)
