@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from siffs.squashfs.errors import NotADirectory, NotFound, SymlinkLoop
 from siffs.squashfs.inode import Stat
+from siffs.squashfs.listing import quote_name
 from siffs.squashfs.reader import SquashFS
 
 #: As Linux (MAXSYMLINKS): more links than this in one resolution is treated as a loop.
@@ -34,6 +35,7 @@ def resolve(fs: SquashFS, path: bytes, follow_last: bool = True) -> Stat:
     """
     if path.endswith(b"/"):
         follow_last = True
+    shown = quote_name(path)  # for messages: printable whatever bytes the path holds
     todo = deque(_components(path))
     stack = [fs.root_ino]  # the directories walked through, for ".."
     links = 0
@@ -46,14 +48,14 @@ def resolve(fs: SquashFS, path: bytes, follow_last: bool = True) -> Stat:
             current = fs.getattr(stack[-1])
             continue
         if not stat.S_ISDIR(current.mode):
-            raise NotADirectory(f"{path!r}: a component before {name!r} is not a directory")
+            raise NotADirectory(f"{shown}: a component before {quote_name(name)} is not a directory")
         found = fs.lookup(stack[-1], name)
         if found is None:
-            raise NotFound(f"{path!r}: no such file or directory in the image")
+            raise NotFound(f"{shown}: no such file or directory in the image")
         if stat.S_ISLNK(found.mode) and (todo or follow_last):
             links += 1
             if links > MAX_SYMLINKS:
-                raise SymlinkLoop(f"{path!r}: too many levels of symbolic links")
+                raise SymlinkLoop(f"{shown}: too many levels of symbolic links")
             target = fs.readlink(found.ino)
             if target.startswith(b"/"):
                 del stack[1:]
@@ -63,7 +65,7 @@ def resolve(fs: SquashFS, path: bytes, follow_last: bool = True) -> Stat:
         stack.append(found.ino)
         current = found
     if path.endswith(b"/") and not stat.S_ISDIR(current.mode):
-        raise NotADirectory(f"{path!r}: not a directory")
+        raise NotADirectory(f"{shown}: not a directory")
     return current
 
 
