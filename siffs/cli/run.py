@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
 
@@ -24,12 +23,9 @@ from runtime.errors import ContainerError, report
 from runtime.launch import env_options, exec_container, run_container
 from runtime.nvidia import NvidiaSources
 from runtime.request import Action, Request
+from siffs.cli import trust
 from siffs.cli.common import CommandError, exit_code_for, print_json
 from siffs.cli.exitcodes import ExitCode
-
-NOT_YET = (
-    "running SIF files directly is not available yet; mount it with 'siffs mount' and run the mount point"
-)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("command", help="program to run (looked up on the container's PATH)")
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments")
         _container_options(p)
+        trust.add_arguments(p)
         p.set_defaults(func=cmd_action, action=action)
 
     p = sub.add_parser("inspect", help="show an image's labels, runscript, environment or definition file")
@@ -53,6 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for flag in ("labels", "runscript", "test", "environment", "deffile"):
         what.add_argument(f"--{flag}", dest="what", action="store_const", const=flag, help=f"show the {flag}")
     p.add_argument("--json", action="store_true", help="print as Apptainer's 'inspect --json'")
+    trust.add_arguments(p)
     p.set_defaults(func=cmd_inspect, what="labels")
 
     p = sub.add_parser("bundle", help="write an OCI runtime bundle that rootless runc runs")
@@ -133,14 +131,11 @@ def _strip_separator(args: list[str]) -> list[str]:
     return args[1:] if args[:1] == ["--"] else args
 
 
-def _mounted_image() -> Callable[[str, argparse.Namespace], contextlib.AbstractContextManager[str]]:
-    module = importlib.import_module("siffs.cli.mount")
-    found: Callable[[str, argparse.Namespace], contextlib.AbstractContextManager[str]] | None = getattr(
-        module, "mounted_image", None
-    )
-    if found is None:
-        raise CommandError(NOT_YET, ExitCode.USAGE)
-    return found
+def _mounted(image: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[str]:
+    # Imported here: a directory target never needs the FUSE daemon (pyfuse3, trio).
+    from siffs.cli.mount import mounted_image  # noqa: PLC0415
+
+    return mounted_image(image, args)
 
 
 @contextlib.contextmanager
@@ -149,7 +144,7 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
     if not os.path.isfile(args.image):
         yield args.image
         return
-    with _mounted_image()(args.image, args) as mount_point:
+    with _mounted(args.image, args) as mount_point:
         yield mount_point
 
 
@@ -158,7 +153,7 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         request = _request(args, args.action)
         if not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
-        with _mounted_image()(args.image, args) as mount_point:
+        with _mounted(args.image, args) as mount_point:
             status = run_container(replace(request, root=mount_point))
     except ContainerError as exc:
         report(exc)
