@@ -7,19 +7,39 @@ user never sees a traceback unless ``SIFFS_DEBUG=1`` is set.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from siffs import __version__
-from siffs.cli import browse, edit, inspect, mount, run, verify
 from siffs.cli.common import exit_code_for
 from siffs.cli.exitcodes import ExitCode
 
-COMMAND_GROUPS = (inspect, browse, edit, mount, verify, run)
+#: Each command group's module and the commands it registers. Only the module of the command
+#: being run is imported: the FUSE stack (trio, pyfuse3) and the crypto stack take longer to
+#: import than most commands take to run. A test checks this table against the modules.
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "siffs.cli.inspect": ("list", "info", "header", "dump"),
+    "siffs.cli.browse": ("ls", "cat"),
+    "siffs.cli.edit": ("new", "add", "del", "setprim", "create"),
+    "siffs.cli.mount": ("mount", "umount", "mounts"),
+    "siffs.cli.verify": ("verify", "sign", "key"),
+    "siffs.cli.run": ("run", "exec", "shell", "test", "inspect", "bundle"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _groups_for(argv: Sequence[str] | None) -> list[str]:
+    """The modules to load: the one defining the command in ``argv``, or all (help, typos)."""
+    command = next((a for a in argv or () if not a.startswith("-")), None)
+    for module, commands in COMMAND_GROUPS.items():
+        if command in commands:
+            return [module]
+    return list(COMMAND_GROUPS)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``'s command; with ``argv`` None, the full parser (every command)."""
     parser = argparse.ArgumentParser(
         prog="siffs",
         description="Use Singularity/Apptainer SIF images without Singularity.",
@@ -29,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"siffs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in COMMAND_GROUPS:
-        group.register(sub)
+    for module in _groups_for(argv):
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -40,8 +60,9 @@ def _subject(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
