@@ -12,21 +12,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
-from siffs.integrity.blockcache import BlockTableCache
-from siffs.integrity.blocktable import VerifiedObjectReader
-from siffs.integrity.keyring import Keyring, require_trusted
-from siffs.integrity.keys import key_material, load_files
-from siffs.integrity.verify import KeyMaterial, SignatureReport
 from siffs.sif import Descriptor, Image
 from siffs.squashfs.source import ByteSource, FileSource
+
+if TYPE_CHECKING:  # the integrity layer (and its crypto) is imported only when verifying
+    from siffs.integrity.blockcache import BlockTableCache
+    from siffs.integrity.verify import KeyMaterial, SignatureReport
 
 
 def keys_from(paths: Sequence[str], *, required: bool = True) -> KeyMaterial:
     """The keys given with --key, or else the trusted keyring's."""
+    from siffs.integrity.keyring import Keyring  # noqa: PLC0415 - see TYPE_CHECKING above
+    from siffs.integrity.keys import key_material, load_files  # noqa: PLC0415
+
     if paths:
         return key_material(load_files(list(paths)))
     keys = Keyring().key_material()
@@ -40,6 +43,8 @@ def keys_from(paths: Sequence[str], *, required: bool = True) -> KeyMaterial:
 
 def block_cache() -> BlockTableCache | None:
     """The verified-block-table cache, or None where no cache directory can be written."""
+    from siffs.integrity.blockcache import BlockTableCache  # noqa: PLC0415 - see TYPE_CHECKING above
+
     try:
         return BlockTableCache.default()
     except OSError:
@@ -95,6 +100,9 @@ class Gate:
                 f"siffs: warning: {image.path}: signatures not verified (--allow-unsigned)", file=sys.stderr
             )
             return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
+        from siffs.integrity.blocktable import VerifiedObjectReader  # noqa: PLC0415 - see TYPE_CHECKING
+        from siffs.integrity.keyring import require_trusted  # noqa: PLC0415
+
         # An empty keyring is reported by require_trusted, with the --allow-unsigned hint.
         keys = keys_from(self.choice.key_files, required=False)
         with ProgressBar("verifying") as progress:
