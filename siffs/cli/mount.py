@@ -142,6 +142,22 @@ def _serve(
             daemon.run_background(make_ops, mount_point, fuse, served, log_file)
 
 
+def mount_image(image: str, mount_point: str, args: argparse.Namespace, *, ephemeral: bool = False) -> None:
+    """Verify and mount the primary partition of ``image`` for another command (run, bundle).
+
+    ``args`` carries that command's trust options (``--key``, ``--allow-unsigned``).
+    """
+    ns = argparse.Namespace(
+        image=image,
+        all=False,
+        partition=None,
+        key=getattr(args, "key", []) or [],
+        allow_unsigned=getattr(args, "allow_unsigned", False),
+        verbose=False,
+    )
+    _serve(ns, check_mount_point(mount_point), {}, foreground=False, ephemeral=ephemeral)
+
+
 @contextlib.contextmanager
 def mounted_image(image: str, args: argparse.Namespace) -> Iterator[str]:
     """Verify and mount ``image`` on a private, temporary mount point for the block's duration.
@@ -152,16 +168,8 @@ def mounted_image(image: str, args: argparse.Namespace) -> Iterator[str]:
     base = registry.registry_dir().parent / "run"
     base.mkdir(parents=True, exist_ok=True)
     mount_point = tempfile.mkdtemp(prefix="mnt-", dir=base)
-    ns = argparse.Namespace(
-        image=image,
-        all=False,
-        partition=None,
-        key=getattr(args, "key", []) or [],
-        allow_unsigned=getattr(args, "allow_unsigned", False),
-        verbose=False,
-    )
     try:
-        _serve(ns, mount_point, {}, foreground=False, ephemeral=True)
+        mount_image(image, mount_point, args, ephemeral=True)
     except BaseException:
         os.rmdir(mount_point)
         raise

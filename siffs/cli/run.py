@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_inspect, what="labels")
 
     p = sub.add_parser("bundle", help="write an OCI runtime bundle that rootless runc runs")
-    p.add_argument("image", help="directory tree (for a SIF: 'siffs mount' it and bundle the mount point)")
+    p.add_argument("image", help="SIF file (mounted at BUNDLE_DIR/rootfs, verified) or directory tree")
     p.add_argument("bundle_dir", help="bundle directory (config.json is written there)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the runscript")
     _environment_options(p)
@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]", help="bind mount"
     )
     p.add_argument("--init", action="store_true", help="start the image's tini/dumb-init as PID 1 (signals)")
+    trust.add_arguments(p)
     p.set_defaults(func=cmd_bundle)
 
 
@@ -194,18 +195,23 @@ def _inspect(root: str, what: str) -> dict[str, str] | str:
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
-    if not os.path.isdir(args.image):
-        if os.path.exists(args.image):
-            raise CommandError(
-                "a bundle needs a tree: 'siffs mount' the image and bundle the mount point", ExitCode.USAGE
-            )
+    tree = args.image
+    if os.path.isfile(args.image):
+        # A bundle outlives this command: the image stays mounted at BUNDLE_DIR/rootfs.
+        from siffs.cli.mount import mount_image  # noqa: PLC0415 - see _mounted
+
+        tree = os.path.join(args.bundle_dir, "rootfs")
+        os.makedirs(tree, exist_ok=True)
+        mount_image(args.image, tree, args)
+        print(f"mounted {args.image} at {tree}; 'siffs umount {tree}' when the bundle is no longer needed")
+    elif not os.path.isdir(args.image):
         raise CommandError(f"{args.image} does not exist", ExitCode.IO)
     environ = dict(os.environ)
     try:
         files = [envfile.load(path, environ) for path in args.env_file]
         overrides = collect_overrides(environ, files, env_options(args.env))
         document = bundle.config(
-            args.image,
+            tree,
             _strip_separator(args.args),
             overrides,
             forwarded_host(environ, cleanenv=True),

@@ -111,3 +111,38 @@ def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
     assert _no_siffs_mounts_left(str(runtime))
     assert not daemons_for(mount_point)
     assert not mount_point.exists()
+
+
+def test_bundle_of_a_sif_runs_under_runc(siffs: Siffs, signed_sif, user_env, work):
+    bundle = work / "sif-bundle"
+    result = siffs(
+        "bundle", "--key", KEYS / "ed25519-public.pem", signed_sif, bundle, "from", "runc", env=user_env
+    )
+    assert result.returncode == 0, result.stderr
+    rootfs = bundle / "rootfs"
+    try:
+        state = work / "sif-bundle-state"
+        run = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "siffs-test",
+                "--",
+                "runc",
+                "--root",
+                str(state),
+                "run",
+                "-b",
+                str(bundle),
+                "sif-b",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "arguments: from runc" in run.stdout
+    finally:
+        assert siffs("umount", rootfs, env=user_env).returncode == 0
