@@ -1,0 +1,44 @@
+"""``siffs sandbox``: extract an image's verified tree into a directory (what CVMFS sites ship)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from siffs.cli import trust
+from siffs.cli.common import CommandError
+from siffs.cli.exitcodes import ExitCode
+from siffs.cli.opener import open_tree
+from siffs.cli.progress import ProgressBar
+from siffs.squashfs.extract import extract
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sandbox", help="extract an image's root filesystem into a directory")
+    p.add_argument("image", help="SIF file (or a bare SquashFS file, with --allow-unsigned)")
+    p.add_argument("directory", help="where to extract (created; must be empty)")
+    p.add_argument("--partition", type=int, metavar="ID", help="extract this partition, not the primary")
+    trust.add_arguments(p)
+    p.set_defaults(func=cmd_sandbox)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> None:
+    gate = trust.Gate(trust.TrustChoice.from_args(args))
+    opened = open_tree(
+        args.image, args.partition, sources=gate.sources, bare_allowed=gate.choice.allow_unsigned
+    )
+    try:
+        with ProgressBar("extracting") as progress:
+            report = extract(opened.tree, args.directory, progress)
+    except FileExistsError as exc:
+        raise CommandError(f"{args.directory}: {exc.strerror}", ExitCode.IO) from exc
+    except OSError as exc:
+        raise CommandError(f"{args.directory}: cannot write: {exc.strerror}", ExitCode.IO) from exc
+    finally:
+        opened.close()
+    print(
+        f"{args.directory}: {report.files} files ({report.bytes} bytes), {report.directories} directories, "
+        f"{report.symlinks} symlinks, {report.hard_links} hard links"
+    )
+    for what, count in sorted(report.skipped.items()):
+        print(f"siffs: warning: {count} {what} not recreated (needs root)", file=sys.stderr)
