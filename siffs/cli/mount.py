@@ -19,7 +19,7 @@ from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
 from siffs.fs import daemon, registry
 from siffs.fs.errors import MountError
-from siffs.fs.mountpoint import check_mount_point
+from siffs.fs.mountpoint import check_fuse, check_mount_point
 from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
 from siffs.fs.unmount import unmount
 from siffs.sif import Image
@@ -127,6 +127,7 @@ def _serve(
     ownership = Ownership(uid=None if uid is None else int(uid), gid=None if gid is None else int(gid))
     fuse = fuse_options(args.image, options)
     log_file = daemon.log_path_for(mount_point)
+    check_fuse()
     with contextlib.ExitStack() as stack:
         gate = trust.Gate(trust.TrustChoice.from_args(args))
         tree = _open_tree(args, cache_mib << 20, gate, stack)

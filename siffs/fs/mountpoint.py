@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from siffs.fs.errors import MountError
@@ -67,6 +68,22 @@ def is_stale(mount_point: str) -> bool:
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
+
+
+def check_fuse(device: str = "/dev/fuse") -> None:
+    """Raise ``MountError`` saying what to do when FUSE cannot be used here."""
+    if not os.path.exists(device):
+        raise MountError(
+            f"{device} does not exist: load the fuse kernel module ('modprobe fuse', as root), "
+            "or in a container pass the device in (e.g. --device /dev/fuse); "
+            "without FUSE, 'siffs sandbox' extracts an image that 'siffs run' can run as a directory"
+        )
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise MountError(
+            f"{device} is not usable by you (mode {stat.S_IMODE(os.stat(device).st_mode):o}): "
+            f"ask an administrator to make it mode 666, as desktop systems have it ('chmod 666 {device}'); "
+            "without FUSE, 'siffs sandbox' extracts an image that 'siffs run' can run as a directory"
+        )
 
 
 def check_mount_point(mount_point: str, *, allow_nonempty: bool = False) -> str:

@@ -307,3 +307,18 @@ def test_mounts_lists_live_mounts_and_umount_all(image, tmp_path):
     assert "daemon gone" in text
     assert siffs("umount", "--all", env=env).returncode == 0
     assert not is_mounted(tmp_path / "a") and not is_mounted(tmp_path / "b")
+
+
+def test_unusable_dev_fuse_says_what_to_do(image, tmp_path):
+    ensure_user()
+    mnt = Path(user_dir(tmp_path, "nofuse"))
+    os.chmod("/dev/fuse", 0o600)
+    try:
+        mount = siffs("mount", "--allow-unsigned", image, mnt, user=TEST_USER)
+        run = siffs("run", "--allow-unsigned", image, user=TEST_USER)
+    finally:
+        os.chmod("/dev/fuse", 0o666)
+    assert mount.returncode == 11 and "chmod 666 /dev/fuse" in mount.stderr
+    assert mount.stderr.count("\n") == 1
+    assert run.returncode == 255 and "chmod 666 /dev/fuse" in run.stderr
+    assert not daemons_for(mnt)
