@@ -4,6 +4,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
+    #: Success.
     OK = 0
     #: An unexpected internal error: a bug in siffs (run with SIFFS_DEBUG=1 for a traceback).
     INTERNAL = 1
@@ -30,3 +31,5 @@ class ExitCode(IntEnum):
     #: run/exec/shell/test could not start the command (image, mount, user namespaces, command not
     #: found): one ``FATAL:`` line, as Apptainer. Otherwise these commands exit with the command's status.
     CONTAINER_FAILED = 255
+    #: Interrupted (Ctrl-C, SIGINT): 128 + 2, as a shell reports a command killed by SIGINT.
+    INTERRUPTED = 130

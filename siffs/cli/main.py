@@ -7,14 +7,17 @@ user never sees a traceback unless ``SIFFS_DEBUG=1`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from siffs import __version__
-from siffs.cli.common import exit_code_for
+from siffs.cli import output, parserinfo
+from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
+from siffs.cli.output import Verbosity
 
 #: Each command group's module and the commands it registers. Only the module of the command
 #: being run is imported: the FUSE stack (trio, pyfuse3) and the crypto stack take longer to
@@ -27,7 +30,13 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.verify": ("verify", "sign", "key"),
     "siffs.cli.run": ("run", "exec", "shell", "test", "inspect", "bundle"),
     "siffs.cli.sandbox": ("sandbox",),
+    "siffs.cli.completion": ("completion",),
 }
+
+_VERBOSITY_FLAGS = (
+    (("-q", "--quiet"), Verbosity.QUIET, "errors only: no warnings, no progress bar"),
+    (("-v", "--verbose"), Verbosity.VERBOSE, "more detail on stderr (mount daemon pid and log, causes)"),
+)
 
 
 def _groups_for(argv: Sequence[str] | None) -> list[str]:
@@ -39,20 +48,52 @@ def _groups_for(argv: Sequence[str] | None) -> list[str]:
     return list(COMMAND_GROUPS)
 
 
+def exit_codes_text() -> str:
+    """The exit codes, as ``--help`` and the man page list them."""
+    return ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in sorted(ExitCode))
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    """-q/-v, before the command or after it (``siffs verify -q IMAGE``).
+
+    A command that already gives one of these flags its own meaning keeps it: ``siffs mount -v``
+    makes the daemon log in detail, and raises the verbosity too (``_set_verbosity``).
+    """
+    group = parser.add_mutually_exclusive_group()
+    for flags, level, text in _VERBOSITY_FLAGS:
+        with contextlib.suppress(argparse.ArgumentError):  # the command's own -v
+            group.add_argument(
+                *flags, dest="verbosity", action="store_const", const=level, default=default, help=text
+            )
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``'s command; with ``argv`` None, the full parser (every command)."""
     parser = argparse.ArgumentParser(
         prog="siffs",
         description="Use Singularity/Apptainer SIF images without Singularity.",
-        epilog="exit codes: "
-        + ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in ExitCode)
-        + " (details in the README)",
+        epilog=f"exit codes: {exit_codes_text()} (details in the README and siffs(1))",
     )
     parser.add_argument("--version", action="version", version=f"siffs {__version__}")
+    _add_verbosity(parser, Verbosity.NORMAL)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _groups_for(argv):
         importlib.import_module(module).register(sub)
+    for command in parserinfo.walk(parser)[1:]:
+        # SUPPRESS: a command not given -q/-v keeps what was said before its name.
+        _add_verbosity(command.parser, argparse.SUPPRESS)
     return parser
+
+
+def is_mount_call(argv: Sequence[str]) -> bool:
+    """True when siffs runs as a mount helper: a path where the command name would be.
+
+    A path contains a slash or names an existing file; a mistyped command name does neither,
+    so it still gets argparse's "invalid choice" answer.
+    """
+    if len(argv) < 2 or argv[0].startswith("-") or any(argv[0] in cs for cs in COMMAND_GROUPS.values()):
+        return False
+    return "/" in argv[0] or os.path.exists(argv[0])
 
 
 def _subject(args: argparse.Namespace) -> str | None:
@@ -60,15 +101,41 @@ def _subject(args: argparse.Namespace) -> str | None:
     return getattr(args, "image", None)
 
 
+def _as_mount_helper(argv: list[str]) -> list[str] | int:
+    """mount(8) and mount.fuse3 run ``siffs SOURCE MOUNTPOINT -o ...``: the ``siffs mount`` words
+    for that, or the exit code when there is nothing to mount (an error, ``mount -f``)."""
+    from siffs.cli import mounthelper  # noqa: PLC0415 -- loads the FUSE stack: only for a mount
+
+    try:
+        words = mounthelper.siffs_mount_argv(argv)
+    except CommandError as exc:
+        print(f"siffs: {exc}", file=sys.stderr)
+        return exc.code
+    return ExitCode.OK if words is None else words
+
+
+def _set_verbosity(args: argparse.Namespace) -> None:
+    """Apply -q/-v; ``siffs mount -v`` and ``siffs -v mount`` mean the same."""
+    level = Verbosity.VERBOSE if getattr(args, "verbose", False) else args.verbosity
+    output.set_verbosity(level)
+    if hasattr(args, "verbose"):
+        args.verbose = level is Verbosity.VERBOSE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    args = build_parser(argv).parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if is_mount_call(words):
+        helper = _as_mount_helper(words)
+        if isinstance(helper, int):
+            return helper
+        words = helper
+    args = build_parser(words).parse_args(words)
+    _set_verbosity(args)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("siffs: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``siffs dump ... | head``): not an error worth a message.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -90,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         named = getattr(exc, "names_its_subject", False)
         prefix = f"siffs: {subject}: " if subject and not named else "siffs: "
         print(prefix + str(exc), file=sys.stderr)
+        if exc.__cause__ is not None:
+            output.detail(f"cause: {type(exc.__cause__).__name__}: {exc.__cause__}")
         return code
     return ExitCode.OK
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from siffs.cli import trust
+from siffs.cli import output, trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
@@ -25,7 +25,8 @@ from siffs.fs.unmount import unmount
 from siffs.sif import Image
 
 #: libfuse options passed through as they are (the kernel or fusermount3 judge them).
-PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount"}
+#: ``noexec`` matters for fstab lines: an admin who writes it must get it.
+PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount", "noexec"}
 #: Options siffs handles itself.
 OWN = {"uid", "gid", "nonempty", "cache_size"}
 
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         metavar="OPTIONS",
-        help="comma-separated: allow_other, allow_root, uid=N, gid=N, nonempty, cache_size=MiB",
+        help="comma-separated: allow_other, allow_root, noexec, uid=N, gid=N, nonempty, cache_size=MiB",
     )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
     which = p.add_mutually_exclusive_group()
@@ -140,7 +141,8 @@ def _serve(
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
             daemon.run_foreground(make_ops, mount_point, fuse, served)
         else:
-            daemon.run_background(make_ops, mount_point, fuse, served, log_file)
+            pid = daemon.run_background(make_ops, mount_point, fuse, served, log_file)
+            output.detail(f"{mount_point}: mounted by daemon pid {pid}, logging to {log_file}")
 
 
 def mount_image(image: str, mount_point: str, args: argparse.Namespace, *, ephemeral: bool = False) -> None:

@@ -1,7 +1,8 @@
 """A tiny progress bar on standard error, shown only when it is a terminal.
 
 Layers below the CLI report progress through a ``(done, total)`` callback and never print;
-this turns the callback into a bar. Piped or redirected output stays clean.
+this turns the callback into a bar. Piped or redirected output stays clean, and so does
+``siffs -q``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from siffs.cli import output
+
 _WIDTH = 30
 _INTERVAL = 0.1
 
 
 class ProgressBar:
-    """``with ProgressBar("verifying") as bar: work(progress=bar.update)``; quiet when not a tty."""
+    """``with ProgressBar("verifying") as bar: work(progress=bar.update)``; quiet when not a tty or -q."""
 
     def __init__(self, label: str, stream: TextIO | None = None) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
+        self.enabled = self.stream.isatty() and output.verbosity() > output.Verbosity.QUIET
         self._last = 0.0
         self._shown = False
         self._start = time.monotonic()

@@ -9,11 +9,11 @@ table, so a file changed under a live mount yields EIO, never the changed bytes.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from siffs.cli import output
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
@@ -96,9 +96,7 @@ class Gate:
     def sources(self, image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
         """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
         if self.choice.allow_unsigned:
-            print(
-                f"siffs: warning: {image.path}: signatures not verified (--allow-unsigned)", file=sys.stderr
-            )
+            output.warn(f"{image.path}: signatures not verified (--allow-unsigned)")
             return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
         from siffs.integrity.blocktable import VerifiedObjectReader  # noqa: PLC0415 - see TYPE_CHECKING
         from siffs.integrity.keyring import require_trusted  # noqa: PLC0415
