@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
 from siffs.cli.main import main
@@ -55,3 +59,22 @@ def test_unknown_path_and_wrong_kinds(capsysbinary):
     assert main(["ls", path, "/hello.txt/x"]) == 5
     assert main(["ls", "-l", path, "/hello.txt"]) == 0
     assert capsysbinary.readouterr().out.decode().rstrip().endswith("/hello.txt")
+
+
+@pytest.mark.parametrize("name", ["mk-gzip", "gen-xz", "mk-lz4-hc", "gen-lzma", "tar-gzip", "mk-bigdir"])
+def test_ls_and_cat_on_corpus_images(name, corpus, kernel, capsysbinary):
+    image = str(corpus.image(name))
+    assert main(["ls", "-lR", image]) == 0
+    listing = capsysbinary.readouterr().out
+    with kernel(name) as k:
+        files = sorted(
+            Path(d, f)
+            for d, _, names in os.walk(k)
+            for f in names
+            if stat.S_ISREG(os.lstat(Path(d, f)).st_mode)
+        )[:50]
+        assert len(listing.splitlines()) > len(files)
+        for path in files:
+            rel = "/" + str(path.relative_to(k))
+            assert main(["cat", image, rel]) == 0
+            assert capsysbinary.readouterr().out == path.read_bytes(), rel
