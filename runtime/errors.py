@@ -45,9 +45,19 @@ class NoRunscript(ContainerError):
     exit_status = 1
 
 
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence warnings (``-q``, as Apptainer's): the caller asked for errors only."""
+    global _quiet  # noqa: PLW0603 - one process-wide switch, set once before the container starts
+    _quiet = quiet
+
+
 def warn(message: str) -> None:
-    """A problem the container survives, on stderr as Apptainer words it."""
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    """A problem the container survives, on stderr as Apptainer words it (unless quiet)."""
+    if not _quiet:
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def report(error: ContainerError) -> None:

@@ -19,13 +19,17 @@ from typing import NoReturn
 
 from runtime import bundle, envfile, metadata
 from runtime.environment import collect_overrides, forwarded_host
-from runtime.errors import ContainerError, report
+from runtime.errors import ContainerError, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
 from runtime.nvidia import NvidiaSources
 from runtime.request import Action, Request
-from siffs.cli import trust
+from siffs.cli import output, trust
 from siffs.cli.common import CommandError, exit_code_for, print_json
 from siffs.cli.exitcodes import ExitCode
+
+
+def _quiet_runtime() -> None:
+    set_quiet(output.verbosity() == output.Verbosity.QUIET)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -150,6 +154,7 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
 
 
 def cmd_action(args: argparse.Namespace) -> NoReturn:
+    _quiet_runtime()
     try:
         request = _request(args, args.action)
         if not os.path.isfile(args.image):
@@ -195,6 +200,7 @@ def _inspect(root: str, what: str) -> dict[str, str] | str:
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
+    _quiet_runtime()
     tree = args.image
     if os.path.isfile(args.image):
         # A bundle outlives this command: the image stays mounted at BUNDLE_DIR/rootfs.
@@ -222,6 +228,6 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     except ContainerError as exc:
         raise CommandError(str(exc), ExitCode.USAGE) from None
     for warning in overrides.warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+        warn(warning)
     path = bundle.write(args.bundle_dir, document)
     print(f'wrote {path}; run it with: runc --root "$XDG_RUNTIME_DIR/runc" run -b {args.bundle_dir} NAME')

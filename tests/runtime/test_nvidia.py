@@ -137,6 +137,8 @@ def test_no_driver_is_one_warning(siffs, driver, tree):
     assert result.stdout.strip() == "0"
     warnings = result.stderr.splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("WARNING: --nv: no NVIDIA driver found")
+    quiet = siffs("-q", "exec", "--nv", tree, "/bin/true", env=env)
+    assert (quiet.returncode, quiet.stderr) == (0, "")  # -q: errors only, as Apptainer's
 
 
 def test_missing_uvm_is_reported(siffs, driver, tree, work):
