@@ -56,5 +56,9 @@ trap - EXIT
 step "Peeking without mounting: siffs ls -l / siffs cat"
 siffs ls -l "$out/example.sif" /etc
 siffs cat "$out/example.sif" /.singularity.d/runscript
+step "siffs inspect --labels $out/example.sif"
+siffs inspect --labels "$out/example.sif"
+step "siffs run $out/example.sif from the demo   (verified, mounted, run, unmounted)"
+siffs run "$out/example.sif" from the demo
 echo
 echo "Done: $out/example.sif"
