@@ -5,10 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from siffs.sif import ObjectInput, create
-from siffs.sif.raw import partition_extra
-from siffs.sif.types import DataType, FsType, PartType
-from tests.support.images import build_rootfs, mksquashfs
+from tests.support.images import build_rootfs, mksquashfs, wrap_sif
 from tests.support.shared import CONFORMANCE
 from tests.support.squashfs_corpus import SPECS, Corpus, kernel_mount, mount_unavailable, wrap_at_offset
 
@@ -86,14 +83,6 @@ def image(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("fs-image")
     squash = mksquashfs(rich_tree(work / "tree"), work / "root.squashfs", "-all-root", "-xattrs", *PSEUDO)
     sif = work / "image.sif"
-    with open(squash, "rb") as f:
-        create(
-            sif,
-            [
-                ObjectInput(
-                    DataType.PARTITION, f, extra=partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, b"02")
-                )
-            ],
-        )
+    wrap_sif(squash, sif)
     os.chmod(work, 0o755)
     return sif

@@ -18,25 +18,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from siffs.fs.operations import Attributes, FsFigures, Tree
+from siffs.squashfs.inode import Stat
 
 ROOT = 1
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
 _DIR_MODE = stat.S_IFDIR | 0o555
 _FILE_MODE = stat.S_IFREG | 0o444
-
-
-@dataclass(frozen=True)
-class VirtualStat:
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    mtime: int
-    rdev: int
-    blocks: int
 
 
 @dataclass(frozen=True)
@@ -102,17 +90,17 @@ class CompositeTree:
 
     def _lift(self, ino: int, a: Attributes) -> Attributes:
         outer = self._outer(ino >> _SHIFT, a.ino)
-        return VirtualStat(outer, a.mode, a.nlink, a.uid, a.gid, a.size, a.mtime, a.rdev, a.blocks)
+        return Stat(outer, a.mode, a.nlink, a.uid, a.gid, a.size, a.mtime, a.rdev, a.blocks)
 
-    def _virtual(self, ino: int) -> VirtualStat:
+    def _virtual(self, ino: int) -> Stat:
         if ino == ROOT:
-            return VirtualStat(ROOT, _DIR_MODE, 2 + len(self._root_entries), 0, 0, 0, self._mtime, 0, 0)
+            return Stat(ROOT, _DIR_MODE, 2 + len(self._root_entries), 0, 0, 0, self._mtime, 0, 0)
         if ino == self._files_dir_ino:
-            return VirtualStat(ino, _DIR_MODE, 2, 0, 0, 0, self._mtime, 0, 0)
+            return Stat(ino, _DIR_MODE, 2, 0, 0, 0, self._mtime, 0, 0)
         f = self._files.get(ino)
         if f is None:
             raise _error(errno.ENOENT, f"inode {ino} does not exist")
-        return VirtualStat(ino, _FILE_MODE, 1, 0, 0, f.size, f.mtime, 0, (f.size + 511) // 512)
+        return Stat(ino, _FILE_MODE, 1, 0, 0, f.size, f.mtime, 0, (f.size + 511) // 512)
 
     def _children(self, ino: int) -> list[tuple[bytes, int]]:
         if ino == ROOT:

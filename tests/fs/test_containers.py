@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siffs.sif import ObjectInput, create
-from siffs.sif.raw import partition_extra
-from siffs.sif.types import DataType, FsType, PartType
-from tests.support.images import build_rootfs, mksquashfs
+from tests.support.images import build_rootfs, mksquashfs, wrap_sif
 from tests.support.mounts import siffs_mount
 from tests.support.users import TEST_USER, ensure_user, user_dir
 
@@ -41,15 +38,7 @@ def image(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("containers")
     squash = mksquashfs(build_rootfs(work / "tree"), work / "root.squashfs", "-all-root")
     sif = work / "busybox.sif"
-    with open(squash, "rb") as f:
-        create(
-            sif,
-            [
-                ObjectInput(
-                    DataType.PARTITION, f, extra=partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, b"02")
-                )
-            ],
-        )
+    wrap_sif(squash, sif)
     os.chmod(work, 0o755)
     user_dir(work, ".")  # make the image reachable for the test user
     return sif

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from siffs.sif import ObjectInput, create
-from siffs.sif.raw import partition_extra
-from siffs.sif.types import DataType, FsType, PartType
 from tests.runtime.conftest import Siffs
-from tests.support.images import mksquashfs
+from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import daemons_for
 from tests.support.mounts import siffs as siffs_root
 from tests.support.shared import CONFORMANCE
@@ -26,15 +23,7 @@ KEYS = CONFORMANCE / "sylabs-sif" / "keys"
 def signed_sif(tree, work) -> Path:
     squash = mksquashfs(tree, work / "sif-root.squashfs", "-all-root")
     sif = work / "signed.sif"
-    with open(squash, "rb") as f:
-        create(
-            sif,
-            [
-                ObjectInput(
-                    DataType.PARTITION, f, extra=partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, b"02")
-                )
-            ],
-        )
+    wrap_sif(squash, sif)
     siffs_root("sign", sif, "--key", KEYS / "ed25519-private.pem", check=True)
     os.chmod(sif, 0o644)
     return sif

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from siffs.sif import ObjectInput, create
+from siffs.sif.raw import partition_extra
+from siffs.sif.types import DataType, FsType, PartType
 from tests.support.shared import REPO
 
 
@@ -36,3 +39,11 @@ def mksquashfs(source: Path, out: Path, *options: str) -> Path:
     cmd = [require_tool("mksquashfs"), str(source), str(out), "-noappend", "-quiet", "-no-progress", *options]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out
+
+
+def wrap_sif(squashfs: Path, sif: Path, arch: bytes = b"02") -> Path:
+    """An unsigned SIF whose primary system partition is ``squashfs`` (as ``siffs create`` makes)."""
+    with open(squashfs, "rb") as f:
+        extra = partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, arch)
+        create(sif, [ObjectInput(DataType.PARTITION, f, extra=extra)])
+    return sif
