@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
+from siffs.cli.trust import plain_sources
 from siffs.fs.composite import CompositeTree, ObjectFile
 from siffs.fs.operations import Tree
 from siffs.sif import Descriptor, Image, SifIOError
@@ -40,13 +41,8 @@ class OpenedTree:
             os.close(self.fd)
 
 
-#: Gives a byte source for each object to expose (trust.sources verifies them first).
+#: Gives a byte source for each object to expose (``trust.Gate.sources`` verifies them first).
 SourceFactory = Callable[[Image, Sequence[Descriptor]], dict[int, ByteSource]]
-
-
-def plain_sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
-    """Unverified sources, for the peeking commands (``ls``, ``cat``), as ``siftool dump`` reads."""
-    return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
 
 
 #: File names (after "<ID>-") of the objects ``mount --all`` shows as files.
@@ -65,10 +61,11 @@ OBJECT_FILE_NAMES: dict[int, str] = {
 }
 
 
-def _entry_name(d: Descriptor, kind: str) -> bytes:
-    # Names come from the image: keep them to one path component.
+def _entry_name(d: Descriptor, kind: str | None = None) -> bytes:
+    """``<ID>[-kind][-name]``; the name comes from the image, so it is kept to one path component."""
     label = d.name.replace(b"/", b"_").replace(b"\0", b"")
-    return f"{d.id}-{kind}".encode() + (b"-" + label if label else b"")
+    parts = [str(d.id).encode(), *([kind.encode()] if kind else []), *([label] if label else [])]
+    return b"-".join(parts)
 
 
 def open_all(image: Image, *, cache_bytes: int, sources: SourceFactory = plain_sources) -> CompositeTree:
@@ -78,16 +75,16 @@ def open_all(image: Image, *, cache_bytes: int, sources: SourceFactory = plain_s
     they are (they are what a verification checks), every other object through ``sources``.
     """
     grouped = [d for d in image.descriptors if d.group]
-    verified = sources(image, grouped)
+    ungrouped = [d for d in image.descriptors if not d.group]
+    object_sources = sources(image, grouped) | plain_sources(image, ungrouped)
     trees: list[tuple[bytes, Tree]] = []
     files: list[ObjectFile] = []
     squashfs_parts = [d for d in image.descriptors if d.partition and d.partition.fs_type == FsType.SQUASHFS]
     share = max(cache_bytes // max(len(squashfs_parts), 1), 4 << 20)
     for d in image.descriptors:
-        source = verified.get(d.id) or FileSource(image.fd, d.offset, d.size)
+        source = object_sources[d.id]
         if d in squashfs_parts and d.size:
-            name = str(d.id).encode() + (b"-" + d.name.replace(b"/", b"_") if d.name else b"")
-            trees.append((name, SquashFS(source, cache_bytes=share)))
+            trees.append((_entry_name(d), SquashFS(source, cache_bytes=share)))
             continue
         kind = OBJECT_FILE_NAMES.get(d.data_type, "object")
         files.append(ObjectFile(_entry_name(d, kind), d.size, source.pread, max(d.modified_at, 0)))

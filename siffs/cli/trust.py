@@ -76,6 +76,11 @@ class TrustChoice:
         return cls(bool(args.allow_unsigned), tuple(args.key))
 
 
+def plain_sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
+    """Unverified sources: for --allow-unsigned, and for the peeking commands (``ls``, ``cat``)."""
+    return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
+
+
 def signer_text(s: SignatureReport) -> str:
     """Who made a verified signature, for people: fingerprint and user ID, or DSSE key IDs."""
     if s.pgp_signer is not None:
@@ -97,7 +102,7 @@ class Gate:
         """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
         if self.choice.allow_unsigned:
             output.warn(f"{image.path}: signatures not verified (--allow-unsigned)")
-            return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
+            return plain_sources(image, exposed)
         from siffs.integrity.blocktable import VerifiedObjectReader  # noqa: PLC0415 - see TYPE_CHECKING
         from siffs.integrity.keyring import require_trusted  # noqa: PLC0415
 

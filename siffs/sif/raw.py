@@ -272,10 +272,6 @@ def signature_extra(hash_type: int, entity: bytes) -> bytes:
     return _SIGNATURE_EXTRA.pack(hash_type, entity).ljust(EXTRA_SIZE, b"\0")
 
 
-def crypt_message_extra(format_type: int, message_type: int) -> bytes:
-    return _CRYPT_EXTRA.pack(format_type, message_type).ljust(EXTRA_SIZE, b"\0")
-
-
 def sbom_extra(fmt: int) -> bytes:
     return _SBOM_EXTRA.pack(fmt).ljust(EXTRA_SIZE, b"\0")
 

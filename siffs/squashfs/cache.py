@@ -48,8 +48,6 @@ class LruCache:
         self._pending: dict[Hashable, _Pending] = {}
         self._used = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     @property
     def used(self) -> int:
@@ -68,14 +66,12 @@ class LruCache:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
-                self.hits += 1
                 value: V = item[0]
                 return value
             pending = self._pending.get(key)
             owner = pending is None
             if pending is None:
                 pending = self._pending[key] = _Pending()
-                self.misses += 1
         if not owner:
             with pending.done:
                 pass

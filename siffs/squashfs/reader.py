@@ -290,17 +290,6 @@ class SquashFS:
             inodes=sb.inode_count,
         )
 
-    @property
-    def cache_stats(self) -> dict[str, int]:
-        """Hits, misses and bytes held by the two caches (for benchmarks and tuning)."""
-        return {
-            "meta_hits": self._meta_cache.hits,
-            "meta_misses": self._meta_cache.misses,
-            "meta_bytes": self._meta_cache.used,
-            "data_hits": self._data_cache.hits,
-            "data_misses": self._data_cache.misses,
-            "data_bytes": self._data_cache.used,
-        }
 
 
 def _inode_cost(inode: Inode) -> int:
