@@ -35,15 +35,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
 
-def state_dir() -> Path:
-    """``$XDG_STATE_HOME/siffs`` (default ``~/.local/state/siffs``), where daemon logs go."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "siffs"
-
-
 def log_path_for(mount_point: str) -> Path:
     name = mount_point.strip("/").replace("/", "-") or "root"
-    return state_dir() / "logs" / f"{name}.log"
+    return registry.state_dir() / "logs" / f"{name}.log"
 
 
 def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = False) -> None:

@@ -28,12 +28,18 @@ class MountRecord:
     started: float
 
 
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/siffs`` (default ``~/.local/state/siffs``): daemon logs, and records
+    where there is no runtime directory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "siffs"
+
+
 def registry_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "siffs" / "mounts"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "siffs" / "mounts"
+    return state_dir() / "mounts"
 
 
 def _path(mount_point: str) -> Path:
