@@ -28,6 +28,14 @@ class ExitCode(IntEnum):
     UNSUPPORTED = 10
     #: Mounting or unmounting failed (mount point, FUSE, daemon).
     MOUNT_FAILED = 11
+    #: A server could not be reached, or kept failing after retries (HTTP stores, registries).
+    NETWORK = 12
+    #: An encrypted image needs a key (passphrase or PEM) that was not given, or the key given is wrong.
+    ENCRYPTION_KEY = 13
+    #: A registry or server refused the credentials, or asks for credentials that were not given.
+    AUTH_FAILED = 14
+    #: Downloaded data does not match its published digest (chunk, block, blob or manifest).
+    DIGEST_MISMATCH = 15
     #: run/exec/shell/test could not start the command (image, mount, user namespaces, command not
     #: found): one ``FATAL:`` line, as Apptainer. Otherwise these commands exit with the command's status.
     CONTAINER_FAILED = 255
