@@ -16,7 +16,7 @@ PACKAGES=(
     gnupg gpgv                                         # OpenPGP signatures (verify and sign)
     charliecloud runc uidmap                           # running mounted images (ch-run, rootless runc)
     golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
-    liblzo2-dev attr util-linux squashfuse             # LZO images, xattr tools, setpriv, benchmark peers
+    attr util-linux squashfuse                         # xattr tools, setpriv, benchmark peers
     shared-mime-info xdg-utils libfile-mimeinfo-perl libglib2.0-bin desktop-file-utils man-db zsh pipx  # contrib/: desktop (MIME type, handler), man pages, zsh completion, pipx install
 )
 
@@ -34,4 +34,4 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,lzo,bench]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
