@@ -8,6 +8,7 @@ import pytest
 from tests.support.images import build_rootfs, mksquashfs, wrap_sif
 from tests.support.shared import CONFORMANCE
 from tests.support.squashfs_corpus import SPECS, Corpus, kernel_mount, mount_unavailable, wrap_at_offset
+from tests.support.users import restore_host
 
 
 def pytest_configure(config):
@@ -15,6 +16,10 @@ def pytest_configure(config):
         raise pytest.UsageError(
             f"the conformance corpus is missing at {CONFORMANCE}; set SIFFS_SHARED to the shared/ folder"
         )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    restore_host()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from siffs.cli.parserinfo import Command
 #: Prose that the parser cannot hold, by command: roff, added after the options.
 _EXTRA: dict[str, str] = {
     "mount": r""".SH "MOUNT(8) AND FSTAB"
-With \fBmount.fuse.siffs\fR installed in \fI/sbin\fR (from siffs' \fIcontrib/\fR),
+With \fBmount.fuse.siffs\fR linked into \fI/sbin\fR by \fBsiffs setup mount\-helper\fR,
 \fBmount \-t fuse.siffs\fR \fIIMAGE\fR \fIDIR\fR \fB\-o\fR \fIOPTIONS\fR and lines such as
 .PP
 .EX

@@ -4,7 +4,7 @@ Two routes end here, both as ``siffs SOURCE MOUNTPOINT [flags] [-o OPTIONS]`` (w
 ``siffs.cli.main.is_mount_call`` tells from a command):
 
 * mount(8) runs ``/sbin/mount.fuse.siffs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t fuse.siffs]``,
-  and ``contrib/mount.fuse.siffs`` passes that on to siffs unchanged;
+  siffs' own entry point installed under that name (``siffs setup mount-helper`` links it);
 * where that helper is not installed, fuse3's ``mount.fuse3`` takes type ``fuse.siffs`` (or a
   source written ``siffs#/path/image.sif`` with type ``fuse``) and runs ``siffs SOURCE
   MOUNTPOINT -o OPTIONS`` itself, after dropping the options it knows (``user``, ``noauto``,

@@ -1,10 +1,16 @@
-"""mount(8), fstab and mount.fuse3 mount siffs images through contrib/mount.fuse.siffs (as root)."""
+"""mount(8), fstab and mount.fuse3 mount siffs images through the mount.fuse.siffs helper (as root).
+
+Every test that needs the helper in /sbin or siffs on mount(8)'s bare PATH runs in a private
+mount namespace (tests/support/hostns.py): the host's /sbin and /usr/local/bin never change, and
+a helper the host has installed neither makes a test skip nor is used by it.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +21,11 @@ from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.main import is_mount_call
 from siffs.cli.mounthelper import siffs_mount_argv
-from tests.contrib.conftest import CONTRIB, PUBLIC_KEY, SIFFS_BIN
+from tests.contrib.conftest import PUBLIC_KEY, SIFFS_BIN
+from tests.support.hostns import private_mounts, shadow
 from tests.support.mounts import daemons_for, is_mounted, require_root
 from tests.support.mounts import siffs as run_siffs
-from tests.support.users import TEST_USER, user_dir
+from tests.support.users import TEST_USER, ensure_user, user_dir
 
 HELPER = Path("/sbin/mount.fuse.siffs")
 
@@ -127,16 +134,20 @@ def test_rw_mounts_read_only_with_a_warning(capsys):
 
 
 @pytest.fixture
-def helper_installed() -> Iterator[Path]:
-    """contrib/mount.fuse.siffs linked as /sbin/mount.fuse.siffs for the test, removed after."""
+def private_host(tmp_path) -> Iterator[Path]:
+    """A private mount namespace in which /sbin has no mount.fuse.siffs (whatever the host has)."""
     require_root()
-    if HELPER.exists() or HELPER.is_symlink():
-        pytest.skip(f"{HELPER} exists already; not replacing it")
-    HELPER.symlink_to(CONTRIB / "mount.fuse.siffs")
-    try:
-        yield HELPER
-    finally:
-        HELPER.unlink()
+    with private_mounts():
+        shadow(Path("/sbin"), {HELPER.name: None}, tmp_path / "sbin-layer")
+        yield tmp_path
+
+
+@pytest.fixture
+def helper_installed(private_host) -> Path:
+    """``siffs setup mount-helper`` run for real, into the private view of /sbin."""
+    result = run_siffs("setup", "mount-helper", check=True)
+    assert result.stdout == f"linked: {HELPER} -> {SIFFS_BIN.parent / HELPER.name}\n"
+    return HELPER
 
 
 @pytest.fixture
@@ -225,25 +236,17 @@ def test_fstab_line(helper_installed, signed_image, mnt, private_env, tmp_path):
 
 
 @pytest.fixture
-def siffs_on_standard_path() -> Iterator[Path]:
-    """siffs in /usr/local/bin for the test: mount(8) drops PATH, so mount.fuse3's shell finds
+def siffs_on_standard_path(private_host) -> Path:
+    """siffs in /usr/local/bin (private view): mount(8) drops PATH, so mount.fuse3's shell finds
     programs only on its default path."""
-    require_root()
-    link = Path("/usr/local/bin/siffs")
-    if link.exists() or link.is_symlink():
-        pytest.skip(f"{link} exists already; not replacing it")
-    link.symlink_to(SIFFS_BIN)
-    try:
-        yield link
-    finally:
-        link.unlink()
+    shadow(Path("/usr/local/bin"), {"siffs": SIFFS_BIN}, private_host / "bin-layer")
+    return Path("/usr/local/bin/siffs")
 
 
 @pytest.mark.parametrize("form", ["type", "source"])
 def test_mount_fuse3_runs_siffs_itself(form, siffs_on_standard_path, signed_image, mnt, private_env):
     """Without the helper, mount.fuse3 runs 'siffs SOURCE DIR -o OPTIONS,dev,suid'."""
-    if HELPER.exists():
-        pytest.skip(f"{HELPER} is installed: mount(8) would use it instead of mount.fuse3")
+    assert not HELPER.exists()
     env = private_env
     options = f"ro,key={PUBLIC_KEY}"
     if form == "type":
@@ -258,7 +261,7 @@ def test_mount_fuse3_runs_siffs_itself(form, siffs_on_standard_path, signed_imag
 
 
 def test_helper_finds_siffs_without_path(helper_installed, signed_image, mnt, private_env):
-    """mount(8) may run helpers with a bare PATH: the helper finds the repository's siffs."""
+    """mount(8) may run helpers with a bare PATH: the console script names its interpreter."""
     env = dict(private_env, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
     result = _mount("-t", "fuse.siffs", "-o", f"key={PUBLIC_KEY}", signed_image, mnt, env=env)
     assert result.returncode == 0, result.stderr
@@ -270,3 +273,43 @@ def test_mount_f_pretends(helper_installed, signed_image, mnt, private_env):
     assert result.returncode == 0, result.stderr
     assert not is_mounted(mnt)
     assert os.listdir(mnt) == []
+
+
+def test_setup_is_idempotent_and_uninstalls(helper_installed):
+    again = run_siffs("setup", "mount-helper", check=True)
+    assert again.stdout.startswith(f"already linked: {HELPER} -> ")
+    assert run_siffs("setup", "mount-helper", "--uninstall", check=True).stdout == f"removed {HELPER}\n"
+    assert not HELPER.is_symlink()
+    gone = run_siffs("setup", "mount-helper", "--uninstall", check=True)
+    assert gone.stdout == f"{HELPER} is not installed\n"
+
+
+def test_setup_leaves_a_foreign_helper_alone(private_host):
+    HELPER.write_text("#!/bin/sh\n")  # lands in the private layer
+    result = run_siffs("setup", "mount-helper")
+    assert result.returncode == ExitCode.MOUNT_FAILED
+    foreign = f"{HELPER} exists and is not a link to a siffs {HELPER.name}; remove it first"
+    assert result.stderr == f"siffs: {foreign}\n"
+    assert run_siffs("setup", "mount-helper", "--uninstall").returncode == ExitCode.MOUNT_FAILED
+    assert HELPER.read_text() == "#!/bin/sh\n"
+
+
+def test_setup_refuses_a_script_users_can_change(private_host, tmp_path):
+    """Root's mount(8) would run it: a script in a user-writable place is refused."""
+    from siffs.fs import helper  # noqa: PLC0415
+
+    script = tmp_path / "user-bin" / HELPER.name
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\n")
+    script.chmod(0o755)
+    script.parent.chmod(0o777)
+    with pytest.raises(helper.HelperError, match="can be changed by a user other than root"):
+        helper.install(tmp_path, script)
+    assert not (tmp_path / HELPER.name).exists()
+
+
+def test_setup_needs_root(tmp_path):
+    ensure_user()
+    result = run_siffs("setup", "mount-helper", "--dir", tmp_path, user=TEST_USER)
+    assert result.returncode == ExitCode.REFUSED
+    assert "needs root" in result.stderr and result.stderr.count("\n") == 1

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from siffs import __version__
+from tests.support.hostns import private_mounts, shadow
 from tests.support.images import require_tool
 from tests.support.shared import IMAGES, REPO
+from tests.support.trees import assert_same_tree, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +38,49 @@ def check_siffs(siffs: Path) -> None:
     assert "FS (Squashfs/*System/386)" in listing.stdout, listing.stdout
 
 
-def test_pip_install(clone, tmp_path):
+def _fuse_snapshot(siffs: Path, image: Path, mnt: Path) -> dict[str, object]:
+    """The tree of ``image`` as a ``siffs`` of another installation mounts it."""
+    mnt.mkdir()
+    subprocess.run([siffs, "mount", "--allow-unsigned", image, mnt], check=True)
+    try:
+        return snapshot(mnt)
+    finally:
+        subprocess.run([siffs, "umount", mnt], check=True)
+
+
+def test_pip_install(clone, tmp_path, corpus, kernel):
+    """A plain ``pip install .`` (no extras) reads every compressor: LZO too, equal to the kernel."""
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
     subprocess.run([venv / "bin/pip", "install", "-q", "--disable-pip-version-check", str(clone)], check=True)
     check_siffs(venv / "bin" / "siffs")
+    with kernel("mk-lzo") as k:
+        expected = snapshot(k)
+    actual = _fuse_snapshot(venv / "bin" / "siffs", corpus.image("mk-lzo"), tmp_path / "mnt")
+    assert_same_tree(actual, expected)
 
 
-def test_pipx_install(clone, tmp_path):
+def test_pipx_install(clone, tmp_path, corpus, kernel):
+    """``pipx install .``, then ``siffs setup mount-helper``: ``mount -t fuse.siffs`` works."""
     pipx = require_tool("pipx")
     env = dict(os.environ, PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(tmp_path / "bin"))
     subprocess.run([pipx, "install", str(clone)], check=True, env=env, capture_output=True)
-    check_siffs(tmp_path / "bin" / "siffs")
+    siffs = tmp_path / "bin" / "siffs"
+    check_siffs(siffs)
+    # mount(8) through the helper of this install, linked by its own setup command (private /sbin).
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with private_mounts():
+        shadow(Path("/sbin"), {"mount.fuse.siffs": None}, tmp_path / "sbin-layer")
+        setup = subprocess.run([siffs, "setup", "mount-helper"], capture_output=True, text=True, check=True)
+        assert setup.stdout.startswith("linked: /sbin/mount.fuse.siffs -> ") and str(tmp_path) in setup.stdout
+        bare = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # mount(8) finds the helper; the helper its siffs
+        image = corpus.image("mk-lzo")
+        mount = ["mount", "-t", "fuse.siffs", "-o", "allow_unsigned", image, mnt]
+        subprocess.run(mount, check=True, env=bare)
+        try:
+            actual = snapshot(mnt)
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    with kernel("mk-lzo") as k:
+        assert_same_tree(actual, snapshot(k))

@@ -17,6 +17,7 @@ import pytest
 from siffs.sif import Image, ObjectInput, add, create
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType
+from tests.support.hostns import private_mounts, replace_device
 from tests.support.images import mksquashfs
 from tests.support.mounts import daemons_for, is_mounted, kernel_mount, siffs, siffs_mount
 from tests.support.trees import assert_same_tree, snapshot
@@ -312,12 +313,10 @@ def test_mounts_lists_live_mounts_and_umount_all(image, tmp_path):
 def test_unusable_dev_fuse_says_what_to_do(image, tmp_path):
     ensure_user()
     mnt = Path(user_dir(tmp_path, "nofuse"))
-    os.chmod("/dev/fuse", 0o600)
-    try:
+    with private_mounts():  # /dev/fuse as a server without udev has it; the host's stays as it is
+        replace_device(Path("/dev/fuse"), 0o600, tmp_path / "dev")
         mount = siffs("mount", "--allow-unsigned", image, mnt, user=TEST_USER)
         run = siffs("run", "--allow-unsigned", image, user=TEST_USER)
-    finally:
-        os.chmod("/dev/fuse", 0o666)
     assert mount.returncode == 11 and "chmod 666 /dev/fuse" in mount.stderr
     assert mount.stderr.count("\n") == 1
     assert run.returncode == 255 and "chmod 666 /dev/fuse" in run.stderr

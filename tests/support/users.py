@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import subprocess
 
 import pytest
@@ -11,8 +12,16 @@ import pytest
 TEST_USER = "siffs-test"
 
 
+#: /dev/fuse's mode before a test changed it, so that the session's end puts it back.
+original_fuse_mode: int | None = None
+
+
 def ensure_user() -> pwd.struct_passwd:
-    """Create ``siffs-test`` (once) and make /dev/fuse usable by it, as a desktop has it."""
+    """Create ``siffs-test`` (once) and make /dev/fuse usable by it, as a desktop has it.
+
+    Debian servers without udev have /dev/fuse as 0600; ``restore_host`` puts that back.
+    """
+    global original_fuse_mode  # noqa: PLW0603 -- one record for the whole session
     if os.geteuid() != 0:
         pytest.skip("needs root to create the unprivileged test user")
     try:
@@ -21,8 +30,18 @@ def ensure_user() -> pwd.struct_passwd:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
         entry = pwd.getpwnam(TEST_USER)
     if os.path.exists("/dev/fuse"):
-        os.chmod("/dev/fuse", 0o666)
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        if mode != 0o666:
+            if original_fuse_mode is None:
+                original_fuse_mode = mode
+            os.chmod("/dev/fuse", 0o666)
     return entry
+
+
+def restore_host() -> None:
+    """Undo what ``ensure_user`` changed on the host (called once, when the test session ends)."""
+    if original_fuse_mode is not None:
+        os.chmod("/dev/fuse", original_fuse_mode)
 
 
 def user_dir(base: os.PathLike[str] | str, name: str) -> str:
