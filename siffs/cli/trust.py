@@ -113,6 +113,8 @@ class Gate:
                 image, [d.id for d in exposed], keys, cache=block_cache(), progress=progress
             )
         self.verified_by = "; ".join(sorted({signer_text(s) for s in report.signatures if s.ok}))
+        for warning in report.warnings:
+            output.warn(f"{image.path}: {warning}")
         return {
             d.id: VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id]) for d in exposed
         }

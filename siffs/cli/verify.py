@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from siffs.cli import trust
+from siffs.cli import output, trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
@@ -105,6 +105,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
                 cache=trust.block_cache(),
                 progress=progress,
             )
+    for warning in report.warnings:
+        output.warn(f"{args.image}: {warning}")
     if args.json:
         print_json(_report_json(report))
     else:

@@ -13,12 +13,13 @@ when a subkey made the signature.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from siffs.integrity.errors import (
@@ -199,10 +200,15 @@ class PgpKeyring:
             keyring.write_bytes(self.data)
             sig = home / "signature.sig"
             sig.write_bytes(signature)
+            # --ignore-time-conflict: the reference (sylabs/sif with ProtonMail go-crypto) accepts a
+            # signature dated before its key's creation (clock skew between build hosts); gpgv
+            # still says so on stderr, which _time_conflict turns into a warning.
             argv = [
                 _tool("gpgv"),
                 "--homedir",
                 tmp,
+                "--ignore-time-conflict",
+                "--verbose",  # names an unknown critical subpacket, which status lines do not
                 "--status-fd",
                 "1",
                 "--keyring",
@@ -211,7 +217,8 @@ class PgpKeyring:
                 "-",
             ]
             proc = _run(home, argv, signed)
-        return _judge(_status(proc.stdout), self)
+        signer = _judge(_status(proc.stdout), self, proc.stderr)
+        return replace(signer, time_conflict=_time_conflict(proc.stderr))
 
 
 @dataclass(frozen=True)
@@ -220,10 +227,42 @@ class Signer:
 
     fingerprint: str  # primary key fingerprint, upper-case hex
     user_id: str
+    #: Set when the signature is dated before its key was made: accepted as the reference does,
+    #: but worth a warning (a skewed clock on the build host, or a back-dated signature).
+    time_conflict: str | None = None
 
 
-def _judge(status: list[list[str]], keyring: PgpKeyring) -> Signer:
-    """Turn gpgv's status lines into a signer or the precise reason for refusing."""
+#: gpgv's note (LC_ALL=C) when a signature predates its key: "public key ID is N days newer ...".
+_NEWER_KEY = re.compile(rb"public key (\w+) is (\d+ \w+) newer than the signature")
+
+#: ERRSIG return codes (libgpg-error) and what to tell the user about each.
+_ERRSIG_REASONS = {
+    "4": "its public-key algorithm is not supported",
+    "5": "its hash algorithm is not supported",
+    "41": "its public-key algorithm does not match the key's",
+    "84": "it uses an unsupported algorithm",
+    "14": "bad data: the signature packet is invalid",
+    "58": "bad data: the signature has no data",
+    "79": "bad data: the signature data is invalid",
+    "89": "bad data: the signature data is damaged",
+    "3": "its OpenPGP packet version is not supported",
+}
+
+
+def _time_conflict(stderr: bytes) -> str | None:
+    match = _NEWER_KEY.search(stderr)
+    if match is None:
+        return None
+    key, age = (m.decode("ascii", "replace") for m in match.groups())
+    return f"the signature predates its signing key {key} by {age} (time conflict; accepted)"
+
+
+def _judge(status: list[list[str]], keyring: PgpKeyring, stderr: bytes = b"") -> Signer:
+    """Turn gpgv's status lines into a signer or the precise reason for refusing.
+
+    ``stderr`` (gpgv's verbose messages, LC_ALL=C) tells the one case status lines do not: a
+    BADSIG that is GnuPG refusing an unknown critical subpacket, not changed data.
+    """
     keywords = {s[0] for s in status}
     if sum(1 for s in status if s[0] == "NEWSIG") > 1:
         raise SignatureNotValidError("the signature block holds more than one signature")
@@ -239,6 +278,10 @@ def _judge(status: list[list[str]], keyring: PgpKeyring) -> Signer:
             )
         if s[0] == "EXPSIG":
             raise SignatureNotValidError("the signature has expired")
+        if s[0] == "BADSIG" and b"has critical bit set" in stderr:
+            raise SignatureNotValidError(
+                f"the signature by key {s[1]} has an unknown critical subpacket: it cannot be checked"
+            )
         if s[0] == "BADSIG":
             raise SignatureNotValidError(f"bad signature by key {s[1]}: the signed data was changed")
         if s[0] == "NO_PUBKEY" or (s[0] == "ERRSIG" and len(s) > 6 and s[6] == "9"):
@@ -247,7 +290,9 @@ def _judge(status: list[list[str]], keyring: PgpKeyring) -> Signer:
                 "('siffs key import FILE') or pass it with --key"
             )
         if s[0] == "ERRSIG":
-            raise SignatureNotValidError("the OpenPGP signature cannot be checked (unsupported or damaged)")
+            code = s[6] if len(s) > 6 else ""
+            reason = _ERRSIG_REASONS.get(code, f"GnuPG error code {code or 'missing'}")
+            raise SignatureNotValidError(f"the OpenPGP signature cannot be checked: {reason}")
     valid = next((s for s in status if s[0] == "VALIDSIG"), None)
     if valid is None or "GOODSIG" not in keywords or len(valid) < 11:
         raise SignatureNotValidError("the OpenPGP signature is damaged or not a signature")

@@ -100,6 +100,15 @@ class Report:
         return self.error is None
 
     @property
+    def warnings(self) -> list[str]:
+        """What verified but deserves a word: signatures dated before their key (clock skew)."""
+        return [
+            f"signature {s.signature_id}: {s.pgp_signer.time_conflict}"
+            for s in self.signatures
+            if s.ok and s.pgp_signer is not None and s.pgp_signer.time_conflict
+        ]
+
+    @property
     def verified_objects(self) -> set[int]:
         return {i for s in self.signatures if s.ok for i in s.verified}
 

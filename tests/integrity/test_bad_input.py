@@ -20,6 +20,7 @@ from siffs.integrity.verify import verify
 from siffs.sif import Image
 from siffs.sif.types import DESCRIPTOR_SIZE
 from tests.integrity.conftest import key_path
+from tests.support.golang import build
 from tests.support.shared import IMAGES
 
 LINKED_ID = 13  # byte offset of LinkedID in a descriptor
@@ -198,3 +199,68 @@ def test_revoked_key(capsys, tmp_path, gnupg_home):
     code, err = cli(capsys, "verify", str(path), "--key", str(public))
     assert code == ExitCode.NOT_TRUSTED
     assert_one_line(err, "revoked")
+
+
+# -- time conflicts: a signature dated before its key ------------------------------------------
+
+
+def _backdating_gpg(bin_dir: Path, days: int) -> None:
+    """A ``gpg`` first on PATH that signs as if the clock were ``days`` behind (a skewed build host)."""
+    bin_dir.mkdir()
+    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - days * 86400))
+    wrapper = bin_dir / "gpg"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec {shutil.which('gpg')} --faked-system-time {when} "
+        '--ignore-time-conflict --ignore-valid-from "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def test_key_newer_than_signature_verifies_with_a_warning(capsys, tmp_path, gnupg_home, monkeypatch):
+    """The reference (go-crypto) accepts it; siffs too, saying so in one warning line."""
+    secret, public_key, fpr = _new_key(gnupg_home, "Skewed <skewed@example.org>", "never")
+    _backdating_gpg(tmp_path / "bin", days=3)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    path = _signed_copy(tmp_path, secret)
+    monkeypatch.undo()
+    public = tmp_path / "skewed.asc"
+    public.write_bytes(public_key)
+    code, err = cli(capsys, "verify", str(path), "--key", str(public))
+    assert code == ExitCode.OK, err
+    assert_one_line(err, "warning", f"predates its signing key {fpr[-16:]} by ", " days", "time conflict")
+    reference = subprocess.run(
+        [build("sifverify", tmp_path / "go"), path, public], capture_output=True, text=True, check=False
+    )
+    assert reference.returncode == 0, reference.stderr
+    assert f"by {fpr.lower()}" in reference.stdout
+
+
+def _with_critical_subpacket(signature: bytes) -> bytes:
+    """A v4 signature packet (old-format header, as gpg writes) with an unknown critical subpacket."""
+    assert signature[0] & 0xFC == 0x88 and signature[0] & 3 in (0, 1)  # tag 2, 1- or 2-byte length
+    size = 1 << (signature[0] & 3)
+    body = signature[1 + size : 1 + size + int.from_bytes(signature[1 : 1 + size], "big")]
+    hashed_len = int.from_bytes(body[4:6], "big")
+    hashed = body[6 : 6 + hashed_len] + bytes([2, 0x80 | 100, 0])  # type 100, critical
+    new = body[:4] + len(hashed).to_bytes(2, "big") + hashed + body[6 + hashed_len :]
+    return bytes([0x89]) + len(new).to_bytes(2, "big") + new
+
+
+def test_gnupg_refusals_say_why(tmp_path, gnupg_home):
+    """Not 'unsupported or damaged': the reason GnuPG gave, through a real gpgv."""
+    from siffs.integrity.openpgp import PgpKeyring  # noqa: PLC0415
+
+    _, public_key, fpr = _new_key(gnupg_home, "Plain <plain@example.org>", "never")
+    (tmp_path / "data").write_bytes(b"signed data")
+    signature = _gpg(gnupg_home, "--local-user", fpr, "--detach-sign", "-o", "-", str(tmp_path / "data"))
+    keyring = PgpKeyring.from_keys([(public_key, "plain.asc")])
+    assert keyring.verify_detached(b"signed data", signature).fingerprint == fpr
+    with pytest.raises(errors.SignatureNotValidError, match="unknown critical subpacket"):
+        keyring.verify_detached(b"signed data", _with_critical_subpacket(signature))
+    header = 1 + (1 << (signature[0] & 3))  # then version, class, public-key algorithm, hash
+    unknown_algorithm = signature[: header + 2] + bytes([99]) + signature[header + 3 :]
+    with pytest.raises(errors.SignatureNotValidError, match="public-key algorithm is not supported"):
+        keyring.verify_detached(b"signed data", unknown_algorithm)
+    with pytest.raises(errors.SignatureNotValidError, match="damaged"):
+        keyring.verify_detached(b"signed data", signature[:-10])
