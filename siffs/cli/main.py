@@ -32,6 +32,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.sandbox": ("sandbox",),
     "siffs.cli.completion": ("completion",),
     "siffs.cli.setup": ("setup",),
+    "siffs.cli.cache": ("cache",),
 }
 
 _VERBOSITY_FLAGS = (

@@ -34,12 +34,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from siffs import cache
 from siffs.integrity.blocktable import BlockTable
 from siffs.integrity.xdg import cache_dir, config_dir, private_dir
 
 _MAGIC = b"SIFFSBT1"
 _HEADER = struct.Struct("<16sQQ")  # algorithm name, object size, block size
 _SECRET_SIZE = 32
+#: The cache's default size limit. A table takes 32 bytes per 64 KiB block (0.05 % of the
+#: image), so 64 MiB remember about 130 GB of verified images; the least recently used go first.
+LIMIT_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ class CachedDigest:
     table: BlockTable
 
 
+def default_directory() -> Path:
+    return cache_dir() / "blocktables"
+
+
 class BlockTableCache:
     """Entries in ``directory``, authenticated with ``secret``."""
 
@@ -77,7 +85,7 @@ class BlockTableCache:
     @classmethod
     def default(cls) -> BlockTableCache:
         """The user's cache (``$XDG_CACHE_HOME/siffs/blocktables``) and secret."""
-        return cls(cache_dir() / "blocktables", _user_secret(config_dir() / "blocktable.key"))
+        return cls(default_directory(), _user_secret(config_dir() / "blocktable.key"))
 
     def _key(self, identity: ImageIdentity, object_id: int, signature_digest: bytes) -> bytes:
         fields = struct.pack(
@@ -105,6 +113,8 @@ class BlockTableCache:
         if entry is None:
             with contextlib.suppress(OSError):
                 path.unlink()
+        else:
+            cache.touch(path)
         return entry
 
     def store(
@@ -125,6 +135,7 @@ class BlockTableCache:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, self._path(key))
+            cache.prune(directory, cache.limit(LIMIT_MIB))
         except OSError:
             return
 

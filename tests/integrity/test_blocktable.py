@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 
 import pytest
 
 import siffs.integrity.verify as verify_module
-from siffs.integrity.blockcache import BlockTableCache, ImageIdentity
-from siffs.integrity.blocktable import BLOCK_SIZE, READ_SIZE, Extent, VerifiedObjectReader, hash_extents
+from siffs.integrity.blockcache import BlockTableCache, CachedDigest, ImageIdentity
+from siffs.integrity.blocktable import (
+    BLOCK_SIZE,
+    READ_SIZE,
+    BlockTable,
+    Extent,
+    VerifiedObjectReader,
+    hash_extents,
+)
 from siffs.integrity.errors import NotTrustedError, TamperedBlockError
 from siffs.integrity.keyring import Keyring, require_trusted
 from siffs.integrity.keys import load_files, private_pem
@@ -20,6 +28,7 @@ from siffs.sif import Image, ObjectInput, create
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType
 from tests.integrity.conftest import key_path
+from tests.support.mounts import siffs
 
 SIZE = READ_SIZE + 5 * BLOCK_SIZE + 123  # two read chunks, a short last block
 
@@ -130,3 +139,37 @@ def test_trust_policy(signed_image, tmp_path):
         report = require_trusted(image, [image.primary_partition().id], keyring.key_material())
     assert image.primary_partition().id in report.verified_objects
     assert set(report.block_tables) >= {image.primary_partition().id}
+
+
+def _table(blocks: int) -> CachedDigest:
+    digests = bytes(range(256)) * (blocks * 32 // 256)
+    return CachedDigest("sha256", bytes(32), BlockTable(blocks * 65536, 65536, digests))
+
+
+def test_cache_stays_under_its_limit_least_recently_used_first(tmp_path, monkeypatch):
+    """Each entry here is ~300 KiB: a 1 MiB limit holds three; a fourth evicts the one used longest ago."""
+    monkeypatch.setenv("SIFFS_CACHE_LIMIT_MIB", "1")
+    cache = BlockTableCache(tmp_path / "tables", b"k" * 32)
+    ids = [ImageIdentity(1, inode, 1, 1, 1) for inode in range(4)]
+    for n, identity in enumerate(ids[:3]):
+        cache.store(identity, 1, b"s", _table(9600))
+        os.utime(cache._path(cache._key(identity, 1, b"s")), (1000 + n, 1000 + n))  # distinct ages
+    assert cache.load(ids[0], 1, b"s") is not None  # the oldest, now used again
+    cache.store(ids[3], 1, b"s", _table(9600))
+    kept = [i.inode for i in ids if cache.load(i, 1, b"s") is not None]
+    assert kept == [0, 2, 3]
+    assert sum(p.stat().st_size for p in (tmp_path / "tables").iterdir()) <= 1 << 20
+
+
+def test_cache_list_and_clean(signed_image, tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    siffs("verify", signed_image[0], "--key", key_path("ed25519", "public"), env=env, check=True)
+    listed = json.loads(siffs("cache", "list", "--json", env=env, check=True).stdout)
+    tables = next(c for c in listed if c["name"] == "blocktables")
+    assert tables["files"] >= 1 and tables["bytes"] > 0 and tables["limit_bytes"] == 64 << 20
+    assert tables["directory"] == str(tmp_path / "cache" / "siffs" / "blocktables")
+    cleaned = siffs("cache", "clean", "blocktables", env=env, check=True).stdout
+    assert cleaned.startswith(f"blocktables: removed {tables['files']} files")
+    assert not list((tmp_path / "cache" / "siffs" / "blocktables").iterdir())
+    unknown = siffs("cache", "clean", "nope", env=env)
+    assert unknown.returncode == 2 and unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables\n"
