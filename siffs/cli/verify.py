@@ -193,11 +193,20 @@ def cmd_key_list(args: argparse.Namespace) -> None:
     keys = Keyring().keys()
     if args.json:
         print_json(
-            [{"kind": k.kind, "id": k.id, "description": k.description, "file": str(k.path)} for k in keys]
+            [
+                {
+                    "kind": k.kind,
+                    "id": k.id,
+                    "description": k.description,
+                    "file": str(k.path),
+                    "status": k.status,
+                }
+                for k in keys
+            ]
         )
         return
     for k in keys:
-        print(f"{k.kind:4}  {k.id}  {k.description}")
+        print(f"{k.kind:4}  {k.id}  {k.description}{f'  [{k.status}]' if k.status else ''}")
 
 
 def cmd_key_remove(args: argparse.Namespace) -> None:

@@ -39,6 +39,12 @@ class TrustedKey:
     id: str  # primary fingerprint or DSSE key ID
     description: str  # user ID, or key type
     path: Path
+    #: "expired" or "revoked" for an OpenPGP key that can no longer vouch for an image, else "".
+    status: str = ""
+
+
+#: GnuPG's validity letters for keys that verify nothing any more.
+_STATUS = {"e": "expired", "r": "revoked"}
 
 
 class Keyring:
@@ -75,7 +81,10 @@ class Keyring:
         for path in self._files():
             if path.suffix == ".asc":
                 ring = PgpKeyring.from_keys([(path.read_bytes(), str(path))])
-                found += [TrustedKey("pgp", k.fingerprint, k.user_id, path) for k in ring.keys]
+                found += [
+                    TrustedKey("pgp", k.fingerprint, k.user_id, path, _STATUS.get(k.validity, ""))
+                    for k in ring.keys
+                ]
             else:
                 dkey = load_public_pem(path.read_bytes(), str(path))
                 found.append(TrustedKey("dsse", dkey.key_id, dkey.description, path))

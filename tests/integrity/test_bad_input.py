@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -264,3 +265,26 @@ def test_gnupg_refusals_say_why(tmp_path, gnupg_home):
         keyring.verify_detached(b"signed data", unknown_algorithm)
     with pytest.raises(errors.SignatureNotValidError, match="damaged"):
         keyring.verify_detached(b"signed data", signature[:-10])
+
+
+def test_key_list_marks_expired_and_revoked_keys(capsys, tmp_path, gnupg_home, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    _, good, good_fpr = _new_key(gnupg_home, "Good <good@example.org>", "never")
+    _, short, short_fpr = _new_key(gnupg_home, "Short <short@example.org>", "seconds=1")
+    _, gone, gone_fpr = _new_key(gnupg_home, "Gone <gone@example.org>", "never")
+    certificate = (gnupg_home / "openpgp-revocs.d" / f"{gone_fpr}.rev").read_bytes()
+    (tmp_path / "revoke.asc").write_bytes(certificate.replace(b":-----BEGIN", b"-----BEGIN"))
+    _gpg(gnupg_home, "--import", str(tmp_path / "revoke.asc"))
+    gone = _gpg(gnupg_home, "--armor", "--export", gone_fpr)
+    for name, data in (("good", good), ("short", short), ("gone", gone)):
+        (tmp_path / f"{name}.asc").write_bytes(data)
+        assert main(["key", "import", str(tmp_path / f"{name}.asc")]) == 0
+    time.sleep(2.1)  # "seconds=1": expired from then on
+    capsys.readouterr()
+    assert main(["key", "list"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines[good_fpr].endswith("Good <good@example.org>")
+    assert lines[short_fpr].endswith("  [expired]") and lines[gone_fpr].endswith("  [revoked]")
+    assert main(["key", "list", "--json"]) == 0
+    status = {k["id"]: k["status"] for k in json.loads(capsys.readouterr().out)}
+    assert status == {good_fpr: "", short_fpr: "expired", gone_fpr: "revoked"}
