@@ -8,7 +8,7 @@ that is none of these is a ``KeyMaterialError`` naming the file.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from siffs.integrity.dsse import DsseKey, PrivateKey, load_private_pem, load_public_pem
@@ -70,11 +70,18 @@ def public_dsse_key(f: KeyFile) -> DsseKey:
     return load_public_pem(f.data, f.path)
 
 
-def key_material(files: Sequence[KeyFile]) -> KeyMaterial:
-    """Everything needed to verify with these files: an OpenPGP keyring and/or DSSE keys."""
+def key_material(
+    files: Sequence[KeyFile],
+    pgp_keyring: Callable[[Sequence[tuple[bytes, str]]], PgpKeyring] = PgpKeyring.from_keys,
+) -> KeyMaterial:
+    """Everything needed to verify with these files: an OpenPGP keyring and/or DSSE keys.
+
+    ``pgp_keyring`` builds the keyring from ``(data, name)`` pairs (the trusted keyring passes one
+    that caches GnuPG's export).
+    """
     pgp = [(f.data, f.path) for f in files if f.kind is KeyKind.PGP]
     dsse = tuple(public_dsse_key(f) for f in files if f.kind is not KeyKind.PGP)
-    return KeyMaterial(PgpKeyring.from_keys(pgp) if pgp else None, dsse)
+    return KeyMaterial(pgp_keyring(pgp) if pgp else None, dsse)
 
 
 def private_pem(f: KeyFile, password: bytes | None = None) -> PrivateKey:

@@ -12,6 +12,8 @@ when a subkey made the signature.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -184,6 +186,17 @@ class PgpKeyring:
                 _import(home, data, source, secret=False)
             exported = _run(home, [_tool("gpg"), "--batch", "--no-autostart", "--export"])
             return cls(exported.stdout, tuple(_list_keys(home)))
+
+    def to_json(self) -> str:
+        keys = [[k.fingerprint, list(k.user_ids), k.can_sign, k.validity] for k in self.keys]
+        return json.dumps({"data": base64.b64encode(self.data).decode("ascii"), "keys": keys})
+
+    @classmethod
+    def from_json(cls, text: str) -> PgpKeyring:
+        """What ``to_json`` wrote; ValueError (or KeyError, TypeError) if it is not that."""
+        value = json.loads(text)
+        keys = tuple(PgpKey(str(f), tuple(map(str, u)), bool(c), str(v)) for f, u, c, v in value["keys"])
+        return cls(base64.b64decode(value["data"], validate=True), keys)
 
     def armored(self, fingerprint: str) -> bytes:
         """The ASCII-armored public key with this primary fingerprint."""

@@ -288,3 +288,26 @@ def test_key_list_marks_expired_and_revoked_keys(capsys, tmp_path, gnupg_home, m
     assert main(["key", "list", "--json"]) == 0
     status = {k["id"]: k["status"] for k in json.loads(capsys.readouterr().out)}
     assert status == {good_fpr: "", short_fpr: "expired", gone_fpr: "revoked"}
+
+
+def test_trusted_keyring_export_is_cached_until_the_keys_change(tmp_path, gnupg_home, monkeypatch):
+    """Mounts and runs do not run gpg to rebuild an unchanged keyring; any change rebuilds it."""
+    from siffs.integrity.keyring import Keyring  # noqa: PLC0415
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    keyring = Keyring()
+    exported = []
+    for name in ("one", "two"):
+        _, public, fpr = _new_key(gnupg_home, f"{name} <{name}@example.org>", "never")
+        (tmp_path / f"{name}.asc").write_bytes(public)
+        keyring.import_file(str(tmp_path / f"{name}.asc"))
+        built = keyring.key_material().pgp
+        assert built is not None and fpr in {k.fingerprint for k in built.keys}
+        [cached] = keyring.directory.glob(".pgp-keyring-*.json")  # the previous one was replaced
+        exported.append((cached.name, built))
+    assert exported[0][0] != exported[1][0]
+    monkeypatch.setenv("PATH", str(tmp_path / "no-gnupg-here"))  # gpg cannot run now
+    assert keyring.key_material().pgp == exported[1][1]
+    cached.write_text("{damaged")
+    with pytest.raises(errors.KeyMaterialError, match="gpg is not installed"):
+        keyring.key_material()  # a damaged export is rebuilt, not trusted
