@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from siffs.cli import parserinfo
-from siffs.cli.completion import bash_script, zsh_script
+from siffs.cli.completion import script as completion_script
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.main import build_parser
 from siffs.cli.manpage import exit_code_descriptions, pages
@@ -94,7 +94,7 @@ def _every_command_and_option() -> list[tuple[str, list[str]]]:
 
 
 def test_completion_scripts_cover_every_command_and_option():
-    bash, zsh = bash_script(build_parser()), zsh_script(build_parser())
+    bash, zsh = completion_script(build_parser(), "bash"), completion_script(build_parser(), "zsh")
     for name, options in _every_command_and_option():
         if name:
             assert f"{name.split()[-1]}" in bash and f"{name.split()[-1]}:" in zsh
@@ -103,8 +103,8 @@ def test_completion_scripts_cover_every_command_and_option():
 
 
 def test_completion_command_prints_the_scripts():
-    assert siffs("completion", "bash").stdout == bash_script(build_parser())
-    assert siffs("completion", "zsh").stdout == zsh_script(build_parser())
+    assert siffs("completion", "bash").stdout == completion_script(build_parser(), "bash")
+    assert siffs("completion", "zsh").stdout == completion_script(build_parser(), "zsh")
 
 
 def bash_complete(script: Path, line: str) -> list[str]:
@@ -114,7 +114,9 @@ def bash_complete(script: Path, line: str) -> list[str]:
 source {script}
 COMP_WORDS=({" ".join(f"'{w}'" for w in words)})
 COMP_CWORD={len(words) - 1}
-_siffs
+COMP_LINE={_sh_quote(line)}
+COMP_POINT={len(line)}
+_shtab_siffs
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
     result = subprocess.run(["bash", "-c", program], capture_output=True, text=True, check=True)
@@ -124,7 +126,7 @@ printf '%s\\n' "${{COMPREPLY[@]}}"
 @pytest.fixture
 def bash_completion_script(tmp_path) -> Path:
     path = tmp_path / "siffs.bash"
-    path.write_text(bash_script(build_parser()))
+    path.write_text(completion_script(build_parser(), "bash"))
     return path
 
 
@@ -148,7 +150,7 @@ def test_bash_completes_commands_options_and_files(bash_completion_script, tmp_p
 
 def test_zsh_script_parses():
     zsh = require_tool("zsh")
-    subprocess.run([zsh, "-n", "-c", zsh_script(build_parser())], check=True)
+    subprocess.run([zsh, "-n", "-c", completion_script(build_parser(), "zsh")], check=True)
 
 
 def zsh_complete(tmp_path: Path, lines: list[str]) -> list[list[str]]:
@@ -159,7 +161,7 @@ def zsh_complete(tmp_path: Path, lines: list[str]) -> list[list[str]]:
     """
     functions = tmp_path / "functions"
     functions.mkdir(exist_ok=True)
-    (functions / "_siffs").write_text(zsh_script(build_parser()))
+    (functions / "_siffs").write_text(completion_script(build_parser(), "zsh"))
     out = tmp_path / "offered"
     commands = [
         f"PROMPT=; fpath=({functions} $fpath); autoload -U compinit; compinit -u -D; cd {tmp_path}",
@@ -170,14 +172,18 @@ def zsh_complete(tmp_path: Path, lines: list[str]) -> list[list[str]]:
     for line in lines:
         script += [
             f"zpty -n -w z {_zsh_quote(line)}$'\\t'",
-            "sleep 0.5",
+            "sleep 2",  # generous: a loaded machine (CI on 2 cores) answers TAB slowly
             f"zpty -w z $'\\025'{_zsh_quote(f'print -- ---- >> {out}')}",  # ^U clears the line
-            "sleep 0.2",
+            "sleep 0.5",
         ]
     script += ["zpty -d z"]
-    subprocess.run([require_tool("zsh"), "-f", "-c", "\n".join(script)], check=True, timeout=60)
+    subprocess.run([require_tool("zsh"), "-f", "-c", "\n".join(script)], check=True, timeout=120)
     blocks = out.read_text().split("----\n")[: len(lines)]
     return [sorted(set(block.split())) for block in blocks]
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _zsh_quote(text: str) -> str:
