@@ -53,11 +53,6 @@ def metavar(action: argparse.Action) -> str:
     return action.dest.upper() if action.option_strings else action.dest
 
 
-def is_repeating(action: argparse.Action) -> bool:
-    """A positional that takes every remaining word (``PATH...``, the command's arguments)."""
-    return action.nargs in ("+", "*", argparse.REMAINDER)
-
-
 @dataclass(frozen=True)
 class Command:
     """One command of the tree: its words (``("key", "import")``) and parser."""
