@@ -23,6 +23,7 @@ class Cache:
 def _caches() -> list[Cache]:
     """Every cache siffs keeps, with its directory and default size limit."""
     from siffs.integrity import blockcache  # noqa: PLC0415 -- only the command that lists caches needs it
+    from siffs.registry import cache as registry  # noqa: PLC0415
 
     return [
         Cache(
@@ -30,6 +31,12 @@ def _caches() -> list[Cache]:
             "verified block tables: re-mounting an unchanged signed image skips hashing",
             blockcache.default_directory,
             blockcache.LIMIT_MIB,
+        ),
+        Cache(
+            "registry",
+            "verified blobs pulled from registries: a repeated or interrupted pull fetches nothing twice",
+            registry.blob_directory,
+            registry.LIMIT_MIB,
         ),
     ]
 

@@ -9,6 +9,7 @@ from typing import Any
 from siffs.cli.exitcodes import ExitCode
 from siffs.fs.errors import MountError
 from siffs.integrity.errors import IntegrityError, KeyMaterialError
+from siffs.registry import errors as registry
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
 from siffs.squashfs import errors as squashfs
 
@@ -37,6 +38,14 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (squashfs.NotARegularFile, ExitCode.REFUSED),
     (squashfs.SquashfsError, ExitCode.CORRUPT_FILESYSTEM),
     (MountError, ExitCode.MOUNT_FAILED),
+    (registry.BadReference, ExitCode.USAGE),
+    (registry.AuthError, ExitCode.AUTH_FAILED),
+    (registry.NotFoundError, ExitCode.NOT_FOUND),
+    (registry.NetworkError, ExitCode.NETWORK),
+    (registry.DigestError, ExitCode.DIGEST_MISMATCH),
+    (registry.UnsupportedError, ExitCode.UNSUPPORTED),
+    (registry.LocalIOError, ExitCode.IO),
+    (registry.RegistryError, ExitCode.NETWORK),
 ]
 
 

@@ -33,6 +33,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.completion": ("completion",),
     "siffs.cli.setup": ("setup",),
     "siffs.cli.cache": ("cache",),
+    "siffs.cli.registry": ("pull", "push", "registry"),
 }
 
 _VERBOSITY_FLAGS = (

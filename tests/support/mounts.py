@@ -39,12 +39,16 @@ def siffs(
     check: bool = False,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    cwd: Path | None = None,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the siffs CLI in a subprocess (as ``user`` if given), capturing its output."""
     cmd = [sys.executable, "-m", "siffs", *map(str, argv)]
     if user is not None:
         cmd = ["runuser", "-u", user, "--", *cmd]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env=env, timeout=timeout, cwd=cwd, input=input_text
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"siffs {' '.join(map(str, argv))} failed ({result.returncode}): {result.stderr}"

@@ -1,0 +1,168 @@
+"""``siffs pull|push oras://…`` and ``siffs registry login|logout``: SIFs in OCI registries."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from siffs.cli import output, trust
+from siffs.cli.common import CommandError
+from siffs.cli.exitcodes import ExitCode
+from siffs.cli.progress import ProgressBar
+from siffs.registry import credentials, oras
+from siffs.registry.errors import RegistryError
+from siffs.registry.http import Session
+from siffs.registry.reference import Reference, parse
+from siffs.sif import Image, SifError
+
+
+def _connection_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-https", action="store_true", help="the registry speaks plain http")
+    p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
+    p.add_argument("--authfile", type=Path, metavar="FILE", help="Docker-format credentials file")
+    p.add_argument("--docker-login", action="store_true", help="ask for a user name and password")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pull", help="download an image from a registry (oras://) into a SIF file")
+    p.add_argument("args", nargs="+", metavar="[OUT.sif] SOURCE", help="oras://HOST/REPO[:TAG|@DIGEST]")
+    p.add_argument("--arch", default="amd64", help="architecture to pick from an index (default: amd64)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--disable-cache", action="store_true", help="keep nothing in siffs' blob cache")
+    _connection_arguments(p)
+    trust.add_arguments(p)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("push", help="upload a SIF image to a registry as an ORAS artifact")
+    p.add_argument("image", help="SIF file")
+    p.add_argument("target", help="oras://HOST/REPO[:TAG]")
+    p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--description", help="org.opencontainers.image.description")
+    _connection_arguments(p)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("registry", help="log in to or out of an OCI registry")
+    what = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    login = what.add_parser("login", help="check and store credentials for a registry")
+    login.add_argument("target", help="oras://HOST[/PATH] or docker://HOST[/PATH]")
+    login.add_argument("--username", "-u")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    login.add_argument("--authfile", type=Path, metavar="FILE", help="where to store (Docker format)")
+    login.add_argument("--no-https", action="store_true", help="the registry speaks plain http")
+    login.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
+    login.set_defaults(func=cmd_login)
+    logout = what.add_parser("logout", help="forget the stored credentials for a registry")
+    logout.add_argument("target", help="oras://HOST[/PATH] or docker://HOST[/PATH]")
+    logout.add_argument("--authfile", type=Path, metavar="FILE", help="the credentials file")
+    logout.set_defaults(func=cmd_logout)
+
+
+def _session(args: argparse.Namespace, ref: Reference) -> Session:
+    creds: credentials.Credentials | None
+    if getattr(args, "docker_login", False):
+        user = input("Enter Docker Username: ")
+        creds = credentials.Credentials(user, getpass.getpass("Enter Docker Password: "))
+    else:
+        creds = credentials.resolve(ref.host, ref.repository, args.authfile)
+    return Session(ref.host, creds, insecure=args.no_https, local=ref.is_local, ca_file=args.ca_file)
+
+
+def _reference(text: str) -> Reference:
+    ref = parse(text)
+    if ref.scheme != "oras":
+        raise CommandError(f"{text}: only oras:// images can be pulled and pushed yet", ExitCode.UNSUPPORTED)
+    return ref
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    if len(args.args) > 2:
+        raise CommandError("pull takes [OUT.sif] SOURCE", ExitCode.USAGE)
+    ref = _reference(args.args[-1])
+    dest = Path(args.args[0] if len(args.args) == 2 else ref.default_file_name())
+    if dest.exists() and not args.force:
+        raise CommandError(f"{dest}: image file already exists (use --force to overwrite)", ExitCode.IO)
+    from siffs.registry.cache import blob_cache_dir  # noqa: PLC0415
+
+    gate = trust.Gate(trust.TrustChoice.from_args(args))
+
+    def check(path: Path) -> None:
+        """Signatures and trust policy on the downloaded file, before it takes DEST's place."""
+        with Image.open(path) as image:
+            try:
+                exposed = [image.primary_partition()]
+            except SifError:
+                exposed = list(image.descriptors)
+            gate.sources(image, exposed)
+
+    session = _session(args, ref)
+    try:
+        with ProgressBar("downloading") as progress:
+            pulled = oras.pull(
+                session,
+                ref,
+                dest,
+                arch=args.arch,
+                cache_dir=None if args.disable_cache else blob_cache_dir(),
+                progress=progress,
+                check=check,
+            )
+    finally:
+        session.close()
+    print(f"{dest}: {pulled.size} bytes, manifest {pulled.manifest_digest}, verified by {gate.verified_by}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    ref = _reference(args.target)
+    annotations = {}
+    for item in args.annotation:
+        key, eq, value = item.partition("=")
+        if not eq:
+            output.warn(f"annotation {item!r} has no '=': skipped")
+            continue
+        annotations[key] = value
+    if args.description:
+        annotations["org.opencontainers.image.description"] = args.description
+    session = _session(args, ref)
+    try:
+        with ProgressBar("uploading") as progress:
+            digest = oras.push(session, Path(args.image), ref, annotations=annotations, progress=progress)
+    except FileNotFoundError as exc:
+        raise CommandError(f"{args.image}: {exc.strerror}", ExitCode.IO) from None
+    finally:
+        session.close()
+    print(f"pushed {args.image} to {ref}: manifest {digest}")
+
+
+def _login_key(text: str) -> tuple[Reference, str]:
+    """The registry and the key Apptainer stores credentials under (``HOST[/PATH]``)."""
+    ref = parse(text if "/" in text.split("://", 1)[-1] else text.rstrip("/") + "/x")
+    rest = text.split("://", 1)[-1].strip("/")
+    return ref, rest
+
+
+def cmd_login(args: argparse.Namespace) -> None:
+    ref, key = _login_key(args.target)
+    username = args.username or input("Username: ")
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+    creds = credentials.Credentials(username, password)
+    session = Session(ref.host, creds, insecure=args.no_https, local=ref.is_local, ca_file=args.ca_file)
+    try:
+        response = session.request("GET", "/v2/", scope=f"repository:{ref.repository}:pull")
+        response.raw.read()
+    except RegistryError as exc:
+        raise CommandError(f"login to {ref.host} failed: {exc}", ExitCode.AUTH_FAILED) from None
+    finally:
+        session.close()
+    path = args.authfile or credentials.default_config_file()
+    credentials.store(path, key, creds)
+    print(f"credentials for {key} stored in {path}")
+
+
+def cmd_logout(args: argparse.Namespace) -> None:
+    _, key = _login_key(args.target)
+    path = args.authfile or credentials.default_config_file()
+    if not credentials.erase(path, key):
+        raise CommandError(f"no credentials for {key} in {path}", ExitCode.NOT_FOUND)
+    print(f"credentials for {key} removed from {path}")

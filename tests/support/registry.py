@@ -1,0 +1,212 @@
+"""Real registries for the tests: Debian's docker-registry (CNCF distribution 2.8) on loopback.
+
+Each server gets its own directory and a free port and is stopped afterwards. The token server
+is a small Docker-token-protocol endpoint in this process (ES256 JWTs, the certificate in ``x5c``)
+granting everything to alice and ``pull`` on ``public/*`` to anyone, as spec registry.md §7 lays
+out; distribution checks its tokens, so the flow under test is the real one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import http.server
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+USER, PASSWORD = "alice", "s3cret:pw"  # a colon in the password, as the spec's fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    host: str  # 127.0.0.1:PORT (or localhost:PORT)
+    root: Path  # storage root directory
+
+    def blob_data(self, digest: str) -> Path:
+        hexdigest = digest.split(":", 1)[1]
+        return self.root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+def certificate(work: Path, name: str, *, ip: bool = True) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
+    """A self-signed EC P-256 certificate (CA:true, SAN 127.0.0.1 and localhost) and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress  # noqa: PLC0415
+
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    if ip:
+        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = work / f"{name}.crt", work / f"{name}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return crt, pem, key
+
+
+@contextlib.contextmanager
+def registry(work: Path, **config: object) -> Iterator[Registry]:
+    """``docker-registry serve`` with ``config`` merged into a minimal configuration."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("needs Debian's docker-registry")
+    work.mkdir(parents=True)
+    port = free_port()
+    host = str(config.pop("host", f"127.0.0.1:{port}")).replace("PORT", str(port))
+    settings: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(8)},
+    }
+    for key, value in config.items():
+        if key == "tls":
+            settings["http"] = {**settings["http"], "tls": value}  # type: ignore[dict-item]
+        else:
+            settings[key] = value
+    (work / "config.yml").write_text(json.dumps(settings))  # JSON is YAML
+    log = (work / "registry.log").open("wb")
+    proc = subprocess.Popen([binary, "serve", str(work / "config.yml")], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"docker-registry did not start: {(work / 'registry.log').read_text()}")
+            time.sleep(0.05)
+        storage = settings["storage"]
+        assert isinstance(storage, dict)
+        yield Registry(host, Path(storage["filesystem"]["rootdirectory"]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@contextlib.contextmanager
+def static_server(root: Path) -> Iterator[str]:
+    """A plain static file server (no Range support) over ``root``: a redirect target."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@contextlib.contextmanager
+def token_server(work: Path, service: str) -> Iterator[tuple[str, Path]]:
+    """The token endpoint and its certificate (the registry's ``rootcertbundle``)."""
+    crt, _, key = certificate(work, "token", ip=False)
+    der = x509.load_pem_x509_certificate(crt.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+    def grant(user: str | None, scope: str) -> dict[str, object] | None:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        wanted = set(actions.split(","))
+        allowed = wanted if user == USER else ({"pull"} & wanted if name.startswith("public/") else set())
+        return {"type": kind, "name": name, "actions": sorted(allowed)} if allowed else None
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            user = None
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Basic "):
+                name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                if (name, password) != (USER, PASSWORD):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                user = name
+            now = int(time.time())
+            claims = {
+                "iss": "siffs-test-issuer", "sub": user or "", "aud": query.get("service", [""])[0],
+                "exp": now + 300, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
+                "access": [g for s in query.get("scope", []) if (g := grant(user, s))],
+            }  # fmt: skip
+            header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode("ascii")]}
+            signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+            r, s = decode_dss_signature(key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
+            token = f"{signing}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+            body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/token", crt
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def htpasswd(work: Path) -> Path:
+    path = work / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True)
+    path.write_text(line.stdout)
+    return path
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
