@@ -12,36 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from siffs import cache
+from siffs.registry import fetch
 from siffs.registry.cache import LIMIT_MIB
-from siffs.registry.errors import DigestError, LocalIOError, NotFoundError, RegistryError, UnsupportedError
+from siffs.registry.errors import LocalIOError, RegistryError, UnsupportedError
+from siffs.registry.fetch import ACCEPT, MANIFEST_TYPE, Blob, Progress, resolve, sha256
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference
 from siffs.sif import Image, SifError
 from siffs.sif.types import DataType
 
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 CONFIG_TYPE = "application/vnd.sylabs.sif.config.v1+json"
 LAYER_TYPE = "application/vnd.sylabs.sif.layer.v1.sif"
 LEGACY_LAYER_TYPE = "appliciation/vnd.sylabs.sif.layer.tar"  # sic: Singularity < 3.7 wrote it so
-ACCEPT = ", ".join(
-    (
-        MANIFEST_TYPE,
-        INDEX_TYPE,
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    )
-)
 EMPTY_CONFIG = b"{}"
 CREATED = "org.opencontainers.image.created"
 TITLE = "org.opencontainers.image.title"
@@ -49,12 +42,6 @@ TITLE = "org.opencontainers.image.title"
 CHUNK = 64 << 20
 _READ = 1 << 20
 
-#: Called with (bytes done, bytes total) while a blob moves.
-Progress = Callable[[int, int], None]
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _go_json(value: Any) -> bytes:
@@ -112,7 +99,7 @@ def manifest(
         "config": {
             "mediaType": CONFIG_TYPE,
             "size": len(EMPTY_CONFIG),
-            "digest": _digest(EMPTY_CONFIG),
+            "digest": sha256(EMPTY_CONFIG),
             "data": "e30=",
         },
         "layers": [
@@ -124,21 +111,8 @@ def manifest(
     return _go_json(value)
 
 
-def _file_digest(path: Path, progress: Progress | None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    done = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_READ):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, size)
-    return "sha256:" + h.hexdigest(), size
-
-
 def _upload(
-    session: Session, ref: Reference, blob: _Blob, progress: Progress | None = None
+    session: Session, ref: Reference, blob: Blob, progress: Progress | None = None
 ) -> None:
     scope = f"repository:{ref.repository}:pull,push"
     digest, size, path = blob.digest, blob.size, blob.path
@@ -154,7 +128,7 @@ def _upload(
         f = stack.enter_context(path.open("rb")) if path is not None else None
         if size <= CHUNK:
             body = f.read() if f is not None else blob.data
-            done = session.request("PUT", _with_digest(location, digest), scope=scope, body=body,
+            done = session.request("PUT", _withsha256(location, digest), scope=scope, body=body,
                                    headers={"Content-Type": "application/octet-stream"},
                                    ok=frozenset({201}))  # fmt: skip
             done.raw.read()
@@ -172,23 +146,13 @@ def _upload(
                 offset += len(chunk)
                 if progress:
                     progress(offset, size)
-            done = session.request("PUT", _with_digest(location, digest), scope=scope, body=b"",
+            done = session.request("PUT", _withsha256(location, digest), scope=scope, body=b"",
                                    ok=frozenset({201}))  # fmt: skip
             done.raw.read()
     if done.status == 404:
         raise RegistryError(f"{ref.host}: the upload of {digest} was lost (404); try again")
     if progress:
         progress(size, size)
-
-
-@dataclass(frozen=True)
-class _Blob:
-    """A blob to upload: a file, or bytes in memory (``path`` None)."""
-
-    digest: str
-    size: int
-    path: Path | None = None
-    data: bytes = b""
 
 
 def _location(response: Any, session: Session) -> str:
@@ -198,7 +162,7 @@ def _location(response: Any, session: Session) -> str:
     return location if "://" in location else session.base() + location
 
 
-def _with_digest(location: str, digest: str) -> str:
+def _withsha256(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + "digest=" + digest
 
 
@@ -217,17 +181,17 @@ def push(
             pass
     except SifError as exc:
         raise UnsupportedError(f"{path}: not a SIF image ({exc})") from None
-    sif_digest, size = _file_digest(path, None)
+    sif_digest, size = filesha256(path), path.stat().st_size
     body = manifest(path, sif_digest, size, annotations, now or dt.datetime.now(dt.UTC))
-    digest = _digest(body)
+    digest = sha256(body)
     scope = f"repository:{ref.repository}:pull,push"
     head = session.request("HEAD", f"/v2/{ref.repository}/manifests/{ref.ref}", scope=scope,
                            headers={"Accept": ACCEPT})  # fmt: skip
     head.raw.read()
     if head.status == 200 and head.header("Docker-Content-Digest") == digest:
         return digest  # already there: nothing to send
-    _upload(session, ref, _Blob(_digest(EMPTY_CONFIG), len(EMPTY_CONFIG), data=EMPTY_CONFIG))
-    _upload(session, ref, _Blob(sif_digest, size, path), progress)
+    _upload(session, ref, Blob(sha256(EMPTY_CONFIG), len(EMPTY_CONFIG), data=EMPTY_CONFIG))
+    _upload(session, ref, Blob(sif_digest, size, path), progress)
     put = session.request("PUT", f"/v2/{ref.repository}/manifests/{ref.ref}", scope=scope, body=body,
                           headers={"Content-Type": MANIFEST_TYPE}, ok=frozenset({201}))  # fmt: skip
     put.raw.read()
@@ -242,39 +206,6 @@ class Pulled:
     manifest_digest: str
     layer_digest: str
     size: int
-
-
-def _manifest(session: Session, ref: Reference, reference: str, arch: str) -> tuple[dict[str, Any], str]:
-    scope = f"repository:{ref.repository}:pull"
-    response = session.request("GET", f"/v2/{ref.repository}/manifests/{reference}", scope=scope,
-                               headers={"Accept": ACCEPT})  # fmt: skip
-    if response.status == 404:
-        response.raw.read()
-        raise NotFoundError(f"{ref.host}/{ref.repository}:{ref.tag or ref.digest} not found")
-    body = response.read()
-    digest = _digest(body)
-    if reference.startswith("sha256:") and digest != reference:
-        raise DigestError(f"manifest {reference} from {ref.host} has digest {digest}; nothing was written")
-    try:
-        value = json.loads(body)
-        media = value.get("mediaType") or response.header("Content-Type") or ""
-    except (ValueError, AttributeError):
-        raise UnsupportedError(f"{ref}: the manifest is not JSON") from None
-    if "manifest.v1" in media and "oci" not in media:
-        raise UnsupportedError(f"{ref} uses Docker schema 1, which is not supported")
-    if media in (INDEX_TYPE, "application/vnd.docker.distribution.manifest.list.v2+json"):
-        children = value.get("manifests") or []
-        child = next((m for m in children if (m.get("platform") or {}).get("os") == "linux"
-                      and (m.get("platform") or {}).get("architecture") == arch), None)  # fmt: skip
-        if child is None:
-            have = ", ".join(_platform(m.get("platform") or {}) for m in children)
-            raise NotFoundError(f"no linux/{arch} image in the index (has: {have})")
-        return _manifest(session, ref, str(child["digest"]), arch)
-    return value, digest
-
-
-def _platform(platform: Mapping[str, str]) -> str:
-    return "/".join(filter(None, (platform.get(k) for k in ("os", "architecture", "variant"))))
 
 
 def pull(
@@ -292,17 +223,16 @@ def pull(
     A blob already in ``cache_dir`` (``blobs/sha256/<hex>``, re-verified) is not fetched again; an
     interrupted download resumes from its partial file there.
     """
-    value, manifest_digest = _manifest(session, ref, ref.ref, arch)
-    layers = value.get("layers") or []
+    resolved = resolve(session, ref, arch)
+    layers = resolved.manifest.get("layers") or []
     if len(layers) != 1:
         raise UnsupportedError(f"ORAS SIF image should have a single layer, found {len(layers)}")
     layer = layers[0]
     if layer.get("mediaType") not in (LAYER_TYPE, LEGACY_LAYER_TYPE):
         raise UnsupportedError(f"invalid layer mediatype: {layer.get('mediaType')}")
-    digest, size = str(layer.get("digest", "")), int(layer.get("size", -1))
-    if not digest.startswith("sha256:") or len(digest) != 71 or size < 0:
-        raise UnsupportedError(f"{ref}: the layer descriptor has no valid digest and size")
-    blob = _fetch_blob(session, ref, _Blob(digest, size), cache_dir, progress)
+    wanted = Blob.of(layer, f"{ref}: the layer")
+    store = (cache_dir or Path(tempfile.mkdtemp(prefix="siffs-pull-"))) / "blobs" / "sha256"
+    blob = fetch.blob(session, ref, wanted, store, progress)
     tmp = dest.parent / f".{dest.name}.siffs-{secrets.token_hex(4)}.part"
     try:
         _copy(blob, tmp)
@@ -323,67 +253,8 @@ def pull(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if cache_dir is None:
-            with contextlib.suppress(FileNotFoundError):
-                blob.unlink()
-    return Pulled(manifest_digest, digest, size)
-
-
-def _fetch_blob(
-    session: Session, ref: Reference, layer: _Blob, cache_dir: Path | None, progress: Progress | None
-) -> Path:
-    """The verified blob on disk (in the cache, or a temporary file beside nothing else)."""
-    digest, size = layer.digest, layer.size
-    hexdigest = digest.split(":", 1)[1]
-    store = (cache_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / "blobs" / "sha256"
-    final = store / hexdigest
-    if final.exists() and final.stat().st_size == size and _file_digest(final, None)[0] == digest:
-        os.utime(final)
-        return final
-    (store / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = store / "tmp" / f"{hexdigest}.part"
-    have = partial.stat().st_size if partial.exists() else 0
-    if have > size:
-        partial.unlink()
-        have = 0
-    h = hashlib.sha256()
-    if have:
-        with partial.open("rb") as f:
-            while chunk := f.read(_READ):
-                h.update(chunk)
-    scope = f"repository:{ref.repository}:pull"
-    if have < size:
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        url = f"/v2/{ref.repository}/blobs/{digest}"
-        response = session.request("GET", url, scope=scope, headers=headers, ok=frozenset({200, 206}))
-        if response.status == 404:
-            response.raw.read()
-            raise NotFoundError(
-                f"{ref.host}/{ref.repository}: blob {digest} missing on the registry (broken image)"
-            )
-        if response.status == 200 and have:  # the server ignored Range: start again
-            have, h = 0, hashlib.sha256()
-        with partial.open("r+b" if have else "wb") as f:
-            f.seek(have)
-            f.truncate()
-            while chunk := response.raw.read(_READ):
-                have += len(chunk)
-                if have > size:
-                    break
-                h.update(chunk)
-                f.write(chunk)
-                if progress:
-                    progress(have, size)
-            f.flush()
-            os.fsync(f.fileno())
-    got = "sha256:" + h.hexdigest()
-    if have != size or got != digest:
-        partial.unlink(missing_ok=True)
-        what = f"{have} bytes, not {size}" if have != size else f"digest {got}"
-        raise DigestError(
-            f"blob {digest} from {ref.host} has {what} (corrupt download or registry); nothing was written"
-        )
-    os.replace(partial, final)
-    return final
+            shutil.rmtree(store.parent.parent, ignore_errors=True)
+    return Pulled(resolved.digest, wanted.digest, wanted.size)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -401,5 +272,3 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-__all__: Sequence[str] = ("Pulled", "manifest", "pull", "push")

@@ -1,0 +1,178 @@
+"""Fetching from a registry with every byte checked: manifests (and the platform in an index), blobs.
+
+Shared by the ``oras://`` and ``docker://`` stages. A manifest asked for by digest must hash to
+it; a blob is hashed while it streams into the cache (``blobs/sha256/<hex>``, partial downloads
+in ``blobs/sha256/tmp`` so that a rerun resumes with a Range request) and only a complete,
+matching blob is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from siffs.registry.errors import DigestError, NotFoundError, UnsupportedError
+from siffs.registry.http import Session
+from siffs.registry.reference import Reference
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
+ACCEPT = ", ".join((MANIFEST_TYPE, INDEX_TYPE, DOCKER_MANIFEST_TYPE, DOCKER_LIST_TYPE))
+_READ = 1 << 20
+
+#: Called with (bytes done, bytes total) while a blob moves.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob by digest and size: a file to upload (``path``), bytes in memory, or one to fetch."""
+
+    digest: str
+    size: int
+    path: Path | None = None
+    data: bytes = b""
+
+    @classmethod
+    def of(cls, descriptor: Mapping[str, Any], what: str) -> Blob:
+        digest, size = str(descriptor.get("digest", "")), descriptor.get("size")
+        if not digest.startswith("sha256:") or len(digest) != 71 or not isinstance(size, int) or size < 0:
+            raise UnsupportedError(f"{what} has no valid sha256 digest and size")
+        return cls(digest, size)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The image manifest chosen for the platform, and the digest of what the reference named."""
+
+    manifest: dict[str, Any]
+    digest: str  # of the chosen manifest
+    top_digest: str  # of the manifest or index the reference named
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def platform_text(platform: Mapping[str, Any]) -> str:
+    return "/".join(str(v) for v in (platform.get(k) for k in ("os", "architecture", "variant")) if v)
+
+
+def _matches(entry: Mapping[str, Any], arch: str, variant: str | None) -> bool:
+    """ggcr's rule: os and architecture equal, variant only when asked; no platform is linux/amd64."""
+    platform = entry.get("platform") or {"os": "linux", "architecture": "amd64"}
+    if platform.get("os") != "linux" or platform.get("architecture") != arch:
+        return False
+    return variant is None or platform.get("variant") == variant
+
+
+def _get_manifest(session: Session, ref: Reference, reference: str) -> tuple[dict[str, Any], str, str]:
+    scope = f"repository:{ref.repository}:pull"
+    url = f"/v2/{ref.repository}/manifests/{reference}"
+    response = session.request("GET", url, scope=scope, headers={"Accept": ACCEPT})
+    if response.status == 404:
+        response.raw.read()
+        raise NotFoundError(f"{ref.host}/{ref.repository}:{ref.tag or ref.digest} not found")
+    body = response.read()
+    digest = sha256(body)
+    if reference.startswith("sha256:") and digest != reference:
+        raise DigestError(f"manifest {reference} from {ref.host} has digest {digest}; nothing was written")
+    try:
+        value = json.loads(body)
+        media = str(value.get("mediaType") or response.header("Content-Type") or "")
+    except (ValueError, AttributeError):
+        raise UnsupportedError(f"{ref}: the manifest is not JSON") from None
+    if "distribution.manifest.v1" in media:
+        raise UnsupportedError(f"{ref} uses Docker schema 1, which is not supported")
+    return value, digest, media
+
+
+def resolve(session: Session, ref: Reference, arch: str = "amd64", variant: str | None = None) -> Resolved:
+    """The image manifest of ``ref`` for linux/``arch``, following (nested) indexes."""
+    value, digest, media = _get_manifest(session, ref, ref.ref)
+    top = digest
+    for _ in range(4):  # nested indexes are rare; a loop of them is refused
+        if media not in (INDEX_TYPE, DOCKER_LIST_TYPE):
+            return Resolved(value, digest, top)
+        children = [m for m in value.get("manifests") or [] if isinstance(m, dict)]
+        child = next((m for m in children if _matches(m, arch, variant)), None)
+        if child is None:
+            have = ", ".join(platform_text(m.get("platform") or {}) for m in children)
+            raise NotFoundError(f"no linux/{arch} image in the index (has: {have})")
+        value, digest, media = _get_manifest(session, ref, Blob.of(child, "an index entry").digest)
+    raise UnsupportedError(f"{ref}: indexes nested too deeply")
+
+
+def blob(
+    session: Session, ref: Reference, wanted: Blob, store: Path, progress: Progress | None = None
+) -> Path:
+    """The verified blob at ``store/<hex>``: reused when present and intact, else fetched (resuming)."""
+    digest, size = wanted.digest, wanted.size
+    hexdigest = digest.split(":", 1)[1]
+    final = store / hexdigest
+    if final.exists() and final.stat().st_size == size and file_digest(final) == digest:
+        os.utime(final)
+        return final
+    (store / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = store / "tmp" / f"{hexdigest}.part"
+    have = partial.stat().st_size if partial.exists() else 0
+    if have > size:
+        partial.unlink()
+        have = 0
+    h = hashlib.sha256()
+    if have:
+        with partial.open("rb") as f:
+            while chunk := f.read(_READ):
+                h.update(chunk)
+    if have < size:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        url = f"/v2/{ref.repository}/blobs/{digest}"
+        scope = f"repository:{ref.repository}:pull"
+        response = session.request("GET", url, scope=scope, headers=headers, ok=frozenset({200, 206}))
+        if response.status == 404:
+            response.raw.read()
+            where = f"{ref.host}/{ref.repository}"
+            raise NotFoundError(f"{where}: blob {digest} missing on the registry (broken image)")
+        if response.status == 200 and have:  # the server ignored Range: start again
+            have, h = 0, hashlib.sha256()
+        with partial.open("r+b" if have else "wb") as f:
+            f.seek(have)
+            f.truncate()
+            while chunk := response.raw.read(_READ):
+                have += len(chunk)
+                if have > size:
+                    break
+                h.update(chunk)
+                f.write(chunk)
+                if progress:
+                    progress(have, size)
+            f.flush()
+            os.fsync(f.fileno())
+    got = "sha256:" + h.hexdigest()
+    if have != size or got != digest:
+        partial.unlink(missing_ok=True)
+        what = f"{have} bytes, not {size}" if have != size else f"digest {got}"
+        raise DigestError(
+            f"blob {digest} from {ref.host} has {what} (corrupt download or registry); nothing was written"
+        )
+    os.replace(partial, final)
+    return final
+
+
+def file_digest(path: Path, progress: Progress | None = None) -> str:
+    h = hashlib.sha256()
+    size, done = path.stat().st_size, 0
+    with path.open("rb") as f:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, size)
+    return "sha256:" + h.hexdigest()
