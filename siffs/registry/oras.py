@@ -128,7 +128,7 @@ def _upload(
         f = stack.enter_context(path.open("rb")) if path is not None else None
         if size <= CHUNK:
             body = f.read() if f is not None else blob.data
-            done = session.request("PUT", _withsha256(location, digest), scope=scope, body=body,
+            done = session.request("PUT", _with_digest(location, digest), scope=scope, body=body,
                                    headers={"Content-Type": "application/octet-stream"},
                                    ok=frozenset({201}))  # fmt: skip
             done.raw.read()
@@ -146,7 +146,7 @@ def _upload(
                 offset += len(chunk)
                 if progress:
                     progress(offset, size)
-            done = session.request("PUT", _withsha256(location, digest), scope=scope, body=b"",
+            done = session.request("PUT", _with_digest(location, digest), scope=scope, body=b"",
                                    ok=frozenset({201}))  # fmt: skip
             done.raw.read()
     if done.status == 404:
@@ -162,7 +162,7 @@ def _location(response: Any, session: Session) -> str:
     return location if "://" in location else session.base() + location
 
 
-def _withsha256(location: str, digest: str) -> str:
+def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + "digest=" + digest
 
 
@@ -181,7 +181,7 @@ def push(
             pass
     except SifError as exc:
         raise UnsupportedError(f"{path}: not a SIF image ({exc})") from None
-    sif_digest, size = filesha256(path), path.stat().st_size
+    sif_digest, size = file_digest(path), path.stat().st_size
     body = manifest(path, sif_digest, size, annotations, now or dt.datetime.now(dt.UTC))
     digest = sha256(body)
     scope = f"repository:{ref.repository}:pull,push"
