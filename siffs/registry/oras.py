@@ -26,7 +26,7 @@ from siffs import cache
 from siffs.registry import fetch
 from siffs.registry.cache import LIMIT_MIB
 from siffs.registry.errors import LocalIOError, RegistryError, UnsupportedError
-from siffs.registry.fetch import ACCEPT, MANIFEST_TYPE, Blob, Progress, resolve, sha256
+from siffs.registry.fetch import ACCEPT, MANIFEST_TYPE, Blob, Progress, file_digest, resolve, sha256
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference
 from siffs.sif import Image, SifError
