@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import tempfile
 from pathlib import Path
 
 from siffs.cli import output, trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
-from siffs.registry import credentials, oras
+from siffs.registry import credentials, docker, oras
+from siffs.registry.cache import blob_cache_dir
 from siffs.registry.errors import RegistryError
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference, parse
@@ -26,8 +28,8 @@ def _connection_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("pull", help="download an image from a registry (oras://) into a SIF file")
-    p.add_argument("args", nargs="+", metavar="[OUT.sif] SOURCE", help="oras://HOST/REPO[:TAG|@DIGEST]")
+    p = sub.add_parser("pull", help="download a SIF (oras://) or convert an image (docker://) to SIF")
+    p.add_argument("args", nargs="+", metavar="[OUT.sif] SOURCE", help="oras:// or docker://HOST/REPO[:TAG]")
     p.add_argument("--arch", default="amd64", help="architecture to pick from an index (default: amd64)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--disable-cache", action="store_true", help="keep nothing in siffs' blob cache")
@@ -69,26 +71,24 @@ def _session(args: argparse.Namespace, ref: Reference) -> Session:
     return Session(ref.host, creds, insecure=args.no_https, local=ref.is_local, ca_file=args.ca_file)
 
 
-def _reference(text: str) -> Reference:
+def _reference(text: str, schemes: tuple[str, ...] = ("oras",)) -> Reference:
     ref = parse(text)
-    if ref.scheme != "oras":
-        raise CommandError(f"{text}: only oras:// images can be pulled and pushed yet", ExitCode.UNSUPPORTED)
+    if ref.scheme not in schemes:
+        raise CommandError(f"{text}: {ref.scheme}:// is not supported here", ExitCode.UNSUPPORTED)
     return ref
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
     if len(args.args) > 2:
         raise CommandError("pull takes [OUT.sif] SOURCE", ExitCode.USAGE)
-    ref = _reference(args.args[-1])
+    ref = _reference(args.args[-1], ("oras", "docker"))
     dest = Path(args.args[0] if len(args.args) == 2 else ref.default_file_name())
     if dest.exists() and not args.force:
         raise CommandError(f"{dest}: image file already exists (use --force to overwrite)", ExitCode.IO)
-    from siffs.registry.cache import blob_cache_dir  # noqa: PLC0415
-
     gate = trust.Gate(trust.TrustChoice.from_args(args))
 
     def check(path: Path) -> None:
-        """Signatures and trust policy on the downloaded file, before it takes DEST's place."""
+        """Signatures and trust policy on the new file, before it takes DEST's place."""
         with Image.open(path) as image:
             try:
                 exposed = [image.primary_partition()]
@@ -97,20 +97,23 @@ def cmd_pull(args: argparse.Namespace) -> None:
             gate.sources(image, exposed)
 
     session = _session(args, ref)
+    cache = None if args.disable_cache else blob_cache_dir()
     try:
-        with ProgressBar("downloading") as progress:
-            pulled = oras.pull(
-                session,
-                ref,
-                dest,
-                arch=args.arch,
-                cache_dir=None if args.disable_cache else blob_cache_dir(),
-                progress=progress,
-                check=check,
-            )
+        with ProgressBar("downloading") as progress, tempfile.TemporaryDirectory(prefix="siffs-") as scratch:
+            store = (cache or Path(scratch)) / "blobs" / "sha256"
+            if ref.scheme == "docker":
+                built = docker.pull(session, ref, dest, store=store, arch=args.arch, progress=progress,
+                                    warn=output.warn, check=check)  # fmt: skip
+                what = f"converted {built.layers} layers of {ref} ({built.manifest_digest}), {built.arch}"
+                print(f"{dest}: {what}, signed with this user's local build key")
+            else:
+                got = oras.pull(
+                    session, ref, dest, arch=args.arch, store=store, progress=progress, check=check
+                )
+                what = f"{got.size} bytes, manifest {got.manifest_digest}"
+                print(f"{dest}: {what}, verified by {gate.verified_by}")
     finally:
         session.close()
-    print(f"{dest}: {pulled.size} bytes, manifest {pulled.manifest_digest}, verified by {gate.verified_by}")
 
 
 def cmd_push(args: argparse.Namespace) -> None:

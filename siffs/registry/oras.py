@@ -15,8 +15,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,14 +212,14 @@ def pull(
     dest: Path,
     *,
     arch: str = "amd64",
-    cache_dir: Path | None = None,
+    store: Path,
     progress: Progress | None = None,
     check: Callable[[Path], None] | None = None,
 ) -> Pulled:
     """Fetch the SIF of ``ref`` into ``dest`` (atomically); ``check`` runs on the verified temp file.
 
-    A blob already in ``cache_dir`` (``blobs/sha256/<hex>``, re-verified) is not fetched again; an
-    interrupted download resumes from its partial file there.
+    A blob already in ``store`` (``<hex>``, re-verified) is not fetched again; an interrupted
+    download resumes from its partial file there.
     """
     resolved = resolve(session, ref, arch)
     layers = resolved.manifest.get("layers") or []
@@ -231,7 +229,6 @@ def pull(
     if layer.get("mediaType") not in (LAYER_TYPE, LEGACY_LAYER_TYPE):
         raise UnsupportedError(f"invalid layer mediatype: {layer.get('mediaType')}")
     wanted = Blob.of(layer, f"{ref}: the layer")
-    store = (cache_dir or Path(tempfile.mkdtemp(prefix="siffs-pull-"))) / "blobs" / "sha256"
     blob = fetch.blob(session, ref, wanted, store, progress)
     tmp = dest.parent / f".{dest.name}.siffs-{secrets.token_hex(4)}.part"
     try:
@@ -245,15 +242,12 @@ def pull(
             check(tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
-        if cache_dir is not None:  # the blob just used is the newest: pruned last
-            cache.prune(blob.parent, cache.limit(LIMIT_MIB))
+        cache.prune(store, cache.limit(LIMIT_MIB))  # the blob just used is the newest: pruned last
     except OSError as exc:
         raise LocalIOError(f"{dest}: cannot write: {exc.strerror}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if cache_dir is None:
-            shutil.rmtree(store.parent.parent, ignore_errors=True)
     return Pulled(resolved.digest, wanted.digest, wanted.size)
 
 
