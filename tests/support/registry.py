@@ -210,3 +210,48 @@ def htpasswd(work: Path) -> Path:
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return bytes(response.read())
+
+
+#: (status, headers, body) answered for a path; a list is answered in turn (then its last, again).
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@contextlib.contextmanager
+def scripted_registry(routes: dict[str, Answer | list[Answer]]) -> Iterator[tuple[str, list[str]]]:
+    """A registry that answers what the test scripts (for the error rows no real one shows on demand).
+
+    Yields its host and the list of request lines it saw. Unknown paths get 404 BLOB_UNKNOWN.
+    """
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            path = urllib.parse.urlsplit(self.path).path
+            seen.append(f"{self.command} {path}")
+            route = routes.get(path, (404, {}, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}'))
+            if isinstance(route, list):
+                route = route.pop(0) if len(route) > 1 else route[0]
+            status, headers, body = route
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = _answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
