@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import Any
 
@@ -66,3 +67,16 @@ def print_json(value: Any) -> None:
 def write_bytes(data: bytes) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM end the command as Ctrl-C does: cleanup runs, nothing half-written stays.
+
+    For commands that write files (pull, push); the default action would kill the process
+    before its ``finally`` blocks remove temporary files.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

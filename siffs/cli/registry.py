@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from siffs.cli import output, trust
-from siffs.cli.common import CommandError
+from siffs.cli.common import CommandError, interrupt_on_sigterm
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
 from siffs.registry import credentials, docker, oras
@@ -79,6 +79,7 @@ def _reference(text: str, schemes: tuple[str, ...] = ("oras",)) -> Reference:
 
 
 def cmd_pull(args: argparse.Namespace) -> None:
+    interrupt_on_sigterm()
     if len(args.args) > 2:
         raise CommandError("pull takes [OUT.sif] SOURCE", ExitCode.USAGE)
     ref = _reference(args.args[-1], ("oras", "docker"))
@@ -117,6 +118,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
+    interrupt_on_sigterm()
     ref = _reference(args.target)
     annotations = {}
     for item in args.annotation:

@@ -202,6 +202,7 @@ def convert(
         raise UnsupportedError(f"{ref}: {len(descriptors)} layers but {len(diff_ids)} diff_ids in the config")
     layers: list[tuple[Path, str]] = []
     total = sum(int(d.get("size", 0)) for d in descriptors)
+    _check_space(work, 3 * total)  # the tree compresses to about what the layers hold; margin for both
     done = 0
     for number, descriptor in enumerate(descriptors, 1):
         layer_media = str(descriptor.get("mediaType", ""))
@@ -247,6 +248,15 @@ def convert(
         warn(f"the image's /bin/sh is built for {found}, not {arch}: the SIF says {found}")
     _write_sif(out, squashfs, config, inspect, arch=found, when=when)
     return Converted(resolved.top_digest, resolved.digest, found, len(layers))
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    """Fail before the work when the disk cannot hold it (not half-way through a long build)."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        more = (needed - free + (1 << 20) - 1) >> 20
+        raise LocalIOError(f"no space left on {directory} for this image; need about {more} MiB more")
 
 
 def _mksquashfs(tree: Tree, layers: list[tuple[Path, str]], out: Path) -> None:

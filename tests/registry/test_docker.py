@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,20 @@ def test_the_converted_image_runs_without_allow_unsigned(pulled):
         "exec", out, "sh", "-c", 'echo "$FOO|$MULTI|$EMPTY"', env=env, user=TEST_USER, timeout=120
     )
     assert printed.stdout == "bar baz|a=b=c|\n", printed.stderr
+
+
+def test_too_little_disk_is_said_before_the_work(plain, home, tmp_path):
+    """A 512 KiB tmpfs as the destination (in a private mount namespace): one line, nothing left."""
+    require_root()
+    push(plain.host, "test/image", "small-disk", ociimage.build())
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (
+        f'mount -t tmpfs -o size=512k tmpfs {small} && {sys.executable} -m siffs pull {small}/x.sif '
+        f'docker://{plain.host}/test/image:small-disk; echo "rc=$?"; ls -A {small}'
+    )
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=home,
+                          capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert done.stdout == f"rc={ExitCode.IO.value}\n", done.stdout + done.stderr
+    assert done.stderr.startswith(f"siffs: no space left on {small}/.x.sif.siffs-")
+    assert done.stderr.count("\n") == 1 and "MiB more" in done.stderr

@@ -62,3 +62,30 @@ def test_error_rows(case, scheme, home, tmp_path):
     assert failed.returncode == code, failed.stderr
     assert failed.stderr == f"siffs: {message.format(host=host)}\n"
     assert not (tmp_path / "x.sif").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_pull_leaves_nothing(sig, home, tmp_path):
+    """Killed mid-download: exit 130, the old file untouched, no temporary file beside it."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    stalled = (200, {"X-Stall": "30"}, b"SIF_MAGIC" + bytes(4000))
+    routes = {"/v2/": (200, {}, b"{}"), M: (200, OCI, SIF_MANIFEST), f"/v2/a/b/blobs/{DIGEST}": stalled}
+    out = tmp_path / "dest" / "x.sif"
+    out.parent.mkdir()
+    out.write_bytes(b"previous")
+    with scripted_registry(routes) as (host, seen):
+        argv = [sys.executable, "-m", "siffs", "pull", "--force", "--allow-unsigned", out, f"oras://{host}/a/b:1"]
+        proc = subprocess.Popen(argv, env=home, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not any("blobs" in line for line in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert err == "siffs: interrupted\n"
+    assert out.read_bytes() == b"previous" and [p.name for p in out.parent.iterdir()] == ["x.sif"]

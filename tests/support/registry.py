@@ -237,13 +237,17 @@ def scripted_registry(routes: dict[str, Answer | list[Answer]]) -> Iterator[tupl
             if isinstance(route, list):
                 route = route.pop(0) if len(route) > 1 else route[0]
             status, headers, body = route
+            headers = dict(headers)
+            stall = float(headers.pop("X-Stall", 0))  # promise more than is sent, then hang
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) + (1 << 20 if stall else 0)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+                self.wfile.flush()
+                time.sleep(stall)
 
         do_GET = do_HEAD = _answer
 
