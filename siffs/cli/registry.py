@@ -100,7 +100,9 @@ def cmd_pull(args: argparse.Namespace) -> None:
     session = _session(args, ref)
     cache = None if args.disable_cache else blob_cache_dir()
     try:
-        with ProgressBar("downloading") as progress, tempfile.TemporaryDirectory(prefix="siffs-") as scratch:
+        # Without a cache, blobs go to a scratch directory beside DEST, so the SIF is moved, not copied.
+        scratch_dir = tempfile.TemporaryDirectory(prefix=f".{dest.name}.siffs-", dir=dest.parent)
+        with ProgressBar("downloading") as progress, scratch_dir as scratch:
             store = (cache or Path(scratch)) / "blobs" / "sha256"
             if ref.scheme == "docker":
                 built = docker.pull(session, ref, dest, store=store, arch=args.arch, progress=progress,
@@ -108,9 +110,8 @@ def cmd_pull(args: argparse.Namespace) -> None:
                 what = f"converted {built.layers} layers of {ref} ({built.manifest_digest}), {built.arch}"
                 print(f"{dest}: {what}, signed with this user's local build key")
             else:
-                got = oras.pull(
-                    session, ref, dest, arch=args.arch, store=store, progress=progress, check=check
-                )
+                got = oras.pull(session, ref, dest, arch=args.arch, store=store, keep=cache is not None,
+                                progress=progress, check=check)  # fmt: skip
                 what = f"{got.size} bytes, manifest {got.manifest_digest}"
                 print(f"{dest}: {what}, verified by {gate.verified_by}")
     finally:

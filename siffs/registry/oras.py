@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,6 @@ CREATED = "org.opencontainers.image.created"
 TITLE = "org.opencontainers.image.title"
 #: Blobs up to this size are uploaded in one PUT; larger ones in PATCH chunks of this size.
 CHUNK = 64 << 20
-_READ = 1 << 20
 
 
 
@@ -213,13 +213,15 @@ def pull(
     *,
     arch: str = "amd64",
     store: Path,
+    keep: bool = True,
     progress: Progress | None = None,
     check: Callable[[Path], None] | None = None,
 ) -> Pulled:
     """Fetch the SIF of ``ref`` into ``dest`` (atomically); ``check`` runs on the verified temp file.
 
     A blob already in ``store`` (``<hex>``, re-verified) is not fetched again; an interrupted
-    download resumes from its partial file there.
+    download resumes from its partial file there. With ``keep`` False (no cache) the blob is
+    moved, not copied: ``store`` should then be on DEST's file system.
     """
     resolved = resolve(session, ref, arch)
     layers = resolved.manifest.get("layers") or []
@@ -232,7 +234,10 @@ def pull(
     blob = fetch.blob(session, ref, wanted, store, progress)
     tmp = dest.parent / f".{dest.name}.siffs-{secrets.token_hex(4)}.part"
     try:
-        _copy(blob, tmp)
+        if keep:
+            _copy(blob, tmp)
+        else:
+            os.replace(blob, tmp)
         try:
             with Image.open(tmp):
                 pass
@@ -252,11 +257,12 @@ def pull(
 
 
 def _copy(source: Path, target: Path) -> None:
-    with source.open("rb") as src, open(target, "xb") as dst:
-        while chunk := src.read(_READ):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
+    shutil.copyfile(source, target)  # sendfile(2) on Linux: no copy through user space
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
