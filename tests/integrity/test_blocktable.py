@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -11,7 +12,7 @@ import pytest
 import siffs.integrity.verify as verify_module
 from siffs.integrity.blockcache import BlockTableCache, ImageIdentity
 from siffs.integrity.blocktable import BLOCK_SIZE, READ_SIZE, Extent, VerifiedObjectReader, hash_extents
-from siffs.integrity.errors import NotTrustedError, TamperedBlockError
+from siffs.integrity.errors import NotTrustedError, ReadOutsideObjectError, TamperedBlockError
 from siffs.integrity.keyring import Keyring, require_trusted
 from siffs.integrity.keys import load_files, private_pem
 from siffs.integrity.sign import DsseSigningKey, sign
@@ -19,6 +20,8 @@ from siffs.integrity.verify import verify
 from siffs.sif import Image, ObjectInput, create
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType
+from siffs.squashfs.errors import CorruptImage
+from siffs.squashfs.source import FileSource
 from tests.integrity.conftest import key_path
 
 SIZE = READ_SIZE + 5 * BLOCK_SIZE + 123  # two read chunks, a short last block
@@ -65,8 +68,7 @@ def test_tampered_block_raises_other_blocks_read(signed_image, keys):
         reader = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
         assert reader.size == SIZE
         assert reader.pread(0, SIZE) == partition
-        assert reader.pread(SIZE - 10, 100) == partition[-10:]
-        assert reader.pread(SIZE, 10) == b""
+        assert reader.pread(SIZE - 10, 10) == partition[-10:]
         victim = 3 * BLOCK_SIZE + 7
         with open(path, "r+b") as f:  # change the file under the open image
             f.seek(d.offset + victim)
@@ -130,3 +132,22 @@ def test_trust_policy(signed_image, tmp_path):
         report = require_trusted(image, [image.primary_partition().id], keyring.key_material())
     assert image.primary_partition().id in report.verified_objects
     assert set(report.block_tables) >= {image.primary_partition().id}
+
+
+def test_out_of_range_reads_raise_as_the_byte_source_protocol_says(signed_image, keys):
+    """The verified reader and the plain FileSource agree: exact bytes, or an error carrying EIO."""
+    path, partition = signed_image
+    with Image.open(path) as image:
+        report = verify(image, keys, record_blocks=True).check()
+        d = image.primary_partition()
+        verified = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
+        plain = FileSource(image.fd, d.offset, d.size)
+        for offset, size in ((0, 0), (SIZE - 10, 10), (SIZE, 0), (5, BLOCK_SIZE)):
+            expected = partition[offset : offset + size]
+            assert verified.pread(offset, size) == plain.pread(offset, size) == expected
+        for offset, size in ((SIZE - 10, 100), (SIZE, 1), (SIZE + 4096, 10), (-1, 2)):
+            with pytest.raises(CorruptImage) as plain_error:
+                plain.pread(offset, size)
+            with pytest.raises(ReadOutsideObjectError) as verified_error:
+                verified.pread(offset, size)
+            assert plain_error.value.errno == verified_error.value.errno == errno.EIO
