@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from siffs.integrity.openpgp import PgpKeyring
 from siffs.integrity.verify import KeyMaterial, Report, verify
 from siffs.integrity.xdg import config_dir, private_dir
 from siffs.sif import Image
+from siffs.sif.durable import replace_file
 from siffs.sif.errors import SifError
 
 
@@ -61,12 +61,12 @@ class Keyring:
             ring = PgpKeyring.from_keys([(f.data, path)])
             for key in ring.keys:
                 target = self.directory / f"{key.fingerprint}.asc"
-                _write(target, ring.armored(key.fingerprint))
+                replace_file(target, ring.armored(key.fingerprint), 0o644)
                 added.append(TrustedKey("pgp", key.fingerprint, key.user_id, target))
         else:
             dkey = public_dsse_key(f)
             target = self.directory / f"{_file_name(dkey.key_id)}.pem"
-            _write(target, dkey.pem())
+            replace_file(target, dkey.pem(), 0o644)
             added.append(TrustedKey("dsse", dkey.key_id, dkey.description, target))
         return added
 
@@ -107,10 +107,6 @@ def _file_name(dsse_key_id: str) -> str:
     return "dsse-" + base64.urlsafe_b64encode(digest).decode("ascii")
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def require_trusted(
