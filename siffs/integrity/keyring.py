@@ -107,8 +107,6 @@ def _file_name(dsse_key_id: str) -> str:
     return "dsse-" + base64.urlsafe_b64encode(digest).decode("ascii")
 
 
-
-
 def require_trusted(
     image: Image,
     expose: Sequence[int],

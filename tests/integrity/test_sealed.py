@@ -10,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from siffs.integrity.errors import KeyMaterialError
+from siffs.integrity.sealed import run_sealed
 from tests.integrity.conftest import key_path
 from tests.support.mounts import daemons_for
 from tests.support.shared import IMAGES
@@ -106,3 +110,30 @@ def test_sign_still_works_sealed(tmp_path):
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def _look_around(directory: Path) -> tuple[str, str, int]:
+    (directory / "secret").write_bytes(b"key material")
+    with open("/proc/self/mountinfo") as f:
+        fs_type = next(
+            line.split(" - ")[1].split()[0] for line in f if line.split()[4] == str(directory.parent)
+        )
+    return str(directory), fs_type, os.getpid()
+
+
+def test_run_sealed_works_on_a_private_tmpfs_that_vanishes():
+
+    heard: list[str] = []
+    directory, fs_type, pid = run_sealed(_look_around, heard.append)
+    assert fs_type == "tmpfs" and pid == 1  # PID 1 of its own namespace, on its own tmpfs
+    assert not heard  # sealed, not the fallback
+    assert not os.path.exists(directory)  # never visible here, and gone with the namespace
+
+
+def test_run_sealed_passes_errors_back():
+
+    def fail(directory: Path) -> None:
+        raise KeyMaterialError(f"no key in {directory.name}")
+
+    with pytest.raises(KeyMaterialError, match="no key in"):
+        run_sealed(fail)

@@ -28,7 +28,7 @@ EVALUATED_ON_THE_HOST = [
     ("set +a\nA=1\nB=2\nexport B", {"B": "2"}),
     ("export H", {"H": "h"}),  # a host variable exported as it is
     ("A=1; unset A; B=${A-gone}", {"B": "gone"}),
-    ("X=\"don't\" Y='say \"hi\"' Z=\\'\\\"", {"X": "don't", "Y": 'say "hi"', "Z": "'\""}),
+    ('X="don\'t" Y=\'say "hi"\' Z=\\\'\\"', {"X": "don't", "Y": 'say "hi"', "Z": "'\""}),
     ("A='$(id)' B=\\$HOME C=\"\\$(id) \\`id\\`\"", {"A": "$(id)", "B": "$HOME", "C": "$(id) `id`"}),
     ("A=$1/$#/$0", {"A": "first/2/apptainer"}),
     ("PWD=/x IFS=: A=1", {"A": "1"}),  # the shell's own variables are dropped, as Apptainer does
@@ -44,7 +44,7 @@ def test_the_file_is_evaluated_like_a_shell_script(text, expected):
 
 REFUSED = [
     ("A=`touch /tmp/x`", "f:1: command substitution (`...`) is disabled"),
-    ("OK=1\nA=\"$(touch /tmp/x)\"", "f:2: command substitution $(...) is disabled"),
+    ('OK=1\nA="$(touch /tmp/x)"', "f:2: command substitution $(...) is disabled"),
     ("A=${X:-$(id)}", "command substitution"),
     ("Y=\\$(id)", "subshells are not allowed"),  # a syntax error in sh too
     ("A=$((1+2))", "arithmetic"),

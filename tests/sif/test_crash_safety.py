@@ -55,6 +55,9 @@ _RUNNER = textwrap.dedent(
 
     for name in ("write", "pwrite", "ftruncate", "replace", "rename", "fsync"):
         setattr(os, name, counted(name, getattr(os, name)))
+    if sys.argv[3] == "-c":  # a library call the CLI does not offer
+        exec(sys.argv[4])
+        sys.exit(0)
     from siffs.cli.main import main
     sys.exit(main(sys.argv[3:]))
     """
@@ -111,11 +114,18 @@ def ed25519_key(path: Path) -> Path:
     return path
 
 
+def _library(call: str) -> list[str]:
+    """A call of ``siffs.sif`` the CLI does not offer, for the runner."""
+    return ["-c", f"import siffs.sif; siffs.sif.{call}"]
+
+
 EDITS = {
     "add": lambda img, tmp: ["add", img, tmp / "obj", "--datatype", "7"],
     "del": lambda img, tmp: ["del", "3", img],
     "setprim": lambda img, tmp: ["setprim", "2", img],
     "sign": lambda img, tmp: ["sign", img, "--key", tmp / "key.pem"],
+    "delete-zero": lambda img, tmp: _library(f"delete({str(img)!r}, 2, zero=True)"),
+    "delete-compact": lambda img, tmp: _library(f"delete({str(img)!r}, 3, compact=True)"),
 }
 
 
