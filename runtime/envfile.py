@@ -361,15 +361,20 @@ class _Shell:
                 out.append(_ANSI_C[nxt])
                 self.pos += 2
             elif hexa:
-                out.append(chr(int(hexa.group(1), 16)))
+                out.append(_byte(int(hexa.group(1), 16)))
                 self.pos = hexa.end()
             elif octal:
-                out.append(chr(int(octal.group(), 8) & 0xFF))
+                out.append(_byte(int(octal.group(), 8) & 0xFF))
                 self.pos = octal.end()
             else:
                 out.append("\\" + nxt)
                 self.pos += 2
         raise _Refused("unterminated $' quote", start)
+
+
+def _byte(value: int) -> str:
+    """One byte of a ``$'\\xHH'`` escape, as the text holds bytes (surrogate escapes past ASCII)."""
+    return chr(value) if value < 0x80 else bytes([value]).decode("utf-8", "surrogateescape")
 
 
 def _is_declaring(words: list[tuple[int, str, str | None]]) -> bool:

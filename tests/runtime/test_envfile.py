@@ -25,6 +25,7 @@ EVALUATED_ON_THE_HOST = [
     ),
     (": ${A:=5}", {"A": "5"}),
     ("A=$'tab\\there\\x41\\'\\\\'", {"A": "tab\there" + "A'\\"}),
+    ("A=$'\\xff\\101'", {"A": "\udcffA"}),  # bytes, as a file's own bytes are held
     ("set +a\nA=1\nB=2\nexport B", {"B": "2"}),
     ("export H", {"H": "h"}),  # a host variable exported as it is
     ("A=1; unset A; B=${A-gone}", {"B": "gone"}),
