@@ -8,6 +8,7 @@ mount is live and removed when the daemon exits. A record whose mount is gone is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,10 +68,14 @@ def record(mount_point: str, image: str, verified_by: str) -> None:
 
 
 def count_internal_errors(mount_point: str, count: int) -> None:
-    """Update the internal-error count in this daemon's record (if the record is still its own)."""
+    """Update the internal-error count in this daemon's record (if the record is still its own).
+
+    Best effort: it runs inside a request handler, which must still answer.
+    """
     rec = _load(mount_point)
     if rec is not None and rec.pid == os.getpid():
-        _write(replace(rec, internal_errors=count))
+        with contextlib.suppress(OSError):
+            _write(replace(rec, internal_errors=count))
 
 
 def _write(rec: MountRecord) -> None:
