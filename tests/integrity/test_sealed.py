@@ -137,3 +137,25 @@ def test_run_sealed_passes_errors_back():
 
     with pytest.raises(KeyMaterialError, match="no key in"):
         run_sealed(fail)
+
+
+def test_without_user_namespaces_signing_falls_back_and_says_so(tmp_path):
+    """In a user namespace that may create none (its own limit 0), the fallback runs and warns."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1)")
+    image = tmp_path / "image.sif"
+    shutil.copyfile(IMAGES / "two-groups.sif", image)
+    before = set(os.listdir("/dev/shm"))
+    inner = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    run = subprocess.run(
+        [unshare, "--user", "--map-root-user", "sh", "-c", inner, "sh",
+         sys.executable, "-m", "siffs", "sign", str(image), "--key", key_path("pgp")],
+        env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "cfg")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "user.max_user_namespaces" in run.stderr and "would stay in /dev/shm" in run.stderr
+    assert set(os.listdir("/dev/shm")) == before  # removed again after a normal end
