@@ -115,13 +115,16 @@ def test_values_are_evaluated_once_more_in_the_container(siffs, tree, work):
     path = _env_file(
         work,
         "eval.env",
-        "RAN='$(echo ran in the container)'\nLATE=\\$HOME\nEARLY=$HOME\nQUOTED='a \"b\" c'\nTAB=$'a\\tb'\n",
+        "RAN='$(echo ran in the container)'\nLATE=\\$HOME\nEARLY=$HOME\nQUOTED='a \"b\" c'\nTAB=$'a\\tb'\n"
+        + "LONG="
+        + "L" * 100_000
+        + "\n",
     )
     env = siffs.env(tree, "--env-file", path)
     assert env["RAN"] == "ran in the container"  # Apptainer's behaviour: job scripts rely on it
     assert env["LATE"] == "/home/siffs-test"  # the container's HOME, expanded there
     assert env["EARLY"] == siffs.base_env.get("HOME", "")  # the host's, expanded on the host
-    assert env["QUOTED"] == 'a "b" c' and env["TAB"] == "a\tb"
+    assert env["QUOTED"] == 'a "b" c' and env["TAB"] == "a\tb" and env["LONG"] == "L" * 100_000
     literal = siffs.env(tree, "--no-eval", "--env-file", path)
     assert literal["RAN"] == "$(echo ran in the container)" and literal["LATE"] == "$HOME"
 
