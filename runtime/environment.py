@@ -11,11 +11,14 @@ without a shell.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from runtime.errors import InvalidRequest
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBS_DIR = "/.singularity.d/libs"
@@ -132,18 +135,105 @@ def _classify(name: str, value: str, origin: str, into: Overrides) -> None:
         into.assignments.append(Assign(name, value))
 
 
-def _word(value: str, evaluate: bool) -> str:
-    """One shell word for ``value``: evaluated once in the container (only ``"`` escaped), or literal."""
-    if evaluate:
-        return '"' + value.replace('"', '\\"') + '"'
-    return shlex.quote(value)
+def _word(value: str, evaluate: bool, name: str = "PATH") -> str:
+    """One shell word for ``value``: evaluated once in the container (only ``"`` escaped), or literal.
+
+    Evaluation is Apptainer's: ``$X``, ``$(cmd)`` and backslashes in the value take effect in the
+    container. A value that would not stay one word (a trailing backslash escaping the closing
+    quote, an unmatched backquote, ``$(`` or ``${``) would break the whole wrapper, so every
+    start would fail: it is refused here, naming the variable, instead.
+    """
+    if not evaluate:
+        return shlex.quote(value)
+    body = value.replace('"', '\\"')
+    problem = _unbalanced(body)
+    if problem:
+        raise InvalidRequest(
+            f"the value of {name} {problem}, so the container's shell could not evaluate it: "
+            "escape it (\\\\ for a backslash) or pass --no-eval to take values literally"
+        )
+    return f'"{body}"'
+
+
+def _unbalanced(body: str) -> str:
+    """Why ``"body"`` is not one complete double-quoted word; empty if it is."""
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            if i + 1 == len(body):
+                return "ends in a backslash"
+            i += 2
+            continue
+        if c == '"':
+            return "has a backslash right before a double quote"
+        opened = _opening(body, i)
+        if opened is not None:
+            end = _closing(body, *opened)
+            if end < 0:
+                return f"has an unmatched {body[i : opened[0]]}"
+            i = end + 1
+            continue
+        i += 1
+    return ""
+
+
+def _opening(body: str, i: int) -> tuple[int, str] | None:
+    """For a backquote, ``$(`` or ``${`` at ``i``: where its content starts and what closes it."""
+    if body.startswith("`", i):
+        return i + 1, "`"
+    if body.startswith(("$(", "${"), i):
+        return i + 2, ")" if body[i + 1] == "(" else "}"
+    return None
+
+
+def _closing(body: str, i: int, close: str) -> int:
+    """Index of the ``close`` that ends a construct opened before ``i`` (quotes and nesting skipped)."""
+    opener = {")": "(", "}": "{"}.get(close, "")
+    depth = 1
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == close and (close == "`" or depth == 1):
+            return i
+        if c == "'" and close == ")":  # quotes of a command; in ${...} within "..." a ' is a character
+            i = body.find("'", i + 1)
+            if i < 0:
+                return -1
+        elif c == opener:
+            depth += 1
+        elif c == close:
+            depth -= 1
+        elif (opened := _opening(body, i)) is not None:
+            i = _closing(body, *opened)
+            if i < 0:
+                return -1
+        i += 1
+    return -1
+
+
+#: The kernel's limit on one argument or environment string (MAX_ARG_STRLEN), terminator included.
+ARG_STRING_MAX = 32 * 4096
+#: The part of that the overrides may take in the wrapper, which is one argument of the shell.
+INJECTION_MAX = ARG_STRING_MAX - 8192
 
 
 def injection_script(overrides: Overrides, evaluate: bool = True) -> str:
-    """The shell statements the wrapper runs right after ``99-base.sh`` (§2.4 step 2)."""
+    """The shell statements the wrapper runs right after ``99-base.sh`` (§2.4 step 2).
+
+    Raises ``InvalidRequest`` for what would make the container fail to start: a value the
+    shell could not evaluate, a variable or a whole set of overrides too large to pass.
+    """
     lines = [":"]
     for a in overrides.assignments:
-        lines.append(f"export {a.name}={_word(a.value, evaluate)}")
+        if len(os.fsencode(f"{a.name}={a.value}")) >= ARG_STRING_MAX:
+            raise InvalidRequest(
+                f"{a.name} is {len(os.fsencode(a.value))} bytes long: a variable can hold at most "
+                f"{ARG_STRING_MAX - len(a.name) - 2} (the kernel's limit); pass large data in a file"
+            )
+        lines.append(f"export {a.name}={_word(a.value, evaluate, a.name)}")
         if a.name == "LD_LIBRARY_PATH":
             lines.append(f'export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:{LIBS_DIR}"')
     for edit in overrides.path_edits:
@@ -154,7 +244,13 @@ def injection_script(overrides: Overrides, evaluate: bool = True) -> str:
             lines.append(f'export PATH={word}:"$PATH"')
         else:
             lines.append(f'export PATH="$PATH":{word}')
-    return "\n".join(lines)
+    script = "\n".join(lines)
+    if len(os.fsencode(script)) > INJECTION_MAX:
+        raise InvalidRequest(
+            f"the environment overrides take {len(os.fsencode(script))} bytes: the container's shell "
+            f"accepts at most {INJECTION_MAX} of them in one start; pass large data in a file"
+        )
+    return script
 
 
 def apply_literally(overrides: Overrides, env: dict[str, str]) -> None:

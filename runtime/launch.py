@@ -72,11 +72,14 @@ def prepare(request: Request) -> Prepared:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
     request = replace(request, root=root)
+    # As Apptainer: env files see the host environment plus APPTAINER_IMAGE, and the arguments.
+    file_scope = {**request.environ, "APPTAINER_IMAGE": request.container or root}
     overrides = collect_overrides(
         request.environ,
-        [envfile.load(p, request.environ) for p in request.env_files],
+        [envfile.load(p, file_scope, request.args) for p in request.env_files],
         env_options(request.env),
     )
+    injection_script(overrides, evaluate=not request.no_eval)  # refuses now what would break the start
     gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
     layout = plan(request, Identity.of_caller(), gpu)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):

@@ -218,6 +218,7 @@ def cmd_mounts(args: argparse.Namespace) -> None:
             "verified_by": rec.verified_by if rec else None,
             "pid": _live_pid(rec),
             "alive": _live_pid(rec) is not None,
+            "internal_errors": rec.internal_errors if rec else None,
         }
         for entry, rec in registry.live_mounts()
     ]
@@ -226,4 +227,6 @@ def cmd_mounts(args: argparse.Namespace) -> None:
         return
     for row in rows:
         state = f"pid {row['pid']}" if row["alive"] else "daemon gone: run 'siffs umount'"
+        if row["internal_errors"]:
+            state += f", {row['internal_errors']} internal errors (bugs: see its log)"
         print(f"{row['mount_point']}\t{row['image']}\tverified by {row['verified_by'] or 'unknown'}\t{state}")

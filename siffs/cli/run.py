@@ -214,7 +214,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.image} does not exist", ExitCode.IO)
     environ = dict(os.environ)
     try:
-        files = [envfile.load(path, environ) for path in args.env_file]
+        scope = {**environ, "APPTAINER_IMAGE": os.path.abspath(args.image)}
+        files = [envfile.load(path, scope, _strip_separator(args.args)) for path in args.env_file]
         overrides = collect_overrides(environ, files, env_options(args.env))
         document = bundle.config(
             tree,

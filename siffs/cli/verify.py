@@ -165,7 +165,7 @@ def _signing_key(args: argparse.Namespace) -> SigningKey:
     [f] = load_files([args.key])
     passphrase = read_key_file(args.passphrase_file).rstrip(b"\r\n") if args.passphrase_file else None
     if f.kind is KeyKind.PGP and not args.dsse:
-        return PgpSigningKey(f.data, f.path, passphrase)
+        return PgpSigningKey(f.data, f.path, passphrase, output.warn)
     if f.kind is KeyKind.PEM_PRIVATE and not args.pgp:
         return DsseSigningKey((private_pem(f, passphrase),))
     want = "an OpenPGP secret key" if args.pgp or f.kind is KeyKind.PGP else "a PEM private key"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from siffs.fs import registry
+from siffs.fs import operations, registry
 from siffs.fs.errors import MountError
 
 log = logging.getLogger("siffs.fs")
@@ -36,8 +36,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def log_path_for(mount_point: str) -> Path:
-    name = mount_point.strip("/").replace("/", "-") or "root"
-    return registry.state_dir() / "logs" / f"{name}.log"
+    return registry.state_dir() / "logs" / f"{registry.file_stem(mount_point)}.log"
 
 
 def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = False) -> None:
@@ -112,6 +111,7 @@ def serve(
         raise MountError(f"{mount_point}: FUSE mount failed: {reason}") from exc
     log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
     registry.record(mount_point, served.image, served.verified_by)
+    operations.internal_errors.listener = lambda count: registry.count_internal_errors(mount_point, count)
     on_ready()
     try:
         trio.run(_session)

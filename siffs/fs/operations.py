@@ -17,8 +17,9 @@ import itertools
 import logging
 import os
 import stat
+import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,13 +96,46 @@ class Ownership:
     gid: int | None = None
 
 
+class InternalErrors:
+    """Exceptions no reader error explains: bugs in siffs, which EIO alone would hide.
+
+    A reader's own errors (damage, tampering, I/O) carry the errno to answer (``errno``
+    attribute, as ``SquashfsError``, ``OSError`` and the integrity layer's block errors do).
+    Anything else is counted, logged with its traceback once per kind (type and place raised,
+    so a bug hit a million times does not flood the log), and reported to ``listener``
+    (the daemon publishes the count for ``siffs mounts --json``).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._kinds: set[tuple[str, str, int]] = set()
+        self.listener: Callable[[int], None] | None = None
+
+    def report(self, exc: Exception, what: str) -> None:
+        self.count += 1
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = frames[-1] if frames else None
+        kind = (type(exc).__name__, where.filename if where else "", (where.lineno or 0) if where else 0)
+        if kind not in self._kinds:
+            self._kinds.add(kind)
+            log.error("internal error (a bug in siffs; please report it) in %s", what, exc_info=exc)
+        if self.listener is not None and (self.count <= 100 or self.count % 100 == 0):
+            self.listener(self.count)
+
+
+#: One daemon serves one mount per process, so one tally.
+internal_errors = InternalErrors()
+
+
 def fuse_error(exc: Exception, what: str) -> pyfuse3.FUSEError:
-    """The errno to answer for a reader error; damage is logged, everything else is ordinary."""
+    """The errno to answer: a reader error's own (damage logged in one line), else EIO for a bug."""
     code = getattr(exc, "errno", None)
-    if not isinstance(code, int) or code == 0:
-        code = errno.EIO
-    if code == errno.EIO:
+    if not isinstance(code, int) and not isinstance(exc, OSError):
+        internal_errors.report(exc, what)
+        return pyfuse3.FUSEError(errno.EIO)
+    if not isinstance(code, int) or code in (0, errno.EIO):
         log.error("%s: %s", what, exc)
+        code = errno.EIO
     return pyfuse3.FUSEError(code)
 
 

@@ -8,10 +8,13 @@ mount is live and removed when the daemon exits. A record whose mount is gone is
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from siffs.fs.mountpoint import MountEntry, mount_table
@@ -26,6 +29,8 @@ class MountRecord:
     pid: int
     verified_by: str
     started: float
+    #: Unexpected exceptions the daemon's handlers met (bugs; see ``siffs.fs.operations``).
+    internal_errors: int = 0
 
 
 def state_dir() -> Path:
@@ -42,26 +47,55 @@ def registry_dir() -> Path:
     return state_dir() / "mounts"
 
 
+def file_stem(mount_point: str) -> str:
+    """A file name for ``mount_point``'s record and log: readable, and never shared by two paths.
+
+    Flattening the path alone is not injective (``/a-b/c`` and ``/a/b-c``), so a digest of the
+    exact path follows a readable prefix, which is only there to help people find the file.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._]+", "-", mount_point).strip("-.")[-64:] or "root"
+    digest = hashlib.sha256(os.fsencode(mount_point)).hexdigest()[:16]
+    return f"{readable}-{digest}"
+
+
 def _path(mount_point: str) -> Path:
-    return registry_dir() / (mount_point.strip("/").replace("/", "-") or "root")
+    return registry_dir() / f"{file_stem(mount_point)}.json"
 
 
 def record(mount_point: str, image: str, verified_by: str) -> None:
-    path = _path(mount_point)
+    """Publish this daemon's record for ``mount_point``."""
+    _write(MountRecord(mount_point, image, os.getpid(), verified_by, time.time()))
+
+
+def count_internal_errors(mount_point: str, count: int) -> None:
+    """Update the internal-error count in this daemon's record (if the record is still its own).
+
+    Best effort: it runs inside a request handler, which must still answer.
+    """
+    rec = _load(mount_point)
+    if rec is not None and rec.pid == os.getpid():
+        with contextlib.suppress(OSError):
+            _write(replace(rec, internal_errors=count))
+
+
+def _write(rec: MountRecord) -> None:
+    path = _path(rec.mount_point)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rec = MountRecord(mount_point, image, os.getpid(), verified_by, time.time())
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(rec)))
-    os.replace(tmp, path.with_suffix(".json"))
+    os.replace(tmp, path)
 
 
 def forget(mount_point: str) -> None:
-    _path(mount_point).with_suffix(".json").unlink(missing_ok=True)
+    """Remove the record of ``mount_point`` if this process wrote it (another daemon may own it now)."""
+    rec = _load(mount_point)
+    if rec is not None and rec.pid == os.getpid():
+        _path(mount_point).unlink(missing_ok=True)
 
 
 def _load(mount_point: str) -> MountRecord | None:
     try:
-        data = json.loads(_path(mount_point).with_suffix(".json").read_text())
+        data = json.loads(_path(mount_point).read_text())
         rec = MountRecord(**data)
     except (OSError, ValueError, TypeError):
         return None

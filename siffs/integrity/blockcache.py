@@ -30,13 +30,13 @@ import hmac
 import os
 import secrets
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from siffs import cache
 from siffs.integrity.blocktable import BlockTable
 from siffs.integrity.xdg import cache_dir, config_dir, private_dir
+from siffs.sif.durable import replace_file
 
 _MAGIC = b"SIFFSBT1"
 _HEADER = struct.Struct("<16sQQ")  # algorithm name, object size, block size
@@ -131,10 +131,7 @@ class BlockTableCache:
         data = _MAGIC + hmac.digest(self.secret, key + body, "sha256") + body
         try:
             directory = private_dir(self.directory)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self._path(key))
+            replace_file(self._path(key), data)
             cache.prune(directory, cache.limit(LIMIT_MIB))
         except OSError:
             return

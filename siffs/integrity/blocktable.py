@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from siffs.integrity.digest import new_hasher
-from siffs.integrity.errors import TamperedBlockError, VerificationError
+from siffs.integrity.errors import ReadOutsideObjectError, TamperedBlockError, VerificationError
 
 BLOCK_SIZE = 64 * 1024
 READ_SIZE = 8 * 1024 * 1024
@@ -138,10 +138,14 @@ class VerifiedObjectReader:
         self.table = table
 
     def pread(self, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0:
-            raise ValueError("negative offset or size")
-        end = min(offset + size, self.size)
-        if offset >= end:
+        """Exactly ``size`` verified bytes at ``offset``, as the ``ByteSource`` protocol promises."""
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ReadOutsideObjectError(
+                f"the image points at bytes {offset}..{offset + size} outside its {self.size}-byte object; "
+                "it is damaged"
+            )
+        end = offset + size
+        if size == 0:
             return b""
         bs = self.table.block_size
         first, last = offset // bs, (end - 1) // bs

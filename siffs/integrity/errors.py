@@ -6,6 +6,9 @@ code (NOT_TRUSTED), except ``KeyMaterialError`` (an unusable key file: KEY_ERROR
 one line and say what to do where there is something to do.
 """
 
+import errno as _errno
+from typing import ClassVar
+
 
 class IntegrityError(Exception):
     """Base class: the image could not be verified, or a signature could not be made."""
@@ -96,7 +99,16 @@ class NotTrustedError(VerificationError):
 
 
 class TamperedBlockError(IntegrityError):
-    """A block read after verification differs from the bytes that were verified."""
+    """A block read after verification differs from the bytes that were verified.
+
+    ``errno`` is what a filesystem answers for it: the reader's damage, not a bug.
+    """
+
+    errno: ClassVar[int] = _errno.EIO
+
+
+class ReadOutsideObjectError(TamperedBlockError):
+    """A read reaches outside the verified object: the image's own pointers are damaged."""
 
 
 class KeyMaterialError(IntegrityError):

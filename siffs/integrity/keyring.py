@@ -29,6 +29,7 @@ from siffs.integrity.openpgp import PgpKeyring
 from siffs.integrity.verify import KeyMaterial, Report, verify
 from siffs.integrity.xdg import config_dir, private_dir
 from siffs.sif import Image
+from siffs.sif.durable import replace_file
 from siffs.sif.errors import SifError
 
 
@@ -68,12 +69,12 @@ class Keyring:
             ring = PgpKeyring.from_keys([(f.data, path)])
             for key in ring.keys:
                 target = self.directory / f"{key.fingerprint}.asc"
-                _write(target, ring.armored(key.fingerprint))
+                replace_file(target, ring.armored(key.fingerprint), 0o644)
                 added.append(TrustedKey("pgp", key.fingerprint, key.user_id, target))
         else:
             dkey = public_dsse_key(f)
             target = self.directory / f"{_file_name(dkey.key_id)}.pem"
-            _write(target, dkey.pem())
+            replace_file(target, dkey.pem(), 0o644)
             added.append(TrustedKey("dsse", dkey.key_id, dkey.description, target))
         return added
 
@@ -128,7 +129,7 @@ class Keyring:
         for stale in self.directory.glob(".pgp-keyring-*.json"):
             stale.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # a read-only keyring still verifies, only slower
-            _write(path, ring.to_json().encode())
+            replace_file(path, ring.to_json().encode(), 0o644)
         return ring
 
 
@@ -136,12 +137,6 @@ def _file_name(dsse_key_id: str) -> str:
     # Key IDs are base64 and may contain '/': derive a safe, stable name instead.
     digest = hashlib.sha256(dsse_key_id.encode("ascii")).digest()[:12]
     return "dsse-" + base64.urlsafe_b64encode(digest).decode("ascii")
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def require_trusted(

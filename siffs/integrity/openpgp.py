@@ -19,9 +19,10 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from siffs.integrity.errors import (
@@ -31,6 +32,7 @@ from siffs.integrity.errors import (
     SignatureNotValidError,
     SigningError,
 )
+from siffs.integrity.sealed import run_sealed
 
 #: OpenPGP hash algorithm IDs the reference accepts in a signature: SHA-256/384/512/224.
 _ACCEPTED_HASHES = {"8", "9", "10", "11"}
@@ -48,9 +50,9 @@ def _tool(name: str) -> str:
 
 
 @contextmanager
-def _home() -> Iterator[Path]:
-    """A private GNUPGHOME, removed afterwards together with any agent GnuPG started in it."""
-    home = Path(tempfile.mkdtemp(prefix="siffs-gnupg-"))
+def _home(base: Path | None = None) -> Iterator[Path]:
+    """A private GNUPGHOME (in ``base``), removed afterwards with any agent GnuPG started in it."""
+    home = Path(tempfile.mkdtemp(prefix="siffs-gnupg-", dir=base))
     try:
         yield home
     finally:
@@ -325,15 +327,26 @@ class DetachedSignature:
 
 
 def sign_text(
-    secret_key: bytes, source: str, signed: bytes, passphrase: bytes | None = None
+    secret_key: bytes,
+    source: str,
+    signed: bytes,
+    passphrase: bytes | None = None,
+    on_fallback: Callable[[str], None] | None = None,
 ) -> DetachedSignature:
     """A canonical-text (class 0x01) SHA-256 signature over ``signed`` with a secret key file.
 
     The primary key signs if it can, else GnuPG picks a signing subkey; the descriptor will
-    record the primary fingerprint either way. The agent GnuPG needs is confined to the
-    temporary home and stopped afterwards.
+    record the primary fingerprint either way. GnuPG, its agent and the imported secret key
+    live in a sealed directory (``sealed``) that is gone with them, even if siffs is killed;
+    ``on_fallback`` hears why if it cannot be sealed.
     """
-    with _home() as home:
+    return run_sealed(partial(_sign_in, secret_key, source, signed, passphrase), on_fallback)
+
+
+def _sign_in(
+    secret_key: bytes, source: str, signed: bytes, passphrase: bytes | None, base: Path
+) -> DetachedSignature:
+    with _home(base) as home:
         _import(home, secret_key, source, secret=True)
         candidates = [k for k in _list_keys(home, secret=True) if k.can_sign and k.validity not in ("e", "r")]
         if not candidates:

@@ -9,7 +9,7 @@ Apptainer and sylabs/sif verify what siffs signs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from siffs.integrity import clearsign, dsse, metadata
@@ -29,6 +29,8 @@ class PgpSigningKey:
     data: bytes
     source: str
     passphrase: bytes | None = None
+    #: Told when the key cannot be kept where a kill of siffs would not leave it (see ``sealed``).
+    on_fallback: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def _sign_message(payload: bytes, key: SigningKey) -> tuple[bytes, bytes, str]:
     if isinstance(key, DsseSigningKey):
         ids = ", ".join(dsse.key_id(k.public_key()) for k in key.keys)
         return dsse.sign(payload, key.keys), bytes(20), ids
-    signed = sign_text(key.data, key.source, clearsign.signed_bytes(payload), key.passphrase)
+    signed = sign_text(key.data, key.source, clearsign.signed_bytes(payload), key.passphrase, key.on_fallback)
     return (
         clearsign.encode(payload, signed.signature),
         bytes.fromhex(signed.signer.fingerprint),

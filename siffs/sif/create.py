@@ -5,22 +5,28 @@ Layout and field values follow sif-format.md §13 (and sylabs/sif's ``CreateCont
 Singularity/Apptainer load what siffs writes. Object data is streamed in chunks: a
 multi-GB SquashFS partition never sits in memory.
 
-``create`` writes to a temporary file beside the target and renames it into place, so a
-failure never leaves a half-written image under the requested name. The in-place edits
-(``add``, ``delete``, ``set_primary``) write object data first, then the descriptor table,
-then the header, as the reference does: an interrupted add leaves the old image valid.
+A kill or a crash at any point leaves the old image or the new one, never a broken one.
+``create`` writes a temporary file beside the target, syncs it, renames it into place and
+syncs the directory. The in-place edits (``add``, ``delete``, ``set_primary``) cannot rename
+(images are large), so they order their writes: new object data goes past the old end and is
+synced first; then the header and the descriptor table, which must agree, are written in one
+``pwrite`` (with the bytes between them, unchanged) and synced; only then is anything the old
+image still uses zeroed or cut off. The reference writes the table and the header separately,
+and a kill between the two leaves an image whose header disagrees with its table. (An image
+whose table lies more than 1 MiB after the header, which no known writer makes, is edited
+with two writes.)
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from siffs.sif.durable import NewFile
 from siffs.sif.errors import SifIOError, SifUsageError
 from siffs.sif.load import Image
 from siffs.sif.raw import Descriptor, Header, partition_extra
@@ -42,6 +48,8 @@ from siffs.sif.types import (
 )
 
 _COPY_CHUNK = 1 << 20
+#: Largest gap between header and descriptor table rewritten with them in one write.
+_MAX_GAP = 1 << 20
 
 
 def default_time() -> int:
@@ -177,9 +185,19 @@ class _Writer:
         return d
 
     def flush(self) -> None:
+        """Write the header and the table, after the data they point at is on disk (see above)."""
+        os.fsync(self.fd)
         table = b"".join(d.pack() for d in self.slots)
-        _pwrite_all(self.fd, table, self.header.descriptors_offset)
-        _pwrite_all(self.fd, self.header.pack(), 0)
+        header = self.header.pack()
+        gap = self.header.descriptors_offset - len(header)
+        if gap <= _MAX_GAP:
+            between = os.pread(self.fd, gap, len(header)).ljust(gap, b"\0")
+            _pwrite_all(self.fd, header + between + table, 0)
+        else:
+            _pwrite_all(self.fd, table, self.header.descriptors_offset)
+            os.fsync(self.fd)
+            _pwrite_all(self.fd, header, 0)
+        os.fsync(self.fd)
 
 
 def create(
@@ -219,27 +237,20 @@ def create(
         data_size=0,
     )
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".siffs-", suffix=".sif.tmp", dir=directory)
+        new = NewFile(target, 0o755 & ~_umask())
     except OSError as exc:
+        directory = os.path.dirname(os.path.abspath(target))
         raise SifIOError(f"cannot create a file in {directory}: {exc.strerror}") from exc
     try:
-        writer = _Writer(fd, header, [Descriptor.empty(i) for i in range(capacity)])
-        for obj in objects:
-            writer.write_object(obj, when)
-        writer.flush()
-        os.fchmod(fd, 0o755 & ~_umask())
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, target)
+        with new:
+            writer = _Writer(new.fd, header, [Descriptor.empty(i) for i in range(capacity)])
+            for obj in objects:
+                writer.write_object(obj, when)
+            writer.flush()
+            new.commit()
     except OSError as exc:
         raise SifIOError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _umask() -> int:
@@ -273,21 +284,25 @@ def delete(
         d = image.get(object_id)
         if compact and any(o.end > d.end for o in image.descriptors):
             raise SifUsageError(f"object {object_id} is not the last object: cannot compact")
-        if zero:
-            for start in range(0, d.size, _COPY_CHUNK):
-                _pwrite_all(image.fd, bytes(min(_COPY_CHUNK, d.size - start)), d.offset + start)
         changes: dict[str, object] = {
             "descriptors_free": writer.header.descriptors_free + 1,
             "modified_at": default_time(),
         }
         if compact:
-            os.ftruncate(image.fd, d.end - d.size_with_padding)
             changes["data_size"] = writer.header.data_size - d.size_with_padding
         if d.is_primary_partition:
             changes["arch"] = ARCH_UNKNOWN + b"\0"
         writer.slots[d.slot] = Descriptor.empty(d.slot)
         writer.header = writer.header.with_changes(**changes)
         writer.flush()
+        # Only now that no descriptor points at the object may its bytes go.
+        if zero:
+            for start in range(0, d.size, _COPY_CHUNK):
+                _pwrite_all(image.fd, bytes(min(_COPY_CHUNK, d.size - start)), d.offset + start)
+        if compact:
+            os.ftruncate(image.fd, d.end - d.size_with_padding)
+        if zero or compact:
+            os.fsync(image.fd)
 
 
 def set_primary(path: str | os.PathLike[str], object_id: int) -> None:

@@ -12,6 +12,11 @@ What an unprivileged user cannot make is skipped and counted: device nodes, owne
 the caller's, attributes outside ``user.*``. Directory modes and all times are
 applied last, deepest first, so read-only directories can still be filled. The same image
 always gives the same tree.
+
+An image nobody vouched for must not hand out privileges: unless ``keep_privileged``, the
+setuid and setgid bits of files and all device nodes are left out (and counted), since
+root extracting such an image would otherwise create a setuid-root shell or a raw disk
+device on the say-so of whoever wrote the image.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from siffs.squashfs.listing import quote_name
 from siffs.squashfs.reader import SquashFS
 
 _CHUNK = 1 << 20
+_PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 #: Called with (bytes written so far, bytes to write in total).
 Progress = Callable[[int, int], None]
 
@@ -42,9 +48,14 @@ class Report:
     hard_links: int = 0
     bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    #: Privileges left out of an unverified image (``keep_privileged`` off).
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, what: str) -> None:
         self.skipped[what] = self.skipped.get(what, 0) + 1
+
+    def drop(self, what: str) -> None:
+        self.dropped[what] = self.dropped.get(what, 0) + 1
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -54,8 +65,9 @@ def _join(parent: bytes, name: bytes) -> bytes:
 
 
 class _Extractor:
-    def __init__(self, fs: SquashFS, root_fd: int, progress: Progress | None) -> None:
+    def __init__(self, fs: SquashFS, root_fd: int, progress: Progress | None, keep_privileged: bool) -> None:
         self.fs = fs
+        self.keep_privileged = keep_privileged
         self.root = root_fd
         self.progress = progress
         self.report = Report()
@@ -131,11 +143,14 @@ class _Extractor:
             self.report.symlinks += 1
         elif stat.S_ISFIFO(st.mode) or stat.S_ISSOCK(st.mode):  # anyone may make these two
             os.mknod(path, stat.S_IFMT(st.mode) | 0o600, dir_fd=self.root)
-        elif self.privileged:
-            os.mknod(path, st.mode, st.rdev, dir_fd=self.root)
-        else:
+        elif not self.privileged:
             self.report.skip("device nodes")
             return
+        elif not self.keep_privileged:
+            self.report.drop("device nodes")
+            return
+        else:
+            os.mknod(path, st.mode, st.rdev, dir_fd=self.root)
         if st.nlink > 1:
             self.first_copy[st.ino] = path
         self._owner(path, st)
@@ -183,7 +198,11 @@ class _Extractor:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
                 self.report.skip(name.split(b".")[0].decode("ascii", "replace") + ".* attributes")
-        os.chmod(target, stat.S_IMODE(st.mode))
+        mode = stat.S_IMODE(st.mode)
+        if not self.keep_privileged and not stat.S_ISDIR(st.mode) and mode & _PRIVILEGE_BITS:
+            mode &= ~_PRIVILEGE_BITS
+            self.report.drop("setuid/setgid files")
+        os.chmod(target, mode)
 
     def _finish_directory(self, path: bytes, st: Stat) -> None:
         fd = os.open(path or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root)
@@ -197,17 +216,20 @@ class _Extractor:
             os.close(fd)
 
 
-def extract(fs: SquashFS, target: str, progress: Progress | None = None) -> Report:
+def extract(
+    fs: SquashFS, target: str, progress: Progress | None = None, *, keep_privileged: bool = True
+) -> Report:
     """Copy the tree of ``fs`` into directory ``target`` (created if missing; must be empty).
 
-    On failure, what was extracted so far is removed again.
+    ``keep_privileged`` off leaves out setuid/setgid bits and device nodes (see above). On
+    failure, what was extracted so far is removed again.
     """
     os.makedirs(target, exist_ok=True)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         if os.listdir(root_fd):
             raise FileExistsError(errno.ENOTEMPTY, "the target directory is not empty", target)
-        extractor = _Extractor(fs, root_fd, progress)
+        extractor = _Extractor(fs, root_fd, progress, keep_privileged)
         try:
             return extractor.run()
         except BaseException:

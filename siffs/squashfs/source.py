@@ -19,8 +19,10 @@ class ByteSource(Protocol):
     """Random access to the bytes of one SquashFS partition.
 
     ``pread`` returns exactly ``size`` bytes read at ``offset`` (relative to the partition
-    start) or raises a ``SquashfsError`` (``CorruptImage`` when the range is outside the
-    partition); it must be safe to call from several threads at once.
+    start), never fewer, or raises: ``CorruptImage`` here, the integrity layer's
+    ``ReadOutsideObjectError`` for a verified source, when the range is outside the partition;
+    every error it raises carries the ``errno`` a filesystem should answer. It must be safe to
+    call from several threads at once.
     """
 
     @property

@@ -7,10 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.extract import _join
-from tests.support.images import mksquashfs
+from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import siffs
 from tests.support.trees import snapshot
 from tests.support.users import TEST_USER, ensure_user, user_dir
@@ -38,13 +40,13 @@ def test_sandbox_as_root_equals_the_kernel_mount(name, corpus, kernel, tmp_path)
     with kernel(name) as k:
         expected = comparable(snapshot(k))
     out = tmp_path / "out"
-    result = siffs("sandbox", "--allow-unsigned", corpus.image(name), out)
+    result = siffs("sandbox", "--allow-unsigned", "--keep-privileged", corpus.image(name), out)
     assert result.returncode == 0, result.stderr
     actual = comparable(snapshot(out))
     # trusted.* and security.* xattrs are root's to set, and root we are: all of them match.
     assert actual == expected
     again = tmp_path / "again"
-    siffs("sandbox", "--allow-unsigned", corpus.image(name), again, check=True)
+    siffs("sandbox", "--allow-unsigned", "--keep-privileged", corpus.image(name), again, check=True)
     assert comparable(snapshot(again)) == actual  # the same image gives the same tree
 
 
@@ -97,3 +99,72 @@ def test_target_must_be_empty_and_trust_applies(image, tmp_path):
     refused = siffs("sandbox", image, tmp_path / "new", env=env)
     assert refused.returncode == 7 and "--allow-unsigned" in refused.stderr
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+@pytest.fixture
+def privileged_image(tmp_path):
+    """A SIF holding a setuid-root shell, a setgid file, a setgid directory and two device nodes."""
+    tree = tmp_path / "priv-tree"
+    tree.mkdir()
+    for name, mode in (("suid-sh", 0o4755), ("sgid-tool", 0o2711), ("plain", 0o755)):
+        (tree / name).write_bytes(b"#!/bin/sh\n")
+        os.chmod(tree / name, mode)
+    (tree / "shared").mkdir()
+    os.chmod(tree / "shared", 0o2775)
+    pseudo = ["-p", "disk b 660 0 6 8 0", "-p", "mem c 640 0 15 1 1"]
+    squash = mksquashfs(tree, tmp_path / "priv.squashfs", "-all-root", *pseudo)
+    return wrap_sif(squash, tmp_path / "priv.sif")
+
+
+def _modes(out: Path) -> dict[str, int]:
+    return {p.name: os.lstat(p).st_mode for p in out.iterdir()}
+
+
+def test_unverified_image_loses_setuid_bits_and_devices_unless_asked(privileged_image, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the danger is root recreating them")
+    out = tmp_path / "out"
+    result = siffs("sandbox", "--allow-unsigned", privileged_image, out)
+    assert result.returncode == 0, result.stderr
+    modes = _modes(out)
+    assert stat.S_IMODE(modes["suid-sh"]) == 0o755 and stat.S_IMODE(modes["sgid-tool"]) == 0o711
+    assert stat.S_IMODE(modes["plain"]) == 0o755
+    assert stat.S_IMODE(modes["shared"]) == 0o2775  # a setgid directory grants nothing
+    assert "disk" not in modes and "mem" not in modes
+    lines = [ln for ln in result.stderr.splitlines() if "left out" in ln]
+    assert lines == [
+        "siffs: warning: unverified image: left out 2 device nodes and 2 setuid/setgid files "
+        "(--keep-privileged keeps them)"
+    ]
+    kept = tmp_path / "kept"
+    result = siffs("sandbox", "--allow-unsigned", "--keep-privileged", privileged_image, kept)
+    assert result.returncode == 0 and "left out" not in result.stderr
+    modes = _modes(kept)
+    assert stat.S_IMODE(modes["suid-sh"]) == 0o4755 and stat.S_IMODE(modes["sgid-tool"]) == 0o2711
+    assert stat.S_ISBLK(modes["disk"]) and os.lstat(kept / "disk").st_rdev == os.makedev(8, 0)
+    assert stat.S_ISCHR(modes["mem"]) and os.lstat(kept / "mem").st_rdev == os.makedev(1, 1)
+
+
+def test_image_verified_by_a_trusted_key_is_extracted_exactly(privileged_image, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("device nodes need root")
+    key = Ed25519PrivateKey.generate()
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    siffs("sign", privileged_image, "--key", private, check=True)
+    out = tmp_path / "out"
+    result = siffs("sandbox", "--key", public, privileged_image, out)
+    assert result.returncode == 0, result.stderr
+    assert "left out" not in result.stderr
+    modes = _modes(out)
+    assert stat.S_IMODE(modes["suid-sh"]) == 0o4755 and stat.S_IMODE(modes["sgid-tool"]) == 0o2711
+    assert stat.S_ISBLK(modes["disk"]) and stat.S_ISCHR(modes["mem"])

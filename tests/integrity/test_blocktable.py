@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from siffs.integrity.blocktable import (
     VerifiedObjectReader,
     hash_extents,
 )
-from siffs.integrity.errors import NotTrustedError, TamperedBlockError
+from siffs.integrity.errors import NotTrustedError, ReadOutsideObjectError, TamperedBlockError
 from siffs.integrity.keyring import Keyring, require_trusted
 from siffs.integrity.keys import load_files, private_pem
 from siffs.integrity.sign import DsseSigningKey, sign
@@ -27,6 +28,8 @@ from siffs.integrity.verify import verify
 from siffs.sif import Image, ObjectInput, create
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType
+from siffs.squashfs.errors import CorruptImage
+from siffs.squashfs.source import FileSource
 from tests.integrity.conftest import key_path
 from tests.support.mounts import siffs
 
@@ -74,8 +77,7 @@ def test_tampered_block_raises_other_blocks_read(signed_image, keys):
         reader = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
         assert reader.size == SIZE
         assert reader.pread(0, SIZE) == partition
-        assert reader.pread(SIZE - 10, 100) == partition[-10:]
-        assert reader.pread(SIZE, 10) == b""
+        assert reader.pread(SIZE - 10, 10) == partition[-10:]
         victim = 3 * BLOCK_SIZE + 7
         with open(path, "r+b") as f:  # change the file under the open image
             f.seek(d.offset + victim)
@@ -172,4 +174,21 @@ def test_cache_list_and_clean(signed_image, tmp_path):
     assert cleaned.startswith(f"blocktables: removed {tables['files']} files")
     assert not list((tmp_path / "cache" / "siffs" / "blocktables").iterdir())
     unknown = siffs("cache", "clean", "nope", env=env)
-    assert unknown.returncode == 2 and unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables\n"
+    assert unknown.returncode == 2 and unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables, registry\n"
+def test_out_of_range_reads_raise_as_the_byte_source_protocol_says(signed_image, keys):
+    """The verified reader and the plain FileSource agree: exact bytes, or an error carrying EIO."""
+    path, partition = signed_image
+    with Image.open(path) as image:
+        report = verify(image, keys, record_blocks=True).check()
+        d = image.primary_partition()
+        verified = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
+        plain = FileSource(image.fd, d.offset, d.size)
+        for offset, size in ((0, 0), (SIZE - 10, 10), (SIZE, 0), (5, BLOCK_SIZE)):
+            expected = partition[offset : offset + size]
+            assert verified.pread(offset, size) == plain.pread(offset, size) == expected
+        for offset, size in ((SIZE - 10, 100), (SIZE, 1), (SIZE + 4096, 10), (-1, 2)):
+            with pytest.raises(CorruptImage) as plain_error:
+                plain.pread(offset, size)
+            with pytest.raises(ReadOutsideObjectError) as verified_error:
+                verified.pread(offset, size)
+            assert plain_error.value.errno == verified_error.value.errno == errno.EIO

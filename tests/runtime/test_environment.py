@@ -141,7 +141,7 @@ def test_env_file_refuses_command_substitution(siffs, tree, work):
     bad.write_text("OK=1\nX=$(touch /tmp/pwned)\n")
     result = siffs("exec", "--env-file", bad, tree, "true")
     assert result.returncode == 255
-    assert f"FATAL: {bad}:2: command substitution is not allowed" in result.stderr
+    assert f"FATAL: {bad}:2: command substitution $(...) is disabled" in result.stderr
 
 
 def test_runtime_variables(siffs, tree, work):
