@@ -174,7 +174,10 @@ def test_cache_list_and_clean(signed_image, tmp_path):
     assert cleaned.startswith(f"blocktables: removed {tables['files']} files")
     assert not list((tmp_path / "cache" / "siffs" / "blocktables").iterdir())
     unknown = siffs("cache", "clean", "nope", env=env)
-    assert unknown.returncode == 2 and unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables, registry\n"
+    assert unknown.returncode == 2
+    assert unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables, registry\n"
+
+
 def test_out_of_range_reads_raise_as_the_byte_source_protocol_says(signed_image, keys):
     """The verified reader and the plain FileSource agree: exact bytes, or an error carrying EIO."""
     path, partition = signed_image
