@@ -9,14 +9,17 @@ matching blob is renamed into place.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import queue
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from siffs.registry.errors import DigestError, NotFoundError, UnsupportedError
+from siffs.registry.errors import DigestError, NetworkError, NotFoundError, UnsupportedError
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference
 
@@ -145,14 +148,12 @@ def blob(
         with partial.open("r+b" if have else "wb") as f:
             f.seek(have)
             f.truncate()
-            while chunk := response.raw.read(_READ):
-                have += len(chunk)
-                if have > size:
-                    break
-                h.update(chunk)
-                f.write(chunk)
-                if progress:
-                    progress(have, size)
+            try:
+                have = _receive(response.raw, f, h, have=have, size=size, progress=progress)
+            except (OSError, http.client.HTTPException) as exc:
+                raise NetworkError(
+                    f"{ref.host}: the download of {digest} broke off ({exc}); run the pull again to resume"
+                ) from None
             f.flush()
             os.fsync(f.fileno())
     got = "sha256:" + h.hexdigest()
@@ -164,6 +165,48 @@ def blob(
         )
     os.replace(partial, final)
     return final
+
+
+def _receive(
+    raw: IO[bytes], out: IO[bytes], h: Any, *, have: int, size: int, progress: Progress | None
+) -> int:
+    """Copy the body to ``out`` while hashing it; returns the byte count (stops past ``size``).
+
+    Receiving and hashing overlap: a thread reads the socket while this one hashes and writes
+    (both release the GIL), so a pull runs at about the speed of the slower of the two, not of
+    their sum.
+    """
+    chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
+
+    def reader() -> None:
+        got = have
+        try:
+            while got <= size and (chunk := raw.read(_READ)):
+                got += len(chunk)
+                chunks.put(chunk)
+            chunks.put(b"")
+        except BaseException as exc:  # handed to the consumer, which raises it
+            chunks.put(exc)
+
+    # A daemon thread: when this one gives up (an interrupt, a bad body), a reader stuck on a
+    # stalled socket must not hold the process; closing the session ends it.
+    threading.Thread(target=reader, daemon=True).start()
+    while True:
+        try:
+            item = chunks.get(timeout=0.5)  # a timeout lets signals (Ctrl-C, SIGTERM) in
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        if not item:
+            return have
+        have += len(item)
+        if have > size:
+            return have
+        h.update(item)
+        out.write(item)
+        if progress:
+            progress(have, size)
 
 
 def file_digest(path: Path, progress: Progress | None = None) -> str:

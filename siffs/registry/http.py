@@ -8,6 +8,7 @@ dependency sits between siffs and the bytes it verifies. Credentials go to the r
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import http.client
 import ipaddress
@@ -100,6 +101,11 @@ class Session:
 
     def close(self) -> None:
         for conn in self._connections.values():
+            # shutdown first: it wakes a thread blocked reading a body (a download cut short by an
+            # interrupt), which holds the response's buffer lock that close() would wait for.
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             conn.close()
         self._connections.clear()
 
