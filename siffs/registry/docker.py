@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -264,12 +264,9 @@ def _mksquashfs(tree: Tree, layers: list[tuple[Path, str]], out: Path) -> None:
     if binary is None:
         raise LocalIOError("mksquashfs (squashfs-tools >= 4.5) not found: apt install squashfs-tools")
 
-    def read_layer(index: int) -> Iterator[IO[bytes] | None]:
+    def read_layer(index: int) -> IO[bytes]:
         path, compression = layers[index]
-        with _open_layer(path, compression, index + 1) as stream:
-            tar = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 -- closed with the stream
-            for info in tar:
-                yield tar.extractfile(info) if info.isreg() else None
+        return _open_layer(path, compression, index + 1)
 
     argv = [binary, "-", str(out), "-tar", "-noappend", "-comp", "gzip", "-all-root", "-root-mode", "755",
             "-no-progress", "-quiet"]  # fmt: skip

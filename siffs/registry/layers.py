@@ -17,6 +17,7 @@ Apptainer build gives; the runtime binds its own /dev); only ``user.*`` xattrs a
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import tarfile
 from collections.abc import Callable, Iterator
@@ -28,16 +29,17 @@ from siffs.registry.errors import UnsupportedError
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _MAX_LINKS = 40
-#: Reads layer N again from its start: each member's data stream (None for non-files), in order.
-LayerReader = Callable[[int], Iterator["IO[bytes] | None"]]
+_SKIP = 1 << 20
+#: Opens layer N's uncompressed tar stream again, from its start.
+LayerReader = Callable[[int], "contextlib.AbstractContextManager[IO[bytes]]"]
 
 
 @dataclass(eq=False)
 class Inode:
-    """A regular file's content: where it is (layer, member number), shared by hard links."""
+    """A regular file's content: where it is (layer, byte offset in its tar), shared by hard links."""
 
     layer: int
-    member: int
+    offset: int  # of the member's data in the uncompressed layer
     size: int
     paths: list[str] = field(default_factory=list)  # filled when the tree is emitted
 
@@ -122,7 +124,7 @@ class Tree:
         """Apply one layer's entries (headers only; contents are read in the second pass)."""
         created: set[str] = set()  # paths (and their parents) this layer wrote: whiteouts spare them
         pending: list[tuple[list[str], bool]] = []  # whiteouts and opaque markers, applied last
-        for number, info in enumerate(members):
+        for info in members:
             parts = _clean(info.name)
             if not parts:
                 if info.isdir():
@@ -136,7 +138,7 @@ class Tree:
             if base.startswith(WHITEOUT):
                 pending.append(([*parts[:-1], base[len(WHITEOUT) :]], False))
                 continue
-            self._add(layer, number, parts, info)
+            self._add(layer, parts, info)
             created.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
         for parts, opaque in pending:
             self._whiteout(parts, opaque, created, layer)
@@ -157,7 +159,7 @@ class Tree:
         else:
             del found[0].children[parts[-1]]
 
-    def _add(self, layer: int, number: int, parts: list[str], info: tarfile.TarInfo) -> None:
+    def _add(self, layer: int, parts: list[str], info: tarfile.TarInfo) -> None:
         parent = self._make_parents(parts, layer)
         name = parts[-1]
         existing = parent.children.get(name)
@@ -176,7 +178,7 @@ class Tree:
                 return
             node = Node("dir", 0, 0, 0, 0.0)
         elif info.isreg():
-            node = Node("file", 0, 0, 0, 0.0, inode=Inode(layer, number, info.size))
+            node = Node("file", 0, 0, 0, 0.0, inode=Inode(layer, info.offset_data, info.size))
         elif info.issym():
             node = Node("symlink", 0, 0, 0, 0.0, target=info.linkname)
         elif info.isfifo():
@@ -252,29 +254,33 @@ class Tree:
         """Stream the tree as one PAX tar: directories, then contents layer by layer, then the rest.
 
         mksquashfs -tar needs a hard link's target earlier in the stream; every other order is
-        free, so contents come in the order the layers hold them and each layer is read once.
+        free, so contents come in the order the layers hold them and each layer is read once,
+        straight through: pass one noted where each content starts, so no tar header is parsed
+        twice.
         """
         entries = list(self.walk())
-        wanted: dict[tuple[int, int], tuple[Inode, Node]] = {}
+        wanted: dict[int, dict[int, tuple[Inode, Node]]] = {}
         for path, node in entries:
             if node.inode is not None:
                 node.inode.paths.append(path)
-                wanted[(node.inode.layer, node.inode.member)] = (node.inode, node)
+                wanted.setdefault(node.inode.layer, {})[node.inode.offset] = (node.inode, node)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for path, node in entries:
                 if node.kind == "dir":
                     tar.addfile(_info(path, node, tarfile.DIRTYPE))
             for layer in range(layers):
-                if not any(key[0] == layer for key in wanted):
+                contents = wanted.get(layer)
+                if not contents:
                     continue
-                for number, data in enumerate(read_layer(layer)):
-                    found = wanted.get((layer, number))
-                    if found is None or data is None:
-                        continue
-                    inode, node = found
-                    info = _info(inode.paths[0], node, tarfile.REGTYPE)
-                    info.size = inode.size
-                    tar.addfile(info, data)
+                with read_layer(layer) as stream:
+                    position = 0
+                    for offset in sorted(contents):
+                        _skip(stream, offset - position)
+                        inode, node = contents[offset]
+                        info = _info(inode.paths[0], node, tarfile.REGTYPE)
+                        info.size = inode.size
+                        tar.addfile(info, stream)
+                        position = offset + inode.size
             for path, node in entries:
                 if node.kind == "symlink":
                     tar.addfile(_info(path, node, tarfile.SYMTYPE))
@@ -289,6 +295,15 @@ class Tree:
                     info = _info(path, node, tarfile.LNKTYPE)
                     info.linkname = node.inode.paths[0]
                     tar.addfile(info)
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    """Read past ``count`` bytes (a decompressing stream cannot seek)."""
+    while count > 0:
+        chunk = stream.read(min(count, _SKIP))
+        if not chunk:
+            raise LayerError("a layer ended early on its second reading")
+        count -= len(chunk)
 
 
 def _prune(directory: Node, path: str, created: set[str]) -> None:
