@@ -31,6 +31,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.run": ("run", "exec", "shell", "test", "inspect", "bundle"),
     "siffs.cli.sandbox": ("sandbox",),
     "siffs.cli.completion": ("completion",),
+    "siffs.cli.delta": ("delta", "pull"),
 }
 
 _VERBOSITY_FLAGS = (

@@ -1,4 +1,4 @@
-"""casync blob indexes (``.caibx``): read them with casync's checks, write them byte-identical to ``casync make``.
+"""casync blob indexes (``.caibx``): read with casync's checks, written byte-identical to ``casync make``.
 
 The index is the only thing a puller trusts about layout: chunk ends and ids, in blob order. Reading
 is bounded by the file's size, never by a field value, so a hostile index cannot make siffs allocate.
@@ -89,7 +89,7 @@ def parse(data: bytes, *, what: str = "index") -> BlobIndex:
     tail = _TAIL.unpack_from(data, HEADER_SIZE + count * _ITEM.size)
     if tail != (0, 0, 48, 16 + _ITEM.size * count + _TAIL.size, _TAIL_MARKER):
         raise bad("table tail missing or wrong (truncated, or bytes after the table)")
-    chunks = []
+    chunks: list[Chunk] = []
     start = 0
     for end, chunk_id in _ITEM.iter_unpack(data[HEADER_SIZE : HEADER_SIZE + count * _ITEM.size]):
         if end <= start:

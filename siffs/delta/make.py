@@ -25,6 +25,7 @@ Progress = Callable[[int, int], None]
 _WORKERS = 2
 _IN_FLIGHT = 16
 
+
 @dataclass(frozen=True)
 class MakeReport:
     index_path: str
@@ -33,6 +34,7 @@ class MakeReport:
     chunks: int
     new_chunks: int  #: chunks not already in the store
     stored_bytes: int  #: compressed bytes written to the store
+
 
 def make_store(
     image: str,
