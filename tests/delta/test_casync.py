@@ -140,11 +140,11 @@ def test_casync_extracts_siffs_store_over_nginx(tmp_path, nginx: Nginx, signed_i
         == 0
     )
     out = tmp_path / "out.sif"
+    store_url = f"{nginx.url}/default.castr/"
     subprocess.run(
-        [require_tool("casync"), "extract", f"--store={nginx.url}/default.castr/", f"{nginx.url}/image.sif.caibx",
-         str(out)],
+        [require_tool("casync"), "extract", f"--store={store_url}", f"{nginx.url}/image.sif.caibx", str(out)],
         check=True,
-    )  # fmt: skip
+    )
     assert out.read_bytes() == signed_images.new.read_bytes()
 
 
@@ -194,8 +194,10 @@ def test_pull_without_seed_equals_casync_extract(tmp_path, nginx: Nginx, signed_
     dest = tmp_path / "fresh.sif"
     assert siffs(["-q", "pull", "--allow-unsigned", str(dest), url]) == 0
     casync_out = tmp_path / "casync.sif"
-    subprocess.run([require_tool("casync"), "extract", f"--store={nginx.url}/default.castr", url, str(casync_out)],
-                   check=True)  # fmt: skip
+    store_url = f"{nginx.url}/default.castr"
+    subprocess.run(
+        [require_tool("casync"), "extract", f"--store={store_url}", url, str(casync_out)], check=True
+    )
     assert dest.read_bytes() == casync_out.read_bytes() == signed_images.new.read_bytes()
 
 

@@ -21,7 +21,7 @@ def test_control_file_byte_identical_to_zsyncmake(tmp_path, size):
     blob.write_bytes(vector(size))
     os.utime(blob, (1_700_000_000, 1_700_000_000))
     subprocess.run(
-        [require_tool("zsyncmake"), "-u", "http://example.org/t.bin", "-o", str(tmp_path / "z.zsync"), str(blob)],
+        [require_tool("zsyncmake"), "-u", "http://example.org/t.bin", "-o", f"{tmp_path}/z.zsync", str(blob)],
         check=True, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     zsync.make(str(blob), str(tmp_path / "s.zsync"), url="http://example.org/t.bin")
