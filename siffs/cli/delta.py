@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.set_defaults(func=cmd_make)
 
     p = sub.add_parser("pull", help="fetch an image, reusing local seeds: .caibx index or .zsync file")
-    p.add_argument("words", nargs="+", metavar="[DEST.sif] SOURCE", help="destination (optional) and source")
+    p.add_argument("dest", nargs="?", metavar="DEST.sif", help="image to write (default: SOURCE's name, here)")
+    p.add_argument("source", metavar="SOURCE", help=".caibx index or .zsync control file: path or http(s) URL")
     p.add_argument(
         "--seed",
         action="append",
@@ -138,14 +139,6 @@ def _make_zsync(args: argparse.Namespace) -> None:
     print(f"{report.path}: {report.blocks} blocks of {report.block_size} bytes for {report.length} bytes")
 
 
-def _split_words(words: list[str]) -> tuple[str | None, str]:
-    if len(words) == 1:
-        return None, words[0]
-    if len(words) == 2:
-        return words[0], words[1]
-    raise CommandError("pull takes [DEST.sif] SOURCE", ExitCode.USAGE)
-
-
 def _human(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
@@ -153,9 +146,8 @@ def _human(n: int) -> str:
 def cmd_pull(args: argparse.Namespace) -> None:
     from siffs import pull  # noqa: PLC0415 -- the stages load only for pull
 
-    dest, source = _split_words(args.words)
-    if dest is None:
-        dest = pull.default_dest(source)
+    source = args.source
+    dest = args.dest or pull.default_dest(source)
     keys = None
     if not args.allow_unsigned:
         keys = trust.keys_from(args.key, required=False)
