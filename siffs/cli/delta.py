@@ -64,8 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.set_defaults(func=cmd_make)
 
     p = sub.add_parser("pull", help="fetch an image, reusing local seeds: .caibx index or .zsync file")
-    p.add_argument("dest", nargs="?", metavar="DEST.sif", help="image to write (default: SOURCE's name, here)")
-    p.add_argument("source", metavar="SOURCE", help=".caibx index or .zsync control file: path or http(s) URL")
+    p.add_argument("dest", nargs="?", metavar="DEST.sif", help="image to write (default: named after SOURCE)")
+    p.add_argument("source", metavar="SOURCE", help=".caibx index or .zsync control file (path or URL)")
     p.add_argument(
         "--seed",
         action="append",
