@@ -17,23 +17,23 @@ from siffs.cli import output, trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
+from siffs.delta import errors  # light: the stage's numpy and crypto load only when it runs
+from siffs.pull import UnknownSourceError
 
 if TYPE_CHECKING:
     from siffs.pull import Result
 
 DEFAULT_CHUNK_SIZE = 16384
 
-#: Delta error class name -> exit code (most specific first; matched along the class's MRO).
-_CODES = {
-    "StoreIncompleteError": ExitCode.NETWORK,
-    "RangeIgnoredError": ExitCode.NETWORK,
-    "NetworkError": ExitCode.NETWORK,
-    "IndexFormatError": ExitCode.INVALID_IMAGE,
-    "UnsupportedFormatError": ExitCode.UNSUPPORTED,
-    "DigestMismatchError": ExitCode.DIGEST_MISMATCH,
-    "DeltaIOError": ExitCode.IO,
-    "UnknownSourceError": ExitCode.USAGE,
-}
+#: The delta stage's errors and the dispatcher's, and the exit code of each.
+_CODES: list[tuple[type[Exception], ExitCode]] = [
+    (errors.NetworkError, ExitCode.NETWORK),  # includes a missing chunk, a server ignoring Range
+    (errors.IndexFormatError, ExitCode.INVALID_IMAGE),
+    (errors.UnsupportedFormatError, ExitCode.UNSUPPORTED),
+    (errors.DigestMismatchError, ExitCode.DIGEST_MISMATCH),
+    (errors.DeltaIOError, ExitCode.IO),
+    (UnknownSourceError, ExitCode.USAGE),
+]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,11 +88,9 @@ def _delta_errors() -> Iterator[None]:
     """Turn the delta stage's errors into one line and their documented exit code."""
     try:
         yield
-    except Exception as exc:
-        for cls in type(exc).__mro__:
-            if cls.__name__ in _CODES and cls.__module__ in ("siffs.delta.errors", "siffs.pull"):
-                raise CommandError(str(exc), _CODES[cls.__name__]) from exc
-        raise
+    except (errors.DeltaError, UnknownSourceError) as exc:
+        code = next(code for cls, code in _CODES if isinstance(exc, cls))
+        raise CommandError(str(exc), code) from exc
 
 
 def _bar(label: str) -> ProgressBar:

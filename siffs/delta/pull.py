@@ -129,7 +129,7 @@ def pull(
     opened: list[seeds.Seed] = []
     try:
         for path in seed_paths(dest, seed_files):
-            opened.append(seeds.open_seed(path, index))
+            opened.append(seeds.open_seed(path, index, progress=progress))
             report.reused[path] = 0
         assembly = Assembly(dest, index.blob_size)
         try:

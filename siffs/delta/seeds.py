@@ -89,7 +89,10 @@ def open_seed(path: str, like: BlobIndex, *, progress: Progress | None = None) -
             if cached.blob_size == identity.size and cached.sizes == like.sizes:
                 index = cached
         if index is None:
-            index = _chunk_seed(fd, like, identity.size, progress)
+            try:
+                index = _chunk_seed(fd, like, identity.size, progress)
+            except OSError as exc:
+                raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
             with contextlib.suppress(OSError, DeltaError):
                 private_dir(cache_dir() / "delta" / "seeds")
                 write_atomic(entry, caibx.to_bytes(index))

@@ -40,7 +40,7 @@ Progress = Callable[[int, int], None]
 
 VERSION = "0.6.2"
 _MAX_HEADER = 64 << 10
-_READ_BLOCKS = 2048  # blocks per read when checksumming or scanning
+_PIECE = 1 << 20  # bytes per read when checksumming or scanning: numpy's temporaries stay small
 _RANGE_BLOCKS = 64  # at most this many consecutive blocks per Range request
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -152,7 +152,7 @@ def make(
     sha1 = hashlib.sha1()
     done = 0
     with f:
-        while data := f.read(size * _READ_BLOCKS):
+        while data := f.read(max(size, _PIECE)):
             sha1.update(data)
             done += len(data)
             if len(data) % size:
@@ -272,7 +272,7 @@ class _Matcher:
         """Record where seed ``number`` (open as ``fd``) holds target blocks."""
         c = self.c
         span = c.block_size * (2 if self.pairs else 1)
-        step = c.block_size * _READ_BLOCKS
+        step = max(c.block_size, _PIECE)
         pos = 0
         while pos < size and len(self.found) < c.blocks:
             data = os.pread(fd, step + span - 1, pos)
@@ -370,7 +370,10 @@ def pull(
             except OSError as exc:
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
             report.reused[path] = 0
-            matcher.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
+            try:
+                matcher.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
+            except OSError as exc:
+                raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
         assembly = Assembly(dest, control.length)
         try:
             job = _ZJob(control, assembly, report, partial_area(dest))

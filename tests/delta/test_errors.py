@@ -325,3 +325,16 @@ def test_fuzz_control_file_parser(tmp_path):
             outcomes.add(type(exc).__name__)
             assert "\n" not in str(exc)
     assert "IndexFormatError" in outcomes
+
+
+@pytest.mark.parametrize("kind", ["caibx", "zsync"])
+def test_unreadable_seed(tmp_path, dest, nginx, signed_images, capsys, kind):
+    if kind == "caibx":
+        url = _publish(nginx, signed_images.new)
+    else:
+        shutil.copy(signed_images.new, nginx.root / "image.sif")
+        zsync.make(str(nginx.root / "image.sif"), str(nginx.root / "image.sif.zsync"), url="image.sif")
+        url = f"{nginx.url}/image.sif.zsync"
+    assert _pull(dest, url, "--seed", str(tmp_path)) == 3  # a directory
+    assert "seed" in capsys.readouterr().err
+    _untouched(dest, signed_images)
