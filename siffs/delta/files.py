@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
+import threading
 from collections.abc import Iterator
 
 from siffs.delta.errors import DeltaIOError
@@ -71,3 +73,55 @@ def write_atomic(path: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+
+
+class Journal:
+    """The partial download of one destination: an append-only file of (32-byte key, data) records.
+
+    Why one file and no fsync: a pull fetches thousands of small chunks, and a file (or an fsync)
+    per chunk would cost more than the download. A crash can only lose or truncate the last
+    records, and every record is checked against the index or control file before it is used,
+    so a damaged record costs a fetch, never wrong bytes.
+    """
+
+    _HEAD = struct.Struct("<32sQ")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self.records: dict[bytes, tuple[int, int]] = {}
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            offset = 0
+            while len(head := f.read(self._HEAD.size)) == self._HEAD.size:
+                key, size = self._HEAD.unpack(head)
+                if f.seek(size, os.SEEK_CUR) > os.fstat(f.fileno()).st_size:
+                    break  # the last record was cut short
+                self.records[key] = (offset + self._HEAD.size, size)
+                offset += self._HEAD.size + size
+
+    def read(self, key: bytes) -> bytes | None:
+        where = self.records.get(key)
+        if where is None:
+            return None
+        with open(self.path, "rb") as f:
+            return os.pread(f.fileno(), where[1], where[0])
+
+    def add(self, key: bytes, data: bytes) -> None:
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.write(self._fd, self._HEAD.pack(key, len(data)) + data)
+            except OSError as exc:
+                raise describe(exc, self.path) from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        self.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)

@@ -1,17 +1,15 @@
 """Pulling from a casync store: copy what the seeds have, fetch the rest, verify, replace atomically.
 
-Order of sources for each chunk of the index: the partial-download area of an earlier,
-interrupted pull of the same destination (chunks fetched then are kept there, compressed, in
-the store layout); the all-zero chunk (no I/O); the seeds (the destination's previous version
-first, then ``--seed`` files); finally the store, over HTTP with several requests in flight.
+Order of sources for each chunk of the index: the partial download of an earlier, interrupted
+pull of the same destination (chunks fetched then are kept there, compressed, beside DEST);
+the all-zero chunk (no I/O); the seeds (the destination's previous version first, then
+``--seed`` files); finally the store, over HTTP with several requests in flight.
 Every chunk, whatever its source, is checked against its id before it is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from siffs.delta import caibx, seeds, store
 from siffs.delta.caibx import BlobIndex, Chunk
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, StoreIncompleteError
+from siffs.delta.files import Journal
 from siffs.delta.http import HttpClient, is_url
 from siffs.delta.target import Assembly, Trust
 
@@ -63,10 +62,10 @@ def default_store(index_source: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(index_source)), "default.castr")
 
 
-def partial_area(dest: str) -> str:
-    """Where chunks fetched for ``dest`` wait until the pull completes (kept if it does not)."""
+def partial_path(dest: str, kind: str) -> str:
+    """Where what a pull of ``dest`` fetched waits until the pull completes (kept if it does not)."""
     directory, name = os.path.split(os.path.abspath(dest))
-    return os.path.join(directory, f".{name}.partial.castr")
+    return os.path.join(directory, f".{name}.partial.{kind}")
 
 
 class _Remote:
@@ -133,9 +132,12 @@ def pull(
             report.reused[path] = 0
         assembly = Assembly(dest, index.blob_size)
         try:
-            job = _Job(index, assembly, store.LocalStore(partial_area(dest)), report, progress)
-            missing = job.copy_local(opened)
-            job.fetch(remote, missing)
+            job = _Job(index, assembly, Journal(partial_path(dest, "casync")), report, progress)
+            try:
+                missing = job.copy_local(opened)
+                job.fetch(remote, missing)
+            finally:
+                job.partial.close()
             report.signers = assembly.commit(trust)
         except BaseException:
             assembly.discard()
@@ -144,7 +146,7 @@ def pull(
         for seed in opened:
             seed.close()
         report.requests = client.requests
-    shutil.rmtree(partial_area(dest), ignore_errors=True)
+    job.partial.remove()
     seeds.remember(dest, index)
     return report
 
@@ -153,7 +155,7 @@ def pull(
 class _Job:
     index: BlobIndex
     assembly: Assembly
-    partial: store.LocalStore
+    partial: Journal
     report: PullReport
     progress: Progress | None
 
@@ -182,8 +184,6 @@ class _Job:
         try:
             data = store.decode(blob, chunk, self.index, "the partial download")
         except DigestMismatchError:
-            with contextlib.suppress(OSError):
-                os.unlink(self.partial.path(chunk.id))
             return False
         self.assembly.write(chunk.offset, data)
         self.report.resumed_bytes += chunk.size

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import math
 import os
-import shutil
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -31,9 +30,9 @@ import numpy.typing as npt
 from Crypto.Hash import MD4
 
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, IndexFormatError, UnsupportedFormatError
-from siffs.delta.files import describe, write_atomic
+from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient, is_url
-from siffs.delta.pull import PullReport, read_source, seed_paths
+from siffs.delta.pull import PullReport, partial_path, read_source, seed_paths
 from siffs.delta.target import Assembly, Trust
 
 Progress = Callable[[int, int], None]
@@ -231,42 +230,63 @@ def parse(data: bytes, *, what: str = "control file") -> ControlFile:
 # -- pulling -----------------------------------------------------------------------------------------
 
 _FILTER_BITS = 24
+_U32 = np.uint32
 
 
-def _filter_slot(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    return (keys * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - _FILTER_BITS)
+def _slot(
+    first: npt.NDArray[np.uint32], second: npt.NDArray[np.uint32] | None = None
+) -> npt.NDArray[np.uint32]:
+    """A 24-bit hash of a rolling key (or of a pair of them) for the candidate filter."""
+    h = first * _U32(0x9E3779B1)
+    if second is not None:
+        h = (h ^ second) * _U32(0x85EBCA6B)
+    return h >> _U32(32 - _FILTER_BITS)
 
 
 class _Matcher:
-    """Finds target blocks in seeds: (rolling) key filter, exact key, then MD4."""
+    """Finds target blocks in seeds: key filter, exact key, MD4; then runs are extended forward.
+
+    All rolling-sum arithmetic is done in ``uint16``: the sums only matter modulo 2^16, and
+    wrapping arithmetic is exact modulo its width, so the arrays stay a quarter of ``uint64``'s.
+    """
 
     def __init__(self, control: ControlFile) -> None:
         self.c = control
         n = control.blocks
-        keys = np.array([control.rsum(i) for i in range(n)], dtype=np.uint64)
+        keys = np.array([control.rsum(i) for i in range(n)], dtype=np.uint32)
         self.pairs = control.seq_matches == 2 and n > 1
-        if self.pairs:
-            keys = (keys[:-1] << np.uint64(32)) | keys[1:]  # block i and its successor
         self.by_key: dict[int, list[int]] = {}
-        for i, key in enumerate(keys.tolist()):
+        if self.pairs:
+            combined = (keys[:-1].astype(np.uint64) << np.uint64(32)) | keys[1:]
+            slots = _slot(keys[:-1], keys[1:])
+        else:
+            combined, slots = keys.astype(np.uint64), _slot(keys)
+        for i, key in enumerate(combined.tolist()):
             self.by_key.setdefault(key, []).append(i)
+        self.known = np.unique(combined)
         self.filter = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)
-        self.filter[_filter_slot(keys)] = True
+        self.filter[slots] = True
         self.found: dict[int, tuple[int, int]] = {}  # block -> (seed number, offset)
+        self._index = (
+            np.arange(max(_PIECE, control.block_size) + 2 * control.block_size, dtype=np.uint32)
+            & _U32(0xFFFF)
+        ).astype(np.uint16)
 
-    def _keys(self, data: npt.NDArray[np.uint8], starts: int) -> npt.NDArray[np.uint64]:
-        """The rolling key of each of the first ``starts`` offsets of ``data``."""
-        size = self.c.block_size
-        wide = data.astype(np.uint64)
-        c1 = np.zeros(len(data) + 1, dtype=np.uint64)
-        np.cumsum(wide, out=c1[1:])
-        c2 = np.zeros(len(data) + 1, dtype=np.uint64)
-        np.cumsum(wide * np.arange(len(data), dtype=np.uint64), out=c2[1:])
-        o = np.arange(starts, dtype=np.uint64)
+    def _keys(self, data: npt.NDArray[np.uint8], starts: int) -> npt.NDArray[np.uint32]:
+        """The rolling key (A masked as the file stores it, << 16 | B) of the first ``starts`` offsets."""
+        size, n = self.c.block_size, len(data)
+        d16 = data.astype(np.uint16)
+        c1 = np.zeros(n + 1, dtype=np.uint16)
+        np.cumsum(d16, dtype=np.uint16, out=c1[1:])
+        c2 = np.zeros(n + 1, dtype=np.uint16)
+        d16 *= self._index[:n]
+        np.cumsum(d16, dtype=np.uint16, out=c2[1:])
         a = c1[size : size + starts] - c1[:starts]
-        b = np.uint64(size) * a - (c2[size : size + starts] - c2[:starts]) + o * a
-        mask = np.uint64(0xFFFF)
-        return ((a & np.uint64(self.c.a_mask)) << np.uint64(16)) | (b & mask)
+        # B = size*A - sum(k * byte[o+k]) = size*A - (C2[o+size] - C2[o]) + o*A, all modulo 2^16.
+        b = np.uint16(size & 0xFFFF) * a - (c2[size : size + starts] - c2[:starts]) + self._index[:starts] * a
+        keys = (a & np.uint16(self.c.a_mask)).astype(np.uint32) << _U32(16)
+        keys |= b
+        return keys
 
     def scan(self, number: int, fd: int, size: int, progress: Progress | None) -> None:
         """Record where seed ``number`` (open as ``fd``) holds target blocks."""
@@ -282,26 +302,29 @@ class _Matcher:
             pos += step
             if progress is not None:
                 progress(min(pos, size), size)
-        if self.pairs and c.blocks - 1 not in self.found:
-            self._last_block(number, fd, size)
 
     def _scan_piece(self, number: int, fd: int, data: npt.NDArray[np.uint8], pos: int, starts: int) -> None:
         c = self.c
         keys = self._keys(data, starts + (c.block_size if self.pairs else 0))
         if self.pairs:
-            keys = (keys[:starts] << np.uint64(32)) | keys[c.block_size : c.block_size + starts]
-        hits = np.flatnonzero(self.filter[_filter_slot(keys)])
+            first, second = keys[:starts], keys[c.block_size : c.block_size + starts]
+            hits = np.flatnonzero(self.filter[_slot(first, second)])
+            combined = (first[hits].astype(np.uint64) << np.uint64(32)) | second[hits]
+        else:
+            hits = np.flatnonzero(self.filter[_slot(keys[:starts])])
+            combined = keys[hits].astype(np.uint64)
+        exact = np.isin(combined, self.known)
         raw = data.tobytes()
-        for offset in hits.tolist():
-            for block in self.by_key.get(int(keys[offset]), ()):
-                if block in self.found:
+        for offset, key in zip(hits[exact].tolist(), combined[exact].tolist(), strict=True):
+            for block in self.by_key.get(key, ()):
+                if block in self.found or not self._strong(raw, offset, block):
                     continue
-                if self._strong(raw, offset, block) and (
-                    not self.pairs or self._strong(raw, offset + c.block_size, block + 1)
-                ):
+                if not self.pairs:
                     self.found[block] = (number, pos + offset)
-                    if self.pairs and block + 1 == c.blocks - 1:
-                        self.found.setdefault(block + 1, (number, pos + offset + c.block_size))
+                elif self._strong(raw, offset + c.block_size, block + 1):
+                    self.found[block] = (number, pos + offset)
+                    self.found.setdefault(block + 1, (number, pos + offset + c.block_size))
+                    self._extend_from(number, fd, block + 1)
 
     def _strong(self, raw: bytes, offset: int, block: int) -> bool:
         c = self.c
@@ -310,15 +333,19 @@ class _Matcher:
             piece += bytes(c.block_size - len(piece))
         return _md4(piece)[: c.checksum_bytes] == c.checksum(block)
 
-    def _last_block(self, number: int, fd: int, size: int) -> None:
-        """The last block alone (no successor to pair with): tried where its predecessor was found."""
+    def _extend_from(self, number: int, fd: int, block: int) -> None:
+        """Once a block is found, its successors are tried right after it, alone (as zsync does):
+        one MD4 per block of an unchanged run, and the run's last block, which has no matching pair,
+        is found too."""
         c = self.c
-        last = c.blocks - 1
-        where = self.found.get(last - 1)
-        if where is not None and where[0] == number:
-            raw = os.pread(fd, c.block_size, where[1] + c.block_size)
-            if self._strong(raw, 0, last):
-                self.found[last] = (number, where[1] + c.block_size)
+        offset = self.found[block][1]
+        block += 1
+        while block < c.blocks and block not in self.found:
+            offset += c.block_size
+            if not self._strong(os.pread(fd, c.block_size, offset), 0, block):
+                break
+            self.found[block] = (number, offset)
+            block += 1
 
 
 def _ranges(missing: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -340,9 +367,8 @@ def _ranges(missing: Sequence[int]) -> Iterator[tuple[int, int]]:
         yield run_start, prev + 1
 
 
-def partial_area(dest: str) -> str:
-    directory, name = os.path.split(os.path.abspath(dest))
-    return os.path.join(directory, f".{name}.partial.zsync")
+def _range_key(first: int, end: int) -> bytes:
+    return b"zsync-blocks".ljust(16, b"\0") + first.to_bytes(8, "little") + end.to_bytes(8, "little")
 
 
 def pull(
@@ -376,9 +402,12 @@ def pull(
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
         assembly = Assembly(dest, control.length)
         try:
-            job = _ZJob(control, assembly, report, partial_area(dest))
-            missing = job.copy_found(matcher.found, fds, paths)
-            job.fetch(client, target, missing, progress)
+            job = _ZJob(control, assembly, report, Journal(partial_path(dest, "zsync")))
+            try:
+                missing = job.copy_found(matcher.found, fds, paths)
+                job.fetch(client, target, missing, progress)
+            finally:
+                job.partial.close()
             report.signers = assembly.commit(trust, lambda: _check_sha1(assembly, control, dest))
         except BaseException:
             assembly.discard()
@@ -387,7 +416,7 @@ def pull(
         for fd in fds:
             os.close(fd)
         report.requests = client.requests
-    shutil.rmtree(partial_area(dest), ignore_errors=True)
+    job.partial.remove()
     return report
 
 
@@ -416,7 +445,7 @@ class _ZJob:
     control: ControlFile
     assembly: Assembly
     report: PullReport
-    partial: str
+    partial: Journal
 
     def _block_bytes(self, block: int, data: bytes) -> bytes:
         """A block's real bytes (the last one is shorter than a block in the file)."""
@@ -450,27 +479,22 @@ class _ZJob:
         return missing
 
     def _resumed(self) -> dict[int, bytes]:
-        """Blocks an interrupted pull fetched (files named FIRST-END), each re-checked."""
+        """Blocks an interrupted pull fetched, each re-checked."""
         blocks: dict[int, bytes] = {}
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.partial):
-                first, _, end = name.partition("-")
-                if not (first.isdigit() and end.isdigit()):
-                    continue
-                with open(os.path.join(self.partial, name), "rb") as f:
-                    data = f.read()
-                size = self.control.block_size
-                for block in range(int(first), min(int(end), self.control.blocks)):
-                    piece = self._block_bytes(block, data[(block - int(first)) * size :])
-                    with contextlib.suppress(DigestMismatchError):
-                        self._check(block, piece, "the partial download")
-                        blocks[block] = piece
+        size = self.control.block_size
+        for key in self.partial.records:
+            first, end = int.from_bytes(key[16:24], "little"), int.from_bytes(key[24:32], "little")
+            data = self.partial.read(key) or b""
+            for block in range(first, min(end, self.control.blocks)):
+                piece = self._block_bytes(block, data[(block - first) * size :])
+                with contextlib.suppress(DigestMismatchError):
+                    self._check(block, piece, "the partial download")
+                    blocks[block] = piece
         return blocks
 
     def fetch(self, client: HttpClient, target: str, missing: list[int], progress: Progress | None) -> None:
         c = self.control
         done = c.length - sum(len(self._block_bytes(b, bytes(c.block_size))) for b in missing)
-        os.makedirs(self.partial, exist_ok=True)
 
         def get(span: tuple[int, int]) -> bytes:
             first, end = span
@@ -484,8 +508,7 @@ class _ZJob:
             for block in range(first, end):
                 piece = self._block_bytes(block, data[(block - first) * c.block_size :])
                 self._check(block, piece, f"the server {target}")
-            with contextlib.suppress(OSError):
-                write_atomic(os.path.join(self.partial, f"{first}-{end}"), data)
+            self.partial.add(_range_key(first, end), data)
             return data
 
         try:
