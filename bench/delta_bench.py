@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,14 +38,19 @@ def log(msg: str) -> None:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command, which must succeed."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}")
-    return seconds, usage.ru_maxrss
+    """Wall seconds and peak RSS (KiB, from GNU time: this script's own size does not count)."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.monotonic()
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        seconds = time.monotonic() - start
+        if done.returncode:
+            raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}")
+        return seconds, int(rss.read().split()[-1])
 
 
 def primary_offset(sif: str) -> int:
@@ -80,8 +86,12 @@ def regular_files(tree: Path) -> list[Path]:
     return found
 
 
-def rewrite(path: Path, rng: random.Random) -> int:
-    """Replace a 4 KiB region in the middle (or the whole file when smaller); keeps mode and xattrs."""
+def rewrite(path: Path, rng: random.Random, edit: str) -> int:
+    """Change a 4 KiB region in the middle (or the whole file when smaller); keeps mode and xattrs.
+
+    ``reverse`` writes the region's own bytes backwards (new content of the same kind, as an
+    update brings); ``random`` writes random bytes (incompressible: the worst case for squashfs).
+    """
     data = bytearray(path.read_bytes())
     st = path.stat()
     xattrs = {
@@ -89,7 +99,7 @@ def rewrite(path: Path, rng: random.Random) -> int:
     }
     start = max(0, len(data) // 2 - PATCH // 2)
     end = min(len(data), start + PATCH)
-    data[start:end] = rng.randbytes(end - start)
+    data[start:end] = rng.randbytes(end - start) if edit == "random" else data[start:end][::-1]
     path.unlink()  # the tree is a hard-link copy of v1's: never write through to it
     path.write_bytes(bytes(data))
     os.chmod(path, st.st_mode & 0o7777)
@@ -98,7 +108,7 @@ def rewrite(path: Path, rng: random.Random) -> int:
     return len(data)
 
 
-def variant(base: Path, out: Path, kind: str) -> Path:
+def variant(base: Path, out: Path, kind: str, edit: str) -> Path:
     if out.exists():
         return out
     log(f"making the {kind} tree")
@@ -110,13 +120,13 @@ def variant(base: Path, out: Path, kind: str) -> Path:
         start = len(files) // 3
         touched = 0
         for f in files[start:]:
-            touched += rewrite(f, rng)
+            touched += rewrite(f, rng, edit)
             if touched >= total // 100:
                 break
         log(f"localised: {touched} bytes = {100 * touched / total:.2f} % of {total}")
     else:
         big = [f for f in files if f.stat().st_size > 2 * PATCH]
-        touched = sum(rewrite(big[i * len(big) // 25], rng) for i in range(25))
+        touched = sum(rewrite(big[i * len(big) // 25], rng, edit) for i in range(25))
         (out / "added-file.bin").write_bytes(rng.randbytes(20000))
         for i in (1, 2):
             big[i * len(big) // 3 + 1].unlink()
@@ -191,6 +201,32 @@ def clean(*paths: Path) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
+class Rows:
+    """Each figure printed as soon as it is measured (a later failure loses nothing)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"{row[0]:<52}  {row[1]}", flush=True)
+
+
+def big_image(work: Path, bigfile: str) -> Path:
+    """A 1 GiB SIF: the bench's bigfile (or 1 GiB of seeded random bytes) as a data object."""
+    big = work / "big.sif"
+    if big.exists() and big.stat().st_size > 1 << 30:
+        return big
+    source = Path(bigfile)
+    if not source.exists():
+        source = work / "big.bin"
+        rng = random.Random(1)
+        with open(source, "wb") as f:
+            for _ in range(16):
+                f.write(rng.randbytes(64 << 20))
+    subprocess.run([SIFFS, "-q", "new", str(big)], check=True)
+    subprocess.run([SIFFS, "-q", "add", "--datatype", "7", str(big), str(source)], check=True)
+    if source.parent == work:
+        source.unlink()
+    return big
+
+
 def pct(n: int, of: int) -> str:
     return f"{100 * n / of:.2f} %"
 
@@ -200,6 +236,7 @@ def main() -> None:
     ap.add_argument("--image", default="/tmp/siffs-bench/images/rootfs-zstd.sif")
     ap.add_argument("--bigfile", default="/tmp/siffs-bench/images/bigfile.tree/big.bin")
     ap.add_argument("--work", default="/tmp/siffs-bench/delta")
+    ap.add_argument("--edit", choices=("reverse", "random"), default="reverse", help="how files are changed")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -211,11 +248,12 @@ def main() -> None:
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
     v1 = build_sif(tree1, work / "v1.sif")
-    v2 = build_sif(variant(tree1, work / "tree-localised", "localised"), work / "v2.sif")
-    v3 = build_sif(variant(tree1, work / "tree-scattered", "scattered"), work / "v3.sif")
+    e = a.edit
+    v2 = build_sif(variant(tree1, work / f"tree-localised-{e}", "localised", e), work / f"v2-{e}.sif")
+    v3 = build_sif(variant(tree1, work / f"tree-scattered-{e}", "scattered", e), work / f"v3-{e}.sif")
     nginx = Nginx(work)
     www = nginx.root
-    rows: list[tuple[str, str]] = []
+    rows = Rows()
     try:
         # -- publishing: siffs delta make against casync make (fresh stores, same sizes) ---------------
         for p in (www / "default.castr", www / "siffs.castr"):
@@ -252,8 +290,8 @@ def main() -> None:
         rows.append(("pull, no seed: speed ratio", f"{t_cx / t_sx:.2f}x ({reqs} requests, {moved} bytes)"))
 
         # -- pull with v1 as seed: localised and scattered ---------------------------------------------------
-        for name, image in (("localised", "v2"), ("scattered", "v3")):
-            size = (work / f"{image}.sif").stat().st_size
+        for name, image, path in (("localised", "v2", v2), ("scattered", "v3", v3)):
+            size = path.stat().st_size
             clean(out)
             m = nginx.mark()
             t_cs, _ = timed(["casync", "extract", f"--seed={v1}", f"--store={nginx.url}/default.castr",
@@ -265,7 +303,7 @@ def main() -> None:
             t_ss, _ = timed([SIFFS, "-q", "pull", "--allow-unsigned", "--seed", str(v1), str(out),
                              f"{nginx.url}/{image}.caibx"], env=env)  # fmt: skip
             reqs, moved = nginx.since(m)
-            assert out.read_bytes() == (work / f"{image}.sif").read_bytes()
+            assert out.read_bytes() == path.read_bytes()
             clean(out)
             t_warm, _ = timed([SIFFS, "-q", "pull", "--allow-unsigned", "--seed", str(v1), str(out),
                                f"{nginx.url}/{image}.caibx"], env={**env})  # fmt: skip
@@ -314,10 +352,7 @@ def main() -> None:
         rows.append(("siffs (.zsync) vs zsync: speed ratio", f"{t_z / t_sz:.2f}x"))
 
         # -- peak memory on a 1 GiB image ---------------------------------------------------------------
-        big = work / "big.sif"
-        if not big.exists():
-            subprocess.run([SIFFS, "-q", "new", str(big)], check=True)
-            subprocess.run([SIFFS, "-q", "add", "--datatype", "7", str(big), a.bigfile], check=True)
+        big = big_image(work, a.bigfile)
         clean(www / "big.castr", out)
         t_bm, rss_make = timed([SIFFS, "-q", "delta", "make", str(big), "--store", str(www / "big.castr"),
                                 "--index", str(www / "big.caibx")])  # fmt: skip
@@ -332,9 +367,6 @@ def main() -> None:
         clean(out)
     finally:
         nginx.stop()
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
 
 
 if __name__ == "__main__":
