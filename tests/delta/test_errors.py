@@ -155,7 +155,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self.log.append(self.path)
+        self.log.append(f"{self.path} {self.headers.get('Range', '')}".strip())
         path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404)
@@ -165,6 +165,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.seen.add(self.path)
             self.send_error(503)
             return
+        if self.mode == "fail-after-2" and self.headers.get("Range"):
+            self.seen.add(self.headers["Range"])
+            if len(self.seen) > 2:  # every range after the first two fails, for good
+                self.send_error(500)
+                return
         status = 200
         rng = self.headers.get("Range")
         if rng and self.mode != "ignore-range":
@@ -181,14 +186,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _server(root: Path, mode: str) -> Iterator[tuple[str, list[str]]]:
+def _server(root: Path, mode: str) -> Iterator[tuple[str, list[str], type[_Handler]]]:
     log: list[str] = []
-    handler = type("H", (_Handler,), {"root": root, "mode": mode, "seen": set(), "log": log})
+    handler: type[_Handler] = type("H", (_Handler,), {"root": root, "mode": mode, "seen": set(), "log": log})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
+        yield f"http://127.0.0.1:{server.server_address[1]}", log, handler
     finally:
         server.shutdown()
         server.server_close()
@@ -205,7 +210,7 @@ def _zsync_site(tmp_path: Path, image: Path) -> Path:
 
 def test_server_ignoring_range(tmp_path, dest, signed_images, capsys):
     site = _zsync_site(tmp_path, signed_images.new)
-    with _server(site, "ignore-range") as (url, _):
+    with _server(site, "ignore-range") as (url, _, _h):
         assert _pull(dest, f"{url}/image.sif.zsync") == 12
     assert "ignores HTTP Range" in capsys.readouterr().err
     _untouched(dest, signed_images)
@@ -213,7 +218,7 @@ def test_server_ignoring_range(tmp_path, dest, signed_images, capsys):
 
 def test_truncated_responses_fail_after_retries(tmp_path, dest, signed_images, capsys):
     site = _zsync_site(tmp_path, signed_images.new)
-    with _server(site, "truncate") as (url, _):
+    with _server(site, "truncate") as (url, _, _h):
         assert _pull(dest, f"{url}/image.sif.zsync") == 12
     err = capsys.readouterr().err
     assert "truncated" in err and "attempts" in err
@@ -224,7 +229,7 @@ def test_5xx_is_retried(tmp_path, dest, signed_images):
     site = tmp_path / "site"
     site.mkdir()
     siffs(["-q", "delta", "make", str(signed_images.new), "--store", str(site / "default.castr")])
-    with _server(site, "flaky") as (url, log):
+    with _server(site, "flaky") as (url, log, _h):
         assert _pull(dest, f"{url}/{signed_images.new.name}.caibx") == 0
     assert dest.read_bytes() == signed_images.new.read_bytes()
     assert len(log) > len(set(log))  # each path failed once, then succeeded
@@ -339,3 +344,28 @@ def test_unreadable_seed(tmp_path, dest, nginx, signed_images, capsys, kind):
     assert _pull(dest, url, "--seed", str(tmp_path)) == 3  # a directory
     assert "seed" in capsys.readouterr().err
     _untouched(dest, signed_images)
+
+
+def test_zsync_resume_after_failure_fetches_only_the_rest(tmp_path, dest, signed_images):
+    site = _zsync_site(tmp_path, signed_images.new)
+    with _server(site, "fail-after-2") as (url, log, handler):
+        dest.unlink()  # no seed: every block is fetched, in several ranges
+        assert _pull(dest, f"{url}/image.sif.zsync") == 12
+        assert not dest.exists()
+        kept = Journal(str(dest.parent / ".mine.sif.partial.zsync")).records
+        assert len(kept) == 2
+        handler.mode = "normal"
+        log.clear()
+        assert _pull(dest, f"{url}/image.sif.zsync") == 0
+    assert dest.read_bytes() == signed_images.new.read_bytes()
+    control = zsync.parse((site / "image.sif.zsync").read_bytes())
+    ranges = len(list(zsync._ranges(range(control.blocks))))
+    assert ranges > 4
+    assert len([entry for entry in log if "bytes=" in entry]) == ranges - 2  # the two kept are not fetched
+
+
+def test_make_refuses_a_non_sif(tmp_path, capsys):
+    junk = tmp_path / "junk.sif"
+    junk.write_bytes(vector(5000))
+    assert siffs(["delta", "make", str(junk), "--store", str(tmp_path / "s")]) == 4
+    assert not (tmp_path / "s").exists()
