@@ -13,9 +13,7 @@ import http.client
 import threading
 import time
 import urllib.parse
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,7 +21,6 @@ from siffs import __version__
 from siffs.delta.errors import NetworkError, RangeIgnoredError
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 CONNECTIONS = 8
 RETRIES = 4
@@ -141,19 +138,46 @@ class HttpClient:
             raise NetworkError(f"{url}: truncated range response ({len(resp.body)} of {end - start} bytes)")
         return resp.body
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]:
-        """``fn`` over ``items`` on the connection threads, a bounded number in flight, in order."""
-        window = self.connections * 4
-        with ThreadPoolExecutor(self.connections) as pool:
-            pending: deque[tuple[T, Future[R]]] = deque()
-            try:
-                for item in items:
-                    pending.append((item, pool.submit(fn, item)))
-                    if len(pending) >= window:
-                        first, future = pending.popleft()
-                        yield first, future.result()
-                for item, future in pending:
-                    yield item, future.result()
-            finally:
-                for _, future in pending:
-                    future.cancel()
+    def run(self, fn: Callable[[T], None], items: Iterable[T]) -> None:
+        """``fn`` over ``items`` on the connection threads, each thread taking the next item.
+
+        The workers do the whole job of an item (fetch, check, write), so the calling thread only
+        waits once: under CPU contention a wake-up per item costs more than the item itself. The
+        first error stops the others and is raised here.
+        """
+        source = iter(items)
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if failures:
+                        return
+                    item = next(source, _END)
+                if item is _END:
+                    return
+                try:
+                    fn(item)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    with lock:
+                        failures.append(exc)
+                    return
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.connections)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException as exc:  # Ctrl-C: stop the workers before the caller cleans up
+            with lock:
+                failures.append(exc)
+            for thread in threads:
+                thread.join()
+            raise
+        if failures:
+            raise failures[0]
+
+
+_END = object()

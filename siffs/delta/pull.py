@@ -10,6 +10,7 @@ Every chunk, whatever its source, is checked against its id before it is written
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -210,22 +211,25 @@ class _Job:
         return False
 
     def fetch(self, remote: _Remote, missing: dict[bytes, list[Chunk]]) -> None:
-        """Download the missing chunks, several at a time; keep each in the partial area, then write it."""
+        """Download the missing chunks on the connection threads; each is checked, kept in the
+        partial download, and written at every offset where the index has it."""
         index = self.index
+        lock = threading.Lock()
         done = index.blob_size - sum(c.size for cs in missing.values() for c in cs)
 
-        def get(chunk_id: bytes) -> tuple[bytes, int]:
+        def get(chunk_id: bytes) -> None:
+            nonlocal done
             first = missing[chunk_id][0]
             blob = remote.fetch(first)
             data = store.decode(blob, first, index, f"the store {remote.location}")
             self.partial.add(chunk_id, blob)
-            return data, len(blob)
-
-        for chunk_id, (data, size) in remote.client.map(get, list(missing)):
             for chunk in missing[chunk_id]:
                 self.assembly.write(chunk.offset, data)
-                done += chunk.size
-            self.report.fetched_items += 1
-            self.report.fetched_bytes += size
-            if self.progress is not None:
-                self.progress(done, index.blob_size)
+            with lock:
+                self.report.fetched_items += 1
+                self.report.fetched_bytes += len(blob)
+                done += len(data) * len(missing[chunk_id])
+                if self.progress is not None:
+                    self.progress(done, index.blob_size)
+
+        remote.client.run(get, list(missing))

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import math
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -496,7 +497,10 @@ class _ZJob:
         c = self.control
         done = c.length - sum(len(self._block_bytes(b, bytes(c.block_size))) for b in missing)
 
-        def get(span: tuple[int, int]) -> bytes:
+        lock = threading.Lock()
+
+        def get(span: tuple[int, int]) -> None:
+            nonlocal done
             first, end = span
             start, stop = first * c.block_size, min(end * c.block_size, c.length)
             if is_url(target):
@@ -509,15 +513,15 @@ class _ZJob:
                 piece = self._block_bytes(block, data[(block - first) * c.block_size :])
                 self._check(block, piece, f"the server {target}")
             self.partial.add(_range_key(first, end), data)
-            return data
-
-        try:
-            for (first, _end), data in client.map(get, list(_ranges(missing))):
-                self.assembly.write(first * c.block_size, data)
+            self.assembly.write(start, data)
+            with lock:
                 self.report.fetched_items += 1
                 self.report.fetched_bytes += len(data)
                 done += len(data)
                 if progress is not None:
                     progress(done, c.length)
+
+        try:
+            client.run(get, list(_ranges(missing)))
         except OSError as exc:
             raise describe(exc, target) from None
