@@ -100,11 +100,11 @@ def _bar(label: str) -> ProgressBar:
 def cmd_make(args: argparse.Namespace) -> None:
     from siffs.sif import Image  # noqa: PLC0415 -- a quick check that IMAGE is a SIF
 
+    with Image.open(args.image):  # publish SIF images only: catches a wrong file early
+        pass
     if args.zsync:
         _make_zsync(args)
         return
-    with Image.open(args.image):
-        pass
     from siffs.delta.chunker import ChunkSizes  # noqa: PLC0415 -- numpy only for delta commands
     from siffs.delta.make import make_store  # noqa: PLC0415
 
