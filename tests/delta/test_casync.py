@@ -221,3 +221,29 @@ def test_untrusted_image_is_refused_and_dest_untouched(tmp_path, nginx, signed_i
     assert dest.read_bytes() == before
     assert "trusted" in capsys.readouterr().err
     assert not list(tmp_path.glob(".mine.sif.*.tmp"))
+
+
+def test_stale_seed_index_costs_a_fetch_never_wrong_bytes(tmp_path, nginx, signed_images, capsys):
+    from siffs.delta import seeds  # noqa: PLC0415
+
+    url = _publish_with_casync(nginx, signed_images.new)
+    index = caibx.read(str(nginx.root / "image.sif.caibx"))
+    seed = tmp_path / "seed.sif"
+    seed.write_bytes(signed_images.new.read_bytes())
+    # The seed's bytes change, but the cache claims it still holds the new image's chunks.
+    with open(seed, "r+b") as f:
+        f.seek(index.chunks[3].offset + 10)
+        f.write(b"\xff" * 16)
+    seeds.remember(str(seed), index)
+    dest = tmp_path / "out.sif"
+    assert siffs(["pull", "--allow-unsigned", "--json", "--seed", str(seed), str(dest), url]) == 0
+    out = capsys.readouterr()
+    assert dest.read_bytes() == signed_images.new.read_bytes()
+    assert index.chunks[3].name in out.err and f"seed {seed}" in out.err
+    report = json.loads(out.out)
+    assert report["fetched_items"] == 1 and report["requests"] == 2
+    # the stale entry was dropped: the next pull re-chunks the seed and finds its true chunks
+    assert (
+        siffs(["-q", "pull", "--allow-unsigned", "--seed", str(seed), str(tmp_path / "again.sif"), url]) == 0
+    )
+    assert "does not match" not in capsys.readouterr().err
