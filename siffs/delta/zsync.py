@@ -314,7 +314,8 @@ class _Matcher:
         else:
             hits = np.flatnonzero(self.filter[_slot(keys[:starts])])
             combined = keys[hits].astype(np.uint64)
-        exact = np.isin(combined, self.known)
+        at = np.minimum(np.searchsorted(self.known, combined), len(self.known) - 1)
+        exact = self.known[at] == combined
         raw = data.tobytes()
         for offset, key in zip(hits[exact].tolist(), combined[exact].tolist(), strict=True):
             for block in self.by_key.get(key, ()):
