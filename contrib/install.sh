@@ -18,6 +18,7 @@ PACKAGES=(
     golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
     attr util-linux squashfuse                         # xattr tools, setpriv, benchmark peers
     docker-registry apache2-utils umoci                # registry tests: a real OCI registry, htpasswd, the unpack oracle
+    casync zsync nginx                                 # delta transfer: interop oracles and the test HTTP server
     shared-mime-info xdg-utils libfile-mimeinfo-perl libglib2.0-bin desktop-file-utils man-db zsh pipx  # contrib/: desktop (MIME type, handler), man pages, zsh completion, pipx install
 )
 

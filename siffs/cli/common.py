@@ -8,8 +8,10 @@ import sys
 from typing import Any
 
 from siffs.cli.exitcodes import ExitCode
+from siffs.delta import errors as delta
 from siffs.fs.errors import MountError
 from siffs.integrity.errors import IntegrityError, KeyMaterialError
+from siffs.pull import UnknownSourceError
 from siffs.registry import errors as registry
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
 from siffs.squashfs import errors as squashfs
@@ -39,6 +41,12 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (squashfs.NotARegularFile, ExitCode.REFUSED),
     (squashfs.SquashfsError, ExitCode.CORRUPT_FILESYSTEM),
     (MountError, ExitCode.MOUNT_FAILED),
+    (delta.NetworkError, ExitCode.NETWORK),  # includes a missing chunk, a server ignoring Range
+    (delta.IndexFormatError, ExitCode.INVALID_IMAGE),
+    (delta.UnsupportedFormatError, ExitCode.UNSUPPORTED),
+    (delta.DigestMismatchError, ExitCode.DIGEST_MISMATCH),
+    (delta.DeltaIOError, ExitCode.IO),
+    (UnknownSourceError, ExitCode.USAGE),
     (registry.BadReference, ExitCode.USAGE),
     (registry.AuthError, ExitCode.AUTH_FAILED),
     (registry.NotFoundError, ExitCode.NOT_FOUND),

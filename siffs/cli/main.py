@@ -33,7 +33,9 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.completion": ("completion",),
     "siffs.cli.setup": ("setup",),
     "siffs.cli.cache": ("cache",),
-    "siffs.cli.registry": ("pull", "push", "registry"),
+    "siffs.cli.registry": ("push", "registry"),
+    "siffs.cli.delta": ("delta",),
+    "siffs.cli.pull": ("pull",),
 }
 
 _VERBOSITY_FLAGS = (

@@ -1,23 +1,20 @@
-"""``siffs pull|push oras://…`` and ``siffs registry login|logout``: SIFs in OCI registries."""
+"""``siffs push oras://…`` and ``siffs registry login|logout`` (``siffs pull`` is siffs/cli/pull.py)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
-import tempfile
 from pathlib import Path
 
-from siffs.cli import output, trust
+from siffs.cli import output
 from siffs.cli.common import CommandError, interrupt_on_sigterm
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
-from siffs.registry import credentials, docker, oras
-from siffs.registry.cache import blob_cache_dir
+from siffs.registry import credentials, oras
 from siffs.registry.errors import RegistryError
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference, parse
-from siffs.sif import Image, SifError
 
 
 def _connection_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,15 +25,6 @@ def _connection_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("pull", help="download a SIF (oras://) or convert an image (docker://) to SIF")
-    p.add_argument("args", nargs="+", metavar="[OUT.sif] SOURCE", help="oras:// or docker://HOST/REPO[:TAG]")
-    p.add_argument("--arch", default="amd64", help="architecture to pick from an index (default: amd64)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    p.add_argument("--disable-cache", action="store_true", help="keep nothing in siffs' blob cache")
-    _connection_arguments(p)
-    trust.add_arguments(p)
-    p.set_defaults(func=cmd_pull)
-
     p = sub.add_parser("push", help="upload a SIF image to a registry as an ORAS artifact")
     p.add_argument("image", help="SIF file")
     p.add_argument("target", help="oras://HOST/REPO[:TAG]")
@@ -76,46 +64,6 @@ def _reference(text: str, schemes: tuple[str, ...] = ("oras",)) -> Reference:
     if ref.scheme not in schemes:
         raise CommandError(f"{text}: {ref.scheme}:// is not supported here", ExitCode.UNSUPPORTED)
     return ref
-
-
-def cmd_pull(args: argparse.Namespace) -> None:
-    interrupt_on_sigterm()
-    if len(args.args) > 2:
-        raise CommandError("pull takes [OUT.sif] SOURCE", ExitCode.USAGE)
-    ref = _reference(args.args[-1], ("oras", "docker"))
-    dest = Path(args.args[0] if len(args.args) == 2 else ref.default_file_name())
-    if dest.exists() and not args.force:
-        raise CommandError(f"{dest}: image file already exists (use --force to overwrite)", ExitCode.IO)
-    gate = trust.Gate(trust.TrustChoice.from_args(args))
-
-    def check(path: Path) -> None:
-        """Signatures and trust policy on the new file, before it takes DEST's place."""
-        with Image.open(path) as image:
-            try:
-                exposed = [image.primary_partition()]
-            except SifError:
-                exposed = list(image.descriptors)
-            gate.sources(image, exposed)
-
-    session = _session(args, ref)
-    cache = None if args.disable_cache else blob_cache_dir()
-    try:
-        # Without a cache, blobs go to a scratch directory beside DEST, so the SIF is moved, not copied.
-        scratch_dir = tempfile.TemporaryDirectory(prefix=f".{dest.name}.siffs-", dir=dest.parent)
-        with ProgressBar("downloading") as progress, scratch_dir as scratch:
-            store = (cache or Path(scratch)) / "blobs" / "sha256"
-            if ref.scheme == "docker":
-                built = docker.pull(session, ref, dest, store=store, arch=args.arch, progress=progress,
-                                    warn=output.warn, check=check)  # fmt: skip
-                what = f"converted {built.layers} layers of {ref} ({built.manifest_digest}), {built.arch}"
-                print(f"{dest}: {what}, signed with this user's local build key")
-            else:
-                got = oras.pull(session, ref, dest, arch=args.arch, store=store, keep=cache is not None,
-                                progress=progress, check=check)  # fmt: skip
-                what = f"{got.size} bytes, manifest {got.manifest_digest}"
-                print(f"{dest}: {what}, verified by {gate.verified_by}")
-    finally:
-        session.close()
 
 
 def cmd_push(args: argparse.Namespace) -> None:

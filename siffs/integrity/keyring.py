@@ -174,3 +174,23 @@ def require_trusted(
     if uncovered:
         raise NotTrustedError(f"object {uncovered[0]} is not covered by a trusted signature")
     return report
+
+
+def trusted_signers(path: str, keys: KeyMaterial | None, progress: Progress | None = None) -> list[str]:
+    """Require trusted signatures over the primary partition of the SIF at ``path``; who signed.
+
+    What a whole-file stage (a pull) asks before its result replaces the destination. ``keys``
+    None means the caller allowed unsigned images: the file is only opened as a SIF.
+    """
+    with Image.open(path) as image:
+        if keys is None:
+            return []
+        primary = image.primary_partition()
+        report = require_trusted(image, [primary.id], keys, progress=progress)
+    return sorted(
+        {
+            s.pgp_signer.fingerprint if s.pgp_signer else ", ".join(k.key_id for k in s.dsse_keys)
+            for s in report.signatures
+            if s.ok
+        }
+    )

@@ -122,6 +122,7 @@ def blob(
     final = store / hexdigest
     if final.exists() and final.stat().st_size == size and file_digest(final) == digest:
         os.utime(final)
+        session.traffic.cached_bytes += size
         return final
     (store / "tmp").mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = store / "tmp" / f"{hexdigest}.part"
@@ -134,6 +135,7 @@ def blob(
         with partial.open("rb") as f:
             while chunk := f.read(_READ):
                 h.update(chunk)
+    resumed = have
     if have < size:
         headers = {"Range": f"bytes={have}-"} if have else {}
         url = f"/v2/{ref.repository}/blobs/{digest}"
@@ -144,7 +146,7 @@ def blob(
             where = f"{ref.host}/{ref.repository}"
             raise NotFoundError(f"{where}: blob {digest} missing on the registry (broken image)")
         if response.status == 200 and have:  # the server ignored Range: start again
-            have, h = 0, hashlib.sha256()
+            have, resumed, h = 0, 0, hashlib.sha256()
         with partial.open("r+b" if have else "wb") as f:
             f.seek(have)
             f.truncate()
@@ -164,6 +166,8 @@ def blob(
             f"blob {digest} from {ref.host} has {what} (corrupt download or registry); nothing was written"
         )
     os.replace(partial, final)
+    session.traffic.resumed_bytes += resumed
+    session.traffic.fetched_bytes += size - resumed
     return final
 
 

@@ -62,6 +62,16 @@ class Response:
 
 
 @dataclass
+class Traffic:
+    """What a session moved, for a pull's report."""
+
+    requests: int = 0
+    fetched_bytes: int = 0  #: blob bytes received
+    resumed_bytes: int = 0  #: blob bytes taken from an interrupted download
+    cached_bytes: int = 0  #: blob bytes found in the cache, not fetched
+
+
+@dataclass
 class _Token:
     value: str
     expires: float
@@ -81,6 +91,7 @@ class Session:
     _connections: dict[tuple[str, str], http.client.HTTPConnection] = field(default_factory=dict)
     _tokens: dict[tuple[str, str, frozenset[str]], _Token] = field(default_factory=dict)
     _auth: str | None = None  # the Authorization header that last worked
+    traffic: Traffic = field(default_factory=Traffic)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -139,6 +150,7 @@ class Session:
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn = self._connection(parts.scheme, parts.netloc)
+        self.traffic.requests += 1
         all_headers = {"User-Agent": USER_AGENT, **headers}
         try:
             conn.request(method, target, body=body, headers=all_headers)

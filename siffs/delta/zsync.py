@@ -1,0 +1,528 @@
+"""zsync control files (as Debian's zsync 0.6.2 reads and writes them) and pulls through them.
+
+A control file is text headers, an empty line, then one record per block of the target file:
+the last ``rsum_bytes`` bytes of the big-endian (A, B) rolling checksum and the first
+``checksum_bytes`` bytes of the block's MD4 (the last block is zero-padded to a full block).
+Making one here gives the same bytes as ``zsyncmake`` for the same file, name, URL and mtime.
+
+Pulling: every offset of every seed is tried as a block start at once with numpy (the rolling
+sums are differences of prefix sums), candidate offsets go through a hash filter and the exact
+rsum, and only survivors are MD4-checked. With ``seq_matches`` 2 a block counts as found only
+when the next block matches right after it, as zsync requires. What the seeds lack is fetched
+with HTTP Range requests, several in flight, and every block is MD4-checked before use; the
+whole file is then checked against the SHA-1 header and the SIF signatures, and only then
+replaces the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from Crypto.Hash import MD4
+
+from siffs.delta.errors import DeltaIOError, DigestMismatchError, IndexFormatError, UnsupportedFormatError
+from siffs.delta.files import Journal, describe, write_atomic
+from siffs.delta.http import HttpClient, is_url
+from siffs.delta.pull import PullReport, partial_path, read_source, seed_paths
+from siffs.delta.target import Assembly, Trust
+
+Progress = Callable[[int, int], None]
+
+VERSION = "0.6.2"
+_MAX_HEADER = 64 << 10
+_PIECE = 1 << 20  # bytes per read when checksumming or scanning: numpy's temporaries stay small
+_RANGE_BLOCKS = 64  # at most this many consecutive blocks per Range request
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class ControlFile:
+    """A parsed ``.zsync``."""
+
+    filename: str
+    block_size: int
+    length: int
+    seq_matches: int
+    rsum_bytes: int
+    checksum_bytes: int
+    urls: tuple[str, ...]
+    sha1: str | None
+    records: bytes  #: rsum_bytes + checksum_bytes per block
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.length // self.block_size)
+
+    @property
+    def record_size(self) -> int:
+        return self.rsum_bytes + self.checksum_bytes
+
+    def rsum(self, i: int) -> int:
+        """Block ``i``'s rolling checksum as ``A << 16 | B``, with the bytes the file omits as zero."""
+        record = self.records[i * self.record_size : i * self.record_size + self.rsum_bytes]
+        return int.from_bytes(record, "big")
+
+    def checksum(self, i: int) -> bytes:
+        start = i * self.record_size + self.rsum_bytes
+        return self.records[start : start + self.checksum_bytes]
+
+    @property
+    def a_mask(self) -> int:
+        return {2: 0, 3: 0xFF, 4: 0xFFFF}[self.rsum_bytes]
+
+
+def hash_lengths(length: int, block_size: int) -> tuple[int, int, int]:
+    """zsyncmake's choice of (seq_matches, rsum_bytes, checksum_bytes) for a file of this size."""
+    seq = 2 if length > block_size else 1
+    log_len = math.log(length) if length > 0 else 0.0
+    rsum = math.ceil(((log_len + math.log(block_size)) / math.log(2) - 8.6) / seq / 8)
+    rsum = min(max(rsum, 2), 4)
+    blocks = 1 + length // block_size
+    checksum = math.ceil((20 + (log_len + math.log(blocks)) / math.log(2)) / seq / 8)
+    checksum = max(checksum, int((7.9 + (20 + math.log(blocks) / math.log(2))) / 8))
+    return seq, rsum, min(checksum, 16)
+
+
+def default_block_size(length: int) -> int:
+    return 2048 if length < 100_000_000 else 4096
+
+
+def _rsums(blocks: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """(A, B) of each row: A = sum of bytes, B = sum of (block_size - k) * byte k, both mod 2^16."""
+    size = blocks.shape[1]
+    weights = np.arange(size, 0, -1, dtype=np.uint64)
+    wide = blocks.astype(np.uint64)
+    a = wide.sum(axis=1) & np.uint64(0xFFFF)
+    b = (wide @ weights) & np.uint64(0xFFFF)
+    return a, b
+
+
+def _md4(block: bytes | memoryview) -> bytes:
+    digest: bytes = MD4.new(bytes(block)).digest()
+    return digest
+
+
+def _http_date(seconds: float) -> str:
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02}:{t.tm_min:02}:{t.tm_sec:02} +0000"
+    )
+
+
+@dataclass(frozen=True)
+class MakeReport:
+    path: str
+    length: int
+    block_size: int
+    blocks: int
+
+
+def make(
+    image: str,
+    out: str,
+    *,
+    url: str | None = None,
+    block_size: int | None = None,
+    progress: Progress | None = None,
+) -> MakeReport:
+    """Write ``image``'s control file to ``out``, as ``zsyncmake -u URL`` would."""
+    try:
+        st = os.stat(image)
+        f = open(image, "rb")  # noqa: SIM115 -- closed below; streamed in blocks
+    except OSError as exc:
+        raise describe(exc, image) from None
+    length = st.st_size
+    size = block_size or default_block_size(length)
+    if size < 64 or size > 1 << 20 or size & (size - 1):
+        raise UnsupportedFormatError(f"block size {size} is not a power of two between 64 and 1 MiB")
+    seq, rsum_bytes, checksum_bytes = hash_lengths(length, size)
+    records = bytearray()
+    sha1 = hashlib.sha1()
+    done = 0
+    with f:
+        while data := f.read(max(size, _PIECE)):
+            sha1.update(data)
+            done += len(data)
+            if len(data) % size:
+                data += bytes(size - len(data) % size)
+            rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, size)
+            a, b = _rsums(rows)
+            packed = ((a << np.uint64(16)) | b).astype(">u4").tobytes()
+            for i in range(len(rows)):
+                records += packed[4 * i + 4 - rsum_bytes : 4 * i + 4]
+                records += _md4(data[i * size : (i + 1) * size])[:checksum_bytes]
+            if progress is not None:
+                progress(done, length)
+    name = os.path.basename(image)
+    header = (
+        f"zsync: {VERSION}\nFilename: {name}\nMTime: {_http_date(st.st_mtime)}\nBlocksize: {size}\n"
+        f"Length: {length}\nHash-Lengths: {seq},{rsum_bytes},{checksum_bytes}\nURL: {url or name}\n"
+        f"SHA-1: {sha1.hexdigest()}\n\n"
+    )
+    write_atomic(out, header.encode() + bytes(records))
+    return MakeReport(out, length, size, -(-length // size))
+
+
+def parse(data: bytes, *, what: str = "control file") -> ControlFile:
+    """Parse and check a control file; refuses what zsync 0.6.2 would, and compressed-target files."""
+
+    def bad(rule: str) -> IndexFormatError:
+        return IndexFormatError(f"corrupt {what}: {rule}")
+
+    end = data.find(b"\n\n", 0, _MAX_HEADER)
+    if not data.startswith(b"zsync: ") or end < 0:
+        raise bad("no 'zsync:' header block ending in an empty line")
+    headers: dict[str, list[str]] = {}
+    for line in data[:end].decode("utf-8", "replace").split("\n"):
+        key, sep, value = line.partition(": ")
+        if not sep:
+            raise bad(f"header line without ': ': {line[:60]!r}")
+        headers.setdefault(key, []).append(value.strip())
+
+    def number(key: str, default: str | None = None) -> int:
+        text = headers.get(key, [default])[0]
+        if text is None or not text.isdigit():
+            raise bad(f"{key} header missing or not a number")
+        return int(text)
+
+    for key in ("Z-URL", "Z-Map2", "Recompress"):
+        if key in headers:
+            raise UnsupportedFormatError(f"{what} describes a gzip-compressed target ({key}): not supported")
+    algorithm = headers.get("Strong-Hash-Algorithm", ["MD4"])[0]
+    if algorithm != "MD4":
+        raise UnsupportedFormatError(f"{what} uses {algorithm} block checksums: siffs reads MD4 only")
+    size, length = number("Blocksize"), number("Length")
+    if size < 64 or size > 1 << 24 or size & (size - 1):
+        raise bad(f"block size {size} is not a power of two between 64 and 16 MiB")
+    lengths = headers.get("Hash-Lengths", ["1,4,16"])[0].split(",")
+    if len(lengths) != 3 or not all(p.isdigit() for p in lengths):
+        raise bad("Hash-Lengths is not three numbers")
+    seq, rsum_bytes, checksum_bytes = (int(p) for p in lengths)
+    if seq not in (1, 2) or rsum_bytes not in (2, 3, 4) or not 3 <= checksum_bytes <= 16:
+        raise bad(f"Hash-Lengths {seq},{rsum_bytes},{checksum_bytes} out of range (1-2, 2-4, 3-16)")
+    urls = tuple(headers.get("URL", []))
+    if not urls:
+        raise bad("no URL header: nothing to fetch missing blocks from")
+    sha1 = headers.get("SHA-1", [None])[0]
+    if sha1 is not None and (len(sha1) != 40 or any(c not in "0123456789abcdefABCDEF" for c in sha1)):
+        raise bad("SHA-1 header is not 40 hex digits")
+    records = data[end + 2 :]
+    count = -(-length // size)
+    if len(records) != count * (rsum_bytes + checksum_bytes):
+        raise bad(f"{len(records)} bytes of block checksums for {count} blocks (truncated or extra data)")
+    filename = headers.get("Filename", [""])[0]
+    return ControlFile(
+        filename, size, length, seq, rsum_bytes, checksum_bytes, urls, sha1 and sha1.lower(), records
+    )
+
+
+# -- pulling -----------------------------------------------------------------------------------------
+
+_FILTER_BITS = 24
+_U32 = np.uint32
+
+
+def _slot(
+    first: npt.NDArray[np.uint32], second: npt.NDArray[np.uint32] | None = None
+) -> npt.NDArray[np.uint32]:
+    """A 24-bit hash of a rolling key (or of a pair of them) for the candidate filter."""
+    h = first * _U32(0x9E3779B1)
+    if second is not None:
+        h = (h ^ second) * _U32(0x85EBCA6B)
+    return h >> _U32(32 - _FILTER_BITS)
+
+
+class _Matcher:
+    """Finds target blocks in seeds: key filter, exact key, MD4; then runs are extended forward.
+
+    All rolling-sum arithmetic is done in ``uint16``: the sums only matter modulo 2^16, and
+    wrapping arithmetic is exact modulo its width, so the arrays stay a quarter of ``uint64``'s.
+    """
+
+    def __init__(self, control: ControlFile) -> None:
+        self.c = control
+        n = control.blocks
+        keys = np.array([control.rsum(i) for i in range(n)], dtype=np.uint32)
+        self.pairs = control.seq_matches == 2 and n > 1
+        self.by_key: dict[int, list[int]] = {}
+        if self.pairs:
+            combined = (keys[:-1].astype(np.uint64) << np.uint64(32)) | keys[1:]
+            slots = _slot(keys[:-1], keys[1:])
+        else:
+            combined, slots = keys.astype(np.uint64), _slot(keys)
+        for i, key in enumerate(combined.tolist()):
+            self.by_key.setdefault(key, []).append(i)
+        self.known = np.unique(combined)
+        self.filter = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)
+        self.filter[slots] = True
+        self.found: dict[int, tuple[int, int]] = {}  # block -> (seed number, offset)
+        self._index = (
+            np.arange(max(_PIECE, control.block_size) + 2 * control.block_size, dtype=np.uint32)
+            & _U32(0xFFFF)
+        ).astype(np.uint16)
+
+    def _keys(self, data: npt.NDArray[np.uint8], starts: int) -> npt.NDArray[np.uint32]:
+        """The rolling key (A masked as the file stores it, << 16 | B) of the first ``starts`` offsets."""
+        size, n = self.c.block_size, len(data)
+        d16 = data.astype(np.uint16)
+        c1 = np.zeros(n + 1, dtype=np.uint16)
+        np.cumsum(d16, dtype=np.uint16, out=c1[1:])
+        c2 = np.zeros(n + 1, dtype=np.uint16)
+        d16 *= self._index[:n]
+        np.cumsum(d16, dtype=np.uint16, out=c2[1:])
+        a = c1[size : size + starts] - c1[:starts]
+        # B = size*A - sum(k * byte[o+k]) = size*A - (C2[o+size] - C2[o]) + o*A, all modulo 2^16.
+        b = np.uint16(size & 0xFFFF) * a - (c2[size : size + starts] - c2[:starts]) + self._index[:starts] * a
+        keys = (a & np.uint16(self.c.a_mask)).astype(np.uint32) << _U32(16)
+        keys |= b
+        return keys
+
+    def scan(self, number: int, fd: int, size: int, progress: Progress | None) -> None:
+        """Record where seed ``number`` (open as ``fd``) holds target blocks."""
+        c = self.c
+        span = c.block_size * (2 if self.pairs else 1)
+        step = max(c.block_size, _PIECE)
+        pos = 0
+        while pos < size and len(self.found) < c.blocks:
+            data = os.pread(fd, step + span - 1, pos)
+            starts = min(step, len(data) - span + 1)
+            if starts > 0:
+                self._scan_piece(number, fd, np.frombuffer(data, dtype=np.uint8), pos, starts)
+            pos += step
+            if progress is not None:
+                progress(min(pos, size), size)
+
+    def _scan_piece(self, number: int, fd: int, data: npt.NDArray[np.uint8], pos: int, starts: int) -> None:
+        c = self.c
+        keys = self._keys(data, starts + (c.block_size if self.pairs else 0))
+        if self.pairs:
+            first, second = keys[:starts], keys[c.block_size : c.block_size + starts]
+            hits = np.flatnonzero(self.filter[_slot(first, second)])
+            combined = (first[hits].astype(np.uint64) << np.uint64(32)) | second[hits]
+        else:
+            hits = np.flatnonzero(self.filter[_slot(keys[:starts])])
+            combined = keys[hits].astype(np.uint64)
+        at = np.minimum(np.searchsorted(self.known, combined), len(self.known) - 1)
+        exact = self.known[at] == combined
+        raw = data.tobytes()
+        for offset, key in zip(hits[exact].tolist(), combined[exact].tolist(), strict=True):
+            for block in self.by_key.get(key, ()):
+                if block in self.found or not self._strong(raw, offset, block):
+                    continue
+                if not self.pairs:
+                    self.found[block] = (number, pos + offset)
+                elif self._strong(raw, offset + c.block_size, block + 1):
+                    self.found[block] = (number, pos + offset)
+                    self.found.setdefault(block + 1, (number, pos + offset + c.block_size))
+                    self._extend_from(number, fd, block + 1)
+
+    def _strong(self, raw: bytes, offset: int, block: int) -> bool:
+        c = self.c
+        piece = raw[offset : offset + c.block_size]
+        if len(piece) < c.block_size:
+            piece += bytes(c.block_size - len(piece))
+        return _md4(piece)[: c.checksum_bytes] == c.checksum(block)
+
+    def _extend_from(self, number: int, fd: int, block: int) -> None:
+        """Once a block is found, its successors are tried right after it, alone (as zsync does):
+        one MD4 per block of an unchanged run, and the run's last block, which has no matching pair,
+        is found too."""
+        c = self.c
+        offset = self.found[block][1]
+        block += 1
+        while block < c.blocks and block not in self.found:
+            offset += c.block_size
+            if not self._strong(os.pread(fd, c.block_size, offset), 0, block):
+                break
+            self.found[block] = (number, offset)
+            block += 1
+
+
+def _ranges(missing: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Runs of consecutive block numbers, at most _RANGE_BLOCKS each: (first, end)."""
+    run_start = prev = None
+    for block in missing:
+        if (
+            run_start is not None
+            and prev is not None
+            and block == prev + 1
+            and block - run_start < _RANGE_BLOCKS
+        ):
+            prev = block
+            continue
+        if run_start is not None and prev is not None:
+            yield run_start, prev + 1
+        run_start = prev = block
+    if run_start is not None and prev is not None:
+        yield run_start, prev + 1
+
+
+def _range_key(first: int, end: int) -> bytes:
+    return b"zsync-blocks".ljust(16, b"\0") + first.to_bytes(8, "little") + end.to_bytes(8, "little")
+
+
+def pull(
+    source: str,
+    dest: str,
+    *,
+    seed_files: Sequence[str] = (),
+    trust: Trust,
+    progress: Progress | None = None,
+    client: HttpClient | None = None,
+) -> PullReport:
+    """Assemble ``source``'s target file at ``dest`` (see the module docstring)."""
+    client = client or HttpClient()
+    raw = read_source(source, client)
+    control = parse(raw, what=f"control file {source}")
+    report = PullReport(dest, source, control.length, index_bytes=len(raw), fetched_bytes=len(raw))
+    target = _target_location(source, control)
+    matcher = _Matcher(control)
+    paths = seed_paths(dest, seed_files)
+    fds: list[int] = []
+    try:
+        for number, path in enumerate(paths):
+            try:
+                fds.append(os.open(path, os.O_RDONLY))
+            except OSError as exc:
+                raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
+            report.reused[path] = 0
+            try:
+                matcher.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
+            except OSError as exc:
+                raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
+        assembly = Assembly(dest, control.length)
+        try:
+            job = _ZJob(control, assembly, report, Journal(partial_path(dest, "zsync")))
+            try:
+                missing = job.copy_found(matcher.found, fds, paths)
+                job.fetch(client, target, missing, progress)
+            finally:
+                job.partial.close()
+            report.signers = assembly.commit(trust, lambda: _check_sha1(assembly, control, dest))
+        except BaseException:
+            assembly.discard()
+            raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+        report.requests = client.requests
+    job.partial.remove()
+    return report
+
+
+def _target_location(source: str, control: ControlFile) -> str:
+    """The target's URL (or, for a local control file with a relative URL, the file beside it)."""
+    url = control.urls[0]
+    if is_url(source):
+        return urllib.parse.urljoin(source, url)
+    if is_url(url):
+        return url
+    return os.path.join(os.path.dirname(os.path.abspath(source)), url)
+
+
+def _check_sha1(assembly: Assembly, control: ControlFile, dest: str) -> None:
+    if control.sha1 is None:
+        return
+    sha1 = hashlib.sha1()
+    for offset in range(0, control.length, 8 << 20):
+        sha1.update(assembly.read(offset, min(8 << 20, control.length - offset)))
+    if sha1.hexdigest() != control.sha1:
+        raise DigestMismatchError(f"{dest}: the assembled file's SHA-1 differs from the control file's")
+
+
+@dataclass
+class _ZJob:
+    control: ControlFile
+    assembly: Assembly
+    report: PullReport
+    partial: Journal
+
+    def _block_bytes(self, block: int, data: bytes) -> bytes:
+        """A block's real bytes (the last one is shorter than a block in the file)."""
+        c = self.control
+        return data[: min(c.block_size, c.length - block * c.block_size)]
+
+    def _check(self, block: int, data: bytes, source: str) -> None:
+        c = self.control
+        padded = data + bytes(c.block_size - len(data))
+        if _md4(padded)[: c.checksum_bytes] != c.checksum(block):
+            raise DigestMismatchError(
+                f"block {block} from {source} does not match its MD4 in the control file"
+            )
+
+    def copy_found(self, found: dict[int, tuple[int, int]], fds: list[int], paths: list[str]) -> list[int]:
+        c = self.control
+        resumed = self._resumed()
+        missing = []
+        for block in range(c.blocks):
+            data = resumed.get(block)
+            if data is not None:
+                self.report.resumed_bytes += len(data)
+            elif block in found:
+                number, offset = found[block]
+                data = self._block_bytes(block, os.pread(fds[number], c.block_size, offset))
+                self.report.reused[paths[number]] += len(data)
+            else:
+                missing.append(block)
+                continue
+            self.assembly.write(block * c.block_size, data)
+        return missing
+
+    def _resumed(self) -> dict[int, bytes]:
+        """Blocks an interrupted pull fetched, each re-checked."""
+        blocks: dict[int, bytes] = {}
+        size = self.control.block_size
+        for key in self.partial.records:
+            first, end = int.from_bytes(key[16:24], "little"), int.from_bytes(key[24:32], "little")
+            data = self.partial.read(key) or b""
+            for block in range(first, min(end, self.control.blocks)):
+                piece = self._block_bytes(block, data[(block - first) * size :])
+                with contextlib.suppress(DigestMismatchError):
+                    self._check(block, piece, "the partial download")
+                    blocks[block] = piece
+        return blocks
+
+    def fetch(self, client: HttpClient, target: str, missing: list[int], progress: Progress | None) -> None:
+        c = self.control
+        done = c.length - sum(len(self._block_bytes(b, bytes(c.block_size))) for b in missing)
+
+        lock = threading.Lock()
+
+        def get(span: tuple[int, int]) -> None:
+            nonlocal done
+            first, end = span
+            start, stop = first * c.block_size, min(end * c.block_size, c.length)
+            if is_url(target):
+                data = client.get_range(target, start, stop)
+            else:
+                with open(target, "rb") as f:
+                    f.seek(start)
+                    data = f.read(stop - start)
+            for block in range(first, end):
+                piece = self._block_bytes(block, data[(block - first) * c.block_size :])
+                self._check(block, piece, f"the server {target}")
+            self.partial.add(_range_key(first, end), data)
+            self.assembly.write(start, data)
+            with lock:
+                self.report.fetched_items += 1
+                self.report.fetched_bytes += len(data)
+                done += len(data)
+                if progress is not None:
+                    progress(done, c.length)
+
+        try:
+            client.run(get, list(_ranges(missing)))
+        except OSError as exc:
+            raise describe(exc, target) from None

@@ -1,0 +1,102 @@
+"""``siffs pull oras://…|docker://…``: the registry stage as ``siffs.pull`` calls it.
+
+Chooses the blob store (the verified cache, or a scratch directory beside DEST that goes away),
+connects with the request's credentials and TLS settings, runs the ORAS download or the Docker
+conversion, and has the result pass the trust policy before it replaces DEST.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from siffs.integrity.keyring import trusted_signers
+from siffs.integrity.verify import KeyMaterial
+from siffs.registry import docker, oras
+from siffs.registry.cache import blob_cache_dir
+from siffs.registry.credentials import Credentials, resolve
+from siffs.registry.errors import LocalIOError
+from siffs.registry.http import Session
+from siffs.registry.reference import parse
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class RegistryPull:
+    """How to reach the registry and what to build (the registry part of a pull request)."""
+
+    arch: str = "amd64"
+    force: bool = False
+    cache: bool = True
+    no_https: bool = False
+    ca_file: str | None = None
+    authfile: Path | None = None
+    credentials: Credentials | None = None  # from --docker-login; else resolved from the usual sources
+
+
+@dataclass
+class Report:
+    """What the pull moved; ``as_dict`` is the ``--json`` output (the shape of every stage's)."""
+
+    dest: str
+    source: str
+    size: int = 0
+    requests: int = 0
+    fetched_bytes: int = 0
+    resumed_bytes: int = 0
+    reused: dict[str, int] = field(default_factory=dict)
+    signers: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    manifest_digest: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def pull(
+    source: str,
+    dest: str,
+    *,
+    options: RegistryPull,
+    keys: KeyMaterial | None,
+    progress: Progress | None = None,
+) -> Report:
+    """Pull ``source`` into ``dest``; ``keys`` None allows an unsigned result."""
+    ref = parse(source)
+    target = Path(dest)
+    if target.exists() and not options.force:
+        raise LocalIOError(f"{dest}: image file already exists (use --force to overwrite)")
+    report = Report(dest, source)
+    creds = options.credentials or resolve(ref.host, ref.repository, options.authfile)
+    session = Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
+
+    def check(path: Path) -> None:
+        report.signers = trusted_signers(str(path), keys, progress)
+
+    try:
+        # Without the cache, blobs land beside DEST, so the finished SIF is moved, not copied.
+        scratch = tempfile.TemporaryDirectory(prefix=f".{target.name}.siffs-", dir=target.parent)
+        with scratch as tmp:
+            store = (blob_cache_dir() if options.cache else Path(tmp)) / "blobs" / "sha256"
+            if ref.scheme == "docker":
+                built = docker.pull(session, ref, target, store=store, arch=options.arch, progress=progress,
+                                    warn=report.warnings.append, check=check)  # fmt: skip
+                report.manifest_digest = built.manifest_digest
+            else:
+                got = oras.pull(session, ref, target, arch=options.arch, store=store, keep=options.cache,
+                                progress=progress, check=check)  # fmt: skip
+                report.manifest_digest = got.manifest_digest
+    except FileNotFoundError as exc:
+        raise LocalIOError(f"{target.parent}: {exc.strerror}") from None
+    finally:
+        session.close()
+    traffic = session.traffic
+    report.size = target.stat().st_size
+    report.requests, report.fetched_bytes = traffic.requests, traffic.fetched_bytes
+    report.resumed_bytes = traffic.resumed_bytes
+    if traffic.cached_bytes:
+        report.reused["cache"] = traffic.cached_bytes
+    return report
