@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from runtime.elf import Target, read_target
 from runtime.errors import CommandNotFound, InvalidRequest, NoRunscript, warn
+from runtime.metadata import APPS_DIR
 from runtime.request import Action
 
 RUNSCRIPTS = ("/.singularity.d/runscript", "/apptainer", "/singularity")
@@ -41,15 +42,23 @@ def find_program(name: str, path: str) -> str:
     raise CommandNotFound(f'"{name}": executable file not found in $PATH')
 
 
-def command(action: Action, args: list[str], env: dict[str, str], shell: str | None) -> list[str] | None:
-    """The argv to execute; None when there is nothing to run (``test`` without a test script).
+def command(
+    action: Action, args: list[str], env: dict[str, str], shell: str | None, app: str = ""
+) -> list[str]:
+    """The argv to execute for ``action`` (with ``app``, the SCIF app's runscript or test).
 
-    ``env`` gains ``SHELL`` (and the prompt) for ``shell``, as Apptainer sets them.
+    ``env`` gains ``SHELL`` for ``shell``, as Apptainer sets it.
     """
     if action == "exec":
         if not args:
             raise InvalidRequest("exec needs a command")
         return [find_program(args[0], env.get("PATH", "")), *args[1:]]
+    if action in ("run", "test") and app:
+        script = f"{APPS_DIR}/{app}/scif/{'runscript' if action == 'run' else 'test'}"
+        if _executable(script):
+            return [script, *args]
+        what = "runscript" if action == "run" else "tests"
+        raise NoRunscript(f"no {what} for contained app: {app}")
     if action == "run":
         for script in RUNSCRIPTS:
             if _executable(script):
@@ -59,7 +68,11 @@ def command(action: Action, args: list[str], env: dict[str, str], shell: str | N
             return ["/bin/sh", *args]
         raise NoRunscript("the image has no runscript and no /bin/sh")
     if action == "test":
-        return [TEST_SCRIPT, *args] if os.path.isfile(TEST_SCRIPT) else None
+        if os.path.isfile(TEST_SCRIPT):
+            return [TEST_SCRIPT, *args]
+        # What the test script of an Apptainer build without %test says and does.
+        print("No test found in container, executing /bin/sh -c true", flush=True)
+        return ["/bin/sh", "-c", "true"]
     if shell and _executable(shell):
         argv = [shell, *args]
     elif _executable("/bin/bash"):
@@ -67,7 +80,6 @@ def command(action: Action, args: list[str], env: dict[str, str], shell: str | N
     else:
         argv = ["/bin/sh", *args]
     env["SHELL"] = argv[0]
-    env["PROMPT_COMMAND"] = f'PS1="{env.get("PS1", "")}"; unset PROMPT_COMMAND'
     return argv
 
 

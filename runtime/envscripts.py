@@ -27,8 +27,9 @@ _READY_FD, _RELEASE_FD = 3, 4
 
 # The hooks of §2.4 step 2: default PATH before 90-environment.sh, default entries appended
 # after the docker script, overrides right after 99-base.sh, the image's 99-runtimevars.sh skipped.
+# PS1 goes too: busybox sh gives itself one, which 99-base.sh would then keep and export.
 _SOURCE = f"""\
-unset PATH
+unset PATH PS1
 __siffs_default={DEFAULT_PATH}
 __siffs_injected=
 __siffs_inject() {{

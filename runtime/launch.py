@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -30,13 +31,16 @@ from runtime.environment import (
     merge,
 )
 from runtime.envscripts import evaluate, find_shell
-from runtime.errors import ContainerError, InvalidRequest, report, warn
+from runtime.errors import ContainerError, InvalidRequest, NamespacesUnavailable, NoRunscript, report, warn
 from runtime.layout import Layout, plan
+from runtime.metadata import APPS_DIR
 from runtime.nvidia import NvidiaFiles, NvidiaSources, resolve
 from runtime.passwd import Identity
+from runtime.paths import host_path, resolve_in
 from runtime.request import Request
 from runtime.supervise import restore_signals, wait_for
 
+_HOST_NAME_MAX = 64
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 
@@ -72,6 +76,8 @@ def prepare(request: Request) -> Prepared:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
     request = replace(request, root=root)
+    if request.hostname is not None and not 0 < len(request.hostname.encode()) <= _HOST_NAME_MAX:
+        raise InvalidRequest(f"--hostname {request.hostname!r}: 1 to {_HOST_NAME_MAX} bytes")
     overrides = collect_overrides(
         request.environ,
         [envfile.load(p, request.environ) for p in request.env_files],
@@ -81,8 +87,10 @@ def prepare(request: Request) -> Prepared:
     layout = plan(request, Identity.of_caller(), gpu)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
+    if request.app and not os.path.isdir(host_path(root, resolve_in(root, f"{APPS_DIR}/{request.app}"))):
+        raise NoRunscript(f"Could not locate the container application: {request.app}")
     identity = identity_variables(
-        request.container or root, request.action, layout.home, layout.bind_destinations
+        request.container or root, request.action, layout.home, layout.bind_destinations, request.app
     )
     for prefix in IDENTITY_PREFIXES:
         if request.shell:
@@ -102,12 +110,12 @@ def exec_container(request: Request) -> NoReturn:
     prepared = prepare(request)
     sys.stdout.flush()
     sys.stderr.flush()
-    namespaces.enter(request.new_pid)
+    namespaces.enter(pid=request.new_pid, ipc=request.new_ipc, uts=request.new_uts, net=request.net)
     if request.new_pid:
         pid = os.fork()
         if pid:  # outside the PID namespace: pass signals to its init, return its status
             os._exit(wait_for(pid))
-        _in_child(lambda: _start(prepared, as_init=True))
+        _in_child(lambda: _start(prepared, as_init=not request.no_init))
     _start(prepared, as_init=False)
 
 
@@ -141,6 +149,7 @@ def _in_child(body: Callable[[], object]) -> NoReturn:
 def _start(prepared: Prepared, as_init: bool) -> NoReturn:
     """Inside the namespaces: build the root, compute the environment, exec (§5 steps 5-13)."""
     request, layout = prepared.request, prepared.layout
+    _isolate(request)
     rootfs.build(layout)
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
@@ -157,18 +166,29 @@ def _start(prepared: Prepared, as_init: bool) -> NoReturn:
     shell_option = (
         request.shell or request.environ.get("APPTAINER_SHELL") or request.environ.get("SINGULARITY_SHELL")
     )
-    argv = actions.command(request.action, request.args, env, shell_option)
+    argv = actions.command(request.action, request.args, env, shell_option, request.app)
     sys.stdout.flush()
     sys.stderr.flush()
-    if argv is None:
-        os._exit(0)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if request.no_umask:
+        os.umask(0o022)
     if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
         pid = os.fork()
         if pid:
             os._exit(wait_for(pid, reap_all=True))
         _in_child(lambda: _exec(argv, env, prepared.host))
     _exec(argv, env, prepared.host)
+
+
+def _isolate(request: Request) -> None:
+    """Inside the new UTS and network namespaces: the hostname, and a loopback that is up."""
+    try:
+        if request.hostname is not None:
+            socket.sethostname(request.hostname)
+        if request.net:
+            namespaces.loopback_up()
+    except OSError as exc:
+        raise NamespacesUnavailable(f"cannot set up the UTS or network namespace: {exc.strerror}") from None
 
 
 def _exec(argv: list[str], env: dict[str, str], host: Target) -> NoReturn:

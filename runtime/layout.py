@@ -10,6 +10,7 @@ are simply created.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class Layout:
 
     root: str
     home: str
+    #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
+    writable_tmpfs: bool = False
     steps: list[Step] = field(default_factory=list)
     placeholders: dict[str, Kind] = field(default_factory=dict)
     created: dict[str, Kind] = field(default_factory=dict)
@@ -142,13 +145,48 @@ def parse_binds(specs: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
             parts = item.split(":")
             if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
                 raise InvalidRequest(f"invalid bind {item!r}: expected SRC[:DST[:ro|rw]]")
-            source = os.path.abspath(parts[0])
             dest = parts[1] if len(parts) > 1 and parts[1] else parts[0]
-            if not dest.startswith("/"):
-                raise InvalidRequest(f"invalid bind {item!r}: the destination must be an absolute path")
-            if not os.path.exists(source):
-                raise InvalidRequest(f"bind source {parts[0]} does not exist")
-            yield source, dest, len(parts) == 3 and parts[2] == "ro"
+            yield _checked(item, parts[0], dest, len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_mounts(specs: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
+    """``--mount`` specifications (one per CSV line: ``type=bind,src=S,dst=D[,ro]``) as ``parse_binds``.
+
+    Apptainer's keys: ``source|src``, ``destination|dst|target``, ``ro|readonly``, ``type=bind``.
+    """
+    for spec in specs:
+        for record in csv.reader(spec.splitlines()):
+            fields = dict(f.partition("=")[::2] for f in record)
+            unknown = set(fields) - {*_MOUNT_KEYS, "type", "ro", "readonly"}
+            if unknown & {"image-src", "id"}:
+                raise InvalidRequest(
+                    f"--mount {spec!r}: data-image mounts (image-src, id) are not supported yet"
+                )
+            if unknown:
+                raise InvalidRequest(f"--mount {spec!r}: invalid key {sorted(unknown)[0]!r}")
+            if fields.get("type", "bind") != "bind":
+                raise InvalidRequest(f"--mount {spec!r}: only type=bind is supported")
+            found = {
+                role: next((fields[k] for k in keys if fields.get(k)), "")
+                for role, keys in _MOUNT_KEYS_BY_ROLE
+            }
+            if not found["source"] or not found["destination"]:
+                raise InvalidRequest(f"--mount {spec!r}: mounts must specify a source and a destination")
+            yield _checked(
+                spec, found["source"], found["destination"], "ro" in fields or "readonly" in fields
+            )
+
+
+_MOUNT_KEYS_BY_ROLE = (("source", ("source", "src")), ("destination", ("destination", "dst", "target")))
+_MOUNT_KEYS = frozenset(k for _, keys in _MOUNT_KEYS_BY_ROLE for k in keys)
+
+
+def _checked(spec: str, source: str, dest: str, readonly: bool) -> tuple[str, str, bool]:
+    if not dest.startswith("/"):
+        raise InvalidRequest(f"invalid bind {spec!r}: the destination must be an absolute path")
+    if not os.path.exists(source):
+        raise InvalidRequest(f"bind source {source} does not exist")
+    return os.path.abspath(source), dest, readonly
 
 
 def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
@@ -168,7 +206,7 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         return name not in skip and dest not in skip
 
     home_source, home_dest = _home(request, who)
-    layout = Layout(root=root, home=home_dest)
+    layout = Layout(root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs)
     if wanted("dev", "/dev"):
         if request.contained:
             devices = tuple(f"/dev/{d}" for d in MINIMAL_DEVICES if os.path.exists(f"/dev/{d}"))
@@ -191,7 +229,8 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         else:
             layout.add(Bind(home_source, where(home_dest)), "dir")
     if wanted("tmp", "/tmp"):
-        _temporary_dirs(layout, request.contained, where)
+        _temporary_dirs(layout, request, where)
+    _scratch(layout, request, where)
     if gpu.libraries:
         layout.add(LibraryDir(where(LIBS_DIR), tuple(gpu.libraries)), "dir")
     for source, dest in gpu.programs:
@@ -203,12 +242,15 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
             Bind(os.path.realpath("/etc/resolv.conf"), where("/etc/resolv.conf"), readonly=True), "file"
         )
     _identity_files(layout, who, wanted)
+    if request.hostname is not None:
+        layout.add(Generated(where("/etc/hostname"), request.hostname + "\n"), "file")
     specs = list(request.binds)
     if "bind-paths" not in skip:
         specs += [
             request.environ[k] for k in ("SINGULARITY_BIND", "APPTAINER_BIND") if request.environ.get(k)
         ]
-    for source, dest, readonly in sorted(parse_binds(specs), key=lambda b: len(normalise(b[1]))):
+    user_binds = [*parse_binds(specs), *parse_mounts(request.mounts)]
+    for source, dest, readonly in sorted(user_binds, key=lambda b: len(normalise(b[1]))):
         layout.bind_destinations.append(dest)
         layout.add(Bind(source, where(dest), readonly=readonly), _kind(source))
     _current_dir(layout, request, wanted)
@@ -216,24 +258,61 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
 
 
 def _home(request: Request, who: Identity) -> tuple[str | None, str]:
-    """(host source or None for an empty dir, container destination) of the home directory."""
+    """(host source or None for an empty dir, container destination) of the home directory.
+
+    Contained, the home is empty: in memory, or ``WORKDIR/home`` with ``--workdir`` (Apptainer).
+    """
     if request.home:
         source, _, dest = request.home.partition(":")
         source = os.path.abspath(source)
         if not os.path.isdir(source):
             raise InvalidRequest(f"--home: {source} is not a directory")
         return source, normalise(dest or source)
+    if request.contained and request.workdir:
+        return _work_subdir(request.workdir, "home", 0o700), normalise(who.home)
     if request.contained or not os.path.isdir(who.home):
         return None, normalise(who.home)
     return who.home, normalise(who.home)
 
 
-def _temporary_dirs(layout: Layout, contained: bool, where: Callable[[str], str]) -> None:
-    for path in ("/tmp", "/var/tmp"):
-        if contained:
+def _work_subdir(workdir: str, name: str, mode: int) -> str:
+    """``WORKDIR/name``, created with ``mode`` if missing (on the host, where it outlives the container)."""
+    if not os.path.isdir(workdir):
+        raise InvalidRequest(f"--workdir {workdir}: not a directory")
+    path = os.path.join(os.path.abspath(workdir), name)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            raise InvalidRequest(f"--workdir: {path} is not a directory")
+        if os.stat(path).st_uid == os.getuid():
+            os.chmod(path, mode)
+    except OSError as exc:
+        raise InvalidRequest(f"--workdir: cannot create {path}: {exc.strerror}") from None
+    return path
+
+
+def _temporary_dirs(layout: Layout, request: Request, where: Callable[[str], str]) -> None:
+    for path, work_name in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
+        if request.contained and request.workdir:
+            layout.add(Bind(_work_subdir(request.workdir, work_name, 0o1777), where(path)), "dir")
+        elif request.contained:
             layout.add(Tmpfs(where(path), 0o1777), "dir")
         elif os.path.isdir(path) and not (path == "/var/tmp" and os.path.samefile("/tmp", "/var/tmp")):
             layout.add(Bind(path, where(path)), "dir")
+
+
+def _scratch(layout: Layout, request: Request, where: Callable[[str], str]) -> None:
+    """``--scratch DIR``: an empty writable dir, kept in ``WORKDIR/scratch/DIR`` with ``--workdir``."""
+    for item in request.scratch:
+        for dest in filter(None, item.split(",")):
+            if not dest.startswith("/"):
+                raise InvalidRequest(f"--scratch {dest}: the destination must be an absolute path")
+            if request.workdir:
+                _work_subdir(request.workdir, "scratch", 0o750)
+                source = _work_subdir(request.workdir, "scratch/" + normalise(dest).strip("/"), 0o750)
+                layout.add(Bind(source, where(dest)), "dir")
+            else:
+                layout.add(Tmpfs(where(dest), 0o755), "dir")
 
 
 def _identity_files(layout: Layout, who: Identity, wanted: Callable[[str, str], bool]) -> None:

@@ -8,7 +8,10 @@ refuses, the message names the setting that refused: a bare EPERM tells a user n
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
+import struct
 
 from runtime import libc
 from runtime.errors import NamespacesUnavailable
@@ -51,12 +54,18 @@ def explain(err: int, proc_sys: str = "/proc/sys") -> str:
     )
 
 
-def enter(new_pid: bool) -> None:
-    """Unshare user + mount (+ PID and IPC) namespaces and map the caller's ids onto themselves."""
+def enter(pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = False) -> None:
+    """Unshare user + mount (+ PID, IPC, UTS, network) namespaces and map the caller's ids onto themselves."""
     uid, gid = os.getuid(), os.getgid()
     flags = libc.CLONE_NEWUSER | libc.CLONE_NEWNS
-    if new_pid:
-        flags |= libc.CLONE_NEWPID | libc.CLONE_NEWIPC
+    for wanted, flag in (
+        (pid, libc.CLONE_NEWPID),
+        (ipc, libc.CLONE_NEWIPC),
+        (uts, libc.CLONE_NEWUTS),
+        (net, libc.CLONE_NEWNET),
+    ):
+        if wanted:
+            flags |= flag
     try:
         libc.unshare(flags)
     except OSError as exc:
@@ -67,6 +76,19 @@ def enter(new_pid: bool) -> None:
         _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace (``--network none``): it starts down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def _write(path: str, text: str) -> None:

@@ -37,6 +37,23 @@ class Request:
     nv: bool = False
     nv_sources: NvidiaSources | None = None
     no_mount: list[str] = field(default_factory=list)
+    #: The SCIF app (``--app``): its environment, runscript and test (``/scif/apps/NAME``).
+    app: str = ""
+    hostname: str | None = None
+    uts: bool = False
+    ipc: bool = False
+    #: ``--net``: a network namespace with loopback only (``--network none``).
+    net: bool = False
+    no_init: bool = False
+    no_umask: bool = False
+    writable_tmpfs: bool = False
+    #: ``--workdir``: holds ``/tmp``, ``/var/tmp`` and home with ``--contain``, and the scratch dirs.
+    workdir: str | None = None
+    #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
+    scratch: list[str] = field(default_factory=list)
+    no_pid: bool = False
+    #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
+    mounts: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
@@ -49,4 +66,12 @@ class Request:
 
     @property
     def new_pid(self) -> bool:
-        return self.pid or self.containall
+        return (self.pid or self.containall) and not self.no_pid
+
+    @property
+    def new_ipc(self) -> bool:
+        return self.ipc or self.containall
+
+    @property
+    def new_uts(self) -> bool:
+        return self.uts or self.hostname is not None

@@ -23,6 +23,9 @@ _SKELETON = "/skeleton"
 _TREE = "/tree"
 _FILES = "/files"
 _LIBS = "/libs"
+_WRITABLE = "/rw"
+#: Apptainer's ``sessiondir max size`` default: the tmpfs holding ``--writable-tmpfs`` writes.
+WRITABLE_TMPFS_SIZE = "64m"
 _DEV_LINKS = (
     ("fd", "/proc/self/fd"),
     ("stdin", "fd/0"),
@@ -36,7 +39,7 @@ def build(layout: Layout) -> None:
     """Mount everything of ``layout`` and make it the root of this process."""
     mounts.make_private()
     mounts.tmpfs(STAGING_MOUNT, 0o755)
-    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS):
+    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS, _WRITABLE):
         os.mkdir(STAGING_MOUNT + name)
     mounts.pivot_into(STAGING_MOUNT, HOST.lstrip("/"))
     _mount_root(layout)
@@ -55,18 +58,26 @@ def _create(path: str, kind: Kind) -> None:
 
 
 def _mount_root(layout: Layout) -> None:
-    """The read-only tree at FINAL: a plain bind, or an overlay adding the missing mount points (§4.5)."""
+    """The tree at FINAL: a plain read-only bind, or an overlay (§4.5) adding the missing mount
+    points (a skeleton lower) and, with ``--writable-tmpfs``, a tmpfs upper taking the writes."""
     tree = HOST + layout.root
-    if not layout.placeholders:
+    if not layout.placeholders and not layout.writable_tmpfs:
         mounts.bind(tree, FINAL, readonly=True)
         return
     for dest, kind in layout.placeholders.items():
         _create(_SKELETON + dest, kind)
     mounts.bind(tree, _TREE)
+    lowers = [_SKELETON, _TREE] if layout.placeholders else [_TREE]
     try:
-        mounts.overlay(FINAL, [_SKELETON, _TREE])
+        if layout.writable_tmpfs:
+            mounts.tmpfs(_WRITABLE, 0o755, size=WRITABLE_TMPFS_SIZE)
+            os.mkdir(_WRITABLE + "/upper")
+            os.mkdir(_WRITABLE + "/work")
+            mounts.overlay(FINAL, lowers, _WRITABLE + "/upper", _WRITABLE + "/work")
+        else:
+            mounts.overlay(FINAL, lowers)
     except MountFailed as exc:
-        missing = ", ".join(sorted(layout.placeholders))
+        missing = ", ".join(sorted(layout.placeholders)) or "none"
         raise MountFailed(
             f"{exc} (unprivileged overlays need Linux >= 5.11); the image lacks these mount points: {missing}"
         ) from None

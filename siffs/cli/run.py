@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -19,12 +20,10 @@ from typing import NoReturn
 
 from runtime import bundle, envfile, metadata
 from runtime.environment import collect_overrides, forwarded_host
-from runtime.errors import ContainerError, report, set_quiet, warn
+from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
-from runtime.nvidia import NvidiaSources
-from runtime.request import Action, Request
-from siffs.cli import output, trust
-from siffs.cli.common import CommandError, exit_code_for, print_json
+from siffs.cli import output, runoptions, trust
+from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
 
 
@@ -39,20 +38,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("shell", "start an interactive shell in the container"),
         ("test", "run the image's test script"),
     ):
-        p = sub.add_parser(action, help=summary + " (as apptainer " + action + ")")
+        usage = f"siffs {action} [options] IMAGE{' COMMAND' if action == 'exec' else ''} [ARGS...]"
+        p = sub.add_parser(action, help=summary + " (as apptainer " + action + ")", usage=usage)
         p.add_argument("image", help="SIF file or directory tree")
         if action == "exec":
             p.add_argument("command", help="program to run (looked up on the container's PATH)")
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments")
-        _container_options(p)
+        runoptions.container_options(p)
         trust.add_arguments(p)
         p.set_defaults(func=cmd_action, action=action)
 
     p = sub.add_parser("inspect", help="show an image's labels, runscript, environment or definition file")
     p.add_argument("image", help="SIF file or directory tree")
     what = p.add_mutually_exclusive_group()
-    for flag in ("labels", "runscript", "test", "environment", "deffile"):
+    for flag in ("labels", "runscript", "test", "startscript", "helpfile", "environment", "deffile"):
         what.add_argument(f"--{flag}", dest="what", action="store_const", const=flag, help=f"show the {flag}")
+    what.add_argument(
+        "--list-apps", dest="what", action="store_const", const="apps", help="list the SCIF apps"
+    )
+    p.add_argument("--app", default="", metavar="NAME", help="show a SCIF app's metadata instead")
     p.add_argument("--json", action="store_true", help="print as Apptainer's 'inspect --json'")
     trust.add_arguments(p)
     p.set_defaults(func=cmd_inspect, what="labels")
@@ -61,79 +65,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("image", help="SIF file (mounted at BUNDLE_DIR/rootfs, verified) or directory tree")
     p.add_argument("bundle_dir", help="bundle directory (config.json is written there)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the runscript")
-    _environment_options(p)
+    runoptions.environment_options(p)
     p.add_argument(
         "-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]", help="bind mount"
     )
     p.add_argument("--init", action="store_true", help="start the image's tini/dumb-init as PID 1 (signals)")
     trust.add_arguments(p)
     p.set_defaults(func=cmd_bundle)
-
-
-def _environment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-e", "--cleanenv", action="store_true", help="keep only TERM, proxies and LANG=C from the host"
-    )
-    p.add_argument("--env", action="append", default=[], metavar="K=V[,K=V]", help="set variables")
-    p.add_argument(
-        "--env-file", action="append", default=[], metavar="FILE", help="set variables from a file"
-    )
-    p.add_argument("--no-eval", action="store_true", help="take --env and *ENV_ values literally")
-
-
-def _container_options(p: argparse.ArgumentParser) -> None:
-    _environment_options(p)
-    p.add_argument(
-        "-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]", help="bind mount"
-    )
-    p.add_argument("-c", "--contain", action="store_true", help="fresh /tmp, home and /dev; no cwd bind")
-    p.add_argument("-C", "--containall", action="store_true", help="--contain, --cleanenv and new PID/IPC ns")
-    p.add_argument("-p", "--pid", action="store_true", help="new PID namespace")
-    p.add_argument("--pwd", help="working directory inside the container")
-    p.add_argument("-H", "--home", metavar="SRC[:DST]", help="home directory to bind")
-    p.add_argument("--no-home", action="store_true", help="do not bind the home directory")
-    p.add_argument("--no-mount", action="append", default=[], metavar="NAME", help="skip a default mount")
-    p.add_argument(
-        "--no-env", action="append", default=[], metavar="NAME", help="do not forward a host variable"
-    )
-    p.add_argument("-s", "--shell", help="shell for 'siffs shell'")
-    p.add_argument("--nv", action="store_true", help="bind the host's NVIDIA driver")
-    p.add_argument("--nvliblist", metavar="FILE", help="library list for --nv instead of siffs' own")
-
-
-def _request(args: argparse.Namespace, action: Action) -> Request:
-    sources = None
-    if args.nv:
-        sources = NvidiaSources(device_dir=os.environ.get("SIFFS_NV_DEVICE_DIR", "/dev"))
-        if args.nvliblist:
-            sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
-    command = [args.command] if action == "exec" else []
-    return Request(
-        root=args.image,
-        action=action,
-        args=command + _strip_separator(args.args),
-        container=os.path.abspath(args.image),
-        binds=args.bind,
-        home=args.home,
-        no_home=args.no_home,
-        contain=args.contain,
-        containall=args.containall,
-        pid=args.pid,
-        cleanenv=args.cleanenv,
-        env=args.env,
-        env_files=args.env_file,
-        no_env=[n for item in args.no_env for n in item.split(",")],
-        no_eval=args.no_eval,
-        pwd=args.pwd,
-        shell=args.shell,
-        nv=args.nv,
-        nv_sources=sources,
-        no_mount=[n for item in args.no_mount for n in item.split(",")],
-    )
-
-
-def _strip_separator(args: list[str]) -> list[str]:
-    return args[1:] if args[:1] == ["--"] else args
 
 
 def _mounted(image: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[str]:
@@ -156,7 +94,10 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
 def cmd_action(args: argparse.Namespace) -> NoReturn:
     _quiet_runtime()
     try:
-        request = _request(args, args.action)
+        refused = runoptions.refusal(args)
+        if refused:
+            raise InvalidRequest(refused)
+        request = runoptions.request(args, args.action)
         if not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
         with _mounted(args.image, args) as mount_point:
@@ -175,28 +116,43 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    """Print as ``apptainer inspect`` does: sorted ``key: value`` labels, files without trailing newlines."""
     with _tree(args) as root:
         if not os.path.isdir(root):
             raise CommandError(f"{args.image} does not exist", ExitCode.IO)
-        value = _inspect(root, args.what)
+        if args.app and args.app not in metadata.apps(root):
+            raise CommandError(f"the image has no app {args.app!r} (see --list-apps)", ExitCode.NOT_FOUND)
+        value = _inspect(root, args.what, args.app)
     if args.json:
-        print_json({"data": {"attributes": {args.what: value}}, "type": "container"})
+        attributes: dict[str, object] = {args.what: value}
+        if args.app:
+            attributes = {"apps": {args.app: attributes}}
+        # Apptainer's layout (Go's MarshalIndent): tabs, keys sorted.
+        document = {"data": {"attributes": attributes}, "type": "container"}
+        print(json.dumps(document, indent="\t", sort_keys=True, ensure_ascii=False))
     elif isinstance(value, dict):
-        sys.stdout.write("".join(f"{k}: {v}\n" for k, v in value.items()))
+        sys.stdout.write("".join(f"{k}: {value[k]}\n" for k in sorted(value)))
+    elif isinstance(value, list):
+        sys.stdout.write("".join(f"{name}\n" for name in value))
     else:
         sys.stdout.write(value)
 
 
-def _inspect(root: str, what: str) -> dict[str, str] | str:
+def _inspect(root: str, what: str, app: str) -> dict[str, str] | list[str] | str:
+    if what == "apps":
+        return metadata.apps(root)
     if what == "labels":
-        return metadata.labels(root)
+        return metadata.labels(root, app)
     if what == "environment":
-        return "".join(f"=== {path} ===\n{text}\n" for path, text in metadata.environment(root))
-    path = {"runscript": metadata.RUNSCRIPT, "test": metadata.TEST, "deffile": metadata.DEFFILE}[what]
+        return "".join(
+            f"=== {path} ===\n{text.rstrip(chr(10))}\n\n" for path, text in metadata.environment(root, app)
+        )
+    files = {**metadata.FILES, "deffile": metadata.DEFFILE.rsplit("/", 1)[1]}
+    path = f"{metadata.metadata_dir('' if what == 'deffile' else app)}/{files[what]}"
     text = metadata.read_text(root, path)
     if text is None:
         raise CommandError(f"the image has no {what} ({path})", ExitCode.NOT_FOUND)
-    return text
+    return text.rstrip("\n") + "\n"
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
@@ -218,7 +174,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
         overrides = collect_overrides(environ, files, env_options(args.env))
         document = bundle.config(
             tree,
-            _strip_separator(args.args),
+            args.args[1:] if args.args[:1] == ["--"] else args.args,
             overrides,
             forwarded_host(environ, cleanenv=True),
             binds=args.bind,
