@@ -57,8 +57,7 @@ def command(
         script = f"{APPS_DIR}/{app}/scif/{'runscript' if action == 'run' else 'test'}"
         if _executable(script):
             return [script, *args]
-        what = "runscript" if action == "run" else "tests"
-        raise NoRunscript(f"no {what} for contained app: {app}")
+        raise NoRunscript(f"{'no runscript' if action == 'run' else 'No tests'} for contained app: {app}")
     if action == "run":
         for script in RUNSCRIPTS:
             if _executable(script):

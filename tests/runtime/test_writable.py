@@ -1,0 +1,84 @@
+"""Writable layers and work directories as the test user: --writable-tmpfs, --workdir, --scratch."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from tests.support.users import user_dir
+
+
+def _run(siffs, tree, *options, script: str) -> str:
+    result = siffs("exec", *options, tree, "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _host_mounts_of(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(path) in line]
+
+
+def test_writable_tmpfs_takes_writes_in_memory_and_leaves_the_image_alone(siffs, tree):
+    script = "echo hi > /newfile && cat /newfile; stat -f -c '%b %S' /"
+    out = _run(siffs, tree, "--writable-tmpfs", script=script).splitlines()
+    assert out[0] == "hi"
+    blocks, size = map(int, out[-1].split())
+    assert blocks * size == 64 * 1024 * 1024  # Apptainer's 'sessiondir max size' default
+    assert not (tree / "newfile").exists()
+    assert _host_mounts_of(tree) == []
+    result = siffs("exec", tree, "/bin/sh", "-c", "echo x > /newfile")
+    assert result.returncode != 0  # without the option the image stays read-only
+
+
+def test_writable_tmpfs_with_binds_onto_missing_paths(siffs, tree, work):
+    """The skeleton of missing mount points and the tmpfs upper combine in one overlay."""
+    out = _run(
+        siffs, tree, "--writable-tmpfs", "-B", f"{work}:/not/in/image", script="ls -d /not/in/image; touch /t"
+    )
+    assert out.strip() == "/not/in/image"
+
+
+def test_writable_tmpfs_is_full_at_its_size(siffs, tree):
+    script = "head -c 70000000 /dev/zero > /big; echo status=$?"
+    out = _run(siffs, tree, "--writable-tmpfs", script=script)
+    assert out.strip() != "status=0"
+
+
+def test_scratch_without_workdir_is_empty_and_private(siffs, tree):
+    out = _run(
+        siffs,
+        tree,
+        "-S",
+        "/scratch1,/var/scratch2",
+        script="ls -A /scratch1; touch /scratch1/f /var/scratch2/g && echo ok",
+    )
+    assert out.strip() == "ok"
+
+
+def test_scratch_with_workdir_lands_in_the_workdir(siffs, tree, work):
+    workdir = Path(user_dir(work, "wd-scratch"))
+    _run(siffs, tree, "-W", workdir, "-S", "/data", script="echo kept > /data/f")
+    assert (workdir / "scratch" / "data" / "f").read_text() == "kept\n"
+    assert stat.S_IMODE(os.stat(workdir / "scratch").st_mode) == 0o750
+
+
+def test_workdir_with_contain_holds_tmp_var_tmp_and_home(siffs, tree, work):
+    workdir = Path(user_dir(work, "wd-contain"))
+    script = "echo t > /tmp/t; echo v > /var/tmp/v; echo h > $HOME/h; pwd"
+    out = _run(siffs, tree, "--contain", "--workdir", workdir, script=script)
+    assert (workdir / "tmp" / "t").read_text() == "t\n"
+    assert (workdir / "var_tmp" / "v").read_text() == "v\n"
+    assert (workdir / "home" / "h").read_text() == "h\n"
+    assert stat.S_IMODE(os.stat(workdir / "tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(os.stat(workdir / "home").st_mode) == 0o700
+    assert out.strip() == os.path.expanduser("~siffs-test")
+
+
+def test_workdir_without_contain_keeps_the_hosts_tmp(siffs, tree, work):
+    workdir = Path(user_dir(work, "wd-plain"))
+    _run(siffs, tree, "-W", workdir, script="true")
+    assert sorted(os.listdir(workdir)) == []
+    result = siffs("exec", "-W", work / "missing-wd", "--contain", tree, "true")
+    assert result.returncode == 255 and "--workdir" in result.stderr
