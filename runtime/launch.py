@@ -34,7 +34,7 @@ from runtime.envscripts import evaluate, find_shell
 from runtime.errors import ContainerError, InvalidRequest, NamespacesUnavailable, NoRunscript, report, warn
 from runtime.layout import Layout, plan
 from runtime.metadata import APPS_DIR
-from runtime.nvidia import NvidiaFiles, NvidiaSources, resolve
+from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
 from runtime.passwd import Identity
 from runtime.paths import host_path, resolve_in
 from runtime.request import Request
@@ -84,6 +84,8 @@ def prepare(request: Request) -> Prepared:
         env_options(request.env),
     )
     gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
+    if request.rocm:
+        gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
@@ -161,7 +163,7 @@ def _start(prepared: Prepared, as_init: bool) -> NoReturn:
         warn("the image has no shell: its environment scripts are skipped")
         evaluated = {}
         apply_literally(prepared.overrides, evaluated)
-    env = merge(evaluated, prepared.forwarded, prepared.identity, libs_on_path=request.nv)
+    env = merge(evaluated, prepared.forwarded, prepared.identity, libs_on_path=request.nv or request.rocm)
     env["PWD"] = workdir
     shell_option = (
         request.shell or request.environ.get("APPTAINER_SHELL") or request.environ.get("SINGULARITY_SHELL")

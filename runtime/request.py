@@ -36,6 +36,8 @@ class Request:
     shell: str | None = None
     nv: bool = False
     nv_sources: NvidiaSources | None = None
+    rocm: bool = False
+    rocm_sources: NvidiaSources | None = None
     no_mount: list[str] = field(default_factory=list)
     #: The SCIF app (``--app``): its environment, runscript and test (``/scif/apps/NAME``).
     app: str = ""

@@ -121,10 +121,11 @@ def _same_file(a: str, b: str) -> bool:
 def _minimal_dev(target: str, step: MinimalDev) -> None:
     """§4.3: a tmpfs with the host's harmless nodes bound in, links, private devpts and shm."""
     mounts.tmpfs(target, 0o755, flags=libc.MS_NOSUID)
-    for device in step.devices:
+    for device in step.devices:  # nodes, and whole directories (``/dev/dri`` of --rocm)
         node = f"{target}/{os.path.basename(device)}"
-        _create(node, "file")
-        mounts.bind(HOST + device, node, recursive=False)
+        is_dir = os.path.isdir(HOST + device)
+        _create(node, "dir" if is_dir else "file")
+        mounts.bind(HOST + device, node, recursive=is_dir)
     for name, link in _DEV_LINKS:
         os.symlink(link, f"{target}/{name}")
     if step.devpts:

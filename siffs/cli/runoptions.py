@@ -178,6 +178,9 @@ def container_options(p: argparse.ArgumentParser) -> None:
     gpu = p.add_argument_group("GPUs")
     gpu.add_argument("--nv", action="store_true", help="bind the host's NVIDIA driver")
     gpu.add_argument("--nvliblist", metavar="FILE", help="library list for --nv instead of siffs' own")
+    gpu.add_argument(
+        "--rocm", action="store_true", help="bind the host's AMD ROCm driver (/dev/kfd, /dev/dri)"
+    )
 
     same = p.add_argument_group("accepted, change nothing in siffs")
     for flags, why in NO_OPS:
@@ -215,6 +218,7 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         sources = NvidiaSources(device_dir=os.environ.get("SIFFS_NV_DEVICE_DIR", "/dev"))
         if args.nvliblist:
             sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
+    rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
     if args.network not in (None, "none"):
         raise InvalidRequest(
             f"--network {args.network}: {_ROOT_ONLY} (only --network none works unprivileged)"
@@ -250,6 +254,8 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         shell=args.shell,
         nv=args.nv,
         nv_sources=sources,
+        rocm=args.rocm,
+        rocm_sources=rocm_sources,
         no_mount=_split(args.no_mount),
         app=args.app,
         workdir=args.workdir,
