@@ -27,7 +27,8 @@ def rocm(work) -> Path:
     for soname in SONAMES:
         real = soname + ".60200"
         subprocess.run(
-            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", libdir / real, f / "stub.c"], check=True
+            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", libdir / real, f / "stub.c"],
+            check=True,
         )
     (f / "etc").mkdir()
     (f / "etc/ld.so.conf").write_text(f"{libdir}\n")
