@@ -90,6 +90,10 @@ class Layout:
     home: str
     #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
     writable_tmpfs: bool = False
+    #: Read-only ``--overlay`` layers (host dirs), topmost first, above the image.
+    overlay_lowers: list[str] = field(default_factory=list)
+    #: The writable ``--overlay DIR``: (DIR/upper, DIR/work) on the host.
+    overlay_upper: tuple[str, str] | None = None
     steps: list[Step] = field(default_factory=list)
     placeholders: dict[str, Kind] = field(default_factory=dict)
     created: dict[str, Kind] = field(default_factory=dict)
@@ -207,6 +211,7 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
 
     home_source, home_dest = _home(request, who)
     layout = Layout(root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs)
+    _overlays(layout, request.overlays)
     if wanted("dev", "/dev"):
         if request.contained:
             devices = tuple(f"/dev/{d}" for d in MINIMAL_DEVICES if os.path.exists(f"/dev/{d}"))
@@ -275,19 +280,49 @@ def _home(request: Request, who: Identity) -> tuple[str | None, str]:
     return who.home, normalise(who.home)
 
 
-def _work_subdir(workdir: str, name: str, mode: int) -> str:
+def _overlays(layout: Layout, specs: Sequence[str]) -> None:
+    """``--overlay DIR[:ro]``: DIR/upper (or DIR) as a read-only layer; else writes go to DIR/upper.
+
+    As Apptainer: a later overlay lies above an earlier one, one overlay only may be writable,
+    and its work directory is DIR/work (created with DIR/upper when missing).
+    """
+    for spec in specs:
+        path, _, mode = spec.rpartition(":") if spec.endswith((":ro", ":rw")) else (spec, "", "rw")
+        path = os.path.abspath(path)
+        if not os.path.exists(path):
+            raise InvalidRequest(f"--overlay {spec}: {path} does not exist")
+        if not os.path.isdir(path):
+            raise InvalidRequest(
+                f"--overlay {spec}: overlay images (ext3, squashfs) are not supported yet; use a directory"
+            )
+        if mode == "ro":
+            upper = os.path.join(path, "upper")
+            layout.overlay_lowers.insert(0, upper if os.path.isdir(upper) else path)
+            continue
+        if layout.overlay_upper is not None:
+            raise InvalidRequest(
+                f"--overlay {spec}: only one overlay can be writable (add :ro to the others)"
+            )
+        upper, work = (_work_subdir(path, name, 0o755, "--overlay") for name in ("upper", "work"))
+        layout.overlay_upper = (upper, work)
+    if layout.overlay_upper is not None and layout.writable_tmpfs:
+        layout.warnings.append("--writable-tmpfs is ignored: the writable --overlay takes the writes")
+        layout.writable_tmpfs = False
+
+
+def _work_subdir(workdir: str, name: str, mode: int, option: str = "--workdir") -> str:
     """``WORKDIR/name``, created with ``mode`` if missing (on the host, where it outlives the container)."""
     if not os.path.isdir(workdir):
-        raise InvalidRequest(f"--workdir {workdir}: not a directory")
+        raise InvalidRequest(f"{option} {workdir}: not a directory")
     path = os.path.join(os.path.abspath(workdir), name)
     try:
         os.makedirs(path, exist_ok=True)
         if not os.path.isdir(path):
-            raise InvalidRequest(f"--workdir: {path} is not a directory")
+            raise InvalidRequest(f"{option}: {path} is not a directory")
         if os.stat(path).st_uid == os.getuid():
             os.chmod(path, mode)
     except OSError as exc:
-        raise InvalidRequest(f"--workdir: cannot create {path}: {exc.strerror}") from None
+        raise InvalidRequest(f"{option}: cannot create {path}: {exc.strerror}") from None
     return path
 
 

@@ -49,6 +49,8 @@ class Request:
     no_init: bool = False
     no_umask: bool = False
     writable_tmpfs: bool = False
+    #: ``--overlay DIR[:ro]`` in command-line order (a later one lies above an earlier one).
+    overlays: list[str] = field(default_factory=list)
     #: ``--workdir``: holds ``/tmp``, ``/var/tmp`` and home with ``--contain``, and the scratch dirs.
     workdir: str | None = None
     #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).

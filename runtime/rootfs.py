@@ -58,18 +58,24 @@ def _create(path: str, kind: Kind) -> None:
 
 
 def _mount_root(layout: Layout) -> None:
-    """The tree at FINAL: a plain read-only bind, or an overlay (§4.5) adding the missing mount
-    points (a skeleton lower) and, with ``--writable-tmpfs``, a tmpfs upper taking the writes."""
+    """The tree at FINAL: a plain read-only bind, or an overlay (§4.5): the skeleton of missing
+    mount points on top, then the ``--overlay`` layers, then the image; writes go to the upper
+    layer (a tmpfs for ``--writable-tmpfs``, DIR/upper for a writable ``--overlay DIR``)."""
     tree = HOST + layout.root
-    if not layout.placeholders and not layout.writable_tmpfs:
+    writable = layout.writable_tmpfs or layout.overlay_upper is not None
+    if not layout.placeholders and not writable and not layout.overlay_lowers:
         mounts.bind(tree, FINAL, readonly=True)
         return
     for dest, kind in layout.placeholders.items():
         _create(_SKELETON + dest, kind)
     mounts.bind(tree, _TREE)
-    lowers = [_SKELETON, _TREE] if layout.placeholders else [_TREE]
+    lowers = [_SKELETON] if layout.placeholders else []
+    lowers += [HOST + layer for layer in layout.overlay_lowers] + [_TREE]
     try:
-        if layout.writable_tmpfs:
+        if layout.overlay_upper is not None:
+            upper, work = layout.overlay_upper
+            mounts.overlay(FINAL, lowers, HOST + upper, HOST + work)
+        elif layout.writable_tmpfs:
             mounts.tmpfs(_WRITABLE, 0o755, size=WRITABLE_TMPFS_SIZE)
             os.mkdir(_WRITABLE + "/upper")
             os.mkdir(_WRITABLE + "/work")
@@ -79,7 +85,8 @@ def _mount_root(layout: Layout) -> None:
     except MountFailed as exc:
         missing = ", ".join(sorted(layout.placeholders)) or "none"
         raise MountFailed(
-            f"{exc} (unprivileged overlays need Linux >= 5.11); the image lacks these mount points: {missing}"
+            f"{exc} (unprivileged overlays need Linux >= 5.11, and an upper directory on a filesystem "
+            f"overlayfs accepts, such as ext4, xfs or tmpfs); the image lacks these mount points: {missing}"
         ) from None
 
 

@@ -47,7 +47,6 @@ REFUSED: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--boot",), None, "booting an init system " + _ROOT_ONLY),
     (("-f", "--fakeroot"), None, _NOT_YET),
     (("-w", "--writable"), None, _NOT_YET + " (use --writable-tmpfs)"),
-    (("-o", "--overlay"), "PATH", _NOT_YET + " (use --writable-tmpfs)"),
     (("--fusemount",), "SPEC", _NOT_YET),
     (("--dns",), "IP", _NOT_YET),
     (("--tmpdir",), "DIR", _NOT_YET),
@@ -143,6 +142,14 @@ def container_options(p: argparse.ArgumentParser) -> None:
         "--workdir",
         metavar="DIR",
         help="host dir for --scratch, and /tmp, /var/tmp, home with --contain",
+    )
+    mounts.add_argument(
+        "-o",
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="DIR[:ro]",
+        help="overlay directory: writes go to DIR/upper; with :ro a read-only layer (repeatable)",
     )
     mounts.add_argument(
         "--writable-tmpfs",
@@ -261,6 +268,7 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         workdir=args.workdir,
         scratch=args.scratch,
         writable_tmpfs=args.writable_tmpfs,
+        overlays=args.overlay,
     )
     if args.compat:  # Apptainer's OCI/Docker-like defaults, without the uts/user/net namespaces
         result = replace(result, containall=True, writable_tmpfs=True, no_eval=True)

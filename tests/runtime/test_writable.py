@@ -82,3 +82,46 @@ def test_workdir_without_contain_keeps_the_hosts_tmp(siffs, tree, work):
     assert sorted(os.listdir(workdir)) == []
     result = siffs("exec", "-W", work / "missing-wd", "--contain", tree, "true")
     assert result.returncode == 255 and "--workdir" in result.stderr
+
+
+def test_overlay_directory_persists_writes_and_stacks_read_only_layers(siffs, tree, work):
+    base = Path(user_dir(work, "overlays"))
+    layers = {name: Path(user_dir(base, name)) for name in ("rw", "low", "high")}
+    for name in ("low", "high"):
+        (layers[name] / "f").write_text(f"from {name}\n")
+        os.chown(layers[name] / "f", *_test_ids(work))
+    options = [
+        "--overlay",
+        f"{layers['low']}:ro",
+        "--overlay",
+        f"{layers['high']}:ro",
+        "--overlay",
+        layers["rw"],
+    ]
+    out = _run(siffs, tree, *options, script="cat /f; echo more >> /f; echo new > /n; cat /f /n")
+    assert out.splitlines() == ["from high", "from high", "more", "new"]  # a later overlay lies above
+    assert (layers["rw"] / "upper" / "n").read_text() == "new\n"
+    assert (layers["high"] / "f").read_text() == "from high\n"  # read-only layers never change
+    assert not (tree / "n").exists()
+    again = _run(siffs, tree, "--overlay", layers["rw"], script="cat /n")
+    assert again == "new\n"  # persistent
+    read_only = _run(
+        siffs, tree, "--overlay", f"{layers['rw']}:ro", script="cat /n; touch /m 2>/dev/null || echo ro"
+    )
+    assert read_only.splitlines() == ["new", "ro"]  # DIR/upper is the layer of a read-only DIR
+    assert _host_mounts_of(base) == []
+
+
+def _test_ids(work: Path) -> tuple[int, int]:
+    st = os.stat(work)
+    return st.st_uid, st.st_gid
+
+
+def test_overlay_refusals(siffs, tree, work):
+    one, two = (user_dir(work, f"ov-refusal-{n}") for n in (1, 2))
+    result = siffs("exec", "--overlay", one, "--overlay", two, tree, "true")
+    assert result.returncode == 255 and "only one overlay can be writable" in result.stderr
+    image = work / "overlay.img"
+    image.write_bytes(b"\0" * 4096)
+    result = siffs("exec", "--overlay", image, tree, "true")
+    assert result.returncode == 255 and "not supported yet" in result.stderr
