@@ -41,6 +41,11 @@ from runtime.request import Request
 from runtime.supervise import restore_signals, wait_for
 
 _HOST_NAME_MAX = 64
+#: Apptainer's root-mapped mode (the user has no /etc/subuid range) says as much.
+FAKEROOT_WARNING = (
+    "--fakeroot: root-mapped namespace: you are root inside, every other user and group shows as "
+    "nobody (subordinate id ranges of /etc/subuid are not used)"
+)
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 
@@ -87,6 +92,8 @@ def prepare(request: Request) -> Prepared:
     if request.rocm:
         gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
+    if request.fakeroot:
+        warn(FAKEROOT_WARNING)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
     if request.app and not os.path.isdir(host_path(root, resolve_in(root, f"{APPS_DIR}/{request.app}"))):
@@ -112,7 +119,13 @@ def exec_container(request: Request) -> NoReturn:
     prepared = prepare(request)
     sys.stdout.flush()
     sys.stderr.flush()
-    namespaces.enter(pid=request.new_pid, ipc=request.new_ipc, uts=request.new_uts, net=request.net)
+    namespaces.enter(
+        pid=request.new_pid,
+        ipc=request.new_ipc,
+        uts=request.new_uts,
+        net=request.net,
+        fakeroot=request.fakeroot,
+    )
     if request.new_pid:
         pid = os.fork()
         if pid:  # outside the PID namespace: pass signals to its init, return its status

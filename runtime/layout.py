@@ -246,7 +246,8 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         layout.add(
             Bind(os.path.realpath("/etc/resolv.conf"), where("/etc/resolv.conf"), readonly=True), "file"
         )
-    _identity_files(layout, who, wanted)
+    if not request.fakeroot:  # root is in the image's own files
+        _identity_files(layout, who, wanted)
     if request.hostname is not None:
         layout.add(Generated(where("/etc/hostname"), request.hostname + "\n"), "file")
     specs = list(request.binds)
@@ -266,6 +267,7 @@ def _home(request: Request, who: Identity) -> tuple[str | None, str]:
     """(host source or None for an empty dir, container destination) of the home directory.
 
     Contained, the home is empty: in memory, or ``WORKDIR/home`` with ``--workdir`` (Apptainer).
+    With ``--fakeroot`` it is ``/root``, root's home.
     """
     if request.home:
         source, _, dest = request.home.partition(":")
@@ -273,11 +275,12 @@ def _home(request: Request, who: Identity) -> tuple[str | None, str]:
         if not os.path.isdir(source):
             raise InvalidRequest(f"--home: {source} is not a directory")
         return source, normalise(dest or source)
+    dest = "/root" if request.fakeroot else normalise(who.home)  # root's home, yours inside (Apptainer)
     if request.contained and request.workdir:
-        return _work_subdir(request.workdir, "home", 0o700), normalise(who.home)
+        return _work_subdir(request.workdir, "home", 0o700), dest
     if request.contained or not os.path.isdir(who.home):
-        return None, normalise(who.home)
-    return who.home, normalise(who.home)
+        return None, dest
+    return who.home, dest
 
 
 def _overlays(layout: Layout, specs: Sequence[str]) -> None:

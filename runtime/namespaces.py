@@ -54,8 +54,13 @@ def explain(err: int, proc_sys: str = "/proc/sys") -> str:
     )
 
 
-def enter(pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = False) -> None:
-    """Unshare user + mount (+ PID, IPC, UTS, network) namespaces and map the caller's ids onto themselves."""
+def enter(
+    pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = False, fakeroot: bool = False
+) -> None:
+    """Unshare user + mount (+ PID, IPC, UTS, network) namespaces and map the caller's ids.
+
+    Onto themselves; with ``fakeroot``, onto 0 (root inside, the caller outside).
+    """
     uid, gid = os.getuid(), os.getgid()
     flags = libc.CLONE_NEWUSER | libc.CLONE_NEWNS
     for wanted, flag in (
@@ -71,9 +76,10 @@ def enter(pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = F
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
     try:
-        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        inside_uid, inside_gid = (0, 0) if fakeroot else (uid, gid)
+        _write("/proc/self/uid_map", f"{inside_uid} {uid} 1\n")
         _write("/proc/self/setgroups", "deny\n")  # the gid map is refused before this
-        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+        _write("/proc/self/gid_map", f"{inside_gid} {gid} 1\n")
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
 

@@ -56,6 +56,8 @@ class Request:
     #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
     scratch: list[str] = field(default_factory=list)
     no_pid: bool = False
+    #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
+    fakeroot: bool = False
     #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
     mounts: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

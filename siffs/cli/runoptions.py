@@ -45,7 +45,6 @@ REFUSED: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--keep-privs",), None, "keeping root's privileges " + _ROOT_ONLY),
     (("--allow-setuid",), None, "setuid programs " + _ROOT_ONLY),
     (("--boot",), None, "booting an init system " + _ROOT_ONLY),
-    (("-f", "--fakeroot"), None, _NOT_YET),
     (("-w", "--writable"), None, _NOT_YET + " (use --writable-tmpfs)"),
     (("--fusemount",), "SPEC", _NOT_YET),
     (("--dns",), "IP", _NOT_YET),
@@ -58,8 +57,6 @@ REFUSED: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--cdi-dirs",), "DIRS", "CDI devices " + _NOT_YET),
     (("--dmtcp-launch",), "FILE", "DMTCP checkpoints " + _NOT_YET),
     (("--dmtcp-restart",), "FILE", "DMTCP checkpoints " + _NOT_YET),
-    (("--ignore-subuid",), None, _NOT_YET + " (it belongs to --fakeroot)"),
-    (("--ignore-fakeroot-command",), None, _NOT_YET + " (it belongs to --fakeroot)"),
     (("--ignore-userns",), None, "siffs needs user namespaces: it has no setuid mode"),
 )
 #: Apptainer options that change nothing here, and why (shown in --help).
@@ -74,6 +71,8 @@ NO_OPS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--no-rocm",), "--rocm is never on unless asked"),
     (("--containlibs",), "deprecated in Apptainer"),
     (("--runscript-timeout",), "the runscript runs until it ends"),
+    (("--ignore-subuid",), "--fakeroot never uses /etc/subuid ranges"),
+    (("--ignore-fakeroot-command",), "--fakeroot never uses the fakeroot command"),
 )
 _NO_OP_VALUES = frozenset({"--drop-caps", "--containlibs", "--runscript-timeout"})
 
@@ -163,6 +162,9 @@ def container_options(p: argparse.ArgumentParser) -> None:
     )
     isolation.add_argument(
         "-C", "--containall", action="store_true", help="--contain, --cleanenv and new PID/IPC ns"
+    )
+    isolation.add_argument(
+        "-f", "--fakeroot", action="store_true", help="root inside (uid and gid 0), you outside"
     )
     isolation.add_argument("-p", "--pid", action="store_true", help="new PID namespace")
     isolation.add_argument("--no-pid", action="store_true", help="no PID namespace, even with --containall")
@@ -269,6 +271,7 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         scratch=args.scratch,
         writable_tmpfs=args.writable_tmpfs,
         overlays=args.overlay,
+        fakeroot=args.fakeroot,
     )
     if args.compat:  # Apptainer's OCI/Docker-like defaults, without the uts/user/net namespaces
         result = replace(result, containall=True, writable_tmpfs=True, no_eval=True)

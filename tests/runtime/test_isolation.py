@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from siffs.cli.main import build_parser
 from siffs.cli.runoptions import NO_OPS, REFUSED, refusal
+from tests.support.users import user_dir
 
 
 def _namespace(kind: str) -> str:
@@ -157,3 +159,18 @@ def test_run_help_groups_options_as_apptainer_does():
         "accepted, change nothing in siffs:",
         "refused: cannot work unprivileged, or not implemented yet:",
     ]
+
+
+def test_fakeroot_is_root_inside_and_the_user_outside(siffs, tree, work):
+    made = Path(user_dir(work, "fakeroot-out"))
+    script = f'id -u; id -g; echo "$HOME"; touch {made}/f; ls -ln {made}/f | tr -s " " | cut -d" " -f3,4'
+    result = siffs("exec", "--fakeroot", tree, "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0", "0", "/root", "0 0"]
+    owner = os.stat(made / "f")
+    assert (owner.st_uid, owner.st_gid) == (
+        os.stat(made).st_uid,
+        os.stat(made).st_gid,
+    )  # the user's on the host
+    assert result.stderr.startswith("WARNING: --fakeroot: root-mapped namespace")
+    assert siffs("-q", "exec", "--fakeroot", tree, "true").stderr == ""
