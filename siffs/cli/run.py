@@ -18,13 +18,15 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
 
-from runtime import bundle, envfile, metadata
+from runtime import bundle, envfile, ext3overlay, metadata
 from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
 from siffs.cli import output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
+from siffs.sif.load import Image
+from siffs.sif.types import FsType, PartType
 
 
 def _quiet_runtime() -> None:
@@ -100,8 +102,13 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         request = runoptions.request(args, args.action)
         if not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
-        with _mounted(args.image, args) as mount_point:
-            status = run_container(replace(request, root=mount_point))
+        with _mounted(args.image, args) as mount_point, contextlib.ExitStack() as stack:
+            layers = [
+                stack.enter_context(ext3overlay.mounted(args.image, offset, os.path.dirname(mount_point)))
+                for offset in _overlay_partitions(args.image)
+            ]
+            overlays = [f"{layer}:ro" for layer in layers] + request.overlays
+            status = run_container(replace(request, root=mount_point, overlays=overlays))
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -113,6 +120,17 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         print(f"FATAL: {args.image}: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONTAINER_FAILED)
     sys.exit(status)
+
+
+def _overlay_partitions(image: str) -> list[int]:
+    """Offsets of the image's embedded ext3 overlay partitions, applied read-only as Apptainer does."""
+    with Image.open(image) as sif:
+        return [
+            d.offset
+            for d in sif.descriptors
+            if (part := d.partition) is not None
+            and (part.fs_type, part.part_type) == (FsType.EXT3, PartType.OVERLAY)
+        ]
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:

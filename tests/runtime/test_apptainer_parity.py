@@ -28,7 +28,6 @@ IGNORED_PREFIXES = ("USER_PATH=", "_=")
 NOT_YET = {
     "enc-pass-run": "gocryptfs-encrypted SIFs (fs type 6) are another helper's work",
     "enc-pem-run": "gocryptfs-encrypted SIFs (fs type 6) are another helper's work",
-    "overlay-embedded": "embedded ext3 overlay partitions are not done yet",
 }
 
 pytestmark = pytest.mark.skipif(not GOLDENS.is_dir(), reason=f"no Apptainer goldens at {GOLDENS}")

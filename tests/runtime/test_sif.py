@@ -14,7 +14,7 @@ from tests.runtime.conftest import Siffs
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import daemons_for
 from tests.support.mounts import siffs as siffs_root
-from tests.support.shared import CONFORMANCE
+from tests.support.shared import CONFORMANCE, SHARED
 
 KEYS = CONFORMANCE / "sylabs-sif" / "keys"
 
@@ -135,3 +135,42 @@ def test_bundle_of_a_sif_runs_under_runc(siffs: Siffs, signed_sif, user_env, wor
         assert "arguments: from runc" in run.stdout
     finally:
         assert siffs("umount", rootfs, env=user_env).returncode == 0
+
+
+OVERLAY_SIF = SHARED / "apptainer-fixtures" / "overlay.sif"
+
+
+def _overlay_mounts(base: str) -> list[str]:
+    """This test's mounts of the overlay image (under its own runtime dir)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(OVERLAY_SIF) in line and base in line]
+
+
+@pytest.mark.skipif(not OVERLAY_SIF.is_file(), reason=f"no Apptainer-built overlay image at {OVERLAY_SIF}")
+def test_embedded_overlay_partition_is_applied_and_gone_after_sigkill(siffs: Siffs, user_env):
+    """fuse2fs serves the ext3 partition read-only; a killed siffs leaves neither mount nor daemon."""
+    result = siffs("exec", "--allow-unsigned", OVERLAY_SIF, "/bin/cat", "/overlay-file.txt", env=user_env)
+    assert (result.returncode, result.stdout) == (0, "persisted\n"), result.stderr
+    assert _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) == []
+    argv = siffs.command(
+        "exec", "--allow-unsigned", OVERLAY_SIF, "/bin/sh", "-c", "echo up; exec sleep 60", env=user_env
+    )
+    proc = subprocess.Popen(argv, cwd=siffs.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    assert sorted(
+        line.split(" - ")[1].split()[0] for line in _overlay_mounts(user_env["XDG_RUNTIME_DIR"])
+    ) == [
+        "fuse.ext4",
+        "fuse.siffs",
+    ]
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=True)
+    os.kill(int(children.stdout.split()[0]), signal.SIGKILL)
+    proc.wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) == []
+    assert (
+        subprocess.run(["pgrep", "-u", "siffs-test", "fuse2fs"], capture_output=True, check=False).returncode
+        == 1
+    )
