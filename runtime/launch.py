@@ -81,6 +81,12 @@ def prepare(request: Request) -> Prepared:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
     request = replace(request, root=root)
+    if request.writable and not os.access(root, os.W_OK):
+        raise InvalidRequest(
+            f"--writable: you cannot write {request.root} (a SIF is read-only: use --writable-tmpfs)"
+        )
+    if request.writable and (request.writable_tmpfs or request.overlays):
+        raise InvalidRequest("--writable cannot be combined with --writable-tmpfs or --overlay")
     if request.hostname is not None and not 0 < len(request.hostname.encode()) <= _HOST_NAME_MAX:
         raise InvalidRequest(f"--hostname {request.hostname!r}: 1 to {_HOST_NAME_MAX} bytes")
     overrides = collect_overrides(

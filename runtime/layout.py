@@ -11,6 +11,7 @@ are simply created.
 from __future__ import annotations
 
 import csv
+import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Layout:
     home: str
     #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
     writable_tmpfs: bool = False
+    #: ``--writable``: the tree itself is mounted read-write (a sandbox directory).
+    writable: bool = False
     #: Read-only ``--overlay`` layers (host dirs), topmost first, above the image.
     overlay_lowers: list[str] = field(default_factory=list)
     #: The writable ``--overlay DIR``: (DIR/upper, DIR/work) on the host.
@@ -210,7 +213,9 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         return name not in skip and dest not in skip
 
     home_source, home_dest = _home(request, who)
-    layout = Layout(root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs)
+    layout = Layout(
+        root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs, writable=request.writable
+    )
     _overlays(layout, request.overlays)
     if wanted("dev", "/dev"):
         if request.contained:
@@ -242,7 +247,9 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         layout.add(Bind(source, where(dest), readonly=True), "file")
     for path in gpu.data_files:
         layout.add(Bind(path, where(path), readonly=True), _kind(path))
-    if wanted("", "/etc/resolv.conf") and os.path.exists("/etc/resolv.conf"):
+    if request.dns:
+        layout.add(Generated(where("/etc/resolv.conf"), _resolv_conf(request.dns)), "file")
+    elif wanted("", "/etc/resolv.conf") and os.path.exists("/etc/resolv.conf"):
         layout.add(
             Bind(os.path.realpath("/etc/resolv.conf"), where("/etc/resolv.conf"), readonly=True), "file"
         )
@@ -281,6 +288,19 @@ def _home(request: Request, who: Identity) -> tuple[str | None, str]:
     if request.contained or not os.path.isdir(who.home):
         return None, dest
     return who.home, dest
+
+
+def _resolv_conf(servers: Sequence[str]) -> str:
+    """``--dns IP[,IP]``: one ``nameserver`` line per address, as Apptainer writes it."""
+    lines = []
+    for item in servers:
+        for server in filter(None, item.split(",")):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise InvalidRequest(f"--dns {server}: not an IP address") from None
+            lines.append(f"nameserver {server}\n")
+    return "".join(lines)
 
 
 def _overlays(layout: Layout, specs: Sequence[str]) -> None:

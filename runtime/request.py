@@ -56,6 +56,10 @@ class Request:
     #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
     scratch: list[str] = field(default_factory=list)
     no_pid: bool = False
+    #: ``--dns``: name servers written as the container's ``/etc/resolv.conf`` instead of the host's.
+    dns: list[str] = field(default_factory=list)
+    #: ``--writable``: the tree (a directory the user can write) is mounted read-write.
+    writable: bool = False
     #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
     fakeroot: bool = False
     #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.

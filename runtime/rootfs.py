@@ -62,6 +62,16 @@ def _mount_root(layout: Layout) -> None:
     mount points on top, then the ``--overlay`` layers, then the image; writes go to the upper
     layer (a tmpfs for ``--writable-tmpfs``, DIR/upper for a writable ``--overlay DIR``)."""
     tree = HOST + layout.root
+    if layout.writable:  # a sandbox the user may write: missing mount points are made in it
+        mounts.bind(tree, FINAL)
+        for dest, kind in layout.placeholders.items():
+            try:
+                _create(FINAL + dest, kind)
+            except OSError as exc:
+                raise MountFailed(
+                    f"--writable: cannot create the mount point {dest} in the sandbox: {exc.strerror}"
+                ) from None
+        return
     writable = layout.writable_tmpfs or layout.overlay_upper is not None
     if not layout.placeholders and not writable and not layout.overlay_lowers:
         mounts.bind(tree, FINAL, readonly=True)

@@ -45,9 +45,7 @@ REFUSED: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--keep-privs",), None, "keeping root's privileges " + _ROOT_ONLY),
     (("--allow-setuid",), None, "setuid programs " + _ROOT_ONLY),
     (("--boot",), None, "booting an init system " + _ROOT_ONLY),
-    (("-w", "--writable"), None, _NOT_YET + " (use --writable-tmpfs)"),
     (("--fusemount",), "SPEC", _NOT_YET),
-    (("--dns",), "IP", _NOT_YET),
     (("--tmpdir",), "DIR", _NOT_YET),
     (("--sharens",), None, _NOT_YET),
     (("--compat32",), None, _NOT_YET),
@@ -151,6 +149,9 @@ def container_options(p: argparse.ArgumentParser) -> None:
         help="overlay directory: writes go to DIR/upper; with :ro a read-only layer (repeatable)",
     )
     mounts.add_argument(
+        "-w", "--writable", action="store_true", help="a sandbox directory you own, mounted read-write"
+    )
+    mounts.add_argument(
         "--writable-tmpfs",
         action="store_true",
         help="writes to the image go to memory (64 MiB), gone at exit",
@@ -175,6 +176,9 @@ def container_options(p: argparse.ArgumentParser) -> None:
         "-n", "--net", action="store_true", help="new network namespace (with --network none)"
     )
     isolation.add_argument("--network", metavar="TYPE", help="only 'none' (loopback only) works unprivileged")
+    isolation.add_argument(
+        "--dns", action="append", default=[], metavar="IP[,IP]", help="name servers for /etc/resolv.conf"
+    )
     isolation.add_argument(
         "--no-init", action="store_true", help="no init process as PID 1 of a PID namespace"
     )
@@ -228,6 +232,10 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         if args.nvliblist:
             sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
     rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
+    if args.writable and os.path.isfile(args.image):
+        raise InvalidRequest(
+            "--writable: a SIF image is read-only here; use --writable-tmpfs or --overlay DIR"
+        )
     if args.network not in (None, "none"):
         raise InvalidRequest(
             f"--network {args.network}: {_ROOT_ONLY} (only --network none works unprivileged)"
@@ -272,6 +280,8 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         writable_tmpfs=args.writable_tmpfs,
         overlays=args.overlay,
         fakeroot=args.fakeroot,
+        dns=args.dns,
+        writable=args.writable,
     )
     if args.compat:  # Apptainer's OCI/Docker-like defaults, without the uts/user/net namespaces
         result = replace(result, containall=True, writable_tmpfs=True, no_eval=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 from tests.support.users import user_dir
@@ -125,3 +126,29 @@ def test_overlay_refusals(siffs, tree, work):
     image.write_bytes(b"\0" * 4096)
     result = siffs("exec", "--overlay", image, tree, "true")
     assert result.returncode == 255 and "not supported yet" in result.stderr
+
+
+def test_writable_sandbox_directory(siffs, tree, work):
+    """--writable on a directory the user owns: writes land in it; missing mount points are made in it."""
+    sandbox = Path(user_dir(work, "sandbox"))
+    subprocess.run(["cp", "-a", f"{tree}/.", str(sandbox)], check=True)
+    subprocess.run(["chown", "-R", "siffs-test:siffs-test", str(sandbox)], check=True)
+    out = _run(
+        siffs, sandbox, "--writable", "-B", f"{work}:/made/here", script="echo w > /written; ls -d /made/here"
+    )
+    assert out.strip() == "/made/here"
+    assert (sandbox / "written").read_text() == "w\n"
+    assert (sandbox / "made" / "here").is_dir()
+    result = siffs("exec", "--writable", tree, "true")  # root's tree: the test user cannot write it
+    assert result.returncode == 255 and "--writable" in result.stderr
+    image = work / "image-file.sif"
+    image.write_bytes(b"not read: refused before")
+    result = siffs("exec", "--writable", image, "true")
+    assert result.returncode == 255 and "a SIF image is read-only here" in result.stderr
+
+
+def test_dns_writes_resolv_conf(siffs, tree):
+    out = _run(siffs, tree, "--dns", "192.0.2.1,2001:db8::1", script="cat /etc/resolv.conf")
+    assert out == "nameserver 192.0.2.1\nnameserver 2001:db8::1\n"
+    result = siffs("exec", "--dns", "not-an-ip", tree, "true")
+    assert result.returncode == 255 and "--dns not-an-ip" in result.stderr
