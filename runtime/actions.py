@@ -20,6 +20,13 @@ from runtime.request import Action
 
 RUNSCRIPTS = ("/.singularity.d/runscript", "/apptainer", "/singularity")
 TEST_SCRIPT = "/.singularity.d/test"
+START_SCRIPT = "/.singularity.d/startscript"
+#: An app's script for each action, and Apptainer's words when it is missing.
+_APP_SCRIPTS = {
+    "run": ("runscript", "no runscript"),
+    "test": ("test", "No tests"),
+    "start": ("startscript", "No startscript"),
+}
 
 
 def _executable(path: str) -> bool:
@@ -53,11 +60,14 @@ def command(
         if not args:
             raise InvalidRequest("exec needs a command")
         return [find_program(args[0], env.get("PATH", "")), *args[1:]]
-    if action in ("run", "test") and app:
-        script = f"{APPS_DIR}/{app}/scif/{'runscript' if action == 'run' else 'test'}"
+    if action in ("run", "test", "start") and app:
+        name, missing = _APP_SCRIPTS[action]
+        script = f"{APPS_DIR}/{app}/scif/{name}"
         if _executable(script):
             return [script, *args]
-        raise NoRunscript(f"{'no runscript' if action == 'run' else 'No tests'} for contained app: {app}")
+        raise NoRunscript(f"{missing} for contained app: {app}")
+    if action == "start":  # an instance: without a start script it just stays, as Apptainer's does
+        return [START_SCRIPT, *args] if _executable(START_SCRIPT) else ["/bin/sh", "-c", "true"]
     if action == "run":
         for script in RUNSCRIPTS:
             if _executable(script):

@@ -38,7 +38,7 @@ from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
 from runtime.passwd import Identity
 from runtime.paths import host_path, resolve_in
 from runtime.request import Request
-from runtime.supervise import restore_signals, wait_for
+from runtime.supervise import linger, restore_signals, wait_for
 
 _HOST_NAME_MAX = 64
 #: Apptainer's root-mapped mode (the user has no /etc/subuid range) says as much.
@@ -142,12 +142,38 @@ def exec_container(request: Request) -> NoReturn:
 
 def run_container(request: Request) -> int:
     """Run the container in a child and return its exit status (128+N if killed by signal N)."""
+    return wait_for(start_container(request))
+
+
+def start_container(request: Request) -> int:
+    """Start the container in a child and return its pid, which holds the container's namespaces.
+
+    ``join_container`` with that pid enters them (``instance://``); signals sent to it reach
+    the command.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         _in_child(lambda: exec_container(request))
-    return wait_for(pid)
+    return pid
+
+
+def join_container(request: Request, holder: int) -> NoReturn:
+    """Run ``request``'s command in the namespaces of a running container (``start_container``'s pid).
+
+    Its root, mounts and identity are the running container's; the environment is computed
+    again, as for a new container, from the image's scripts and this caller's host variables.
+    """
+    prepared = prepare(request)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if namespaces.join(holder):  # a PID namespace applies to children only
+        pid = os.fork()
+        if pid:
+            os._exit(wait_for(pid))
+        _in_child(lambda: _start(prepared, as_init=False, build=False))
+    _start(prepared, as_init=False, build=False)
 
 
 def _in_child(body: Callable[[], object]) -> NoReturn:
@@ -167,11 +193,12 @@ def _in_child(body: Callable[[], object]) -> NoReturn:
         os._exit(status)
 
 
-def _start(prepared: Prepared, as_init: bool) -> NoReturn:
-    """Inside the namespaces: build the root, compute the environment, exec (§5 steps 5-13)."""
+def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
+    """Inside the namespaces: build the root (unless joining one), compute the environment, exec."""
     request, layout = prepared.request, prepared.layout
-    _isolate(request)
-    rootfs.build(layout)
+    if build:
+        _isolate(request)
+        rootfs.build(layout)
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
     shell = find_shell()
@@ -196,7 +223,10 @@ def _start(prepared: Prepared, as_init: bool) -> NoReturn:
     if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
         pid = os.fork()
         if pid:
-            os._exit(wait_for(pid, reap_all=True))
+            status = wait_for(pid, reap_all=True)
+            if request.action == "start":  # an instance outlives its start script
+                linger()
+            os._exit(status)
         _in_child(lambda: _exec(argv, env, prepared.host))
     _exec(argv, env, prepared.host)
 

@@ -100,3 +100,45 @@ def loopback_up() -> None:
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+#: The namespaces a joiner enters, in order (the user namespace first: it grants the rights for
+#: the others), with the file of the holder that names each one.
+_JOINED = (
+    ("user", libc.CLONE_NEWUSER),
+    ("mnt", libc.CLONE_NEWNS),
+    ("ipc", libc.CLONE_NEWIPC),
+    ("uts", libc.CLONE_NEWUTS),
+    ("net", libc.CLONE_NEWNET),
+    ("pid_for_children", libc.CLONE_NEWPID),
+)
+
+
+def join(holder: int) -> bool:
+    """Enter the namespaces of process ``holder`` that differ from ours; True if a PID namespace is one.
+
+    All are opened first: once in the mount namespace, ``/proc`` is the container's, where this
+    process may not exist. ``setns`` into the mount namespace also moves root and cwd to its root.
+    """
+    opened: list[tuple[str, int, int]] = []
+    try:
+        for name, flag in _JOINED:
+            mine = os.readlink(f"/proc/self/ns/{'pid' if name == 'pid_for_children' else name}")
+            try:
+                if os.readlink(f"/proc/{holder}/ns/{name}") != mine:
+                    opened.append(
+                        (name, flag, os.open(f"/proc/{holder}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                    )
+            except OSError as exc:
+                raise NamespacesUnavailable(f"the container (pid {holder}) is gone: {exc.strerror}") from None
+        for name, flag, fd in opened:
+            try:
+                libc.setns(fd, flag)
+            except OSError as exc:
+                raise NamespacesUnavailable(
+                    f"cannot enter the container's {name} namespace: {exc.strerror}"
+                ) from None
+    finally:
+        for _, _, fd in opened:
+            os.close(fd)
+    return any(flag == libc.CLONE_NEWPID for _, flag, _ in opened)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from runtime.nvidia import NvidiaSources
 
-Action = Literal["run", "exec", "shell", "test"]
+Action = Literal["run", "exec", "shell", "test", "start"]
 
 
 @dataclass

@@ -94,6 +94,10 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
 
 
 def cmd_action(args: argparse.Namespace) -> NoReturn:
+    if args.image.startswith("instance://"):
+        from siffs.cli.instance import join  # noqa: PLC0415 - only instance:// needs it
+
+        join(args, args.action)
     _quiet_runtime()
     try:
         refused = runoptions.refusal(args)

@@ -29,20 +29,6 @@ def signed_sif(tree, work) -> Path:
     return sif
 
 
-@pytest.fixture
-def user_env(work, tmp_path) -> dict[str, str]:
-    """Per-test XDG directories the test user owns, so every test starts with an empty keyring."""
-    base = work / f"xdg-{tmp_path.name}"
-    base.mkdir()
-    subprocess.run(["chown", "siffs-test", str(base)], check=True)
-    return {
-        "XDG_CONFIG_HOME": f"{base}/config",
-        "XDG_CACHE_HOME": f"{base}/cache",
-        "XDG_STATE_HOME": f"{base}/state",
-        "XDG_RUNTIME_DIR": str(base),
-    }
-
-
 def _no_siffs_mounts_left(base: str) -> bool:
     with open("/proc/self/mountinfo") as f:
         return not any(base in line and "fuse.siffs" in line for line in f)
