@@ -104,15 +104,25 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         if refused:
             raise InvalidRequest(refused)
         request = runoptions.request(args, args.action)
-        if not os.path.isfile(args.image):
+        binds, data_images = _split_data_images(request.binds)
+        if not data_images and not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
-        with _mounted(args.image, args) as mount_point, contextlib.ExitStack() as stack:
-            layers = [
-                stack.enter_context(ext3overlay.mounted(args.image, offset, os.path.dirname(mount_point)))
-                for offset in _overlay_partitions(args.image)
-            ]
-            overlays = [f"{layer}:ro" for layer in layers] + request.overlays
-            status = run_container(replace(request, root=mount_point, overlays=overlays))
+        with contextlib.ExitStack() as stack:
+            for source, inside, dest in data_images:  # verified and mounted as any image
+                if not os.path.isfile(source):
+                    raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
+                mount = stack.enter_context(_mounted(source, args))
+                binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
+            request = replace(request, binds=binds)
+            if os.path.isfile(args.image):
+                mount_point = stack.enter_context(_mounted(args.image, args))
+                layers = [
+                    stack.enter_context(ext3overlay.mounted(args.image, offset, os.path.dirname(mount_point)))
+                    for offset in _overlay_partitions(args.image)
+                ]
+                overlays = [f"{layer}:ro" for layer in layers] + request.overlays
+                request = replace(request, root=mount_point, overlays=overlays)
+            status = run_container(request)
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -124,6 +134,40 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         print(f"FATAL: {args.image}: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONTAINER_FAILED)
     sys.exit(status)
+
+
+_BIND_OPTIONS = ("ro", "rw")
+
+
+def _split_data_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """``-B IMAGE:DST:image-src=PATH`` items taken out of ``specs``, as (IMAGE, PATH, DST).
+
+    In a comma list, a word without ``:`` that is a bind option (``ro``, ``image-src=...``)
+    belongs to the bind before it, as in Apptainer's syntax.
+    """
+    plain: list[str] = []
+    images: list[tuple[str, str, str]] = []
+    for spec in specs:
+        items: list[str] = []
+        for word in spec.split(","):
+            if (
+                items
+                and ":" not in word
+                and (word in _BIND_OPTIONS or word.startswith(("image-src=", "id=")))
+            ):
+                items[-1] += "," + word
+            else:
+                items.append(word)
+        for item in items:
+            parts = item.split(":", 2)
+            options = dict(o.partition("=")[::2] for o in parts[2].split(",")) if len(parts) == 3 else {}
+            if "id" in options:
+                raise InvalidRequest(f"bind {item}: id= (a partition of a data image) is not supported yet")
+            if "image-src" in options:
+                images.append((os.path.abspath(parts[0]), options["image-src"] or "/", parts[1]))
+            else:
+                plain.append(item)
+    return plain, images
 
 
 def _overlay_partitions(image: str) -> list[int]:

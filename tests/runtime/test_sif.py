@@ -160,3 +160,19 @@ def test_embedded_overlay_partition_is_applied_and_gone_after_sigkill(siffs: Sif
         subprocess.run(["pgrep", "-u", "siffs-test", "fuse2fs"], capture_output=True, check=False).returncode
         == 1
     )
+
+
+def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signed_sif, tree, user_env):
+    """-B data.sif:/data:image-src=/PATH mounts the SIF (verified like any image), binds PATH read-only."""
+    key = KEYS / "ed25519-public.pem"
+    bind = f"{signed_sif}:/data:image-src=/.singularity.d,/etc:/mnt/etc:ro"
+    script = "cat /data/test; touch /data/x 2>/dev/null || echo read-only; ls -d /mnt/etc"
+    result = siffs("exec", "--key", key, "-B", bind, tree, "/bin/sh", "-c", script, env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["read-only", "/mnt/etc"]
+    assert result.stdout.startswith((tree / ".singularity.d/test").read_text().splitlines()[0])
+    assert _no_siffs_mounts_left(user_env["XDG_RUNTIME_DIR"])
+    refused = siffs("exec", "--key", KEYS / "rsa-public.pem", "-B", bind, tree, "true", env=user_env)
+    assert refused.returncode == 255 and refused.stderr.startswith("FATAL: ")
+    missing = siffs("exec", "-B", f"{tree}:/data:image-src=/", tree, "true", env=user_env)
+    assert missing.returncode == 255 and "image-src= needs a SIF file" in missing.stderr
