@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import sys
@@ -105,6 +106,9 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
             raise InvalidRequest(refused)
         request = runoptions.request(args, args.action)
         binds, data_images = _split_data_images(request.binds)
+        mounts, mounted_images = _split_data_mounts(request.mounts)
+        data_images += mounted_images
+        request = replace(request, mounts=mounts)
         if not data_images and not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
         with contextlib.ExitStack() as stack:
@@ -167,6 +171,24 @@ def _split_data_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str
                 images.append((os.path.abspath(parts[0]), options["image-src"] or "/", parts[1]))
             else:
                 plain.append(item)
+    return plain, images
+
+
+def _split_data_mounts(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """``--mount type=bind,src=IMAGE,dst=DST,image-src=PATH`` lines taken out, as ``_split_data_images``."""
+    plain: list[str] = []
+    images: list[tuple[str, str, str]] = []
+    for spec in specs:
+        for record in csv.reader(spec.splitlines()):
+            fields = dict(f.partition("=")[::2] for f in record)
+            if "image-src" not in fields:
+                plain.append(",".join(f'"{f}"' if "," in f else f for f in record))
+                continue
+            source = fields.get("source") or fields.get("src") or ""
+            dest = fields.get("destination") or fields.get("dst") or fields.get("target") or ""
+            if not source or not dest:
+                raise InvalidRequest(f"--mount {spec!r}: mounts must specify a source and a destination")
+            images.append((os.path.abspath(source), fields["image-src"] or "/", dest))
     return plain, images
 
 

@@ -172,6 +172,9 @@ def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signe
     assert result.stdout.splitlines()[-2:] == ["read-only", "/mnt/etc"]
     assert result.stdout.startswith((tree / ".singularity.d/test").read_text().splitlines()[0])
     assert _no_siffs_mounts_left(user_env["XDG_RUNTIME_DIR"])
+    spec = f"type=bind,src={signed_sif},dst=/d2,image-src=/.singularity.d"
+    mounted = siffs("exec", "--key", key, "--mount", spec, tree, "cat", "/d2/test", env=user_env)
+    assert mounted.returncode == 0 and mounted.stdout == (tree / ".singularity.d/test").read_text()
     refused = siffs("exec", "--key", KEYS / "rsa-public.pem", "-B", bind, tree, "true", env=user_env)
     assert refused.returncode == 255 and refused.stderr.startswith("FATAL: ")
     missing = siffs("exec", "-B", f"{tree}:/data:image-src=/", tree, "true", env=user_env)
