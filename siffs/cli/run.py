@@ -81,7 +81,8 @@ def _mounted(image: str, args: argparse.Namespace) -> contextlib.AbstractContext
     # Imported here: a directory target never needs the FUSE daemon (pyfuse3, trio).
     from siffs.cli.mount import mounted_image  # noqa: PLC0415
 
-    return mounted_image(image, args)
+    # --fakeroot: the image's files show as the caller's, that is as root inside, as in Apptainer.
+    return mounted_image(image, args, as_caller=bool(getattr(args, "fakeroot", False)))
 
 
 @contextlib.contextmanager

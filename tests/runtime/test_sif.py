@@ -179,3 +179,25 @@ def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signe
     assert refused.returncode == 255 and refused.stderr.startswith("FATAL: ")
     missing = siffs("exec", "-B", f"{tree}:/data:image-src=/", tree, "true", env=user_env)
     assert missing.returncode == 255 and "image-src= needs a SIF file" in missing.stderr
+
+
+def test_fakeroot_on_a_sif_owns_the_image_files(siffs: Siffs, signed_sif, user_env):
+    """As in Apptainer: under --fakeroot the image's files are root's, so root may change them in overlays."""
+    key = KEYS / "ed25519-public.pem"
+    script = "stat -c %u:%g /etc; echo pkg > /etc/installed && cat /etc/installed"
+    result = siffs(
+        "exec",
+        "--key",
+        key,
+        "--fakeroot",
+        "--writable-tmpfs",
+        signed_sif,
+        "/bin/sh",
+        "-c",
+        script,
+        env=user_env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0:0", "pkg"]
+    plain = siffs("exec", "--key", key, signed_sif, "/bin/stat", "-c", "%u", "/etc", env=user_env)
+    assert plain.stdout.strip() == "65534"  # without --fakeroot: root's files, unmapped
