@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config   # the venv and the pyfuse3 build
     fuse3 libfuse3-dev                                 # FUSE: fusermount3 and the library pyfuse3 binds
+    fuse2fs                                            # run: ext3 overlay partitions embedded in a SIF
     squashfs-tools squashfs-tools-ng                   # mksquashfs/gensquashfs: building images
     busybox-static                                     # content of the example and test images
     gnupg gpgv                                         # OpenPGP signatures (verify and sign)

@@ -15,10 +15,18 @@ from typing import NoReturn
 
 from runtime.elf import Target, read_target
 from runtime.errors import CommandNotFound, InvalidRequest, NoRunscript, warn
+from runtime.metadata import APPS_DIR
 from runtime.request import Action
 
 RUNSCRIPTS = ("/.singularity.d/runscript", "/apptainer", "/singularity")
 TEST_SCRIPT = "/.singularity.d/test"
+START_SCRIPT = "/.singularity.d/startscript"
+#: An app's script for each action, and Apptainer's words when it is missing.
+_APP_SCRIPTS = {
+    "run": ("runscript", "no runscript"),
+    "test": ("test", "No tests"),
+    "start": ("startscript", "No startscript"),
+}
 
 
 def _executable(path: str) -> bool:
@@ -41,15 +49,25 @@ def find_program(name: str, path: str) -> str:
     raise CommandNotFound(f'"{name}": executable file not found in $PATH')
 
 
-def command(action: Action, args: list[str], env: dict[str, str], shell: str | None) -> list[str] | None:
-    """The argv to execute; None when there is nothing to run (``test`` without a test script).
+def command(
+    action: Action, args: list[str], env: dict[str, str], shell: str | None, app: str = ""
+) -> list[str]:
+    """The argv to execute for ``action`` (with ``app``, the SCIF app's runscript or test).
 
-    ``env`` gains ``SHELL`` (and the prompt) for ``shell``, as Apptainer sets them.
+    ``env`` gains ``SHELL`` for ``shell``, as Apptainer sets it.
     """
     if action == "exec":
         if not args:
             raise InvalidRequest("exec needs a command")
         return [find_program(args[0], env.get("PATH", "")), *args[1:]]
+    if action in ("run", "test", "start") and app:
+        name, missing = _APP_SCRIPTS[action]
+        script = f"{APPS_DIR}/{app}/scif/{name}"
+        if _executable(script):
+            return [script, *args]
+        raise NoRunscript(f"{missing} for contained app: {app}")
+    if action == "start":  # an instance: without a start script it just stays, as Apptainer's does
+        return [START_SCRIPT, *args] if _executable(START_SCRIPT) else ["/bin/sh", "-c", "true"]
     if action == "run":
         for script in RUNSCRIPTS:
             if _executable(script):
@@ -59,7 +77,11 @@ def command(action: Action, args: list[str], env: dict[str, str], shell: str | N
             return ["/bin/sh", *args]
         raise NoRunscript("the image has no runscript and no /bin/sh")
     if action == "test":
-        return [TEST_SCRIPT, *args] if os.path.isfile(TEST_SCRIPT) else None
+        if os.path.isfile(TEST_SCRIPT):
+            return [TEST_SCRIPT, *args]
+        # What the test script of an Apptainer build without %test says and does.
+        print("No test found in container, executing /bin/sh -c true", flush=True)
+        return ["/bin/sh", "-c", "true"]
     if shell and _executable(shell):
         argv = [shell, *args]
     elif _executable("/bin/bash"):
@@ -67,7 +89,6 @@ def command(action: Action, args: list[str], env: dict[str, str], shell: str | N
     else:
         argv = ["/bin/sh", *args]
     env["SHELL"] = argv[0]
-    env["PROMPT_COMMAND"] = f'PS1="{env.get("PS1", "")}"; unset PROMPT_COMMAND'
     return argv
 
 

@@ -24,6 +24,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBS_DIR = "/.singularity.d/libs"
 ENV_DIR = "/.singularity.d/env"
 PS1 = "Apptainer> "
+#: What Apptainer appends to the host PATH in ``USER_PATH`` (a record for scripts; never the PATH).
+USER_PATH_TAIL = "/bin:/usr/bin:/sbin:/usr/sbin:/usr/local/bin:/usr/local/sbin"
 IDENTITY_PREFIXES = ("APPTAINER", "SINGULARITY")
 OVERRIDE_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_")  # lowest first: APPTAINERENV_ wins
 
@@ -48,7 +50,8 @@ def forwarded_host(environ: Mapping[str, str], cleanenv: bool, no_env: Iterable[
     """Host variables that may reach the command (§2.2), before the image has its say.
 
     ``--cleanenv`` keeps TERM and the proxies and adds ``LANG=C``; it travels with the host
-    variables so that an image script or an override can still replace it.
+    variables so that an image script or an override can still replace it. ``USER_PATH`` (the
+    host PATH) is a variable Apptainer adds to its own environment, so it travels the same way.
     """
     refused = set(no_env)
     kept: dict[str, str] = {}
@@ -60,6 +63,8 @@ def forwarded_host(environ: Mapping[str, str], cleanenv: bool, no_env: Iterable[
         kept[name] = value
     if cleanenv:
         kept.setdefault("LANG", "C")
+    elif "USER_PATH" not in refused:
+        kept["USER_PATH"] = f"{environ.get('PATH', '')}:{USER_PATH_TAIL}"
     return kept
 
 
@@ -270,17 +275,23 @@ def apply_literally(overrides: Overrides, env: dict[str, str]) -> None:
 def identity_variables(
     container: str, command: str, home: str, binds: Sequence[str], app: str = ""
 ) -> dict[str, str]:
-    """The runtime's own variables (§2.3), set before the scripts run and re-imposed after them."""
+    """The runtime's own variables (§2.3), set before the scripts run and re-imposed after them.
+
+    As a real Apptainer 1.4 shows them: ``APPTAINER_*`` all, the ``SINGULARITY_*`` twins
+    without ``COMMAND``, and ``SINGULARITY_APPNAME`` only with an app (the image's
+    ``95-apps.sh`` reads it to source the app's environment). ``*_BIND`` is set even when empty.
+    """
     values = {
         "CONTAINER": container,
         "NAME": container.rstrip("/").rsplit("/", 1)[-1],
-        "COMMAND": command,
-        "APPNAME": app,
         "ENVIRONMENT": f"{ENV_DIR}/91-environment.sh",
+        "BIND": ",".join(binds),
     }
-    if binds:
-        values["BIND"] = ",".join(binds)
     env = {f"{prefix}_{key}": value for prefix in IDENTITY_PREFIXES for key, value in values.items()}
+    env["APPTAINER_COMMAND"] = command
+    env["APPTAINER_APPNAME"] = app
+    if app:
+        env["SINGULARITY_APPNAME"] = app
     env["HOME"] = home
     return env
 
@@ -294,7 +305,9 @@ def merge(
     """The command's environment from the scripts' result (§2.4 steps 3-4, §2.3).
 
     A forwarded host variable fills a name the scripts left undefined; a name they defined
-    as empty is removed. Identity variables cannot be changed by scripts.
+    as empty is removed. Identity variables cannot be changed by scripts. The prompt is forced
+    through ``PROMPT_COMMAND``, as Apptainer does, because a ``bash`` started as the command
+    would otherwise replace ``PS1`` with the host-looking default.
     """
     env = {k: v for k, v in evaluated.items() if k not in SHELL_NOISE}
     for name, value in forwarded.items():
@@ -304,8 +317,17 @@ def merge(
             del env[name]
     env.update(identity)
     env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("PS1", PS1)
+    if not env.get("PS1"):
+        env["PS1"] = PS1
+    env["PROMPT_COMMAND"] = prompt_command(env["PS1"], env.get("PROMPT_COMMAND", ""))
     if libs_on_path and LIBS_DIR not in env.get("LD_LIBRARY_PATH", "").split(":"):
         current = env.get("LD_LIBRARY_PATH")
         env["LD_LIBRARY_PATH"] = f"{current}:{LIBS_DIR}" if current else LIBS_DIR
     return env
+
+
+def prompt_command(ps1: str, current: str) -> str:
+    """Apptainer's ``PROMPT_COMMAND``: set ``PS1`` once, after any command the caller already had."""
+    if not current:
+        return f'PS1="{ps1}"; unset PROMPT_COMMAND'
+    return f'{current}; PROMPT_COMMAND="${{PROMPT_COMMAND%%; PROMPT_COMMAND=*}}"; PS1="{ps1}"'

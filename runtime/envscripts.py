@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from runtime.environment import DEFAULT_PATH, ENV_DIR
 from runtime.errors import ContainerError, warn
+from runtime.metadata import APPS_DIR
 
 TIMEOUT = 60.0  # Apptainer gives env scripts one minute
 SHELLS = ("/bin/bash", "/bin/sh")
@@ -27,8 +28,12 @@ _READY_FD, _RELEASE_FD = 3, 4
 
 # The hooks of §2.4 step 2: default PATH before 90-environment.sh, default entries appended
 # after the docker script, overrides right after 99-base.sh, the image's 99-runtimevars.sh skipped.
+# PS1 goes too: busybox sh gives itself one, which 99-base.sh would then keep and export.
+# An image built by Apptainer sources the ``--app`` environment in its own 95-apps.sh; for other
+# SCIF images (no such script) the wrapper does the same before 99-base.sh: the app's bin and
+# lib directories first on PATH and LD_LIBRARY_PATH, then the app's env scripts.
 _SOURCE = f"""\
-unset PATH
+unset PATH PS1
 __siffs_default={DEFAULT_PATH}
 __siffs_injected=
 __siffs_inject() {{
@@ -48,12 +53,29 @@ __siffs_source() {{
     %ANNOUNCE%
     . "$1"
 }}
+__siffs_app_done=
+__siffs_app() {{
+    __siffs_app_done=1
+    [ -n "${{SINGULARITY_APPNAME:-}}" ] || return 0
+    __siffs_root={APPS_DIR}/$SINGULARITY_APPNAME
+    export SCIF_APPS={APPS_DIR} SCIF_APPROOT="$__siffs_root" SINGULARITY_APPNAME
+    PATH=$__siffs_root:${{PATH:-$__siffs_default}}
+    [ ! -d "$__siffs_root/bin" ] || PATH=$__siffs_root/bin:$PATH
+    export PATH
+    [ ! -d "$__siffs_root/lib" ] || LD_LIBRARY_PATH="$__siffs_root/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
+    [ -z "${{LD_LIBRARY_PATH+x}}" ] || export LD_LIBRARY_PATH
+    for __siffs_e in "$__siffs_root"/scif/env/*.sh; do  # not __siffs_f: the caller's loop still needs it
+        [ ! -f "$__siffs_e" ] || __siffs_source "$__siffs_e"
+    done
+}}
 if [ -d {ENV_DIR} ]; then
     for __siffs_f in {ENV_DIR}/*.sh; do
         [ -f "$__siffs_f" ] || continue
         case ${{__siffs_f##*/}} in
             99-runtimevars.sh) continue ;;
             90-environment.sh) [ -n "${{PATH+x}}" ] || export PATH="$__siffs_default" ;;
+            95-apps.sh) __siffs_app_done=1 ;;
+            99-base.sh) [ -n "$__siffs_app_done" ] || __siffs_app ;;
         esac
         __siffs_source "$__siffs_f"
         case ${{__siffs_f##*/}} in
@@ -64,6 +86,7 @@ if [ -d {ENV_DIR} ]; then
 elif [ -f /environment ]; then
     __siffs_source /environment
 fi
+[ -n "$__siffs_app_done" ] || __siffs_app
 [ -n "$__siffs_injected" ] || __siffs_inject
 """
 

@@ -40,7 +40,10 @@ class CommandNotFound(ContainerError):
 
 
 class NoRunscript(ContainerError):
-    """``run`` on an image with neither a runscript nor a shell (spec §12.3: exit 1)."""
+    """Nothing to run: no runscript nor shell, an unknown app, an app without its script (exit 1).
+
+    Apptainer's action script and the image's ``95-apps.sh`` exit 1 in these cases (spec §12.3).
+    """
 
     exit_status = 1
 

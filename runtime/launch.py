@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -30,13 +31,21 @@ from runtime.environment import (
     merge,
 )
 from runtime.envscripts import evaluate, find_shell
-from runtime.errors import ContainerError, InvalidRequest, report, warn
+from runtime.errors import ContainerError, InvalidRequest, NamespacesUnavailable, NoRunscript, report, warn
 from runtime.layout import Layout, plan
-from runtime.nvidia import NvidiaFiles, NvidiaSources, resolve
+from runtime.metadata import APPS_DIR
+from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
 from runtime.passwd import Identity
+from runtime.paths import host_path, resolve_in
 from runtime.request import Request
-from runtime.supervise import restore_signals, wait_for
+from runtime.supervise import linger, restore_signals, wait_for
 
+_HOST_NAME_MAX = 64
+#: Apptainer's root-mapped mode (the user has no /etc/subuid range) says as much.
+FAKEROOT_WARNING = (
+    "--fakeroot: root-mapped namespace: you are root inside, every other user and group shows as "
+    "nobody (subordinate id ranges of /etc/subuid are not used)"
+)
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 
@@ -72,6 +81,14 @@ def prepare(request: Request) -> Prepared:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
     request = replace(request, root=root)
+    if request.writable and not os.access(root, os.W_OK):
+        raise InvalidRequest(
+            f"--writable: you cannot write {request.root} (a SIF is read-only: use --writable-tmpfs)"
+        )
+    if request.writable and (request.writable_tmpfs or request.overlays):
+        raise InvalidRequest("--writable cannot be combined with --writable-tmpfs or --overlay")
+    if request.hostname is not None and not 0 < len(request.hostname.encode()) <= _HOST_NAME_MAX:
+        raise InvalidRequest(f"--hostname {request.hostname!r}: 1 to {_HOST_NAME_MAX} bytes")
     # As Apptainer: env files see the host environment plus APPTAINER_IMAGE, and the arguments.
     file_scope = {**request.environ, "APPTAINER_IMAGE": request.container or root}
     overrides = collect_overrides(
@@ -81,11 +98,17 @@ def prepare(request: Request) -> Prepared:
     )
     injection_script(overrides, evaluate=not request.no_eval)  # refuses now what would break the start
     gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
+    if request.rocm:
+        gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
+    if request.fakeroot:
+        warn(FAKEROOT_WARNING)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
+    if request.app and not os.path.isdir(host_path(root, resolve_in(root, f"{APPS_DIR}/{request.app}"))):
+        raise NoRunscript(f"Could not locate the container application: {request.app}")
     identity = identity_variables(
-        request.container or root, request.action, layout.home, layout.bind_destinations
+        request.container or root, request.action, layout.home, layout.bind_destinations, request.app
     )
     for prefix in IDENTITY_PREFIXES:
         if request.shell:
@@ -105,23 +128,55 @@ def exec_container(request: Request) -> NoReturn:
     prepared = prepare(request)
     sys.stdout.flush()
     sys.stderr.flush()
-    namespaces.enter(request.new_pid)
+    namespaces.enter(
+        pid=request.new_pid,
+        ipc=request.new_ipc,
+        uts=request.new_uts,
+        net=request.net,
+        fakeroot=request.fakeroot,
+    )
     if request.new_pid:
         pid = os.fork()
         if pid:  # outside the PID namespace: pass signals to its init, return its status
             os._exit(wait_for(pid))
-        _in_child(lambda: _start(prepared, as_init=True))
+        _in_child(lambda: _start(prepared, as_init=not request.no_init))
     _start(prepared, as_init=False)
 
 
 def run_container(request: Request) -> int:
     """Run the container in a child and return its exit status (128+N if killed by signal N)."""
+    return wait_for(start_container(request))
+
+
+def start_container(request: Request) -> int:
+    """Start the container in a child and return its pid, which holds the container's namespaces.
+
+    ``join_container`` with that pid enters them (``instance://``); signals sent to it reach
+    the command.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         _in_child(lambda: exec_container(request))
-    return wait_for(pid)
+    return pid
+
+
+def join_container(request: Request, holder: int) -> NoReturn:
+    """Run ``request``'s command in the namespaces of a running container (``start_container``'s pid).
+
+    Its root, mounts and identity are the running container's; the environment is computed
+    again, as for a new container, from the image's scripts and this caller's host variables.
+    """
+    prepared = prepare(request)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if namespaces.join(holder):  # a PID namespace applies to children only
+        pid = os.fork()
+        if pid:
+            os._exit(wait_for(pid))
+        _in_child(lambda: _start(prepared, as_init=False, build=False))
+    _start(prepared, as_init=False, build=False)
 
 
 def _in_child(body: Callable[[], object]) -> NoReturn:
@@ -141,10 +196,12 @@ def _in_child(body: Callable[[], object]) -> NoReturn:
         os._exit(status)
 
 
-def _start(prepared: Prepared, as_init: bool) -> NoReturn:
-    """Inside the namespaces: build the root, compute the environment, exec (§5 steps 5-13)."""
+def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
+    """Inside the namespaces: build the root (unless joining one), compute the environment, exec."""
     request, layout = prepared.request, prepared.layout
-    rootfs.build(layout)
+    if build:
+        _isolate(request)
+        rootfs.build(layout)
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
     shell = find_shell()
@@ -155,23 +212,37 @@ def _start(prepared: Prepared, as_init: bool) -> NoReturn:
         warn("the image has no shell: its environment scripts are skipped")
         evaluated = {}
         apply_literally(prepared.overrides, evaluated)
-    env = merge(evaluated, prepared.forwarded, prepared.identity, libs_on_path=request.nv)
+    env = merge(evaluated, prepared.forwarded, prepared.identity, libs_on_path=request.nv or request.rocm)
     env["PWD"] = workdir
     shell_option = (
         request.shell or request.environ.get("APPTAINER_SHELL") or request.environ.get("SINGULARITY_SHELL")
     )
-    argv = actions.command(request.action, request.args, env, shell_option)
+    argv = actions.command(request.action, request.args, env, shell_option, request.app)
     sys.stdout.flush()
     sys.stderr.flush()
-    if argv is None:
-        os._exit(0)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if request.no_umask:
+        os.umask(0o022)
     if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
         pid = os.fork()
         if pid:
-            os._exit(wait_for(pid, reap_all=True))
+            status = wait_for(pid, reap_all=True)
+            if request.action == "start":  # an instance outlives its start script
+                linger()
+            os._exit(status)
         _in_child(lambda: _exec(argv, env, prepared.host))
     _exec(argv, env, prepared.host)
+
+
+def _isolate(request: Request) -> None:
+    """Inside the new UTS and network namespaces: the hostname, and a loopback that is up."""
+    try:
+        if request.hostname is not None:
+            socket.sethostname(request.hostname)
+        if request.net:
+            namespaces.loopback_up()
+    except OSError as exc:
+        raise NamespacesUnavailable(f"cannot set up the UTS or network namespace: {exc.strerror}") from None
 
 
 def _exec(argv: list[str], env: dict[str, str], host: Target) -> NoReturn:

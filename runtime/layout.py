@@ -10,6 +10,8 @@ are simply created.
 
 from __future__ import annotations
 
+import csv
+import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +89,14 @@ class Layout:
 
     root: str
     home: str
+    #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
+    writable_tmpfs: bool = False
+    #: ``--writable``: the tree itself is mounted read-write (a sandbox directory).
+    writable: bool = False
+    #: Read-only ``--overlay`` layers (host dirs), topmost first, above the image.
+    overlay_lowers: list[str] = field(default_factory=list)
+    #: The writable ``--overlay DIR``: (DIR/upper, DIR/work) on the host.
+    overlay_upper: tuple[str, str] | None = None
     steps: list[Step] = field(default_factory=list)
     placeholders: dict[str, Kind] = field(default_factory=dict)
     created: dict[str, Kind] = field(default_factory=dict)
@@ -142,13 +152,48 @@ def parse_binds(specs: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
             parts = item.split(":")
             if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
                 raise InvalidRequest(f"invalid bind {item!r}: expected SRC[:DST[:ro|rw]]")
-            source = os.path.abspath(parts[0])
             dest = parts[1] if len(parts) > 1 and parts[1] else parts[0]
-            if not dest.startswith("/"):
-                raise InvalidRequest(f"invalid bind {item!r}: the destination must be an absolute path")
-            if not os.path.exists(source):
-                raise InvalidRequest(f"bind source {parts[0]} does not exist")
-            yield source, dest, len(parts) == 3 and parts[2] == "ro"
+            yield _checked(item, parts[0], dest, len(parts) == 3 and parts[2] == "ro")
+
+
+def parse_mounts(specs: Sequence[str]) -> Iterator[tuple[str, str, bool]]:
+    """``--mount`` specifications (one per CSV line: ``type=bind,src=S,dst=D[,ro]``) as ``parse_binds``.
+
+    Apptainer's keys: ``source|src``, ``destination|dst|target``, ``ro|readonly``, ``type=bind``.
+    """
+    for spec in specs:
+        for record in csv.reader(spec.splitlines()):
+            fields = dict(f.partition("=")[::2] for f in record)
+            unknown = set(fields) - {*_MOUNT_KEYS, "type", "ro", "readonly"}
+            if unknown & {"image-src", "id"}:
+                raise InvalidRequest(
+                    f"--mount {spec!r}: data-image mounts (image-src, id) are not supported yet"
+                )
+            if unknown:
+                raise InvalidRequest(f"--mount {spec!r}: invalid key {sorted(unknown)[0]!r}")
+            if fields.get("type", "bind") != "bind":
+                raise InvalidRequest(f"--mount {spec!r}: only type=bind is supported")
+            found = {
+                role: next((fields[k] for k in keys if fields.get(k)), "")
+                for role, keys in _MOUNT_KEYS_BY_ROLE
+            }
+            if not found["source"] or not found["destination"]:
+                raise InvalidRequest(f"--mount {spec!r}: mounts must specify a source and a destination")
+            yield _checked(
+                spec, found["source"], found["destination"], "ro" in fields or "readonly" in fields
+            )
+
+
+_MOUNT_KEYS_BY_ROLE = (("source", ("source", "src")), ("destination", ("destination", "dst", "target")))
+_MOUNT_KEYS = frozenset(k for _, keys in _MOUNT_KEYS_BY_ROLE for k in keys)
+
+
+def _checked(spec: str, source: str, dest: str, readonly: bool) -> tuple[str, str, bool]:
+    if not dest.startswith("/"):
+        raise InvalidRequest(f"invalid bind {spec!r}: the destination must be an absolute path")
+    if not os.path.exists(source):
+        raise InvalidRequest(f"bind source {source} does not exist")
+    return os.path.abspath(source), dest, readonly
 
 
 def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
@@ -168,7 +213,10 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         return name not in skip and dest not in skip
 
     home_source, home_dest = _home(request, who)
-    layout = Layout(root=root, home=home_dest)
+    layout = Layout(
+        root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs, writable=request.writable
+    )
+    _overlays(layout, request.overlays)
     if wanted("dev", "/dev"):
         if request.contained:
             devices = tuple(f"/dev/{d}" for d in MINIMAL_DEVICES if os.path.exists(f"/dev/{d}"))
@@ -191,24 +239,31 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
         else:
             layout.add(Bind(home_source, where(home_dest)), "dir")
     if wanted("tmp", "/tmp"):
-        _temporary_dirs(layout, request.contained, where)
+        _temporary_dirs(layout, request, where)
+    _scratch(layout, request, where)
     if gpu.libraries:
         layout.add(LibraryDir(where(LIBS_DIR), tuple(gpu.libraries)), "dir")
     for source, dest in gpu.programs:
         layout.add(Bind(source, where(dest), readonly=True), "file")
     for path in gpu.data_files:
         layout.add(Bind(path, where(path), readonly=True), _kind(path))
-    if wanted("", "/etc/resolv.conf") and os.path.exists("/etc/resolv.conf"):
+    if request.dns:
+        layout.add(Generated(where("/etc/resolv.conf"), _resolv_conf(request.dns)), "file")
+    elif wanted("", "/etc/resolv.conf") and os.path.exists("/etc/resolv.conf"):
         layout.add(
             Bind(os.path.realpath("/etc/resolv.conf"), where("/etc/resolv.conf"), readonly=True), "file"
         )
-    _identity_files(layout, who, wanted)
+    if not request.fakeroot:  # root is in the image's own files
+        _identity_files(layout, who, wanted)
+    if request.hostname is not None:
+        layout.add(Generated(where("/etc/hostname"), request.hostname + "\n"), "file")
     specs = list(request.binds)
     if "bind-paths" not in skip:
         specs += [
             request.environ[k] for k in ("SINGULARITY_BIND", "APPTAINER_BIND") if request.environ.get(k)
         ]
-    for source, dest, readonly in sorted(parse_binds(specs), key=lambda b: len(normalise(b[1]))):
+    user_binds = [*parse_binds(specs), *parse_mounts(request.mounts)]
+    for source, dest, readonly in sorted(user_binds, key=lambda b: len(normalise(b[1]))):
         layout.bind_destinations.append(dest)
         layout.add(Bind(source, where(dest), readonly=readonly), _kind(source))
     _current_dir(layout, request, wanted)
@@ -216,24 +271,106 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
 
 
 def _home(request: Request, who: Identity) -> tuple[str | None, str]:
-    """(host source or None for an empty dir, container destination) of the home directory."""
+    """(host source or None for an empty dir, container destination) of the home directory.
+
+    Contained, the home is empty: in memory, or ``WORKDIR/home`` with ``--workdir`` (Apptainer).
+    With ``--fakeroot`` it is ``/root``, root's home.
+    """
     if request.home:
         source, _, dest = request.home.partition(":")
         source = os.path.abspath(source)
         if not os.path.isdir(source):
             raise InvalidRequest(f"--home: {source} is not a directory")
         return source, normalise(dest or source)
+    dest = "/root" if request.fakeroot else normalise(who.home)  # root's home, yours inside (Apptainer)
+    if request.contained and request.workdir:
+        return _work_subdir(request.workdir, "home", 0o700), dest
     if request.contained or not os.path.isdir(who.home):
-        return None, normalise(who.home)
-    return who.home, normalise(who.home)
+        return None, dest
+    return who.home, dest
 
 
-def _temporary_dirs(layout: Layout, contained: bool, where: Callable[[str], str]) -> None:
-    for path in ("/tmp", "/var/tmp"):
-        if contained:
+def _resolv_conf(servers: Sequence[str]) -> str:
+    """``--dns IP[,IP]``: one ``nameserver`` line per address, as Apptainer writes it."""
+    lines = []
+    for item in servers:
+        for server in filter(None, item.split(",")):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise InvalidRequest(f"--dns {server}: not an IP address") from None
+            lines.append(f"nameserver {server}\n")
+    return "".join(lines)
+
+
+def _overlays(layout: Layout, specs: Sequence[str]) -> None:
+    """``--overlay DIR[:ro]``: DIR/upper (or DIR) as a read-only layer; else writes go to DIR/upper.
+
+    As Apptainer: a later overlay lies above an earlier one, one overlay only may be writable,
+    and its work directory is DIR/work (created with DIR/upper when missing).
+    """
+    for spec in specs:
+        path, _, mode = spec.rpartition(":") if spec.endswith((":ro", ":rw")) else (spec, "", "rw")
+        path = os.path.abspath(path)
+        if not os.path.exists(path):
+            raise InvalidRequest(f"--overlay {spec}: {path} does not exist")
+        if not os.path.isdir(path):
+            raise InvalidRequest(
+                f"--overlay {spec}: overlay images (ext3, squashfs) are not supported yet; use a directory"
+            )
+        if mode == "ro":
+            upper = os.path.join(path, "upper")
+            layout.overlay_lowers.insert(0, upper if os.path.isdir(upper) else path)
+            continue
+        if layout.overlay_upper is not None:
+            raise InvalidRequest(
+                f"--overlay {spec}: only one overlay can be writable (add :ro to the others)"
+            )
+        upper, work = (_work_subdir(path, name, 0o755, "--overlay") for name in ("upper", "work"))
+        layout.overlay_upper = (upper, work)
+    if layout.overlay_upper is not None and layout.writable_tmpfs:
+        layout.warnings.append("--writable-tmpfs is ignored: the writable --overlay takes the writes")
+        layout.writable_tmpfs = False
+
+
+def _work_subdir(workdir: str, name: str, mode: int, option: str = "--workdir") -> str:
+    """``WORKDIR/name``, created with ``mode`` if missing (on the host, where it outlives the container)."""
+    if not os.path.isdir(workdir):
+        raise InvalidRequest(f"{option} {workdir}: not a directory")
+    path = os.path.join(os.path.abspath(workdir), name)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            raise InvalidRequest(f"{option}: {path} is not a directory")
+        if os.stat(path).st_uid == os.getuid():
+            os.chmod(path, mode)
+    except OSError as exc:
+        raise InvalidRequest(f"{option}: cannot create {path}: {exc.strerror}") from None
+    return path
+
+
+def _temporary_dirs(layout: Layout, request: Request, where: Callable[[str], str]) -> None:
+    for path, work_name in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
+        if request.contained and request.workdir:
+            layout.add(Bind(_work_subdir(request.workdir, work_name, 0o1777), where(path)), "dir")
+        elif request.contained:
             layout.add(Tmpfs(where(path), 0o1777), "dir")
         elif os.path.isdir(path) and not (path == "/var/tmp" and os.path.samefile("/tmp", "/var/tmp")):
             layout.add(Bind(path, where(path)), "dir")
+
+
+def _scratch(layout: Layout, request: Request, where: Callable[[str], str]) -> None:
+    """``--scratch DIR``: an empty writable dir, kept in ``WORKDIR/scratch/DIR`` with ``--workdir``."""
+    for item in request.scratch:
+        for dest in filter(None, item.split(",")):
+            if not dest.startswith("/"):
+                raise InvalidRequest(f"--scratch {dest}: the destination must be an absolute path")
+            if request.workdir:
+                _work_subdir(request.workdir, "scratch", 0o750)
+                source = _work_subdir(request.workdir, "scratch/" + normalise(dest).strip("/"), 0o750)
+                layout.add(Bind(source, where(dest)), "dir")
+            else:
+                layout.add(Tmpfs(where(dest), 0o755), "dir")
 
 
 def _identity_files(layout: Layout, who: Identity, wanted: Callable[[str, str], bool]) -> None:

@@ -61,13 +61,30 @@ def remount(target: str, extra: int) -> None:
     _mount(None, target, None, libc.MS_REMOUNT | libc.MS_BIND | flags)
 
 
-def tmpfs(target: str, mode: int, flags: int = libc.MS_NOSUID | libc.MS_NODEV) -> None:
-    _mount("tmpfs", target, "tmpfs", flags, f"mode={mode:o}")
+def tmpfs(
+    target: str, mode: int, flags: int = libc.MS_NOSUID | libc.MS_NODEV, size: str | None = None
+) -> None:
+    data = f"mode={mode:o}" + (f",size={size}" if size else "")
+    _mount("tmpfs", target, "tmpfs", flags, data)
 
 
-def overlay(target: str, lowers: list[str]) -> None:
-    """A read-only overlay (no upper layer): the first lower wins where both have a path."""
-    _mount("overlay", target, "overlay", libc.MS_RDONLY, "lowerdir=" + ":".join(lowers))
+def overlay(target: str, lowers: list[str], upper: str | None = None, work: str | None = None) -> None:
+    """An overlay of ``lowers`` (the first wins where several have a path), writable into ``upper``.
+
+    Without an upper layer it is read-only. The merged root takes the upper directory's owner,
+    so the user can create files at the top of a tree whose directories belong to root.
+    """
+    data = "lowerdir=" + ":".join(lowers)
+    if upper is None:
+        _mount("overlay", target, "overlay", libc.MS_RDONLY, data)
+    else:
+        _mount(
+            "overlay",
+            target,
+            "overlay",
+            libc.MS_NOSUID | libc.MS_NODEV,
+            f"{data},upperdir={upper},workdir={work}",
+        )
 
 
 def proc(target: str) -> None:

@@ -8,7 +8,10 @@ refuses, the message names the setting that refused: a bare EPERM tells a user n
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
+import struct
 
 from runtime import libc
 from runtime.errors import NamespacesUnavailable
@@ -51,24 +54,91 @@ def explain(err: int, proc_sys: str = "/proc/sys") -> str:
     )
 
 
-def enter(new_pid: bool) -> None:
-    """Unshare user + mount (+ PID and IPC) namespaces and map the caller's ids onto themselves."""
+def enter(
+    pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = False, fakeroot: bool = False
+) -> None:
+    """Unshare user + mount (+ PID, IPC, UTS, network) namespaces and map the caller's ids.
+
+    Onto themselves; with ``fakeroot``, onto 0 (root inside, the caller outside).
+    """
     uid, gid = os.getuid(), os.getgid()
     flags = libc.CLONE_NEWUSER | libc.CLONE_NEWNS
-    if new_pid:
-        flags |= libc.CLONE_NEWPID | libc.CLONE_NEWIPC
+    for wanted, flag in (
+        (pid, libc.CLONE_NEWPID),
+        (ipc, libc.CLONE_NEWIPC),
+        (uts, libc.CLONE_NEWUTS),
+        (net, libc.CLONE_NEWNET),
+    ):
+        if wanted:
+            flags |= flag
     try:
         libc.unshare(flags)
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
     try:
-        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        inside_uid, inside_gid = (0, 0) if fakeroot else (uid, gid)
+        _write("/proc/self/uid_map", f"{inside_uid} {uid} 1\n")
         _write("/proc/self/setgroups", "deny\n")  # the gid map is refused before this
-        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+        _write("/proc/self/gid_map", f"{inside_gid} {gid} 1\n")
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace (``--network none``): it starts down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+#: The namespaces a joiner enters, in order (the user namespace first: it grants the rights for
+#: the others), with the file of the holder that names each one.
+_JOINED = (
+    ("user", libc.CLONE_NEWUSER),
+    ("mnt", libc.CLONE_NEWNS),
+    ("ipc", libc.CLONE_NEWIPC),
+    ("uts", libc.CLONE_NEWUTS),
+    ("net", libc.CLONE_NEWNET),
+    ("pid_for_children", libc.CLONE_NEWPID),
+)
+
+
+def join(holder: int) -> bool:
+    """Enter the namespaces of process ``holder`` that differ from ours; True if a PID namespace is one.
+
+    All are opened first: once in the mount namespace, ``/proc`` is the container's, where this
+    process may not exist. ``setns`` into the mount namespace also moves root and cwd to its root.
+    """
+    opened: list[tuple[str, int, int]] = []
+    try:
+        for name, flag in _JOINED:
+            mine = os.readlink(f"/proc/self/ns/{'pid' if name == 'pid_for_children' else name}")
+            try:
+                if os.readlink(f"/proc/{holder}/ns/{name}") != mine:
+                    opened.append(
+                        (name, flag, os.open(f"/proc/{holder}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                    )
+            except OSError as exc:
+                raise NamespacesUnavailable(f"the container (pid {holder}) is gone: {exc.strerror}") from None
+        for name, flag, fd in opened:
+            try:
+                libc.setns(fd, flag)
+            except OSError as exc:
+                raise NamespacesUnavailable(
+                    f"cannot enter the container's {name} namespace: {exc.strerror}"
+                ) from None
+    finally:
+        for _, _, fd in opened:
+            os.close(fd)
+    return any(flag == libc.CLONE_NEWPID for _, flag, _ in opened)

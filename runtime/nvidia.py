@@ -1,10 +1,11 @@
-"""``--nv``: find the host's NVIDIA driver files to bind into the container (runtime.md §6).
+"""``--nv`` and ``--rocm``: find the host's GPU driver files to bind into the container (runtime.md §6).
 
 The driver's user-space libraries must match the host kernel module exactly, so they come
 from the host, not the image. They are found as Apptainer finds them: the names of a library
 list matched against the host's linker cache (``ldconfig -p``), each checked for the host's
 ELF class and machine. Every input is injectable (``NvidiaSources``) so that tests can use a
-fake driver tree: there is no GPU on the machines that run them.
+fake driver tree: there is no GPU on the machines that run them. AMD's ROCm (``--rocm``) is the
+same search with another list, another driver test and other devices (``ROCM``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from typing import Any
 
+from runtime import nvliblist, rocmliblist
 from runtime.elf import Target, host_target, read_target
-from runtime.nvliblist import DEFAULT
 
 PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
 _CACHE_LINE = re.compile(r"^\s*(\S+)\s+\((.*)\)\s+=>\s+(.+?)\s*$")
@@ -25,10 +27,43 @@ _FALLBACK_LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
 
 
 @dataclass(frozen=True)
-class NvidiaSources:
-    """Where the driver is looked for; the defaults are the real host's."""
+class Vendor:
+    """What differs between GPU vendors: the option, the list, how a driver is told, the devices."""
 
-    liblist: str = DEFAULT
+    option: str
+    liblist: str
+    #: Library name prefixes of which one must be found for the driver to count as present.
+    driver_libraries: tuple[str, ...]
+    #: Device names under the device dir (glob patterns); directories are bound whole.
+    devices: tuple[str, ...]
+    name: str
+    #: The libraries named in the "no driver" warning.
+    hint: str
+
+
+NVIDIA = Vendor(
+    "--nv",
+    nvliblist.DEFAULT,
+    ("libcuda", "libnvidia"),
+    ("nvidia*",),
+    "NVIDIA driver",
+    "libcuda or libnvidia-*",
+)
+ROCM = Vendor(
+    "--rocm",
+    rocmliblist.DEFAULT,
+    ("libhsa-runtime64", "libamdhip64", "libhsakmt"),
+    ("kfd", "dri"),
+    "ROCm driver",
+    "libhsa-runtime64, libamdhip64 or libhsakmt",
+)
+
+
+@dataclass(frozen=True)
+class NvidiaSources:
+    """Where the driver is looked for; the defaults are the real host's (``liblist`` empty: the vendor's)."""
+
+    liblist: str = ""
     path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
     device_dir: str = "/dev"
     persistenced_socket: str = PERSISTENCED_SOCKET
@@ -102,14 +137,14 @@ def match_libraries(
     return found
 
 
-def resolve(sources: NvidiaSources) -> NvidiaFiles:
-    """The host files ``--nv`` binds. No driver is a warning, never an error: the container runs."""
-    prefixes, data, programs = _entries(sources.liblist)
+def resolve(sources: NvidiaSources, vendor: Vendor = NVIDIA) -> NvidiaFiles:
+    """The host files ``--nv``/``--rocm`` binds. No driver is a warning, never an error."""
+    prefixes, data, programs = _entries(sources.liblist or vendor.liblist)
     files = NvidiaFiles()
     libraries = match_libraries(prefixes, linker_cache(sources.path), sources.target or host_target())
-    if not any(name.startswith(("libcuda", "libnvidia")) for _, name in libraries):
+    if not any(name.startswith(vendor.driver_libraries) for _, name in libraries):
         files.warnings.append(
-            "--nv: no NVIDIA driver found on this host (no libcuda or libnvidia-* in 'ldconfig -p'); "
+            f"{vendor.option}: no {vendor.name} found on this host (no {vendor.hint} in 'ldconfig -p'); "
             "running without GPU support"
         )
         return files
@@ -118,13 +153,38 @@ def resolve(sources: NvidiaSources) -> NvidiaFiles:
         found = shutil.which(name, path=sources.path)
         if found:
             files.programs.append((found, f"/usr/bin/{name}"))
-    files.data_files = [p for p in (*data, sources.persistenced_socket) if os.path.exists(p)]
+    extra = (sources.persistenced_socket,) if vendor is NVIDIA else ()
+    files.data_files = [p for p in (*data, *extra) if os.path.exists(p)]
     files.devices = sorted(
-        d for d in glob.glob(os.path.join(sources.device_dir, "nvidia*")) if not os.path.isdir(d)
+        d
+        for pattern in vendor.devices
+        for d in glob.glob(os.path.join(sources.device_dir, pattern))
+        if vendor is not NVIDIA or not os.path.isdir(d)
     )
-    if files.devices and not any(os.path.basename(d) == "nvidia-uvm" for d in files.devices):
+    if (
+        vendor is NVIDIA
+        and files.devices
+        and not any(os.path.basename(d) == "nvidia-uvm" for d in files.devices)
+    ):
         files.warnings.append(
             f"--nv: {sources.device_dir}/nvidia-uvm is missing: CUDA programs will fail to find the GPU "
             "(load the module with 'nvidia-modprobe -u -c=0')"
         )
+    if vendor is ROCM and not any(os.path.basename(d) == "kfd" for d in files.devices):
+        files.warnings.append(f"--rocm: {sources.device_dir}/kfd is missing: is the amdgpu driver loaded?")
     return files
+
+
+def combine(first: NvidiaFiles, second: NvidiaFiles) -> NvidiaFiles:
+    """``--nv --rocm``: both drivers' files, each library, program, file and device once."""
+
+    def unique(items: list[Any]) -> list[Any]:
+        return list(dict.fromkeys(items))
+
+    return NvidiaFiles(
+        unique(first.libraries + second.libraries),
+        unique(first.programs + second.programs),
+        unique(first.data_files + second.data_files),
+        unique(first.devices + second.devices),
+        first.warnings + second.warnings,
+    )

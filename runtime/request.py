@@ -9,7 +9,7 @@ from typing import Literal
 
 from runtime.nvidia import NvidiaSources
 
-Action = Literal["run", "exec", "shell", "test"]
+Action = Literal["run", "exec", "shell", "test", "start"]
 
 
 @dataclass
@@ -36,7 +36,34 @@ class Request:
     shell: str | None = None
     nv: bool = False
     nv_sources: NvidiaSources | None = None
+    rocm: bool = False
+    rocm_sources: NvidiaSources | None = None
     no_mount: list[str] = field(default_factory=list)
+    #: The SCIF app (``--app``): its environment, runscript and test (``/scif/apps/NAME``).
+    app: str = ""
+    hostname: str | None = None
+    uts: bool = False
+    ipc: bool = False
+    #: ``--net``: a network namespace with loopback only (``--network none``).
+    net: bool = False
+    no_init: bool = False
+    no_umask: bool = False
+    writable_tmpfs: bool = False
+    #: ``--overlay DIR[:ro]`` in command-line order (a later one lies above an earlier one).
+    overlays: list[str] = field(default_factory=list)
+    #: ``--workdir``: holds ``/tmp``, ``/var/tmp`` and home with ``--contain``, and the scratch dirs.
+    workdir: str | None = None
+    #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
+    scratch: list[str] = field(default_factory=list)
+    no_pid: bool = False
+    #: ``--dns``: name servers written as the container's ``/etc/resolv.conf`` instead of the host's.
+    dns: list[str] = field(default_factory=list)
+    #: ``--writable``: the tree (a directory the user can write) is mounted read-write.
+    writable: bool = False
+    #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
+    fakeroot: bool = False
+    #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
+    mounts: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
@@ -49,4 +76,12 @@ class Request:
 
     @property
     def new_pid(self) -> bool:
-        return self.pid or self.containall
+        return (self.pid or self.containall) and not self.no_pid
+
+    @property
+    def new_ipc(self) -> bool:
+        return self.ipc or self.containall
+
+    @property
+    def new_uts(self) -> bool:
+        return self.uts or self.hostname is not None

@@ -23,6 +23,9 @@ _SKELETON = "/skeleton"
 _TREE = "/tree"
 _FILES = "/files"
 _LIBS = "/libs"
+_WRITABLE = "/rw"
+#: Apptainer's ``sessiondir max size`` default: the tmpfs holding ``--writable-tmpfs`` writes.
+WRITABLE_TMPFS_SIZE = "64m"
 _DEV_LINKS = (
     ("fd", "/proc/self/fd"),
     ("stdin", "fd/0"),
@@ -36,7 +39,7 @@ def build(layout: Layout) -> None:
     """Mount everything of ``layout`` and make it the root of this process."""
     mounts.make_private()
     mounts.tmpfs(STAGING_MOUNT, 0o755)
-    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS):
+    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS, _WRITABLE):
         os.mkdir(STAGING_MOUNT + name)
     mounts.pivot_into(STAGING_MOUNT, HOST.lstrip("/"))
     _mount_root(layout)
@@ -55,20 +58,45 @@ def _create(path: str, kind: Kind) -> None:
 
 
 def _mount_root(layout: Layout) -> None:
-    """The read-only tree at FINAL: a plain bind, or an overlay adding the missing mount points (§4.5)."""
+    """The tree at FINAL: a plain read-only bind, or an overlay (§4.5): the skeleton of missing
+    mount points on top, then the ``--overlay`` layers, then the image; writes go to the upper
+    layer (a tmpfs for ``--writable-tmpfs``, DIR/upper for a writable ``--overlay DIR``)."""
     tree = HOST + layout.root
-    if not layout.placeholders:
+    if layout.writable:  # a sandbox the user may write: missing mount points are made in it
+        mounts.bind(tree, FINAL)
+        for dest, kind in layout.placeholders.items():
+            try:
+                _create(FINAL + dest, kind)
+            except OSError as exc:
+                raise MountFailed(
+                    f"--writable: cannot create the mount point {dest} in the sandbox: {exc.strerror}"
+                ) from None
+        return
+    writable = layout.writable_tmpfs or layout.overlay_upper is not None
+    if not layout.placeholders and not writable and not layout.overlay_lowers:
         mounts.bind(tree, FINAL, readonly=True)
         return
     for dest, kind in layout.placeholders.items():
         _create(_SKELETON + dest, kind)
     mounts.bind(tree, _TREE)
+    lowers = [_SKELETON] if layout.placeholders else []
+    lowers += [HOST + layer for layer in layout.overlay_lowers] + [_TREE]
     try:
-        mounts.overlay(FINAL, [_SKELETON, _TREE])
+        if layout.overlay_upper is not None:
+            upper, work = layout.overlay_upper
+            mounts.overlay(FINAL, lowers, HOST + upper, HOST + work)
+        elif layout.writable_tmpfs:
+            mounts.tmpfs(_WRITABLE, 0o755, size=WRITABLE_TMPFS_SIZE)
+            os.mkdir(_WRITABLE + "/upper")
+            os.mkdir(_WRITABLE + "/work")
+            mounts.overlay(FINAL, lowers, _WRITABLE + "/upper", _WRITABLE + "/work")
+        else:
+            mounts.overlay(FINAL, lowers)
     except MountFailed as exc:
-        missing = ", ".join(sorted(layout.placeholders))
+        missing = ", ".join(sorted(layout.placeholders)) or "none"
         raise MountFailed(
-            f"{exc} (unprivileged overlays need Linux >= 5.11); the image lacks these mount points: {missing}"
+            f"{exc} (unprivileged overlays need Linux >= 5.11, and an upper directory on a filesystem "
+            f"overlayfs accepts, such as ext4, xfs or tmpfs); the image lacks these mount points: {missing}"
         ) from None
 
 
@@ -110,10 +138,11 @@ def _same_file(a: str, b: str) -> bool:
 def _minimal_dev(target: str, step: MinimalDev) -> None:
     """§4.3: a tmpfs with the host's harmless nodes bound in, links, private devpts and shm."""
     mounts.tmpfs(target, 0o755, flags=libc.MS_NOSUID)
-    for device in step.devices:
+    for device in step.devices:  # nodes, and whole directories (``/dev/dri`` of --rocm)
         node = f"{target}/{os.path.basename(device)}"
-        _create(node, "file")
-        mounts.bind(HOST + device, node, recursive=False)
+        is_dir = os.path.isdir(HOST + device)
+        _create(node, "dir" if is_dir else "file")
+        mounts.bind(HOST + device, node, recursive=is_dir)
     for name, link in _DEV_LINKS:
         os.symlink(link, f"{target}/{name}")
     if step.devpts:

@@ -30,8 +30,15 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+#: Signals that end an instance whose start script has already ended.
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_stop_requested = False
+
+
 def forward_to(pid: int) -> None:
     def forward(signum: int, _frame: object) -> None:
+        global _stop_requested  # noqa: PLW0603 - set from a signal handler, read once the child is gone
+        _stop_requested = _stop_requested or signum in STOPPING
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
@@ -49,6 +56,27 @@ def wait_for(pid: int, reap_all: bool = False) -> int:
             return 255
         if done == pid:
             return exit_status(status)
+
+
+def linger() -> None:
+    """PID 1 of an instance after its start script ended: reap what others start in it, until stopped.
+
+    An Apptainer instance lives until ``instance stop``, whatever its start script does.
+    """
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    for signum in STOPPING:
+        signal.signal(signum, stop)
+    if _stop_requested:
+        return
+    with contextlib.suppress(SystemExit):
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                signal.pause()
 
 
 def restore_signals() -> None:

@@ -29,6 +29,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "siffs.cli.mount": ("mount", "umount", "mounts"),
     "siffs.cli.verify": ("verify", "sign", "key"),
     "siffs.cli.run": ("run", "exec", "shell", "test", "inspect", "bundle"),
+    "siffs.cli.instance": ("instance",),
     "siffs.cli.sandbox": ("sandbox",),
     "siffs.cli.completion": ("completion",),
     "siffs.cli.setup": ("setup",),

@@ -145,10 +145,18 @@ def _serve(
             output.detail(f"{mount_point}: mounted by daemon pid {pid}, logging to {log_file}")
 
 
-def mount_image(image: str, mount_point: str, args: argparse.Namespace, *, ephemeral: bool = False) -> None:
+def mount_image(
+    image: str,
+    mount_point: str,
+    args: argparse.Namespace,
+    *,
+    ephemeral: bool = False,
+    as_caller: bool = False,
+) -> None:
     """Verify and mount the primary partition of ``image`` for another command (run, bundle).
 
-    ``args`` carries that command's trust options (``--key``, ``--allow-unsigned``).
+    ``args`` carries that command's trust options (``--key``, ``--allow-unsigned``);
+    ``as_caller`` shows every file as the caller's (``uid=,gid=``), which ``--fakeroot`` maps to root.
     """
     ns = argparse.Namespace(
         image=image,
@@ -158,11 +166,12 @@ def mount_image(image: str, mount_point: str, args: argparse.Namespace, *, ephem
         allow_unsigned=getattr(args, "allow_unsigned", False),
         verbose=False,
     )
-    _serve(ns, check_mount_point(mount_point), {}, foreground=False, ephemeral=ephemeral)
+    owner: dict[str, str | None] = {"uid": str(os.getuid()), "gid": str(os.getgid())} if as_caller else {}
+    _serve(ns, check_mount_point(mount_point), owner, foreground=False, ephemeral=ephemeral)
 
 
 @contextlib.contextmanager
-def mounted_image(image: str, args: argparse.Namespace) -> Iterator[str]:
+def mounted_image(image: str, args: argparse.Namespace, as_caller: bool = False) -> Iterator[str]:
     """Verify and mount ``image`` on a private, temporary mount point for the block's duration.
 
     For ``siffs run`` and friends: the daemon is tied to this process, so the mount goes away
@@ -172,7 +181,7 @@ def mounted_image(image: str, args: argparse.Namespace) -> Iterator[str]:
     base.mkdir(parents=True, exist_ok=True)
     mount_point = tempfile.mkdtemp(prefix="mnt-", dir=base)
     try:
-        mount_image(image, mount_point, args, ephemeral=True)
+        mount_image(image, mount_point, args, ephemeral=True, as_caller=as_caller)
     except BaseException:
         os.rmdir(mount_point)
         raise

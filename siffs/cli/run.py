@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
 
-from runtime import bundle, envfile, metadata
+from runtime import bundle, envfile, ext3overlay, metadata
 from runtime.environment import collect_overrides, forwarded_host
-from runtime.errors import ContainerError, report, set_quiet, warn
+from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
-from runtime.nvidia import NvidiaSources
-from runtime.request import Action, Request
-from siffs.cli import output, trust
-from siffs.cli.common import CommandError, exit_code_for, print_json
+from siffs.cli import output, runoptions, trust
+from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
+from siffs.sif.load import Image
+from siffs.sif.types import FsType, PartType
 
 
 def _quiet_runtime() -> None:
@@ -39,20 +41,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("shell", "start an interactive shell in the container"),
         ("test", "run the image's test script"),
     ):
-        p = sub.add_parser(action, help=summary + " (as apptainer " + action + ")")
+        usage = f"siffs {action} [options] IMAGE{' COMMAND' if action == 'exec' else ''} [ARGS...]"
+        p = sub.add_parser(action, help=summary + " (as apptainer " + action + ")", usage=usage)
         p.add_argument("image", help="SIF file or directory tree")
         if action == "exec":
             p.add_argument("command", help="program to run (looked up on the container's PATH)")
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments")
-        _container_options(p)
+        runoptions.container_options(p)
         trust.add_arguments(p)
         p.set_defaults(func=cmd_action, action=action)
 
     p = sub.add_parser("inspect", help="show an image's labels, runscript, environment or definition file")
     p.add_argument("image", help="SIF file or directory tree")
     what = p.add_mutually_exclusive_group()
-    for flag in ("labels", "runscript", "test", "environment", "deffile"):
+    for flag in ("labels", "runscript", "test", "startscript", "helpfile", "environment", "deffile"):
         what.add_argument(f"--{flag}", dest="what", action="store_const", const=flag, help=f"show the {flag}")
+    what.add_argument(
+        "--list-apps", dest="what", action="store_const", const="apps", help="list the SCIF apps"
+    )
+    p.add_argument("--app", default="", metavar="NAME", help="show a SCIF app's metadata instead")
     p.add_argument("--json", action="store_true", help="print as Apptainer's 'inspect --json'")
     trust.add_arguments(p)
     p.set_defaults(func=cmd_inspect, what="labels")
@@ -61,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("image", help="SIF file (mounted at BUNDLE_DIR/rootfs, verified) or directory tree")
     p.add_argument("bundle_dir", help="bundle directory (config.json is written there)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the runscript")
-    _environment_options(p)
+    runoptions.environment_options(p)
     p.add_argument(
         "-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]", help="bind mount"
     )
@@ -70,77 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_bundle)
 
 
-def _environment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-e", "--cleanenv", action="store_true", help="keep only TERM, proxies and LANG=C from the host"
-    )
-    p.add_argument("--env", action="append", default=[], metavar="K=V[,K=V]", help="set variables")
-    p.add_argument(
-        "--env-file", action="append", default=[], metavar="FILE", help="set variables from a file"
-    )
-    p.add_argument("--no-eval", action="store_true", help="take --env and *ENV_ values literally")
-
-
-def _container_options(p: argparse.ArgumentParser) -> None:
-    _environment_options(p)
-    p.add_argument(
-        "-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]", help="bind mount"
-    )
-    p.add_argument("-c", "--contain", action="store_true", help="fresh /tmp, home and /dev; no cwd bind")
-    p.add_argument("-C", "--containall", action="store_true", help="--contain, --cleanenv and new PID/IPC ns")
-    p.add_argument("-p", "--pid", action="store_true", help="new PID namespace")
-    p.add_argument("--pwd", help="working directory inside the container")
-    p.add_argument("-H", "--home", metavar="SRC[:DST]", help="home directory to bind")
-    p.add_argument("--no-home", action="store_true", help="do not bind the home directory")
-    p.add_argument("--no-mount", action="append", default=[], metavar="NAME", help="skip a default mount")
-    p.add_argument(
-        "--no-env", action="append", default=[], metavar="NAME", help="do not forward a host variable"
-    )
-    p.add_argument("-s", "--shell", help="shell for 'siffs shell'")
-    p.add_argument("--nv", action="store_true", help="bind the host's NVIDIA driver")
-    p.add_argument("--nvliblist", metavar="FILE", help="library list for --nv instead of siffs' own")
-
-
-def _request(args: argparse.Namespace, action: Action) -> Request:
-    sources = None
-    if args.nv:
-        sources = NvidiaSources(device_dir=os.environ.get("SIFFS_NV_DEVICE_DIR", "/dev"))
-        if args.nvliblist:
-            sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
-    command = [args.command] if action == "exec" else []
-    return Request(
-        root=args.image,
-        action=action,
-        args=command + _strip_separator(args.args),
-        container=os.path.abspath(args.image),
-        binds=args.bind,
-        home=args.home,
-        no_home=args.no_home,
-        contain=args.contain,
-        containall=args.containall,
-        pid=args.pid,
-        cleanenv=args.cleanenv,
-        env=args.env,
-        env_files=args.env_file,
-        no_env=[n for item in args.no_env for n in item.split(",")],
-        no_eval=args.no_eval,
-        pwd=args.pwd,
-        shell=args.shell,
-        nv=args.nv,
-        nv_sources=sources,
-        no_mount=[n for item in args.no_mount for n in item.split(",")],
-    )
-
-
-def _strip_separator(args: list[str]) -> list[str]:
-    return args[1:] if args[:1] == ["--"] else args
-
-
 def _mounted(image: str, args: argparse.Namespace) -> contextlib.AbstractContextManager[str]:
     # Imported here: a directory target never needs the FUSE daemon (pyfuse3, trio).
     from siffs.cli.mount import mounted_image  # noqa: PLC0415
 
-    return mounted_image(image, args)
+    # --fakeroot: the image's files show as the caller's, that is as root inside, as in Apptainer.
+    return mounted_image(image, args, as_caller=bool(getattr(args, "fakeroot", False)))
 
 
 @contextlib.contextmanager
@@ -154,13 +96,38 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
 
 
 def cmd_action(args: argparse.Namespace) -> NoReturn:
+    if args.image.startswith("instance://"):
+        from siffs.cli.instance import join  # noqa: PLC0415 - only instance:// needs it
+
+        join(args, args.action)
     _quiet_runtime()
     try:
-        request = _request(args, args.action)
-        if not os.path.isfile(args.image):
+        refused = runoptions.refusal(args)
+        if refused:
+            raise InvalidRequest(refused)
+        request = runoptions.request(args, args.action)
+        binds, data_images = _split_data_images(request.binds)
+        mounts, mounted_images = _split_data_mounts(request.mounts)
+        data_images += mounted_images
+        request = replace(request, mounts=mounts)
+        if not data_images and not os.path.isfile(args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
-        with _mounted(args.image, args) as mount_point:
-            status = run_container(replace(request, root=mount_point))
+        with contextlib.ExitStack() as stack:
+            for source, inside, dest in data_images:  # verified and mounted as any image
+                if not os.path.isfile(source):
+                    raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
+                mount = stack.enter_context(_mounted(source, args))
+                binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
+            request = replace(request, binds=binds)
+            if os.path.isfile(args.image):
+                mount_point = stack.enter_context(_mounted(args.image, args))
+                layers = [
+                    stack.enter_context(ext3overlay.mounted(args.image, offset, os.path.dirname(mount_point)))
+                    for offset in _overlay_partitions(args.image)
+                ]
+                overlays = [f"{layer}:ro" for layer in layers] + request.overlays
+                request = replace(request, root=mount_point, overlays=overlays)
+            status = run_container(request)
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -174,29 +141,107 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
     sys.exit(status)
 
 
+_BIND_OPTIONS = ("ro", "rw")
+
+
+def _split_data_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """``-B IMAGE:DST:image-src=PATH`` items taken out of ``specs``, as (IMAGE, PATH, DST).
+
+    In a comma list, a word without ``:`` that is a bind option (``ro``, ``image-src=...``)
+    belongs to the bind before it, as in Apptainer's syntax.
+    """
+    plain: list[str] = []
+    images: list[tuple[str, str, str]] = []
+    for spec in specs:
+        items: list[str] = []
+        for word in spec.split(","):
+            if (
+                items
+                and ":" not in word
+                and (word in _BIND_OPTIONS or word.startswith(("image-src=", "id=")))
+            ):
+                items[-1] += "," + word
+            else:
+                items.append(word)
+        for item in items:
+            parts = item.split(":", 2)
+            options = dict(o.partition("=")[::2] for o in parts[2].split(",")) if len(parts) == 3 else {}
+            if "id" in options:
+                raise InvalidRequest(f"bind {item}: id= (a partition of a data image) is not supported yet")
+            if "image-src" in options:
+                images.append((os.path.abspath(parts[0]), options["image-src"] or "/", parts[1]))
+            else:
+                plain.append(item)
+    return plain, images
+
+
+def _split_data_mounts(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """``--mount type=bind,src=IMAGE,dst=DST,image-src=PATH`` lines taken out, as ``_split_data_images``."""
+    plain: list[str] = []
+    images: list[tuple[str, str, str]] = []
+    for spec in specs:
+        for record in csv.reader(spec.splitlines()):
+            fields = dict(f.partition("=")[::2] for f in record)
+            if "image-src" not in fields:
+                plain.append(",".join(f'"{f}"' if "," in f else f for f in record))
+                continue
+            source = fields.get("source") or fields.get("src") or ""
+            dest = fields.get("destination") or fields.get("dst") or fields.get("target") or ""
+            if not source or not dest:
+                raise InvalidRequest(f"--mount {spec!r}: mounts must specify a source and a destination")
+            images.append((os.path.abspath(source), fields["image-src"] or "/", dest))
+    return plain, images
+
+
+def _overlay_partitions(image: str) -> list[int]:
+    """Offsets of the image's embedded ext3 overlay partitions, applied read-only as Apptainer does."""
+    with Image.open(image) as sif:
+        return [
+            d.offset
+            for d in sif.descriptors
+            if (part := d.partition) is not None
+            and (part.fs_type, part.part_type) == (FsType.EXT3, PartType.OVERLAY)
+        ]
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
+    """Print as ``apptainer inspect`` does: sorted ``key: value`` labels, files without trailing newlines."""
     with _tree(args) as root:
         if not os.path.isdir(root):
             raise CommandError(f"{args.image} does not exist", ExitCode.IO)
-        value = _inspect(root, args.what)
+        if args.app and args.app not in metadata.apps(root):
+            raise CommandError(f"the image has no app {args.app!r} (see --list-apps)", ExitCode.NOT_FOUND)
+        value = _inspect(root, args.what, args.app)
     if args.json:
-        print_json({"data": {"attributes": {args.what: value}}, "type": "container"})
+        attributes: dict[str, object] = {args.what: value}
+        if args.app:
+            attributes = {"apps": {args.app: attributes}}
+        # Apptainer's layout (Go's MarshalIndent): tabs, keys sorted.
+        document = {"data": {"attributes": attributes}, "type": "container"}
+        print(json.dumps(document, indent="\t", sort_keys=True, ensure_ascii=False))
     elif isinstance(value, dict):
-        sys.stdout.write("".join(f"{k}: {v}\n" for k, v in value.items()))
+        sys.stdout.write("".join(f"{k}: {value[k]}\n" for k in sorted(value)))
+    elif isinstance(value, list):
+        sys.stdout.write("".join(f"{name}\n" for name in value))
     else:
         sys.stdout.write(value)
 
 
-def _inspect(root: str, what: str) -> dict[str, str] | str:
+def _inspect(root: str, what: str, app: str) -> dict[str, str] | list[str] | str:
+    if what == "apps":
+        return metadata.apps(root)
     if what == "labels":
-        return metadata.labels(root)
+        return metadata.labels(root, app)
     if what == "environment":
-        return "".join(f"=== {path} ===\n{text}\n" for path, text in metadata.environment(root))
-    path = {"runscript": metadata.RUNSCRIPT, "test": metadata.TEST, "deffile": metadata.DEFFILE}[what]
+        return "".join(
+            f"=== {path} ===\n{text.rstrip(chr(10))}\n\n" for path, text in metadata.environment(root, app)
+        )
+    files = {**metadata.FILES, "deffile": metadata.DEFFILE.rsplit("/", 1)[1]}
+    path = f"{metadata.metadata_dir('' if what == 'deffile' else app)}/{files[what]}"
     text = metadata.read_text(root, path)
     if text is None:
         raise CommandError(f"the image has no {what} ({path})", ExitCode.NOT_FOUND)
-    return text
+    return text.rstrip("\n") + "\n"
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
@@ -215,11 +260,11 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     environ = dict(os.environ)
     try:
         scope = {**environ, "APPTAINER_IMAGE": os.path.abspath(args.image)}
-        files = [envfile.load(path, scope, _strip_separator(args.args)) for path in args.env_file]
+        files = [envfile.load(path, scope, runoptions.strip_separator(args.args)) for path in args.env_file]
         overrides = collect_overrides(environ, files, env_options(args.env))
         document = bundle.config(
             tree,
-            _strip_separator(args.args),
+            runoptions.strip_separator(args.args),
             overrides,
             forwarded_host(environ, cleanenv=True),
             binds=args.bind,

@@ -45,7 +45,7 @@ def run_sealed(work: Callable[[Path], T], on_fallback: Callable[[str], None] | N
 
     def sealed() -> tuple[str, T]:
         try:
-            namespaces.enter(new_pid=True)
+            namespaces.enter(pid=True, ipc=True)
         except NamespacesUnavailable as exc:
             base = _SHM if os.path.isdir(_SHM) else None
             with tempfile.TemporaryDirectory(prefix="siffs-", dir=base) as d:

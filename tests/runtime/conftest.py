@@ -117,3 +117,17 @@ def variant(tree, work) -> Callable[[str, Callable[[Path], None]], Path]:
 @pytest.fixture(scope="session")
 def siffs(work) -> Siffs:
     return Siffs({"TERM": "xterm", "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}, str(work))
+
+
+@pytest.fixture
+def user_env(work, tmp_path) -> dict[str, str]:
+    """Per-test XDG directories the test user owns, so every test starts with an empty keyring."""
+    base = work / f"xdg-{tmp_path.name}"
+    base.mkdir()
+    subprocess.run(["chown", "siffs-test", str(base)], check=True)
+    return {
+        "XDG_CONFIG_HOME": f"{base}/config",
+        "XDG_CACHE_HOME": f"{base}/cache",
+        "XDG_STATE_HOME": f"{base}/state",
+        "XDG_RUNTIME_DIR": str(base),
+    }

@@ -145,20 +145,48 @@ def test_env_file_refuses_command_substitution(siffs, tree, work):
 
 
 def test_runtime_variables(siffs, tree, work):
+    """The set a real Apptainer 1.4.5 showed: no SINGULARITY_COMMAND, SINGULARITY_APPNAME only with an app."""
     env = siffs.env(tree)
     for prefix in ("APPTAINER", "SINGULARITY"):
         _check(env, {
             f"{prefix}_CONTAINER": str(tree),
             f"{prefix}_NAME": "tree",
-            f"{prefix}_COMMAND": "exec",
             f"{prefix}_ENVIRONMENT": "/.singularity.d/env/91-environment.sh",
-            f"{prefix}_APPNAME": "",
+            f"{prefix}_BIND": "",
         })  # fmt: skip
+    _check(env, {
+        "APPTAINER_COMMAND": "exec",
+        "APPTAINER_APPNAME": "",
+        "SINGULARITY_COMMAND": None,
+        "SINGULARITY_APPNAME": None,
+        "USER_PATH": siffs.base_env["PATH"] + ":/bin:/usr/bin:/sbin:/usr/sbin:/usr/local/bin:/usr/local/sbin",
+    })  # fmt: skip
     assert env["PS1"] == "Singularity> "  # the image's 99-base.sh sets it; the runtime only fills it in
+    assert env["PROMPT_COMMAND"] == 'PS1="Singularity> "; unset PROMPT_COMMAND'
     assert env["PWD"] == str(work)
     assert {"SHLVL", "OLDPWD", "_"}.isdisjoint(env)
+    assert "USER_PATH" not in siffs.env(tree, "--cleanenv")
+    assert siffs.env(tree, "-B", "/etc:/mnt/etc")["APPTAINER_BIND"] == "/mnt/etc"
     shell = siffs("shell", tree, "-c", "echo $SHELL; echo $PROMPT_COMMAND")
     assert shell.stdout == '/bin/sh\nPS1="Singularity> "; unset PROMPT_COMMAND\n'
+
+
+def test_prompt_is_forced_after_a_host_prompt_command(siffs, tree):
+    """As Apptainer: a host PROMPT_COMMAND runs first, then strips the addition and sets PS1."""
+    env = siffs.env(tree, env={"PROMPT_COMMAND": "history -a"})
+    expected = 'history -a; PROMPT_COMMAND="${PROMPT_COMMAND%%; PROMPT_COMMAND=*}"; PS1="Singularity> "'
+    assert env["PROMPT_COMMAND"] == expected
+
+
+def test_shell_default_prompt_does_not_leak(siffs, variant):
+    """busybox sh gives itself a PS1; an image whose 99-base.sh only fills an empty PS1 must not keep it."""
+
+    def apptainer_base(root):
+        base = root / ".singularity.d/env/99-base.sh"
+        base.write_text('if [ -z "${PS1:-}" ]; then PS1="Apptainer> "; fi\nexport PS1\n')
+
+    env = siffs.env(variant("apptainer-99-base", apptainer_base))
+    assert env["PS1"] == "Apptainer> "
 
 
 def test_image_without_shell_gets_literal_overrides(siffs, variant):

@@ -14,7 +14,7 @@ from tests.runtime.conftest import Siffs
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import daemons_for
 from tests.support.mounts import siffs as siffs_root
-from tests.support.shared import CONFORMANCE
+from tests.support.shared import CONFORMANCE, SHARED
 
 KEYS = CONFORMANCE / "sylabs-sif" / "keys"
 
@@ -27,20 +27,6 @@ def signed_sif(tree, work) -> Path:
     siffs_root("sign", sif, "--key", KEYS / "ed25519-private.pem", check=True)
     os.chmod(sif, 0o644)
     return sif
-
-
-@pytest.fixture
-def user_env(work, tmp_path) -> dict[str, str]:
-    """Per-test XDG directories the test user owns, so every test starts with an empty keyring."""
-    base = work / f"xdg-{tmp_path.name}"
-    base.mkdir()
-    subprocess.run(["chown", "siffs-test", str(base)], check=True)
-    return {
-        "XDG_CONFIG_HOME": f"{base}/config",
-        "XDG_CACHE_HOME": f"{base}/cache",
-        "XDG_STATE_HOME": f"{base}/state",
-        "XDG_RUNTIME_DIR": str(base),
-    }
 
 
 def _no_siffs_mounts_left(base: str) -> bool:
@@ -135,3 +121,83 @@ def test_bundle_of_a_sif_runs_under_runc(siffs: Siffs, signed_sif, user_env, wor
         assert "arguments: from runc" in run.stdout
     finally:
         assert siffs("umount", rootfs, env=user_env).returncode == 0
+
+
+OVERLAY_SIF = SHARED / "apptainer-fixtures" / "overlay.sif"
+
+
+def _overlay_mounts(base: str) -> list[str]:
+    """This test's mounts of the overlay image (under its own runtime dir)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if str(OVERLAY_SIF) in line and base in line]
+
+
+@pytest.mark.skipif(not OVERLAY_SIF.is_file(), reason=f"no Apptainer-built overlay image at {OVERLAY_SIF}")
+def test_embedded_overlay_partition_is_applied_and_gone_after_sigkill(siffs: Siffs, user_env):
+    """fuse2fs serves the ext3 partition read-only; a killed siffs leaves neither mount nor daemon."""
+    result = siffs("exec", "--allow-unsigned", OVERLAY_SIF, "/bin/cat", "/overlay-file.txt", env=user_env)
+    assert (result.returncode, result.stdout) == (0, "persisted\n"), result.stderr
+    assert _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) == []
+    argv = siffs.command(
+        "exec", "--allow-unsigned", OVERLAY_SIF, "/bin/sh", "-c", "echo up; exec sleep 60", env=user_env
+    )
+    proc = subprocess.Popen(argv, cwd=siffs.cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    assert sorted(
+        line.split(" - ")[1].split()[0] for line in _overlay_mounts(user_env["XDG_RUNTIME_DIR"])
+    ) == [
+        "fuse.ext4",
+        "fuse.siffs",
+    ]
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=True)
+    os.kill(int(children.stdout.split()[0]), signal.SIGKILL)
+    proc.wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _overlay_mounts(user_env["XDG_RUNTIME_DIR"]) == []
+    assert (
+        subprocess.run(["pgrep", "-u", "siffs-test", "fuse2fs"], capture_output=True, check=False).returncode
+        == 1
+    )
+
+
+def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signed_sif, tree, user_env):
+    """-B data.sif:/data:image-src=/PATH mounts the SIF (verified like any image), binds PATH read-only."""
+    key = KEYS / "ed25519-public.pem"
+    bind = f"{signed_sif}:/data:image-src=/.singularity.d,/etc:/mnt/etc:ro"
+    script = "cat /data/test; touch /data/x 2>/dev/null || echo read-only; ls -d /mnt/etc"
+    result = siffs("exec", "--key", key, "-B", bind, tree, "/bin/sh", "-c", script, env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == ["read-only", "/mnt/etc"]
+    assert result.stdout.startswith((tree / ".singularity.d/test").read_text().splitlines()[0])
+    assert _no_siffs_mounts_left(user_env["XDG_RUNTIME_DIR"])
+    spec = f"type=bind,src={signed_sif},dst=/d2,image-src=/.singularity.d"
+    mounted = siffs("exec", "--key", key, "--mount", spec, tree, "cat", "/d2/test", env=user_env)
+    assert mounted.returncode == 0 and mounted.stdout == (tree / ".singularity.d/test").read_text()
+    refused = siffs("exec", "--key", KEYS / "rsa-public.pem", "-B", bind, tree, "true", env=user_env)
+    assert refused.returncode == 255 and refused.stderr.startswith("FATAL: ")
+    missing = siffs("exec", "-B", f"{tree}:/data:image-src=/", tree, "true", env=user_env)
+    assert missing.returncode == 255 and "image-src= needs a SIF file" in missing.stderr
+
+
+def test_fakeroot_on_a_sif_owns_the_image_files(siffs: Siffs, signed_sif, user_env):
+    """As in Apptainer: under --fakeroot the image's files are root's, so root may change them in overlays."""
+    key = KEYS / "ed25519-public.pem"
+    script = "stat -c %u:%g /etc; echo pkg > /etc/installed && cat /etc/installed"
+    result = siffs(
+        "exec",
+        "--key",
+        key,
+        "--fakeroot",
+        "--writable-tmpfs",
+        signed_sif,
+        "/bin/sh",
+        "-c",
+        script,
+        env=user_env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0:0", "pkg"]
+    plain = siffs("exec", "--key", key, signed_sif, "/bin/stat", "-c", "%u", "/etc", env=user_env)
+    assert plain.stdout.strip() == "65534"  # without --fakeroot: root's files, unmapped

@@ -10,7 +10,7 @@ from runtime.elf import Target
 from runtime.envfile import parse
 from runtime.environment import collect_overrides, injection_script
 from runtime.errors import EnvironmentFileError, InvalidRequest
-from runtime.layout import parse_binds
+from runtime.layout import parse_binds, parse_mounts
 from runtime.namespaces import explain
 from runtime.nvidia import match_libraries
 from runtime.passwd import Identity, group_text, passwd_text
@@ -100,6 +100,23 @@ def test_bind_specs():
     ):
         with pytest.raises(InvalidRequest, match=message):
             list(parse_binds([bad]))
+
+
+def test_mount_specs():
+    """Apptainer's --mount: CSV fields, key aliases, one mount per line, only type=bind."""
+    specs = ["type=bind,src=/tmp,dst=/x,ro", "source=/tmp,target=/y\ndestination=/z,source=/etc,readonly"]
+    assert list(parse_mounts(specs)) == [("/tmp", "/x", True), ("/tmp", "/y", False), ("/etc", "/z", True)]
+    assert list(parse_mounts(['type=bind,src=/tmp,"dst=/with,comma"'])) == [("/tmp", "/with,comma", False)]
+    for bad, message in (
+        ("type=volume,src=/tmp,dst=/x", "only type=bind"),
+        ("src=/tmp", "source and a destination"),
+        ("src=/tmp,dst=/x,bind-propagation=shared", "invalid key 'bind-propagation'"),
+        ("src=/d.sif,dst=/x,image-src=/", "data-image"),
+        ("src=/nope,dst=/x", "does not exist"),
+        ("src=/tmp,dst=rel", "absolute"),
+    ):
+        with pytest.raises(InvalidRequest, match=message):
+            list(parse_mounts([bad]))
 
 
 def test_library_matching_checks_every_path(tmp_path):
