@@ -26,6 +26,7 @@ from runtime.launch import env_options, exec_container, run_container
 from siffs.cli import output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
+from siffs.cli.progress import ProgressBar
 from siffs.sif.load import Image
 from siffs.sif.types import FsType, PartType
 
@@ -102,6 +103,7 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         join(args, args.action)
     _quiet_runtime()
     try:
+        _fetch_remote(args)
         refused = runoptions.refusal(args)
         if refused:
             raise InvalidRequest(refused)
@@ -139,6 +141,19 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         print(f"FATAL: {args.image}: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONTAINER_FAILED)
     sys.exit(status)
+
+
+def _fetch_remote(args: argparse.Namespace) -> None:
+    """``oras://`` and ``docker://`` images: pulled into siffs' cache (or reused from it), as Apptainer
+    does; ``args.image`` then names the cached SIF, which is verified and mounted like any other."""
+    scheme, sep, _ = args.image.partition("://")
+    if not sep or scheme not in ("oras", "docker"):
+        return
+    from siffs.registry.pull import RegistryPull, cached_image  # noqa: PLC0415 -- only for remote images
+
+    keys = None if getattr(args, "allow_unsigned", False) else trust.keys_from(args.key, required=False)
+    with ProgressBar("pulling") as progress:
+        args.image = str(cached_image(args.image, options=RegistryPull(), keys=keys, progress=progress))
 
 
 _BIND_OPTIONS = ("ro", "rw")
@@ -206,6 +221,7 @@ def _overlay_partitions(image: str) -> list[int]:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     """Print as ``apptainer inspect`` does: sorted ``key: value`` labels, files without trailing newlines."""
+    _fetch_remote(args)
     with _tree(args) as root:
         if not os.path.isdir(root):
             raise CommandError(f"{args.image} does not exist", ExitCode.IO)

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from siffs.integrity.errors import KeyMaterialError
 from siffs.integrity.keyring import Keyring
-from siffs.integrity.keys import load_files, private_pem
+from siffs.integrity.keys import key_material, load_files, private_pem
 from siffs.integrity.sign import DsseSigningKey
+from siffs.integrity.verify import KeyMaterial
 from siffs.integrity.xdg import config_dir, private_dir
 
 NAME = "local-build-key.pem"
@@ -63,3 +64,9 @@ def signing_key() -> DsseSigningKey:
         return DsseSigningKey((private_pem(f),))
     except KeyMaterialError as exc:
         raise KeyMaterialError(f"{exc}; remove {path} to make a new local build key") from None
+
+
+def verification_keys() -> KeyMaterial:
+    """The build key's public half, to check what it signed (creating the key if needed)."""
+    signing_key()
+    return key_material(load_files([str(key_path())]))

@@ -7,14 +7,17 @@ conversion, and has the result pass the trust policy before it replaces DEST.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from siffs.integrity import localkey
 from siffs.integrity.keyring import trusted_signers
 from siffs.integrity.verify import KeyMaterial
-from siffs.registry import docker, oras
+from siffs.integrity.xdg import private_dir
+from siffs.registry import docker, fetch, oras
 from siffs.registry.cache import blob_cache_dir
 from siffs.registry.credentials import Credentials, resolve
 from siffs.registry.errors import LocalIOError
@@ -74,7 +77,10 @@ def pull(
     session = Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
 
     def check(path: Path) -> None:
-        report.signers = trusted_signers(str(path), keys, progress)
+        # A conversion is signed by this user's build key a moment before: that is what to check
+        # (the keyring may not have held it yet when the keys were chosen).
+        wanted = keys if keys is None or ref.scheme != "docker" else localkey.verification_keys()
+        report.signers = trusted_signers(str(path), wanted, progress)
 
     try:
         # Without the cache, blobs land beside DEST, so the finished SIF is moved, not copied.
@@ -100,3 +106,26 @@ def pull(
     if traffic.cached_bytes:
         report.reused["cache"] = traffic.cached_bytes
     return report
+
+
+def cached_image(
+    source: str, *, options: RegistryPull, keys: KeyMaterial | None, progress: Progress | None = None
+) -> Path:
+    """The SIF of ``source`` in siffs' cache, pulled first when the registry has a new version.
+
+    What ``siffs run docker://…`` runs, as Apptainer does: the registry is asked which manifest
+    the reference names now (one request), and the SIF made from that manifest is reused while it
+    is the same; otherwise it is pulled (and checked) like any pull.
+    """
+    ref = parse(source)
+    creds = options.credentials or resolve(ref.host, ref.repository, options.authfile)
+    session = Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
+    try:
+        top = fetch.resolve(session, ref, options.arch).top_digest
+    finally:
+        session.close()
+    key = hashlib.sha256(f"{ref.scheme} {top} {options.arch}".encode()).hexdigest()
+    path = private_dir(blob_cache_dir() / "sif") / f"{key}.sif"
+    if not path.exists():
+        pull(source, str(path), options=replace(options, force=True), keys=keys, progress=progress)
+    return path

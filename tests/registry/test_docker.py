@@ -215,3 +215,22 @@ def test_too_little_disk_is_said_before_the_work(plain, home, tmp_path):
     assert done.stdout == f"rc={ExitCode.IO.value}\n", done.stdout + done.stderr
     assert done.stderr.startswith(f"siffs: no space left on {small}/.x.sif.siffs-")
     assert done.stderr.count("\n") == 1 and "MiB more" in done.stderr
+
+
+def test_run_and_inspect_a_docker_reference(plain, tmp_path):
+    """``siffs run docker://…`` pulls into the cache once, then reuses it while the manifest is the same."""
+    push(plain.host, "test/image", "run", ociimage.build())
+    ensure_user()
+    home = Path(user_dir(tmp_path, "home"))
+    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "XDG_CACHE_HOME": str(home / ".cache"),
+           "XDG_CONFIG_HOME": str(home / ".config")}  # fmt: skip
+    ref = f"docker://{plain.host}/test/image:run"
+    first = siffs("run", ref, "hello", env=env, user=TEST_USER, timeout=300)
+    assert (first.returncode, first.stdout) == (0, "[hello]"), first.stderr
+    cached = list((home / ".cache" / "siffs" / "registry" / "sif").iterdir())
+    assert len(cached) == 1
+    again = siffs("exec", ref, "busybox", "cat", "/etc/added", env=env, user=TEST_USER, timeout=120)
+    assert (again.returncode, again.stdout) == (0, "added\n"), again.stderr
+    assert list((home / ".cache" / "siffs" / "registry" / "sif").iterdir()) == cached
+    labels = siffs("inspect", ref, env=env, user=TEST_USER, check=True).stdout
+    assert "org.opencontainers.image.base.name: " in labels
