@@ -15,7 +15,7 @@ runs in a fresh process, after the page cache is dropped (as root), and is measu
 Prints one table per image with each figure and the ratios siffs/PySquashfsImage and
 siffs/kernel. Figures only: nothing is asserted. Rerun on a quiet machine for stable numbers.
 
-  bench/squashfs_read.py /tmp/siffs-bench/images-own/rootfs-gzip.sif /tmp/siffs-bench/images-own/bigfile-gzip.sif
+  bench/squashfs_read.py /tmp/siffs-bench/images-own/{rootfs,bigfile}-gzip.sif
 """
 
 from __future__ import annotations
