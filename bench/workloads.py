@@ -184,7 +184,7 @@ def xattr(s: Settings, lists: Lists) -> Measure:
     return result
 
 
-def container_start(s: Settings, _: Lists, repeats: int) -> Measure:
+def container_start(s: Settings, repeats: int) -> Measure:
     """Seconds for ch-run to start python3 in the image (median of ``repeats``). The
     environment is fixed: the host's PYTHON* or proxy variables would change what starts."""
     ch_run = shutil.which("ch-run")
@@ -274,7 +274,7 @@ Workload = Callable[[Settings, Lists], Measure]
 WORKLOADS: dict[str, tuple[str, Workload]] = {
     "walk": ("entries/s", walk), "readall": ("MB/s", readall), "readall_par4": ("MB/s", readall_par4),
     "readlink": ("ops/s", readlink), "xattr": ("entries/s", xattr),
-    "container_start": ("s", lambda s, lists: container_start(s, lists, 1)),
+    "container_start": ("s", lambda s, _: container_start(s, 1)),
     "seqread": ("MB/s", seqread), "seqread_par4": ("MB/s", seqread_par4), "randread": ("ops/s", randread),
 }
 KINDS = {"rootfs": ["walk", "readall", "readall_par4", "readlink", "xattr", "container_start"],
@@ -363,7 +363,7 @@ def measure(name: str, s: Settings, lists: Lists, mode: str) -> Measure:
     before = daemon_sample(pid)
     try:
         if name == "container_start":
-            result = container_start(s, lists, 1 if mode == "cold" else s.warm_starts)
+            result = container_start(s, 1 if mode == "cold" else s.warm_starts)
         else:
             result = WORKLOADS[name][1](s, lists)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
