@@ -52,7 +52,7 @@ FIXED_TIME = 1_704_067_200  # 2024-01-01: every inode, the superblock and the SI
 SEED = 11_2024
 MiB = 1 << 20
 DEFAULT_OUT = Path("/tmp/siffs-bench/images-own")
-BUILDER_VERSION = "3"  # bump when the layout below changes, so that old images are rebuilt
+BUILDER_VERSION = "4"  # bump when the layout below changes, so that old images are rebuilt
 
 PYTHON = Path("/usr/bin/python3")
 TOOLS = ["dash", "ls", "cat", "env", "id", "true", "uname", "head", "sha256sum"]
@@ -271,11 +271,15 @@ def corpus(tops: list[str], size: int, elf: bool) -> bytes:
     return bytes((out * (size // len(out) + 1))[:size])
 
 
-def build_bigfile(path: Path, size: int) -> dict[str, int]:
+def bigfile_material() -> tuple[bytes, bytes]:
+    """The text and the ELF code that /big.bin's segments are cut from."""
+    return corpus(TEXT_TOPS, 48 * MiB, elf=False), corpus(ELF_TOPS, 48 * MiB, elf=True)
+
+
+def build_bigfile(path: Path, size: int, material: tuple[bytes, bytes]) -> dict[str, int]:
     """/big.bin of ``size`` bytes in 1 MiB segments of seeded kinds; returns the segment counts."""
     rng = random.Random(SEED)
-    text = corpus(TEXT_TOPS, 48 * MiB, elf=False)
-    code = corpus(ELF_TOPS, 48 * MiB, elf=True)
+    text, code = material
     kinds = {"text": 0, "elf": 0, "random": 0, "zeros": 0}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
@@ -328,15 +332,30 @@ def rootfs_offset(sif: Path) -> int:
         return image.primary_partition().offset
 
 
-def inputs_digest(kind: str, limits: tuple[int, int]) -> str:
-    """What a build would read, cheaply: the host paths with sizes and times, and the limits."""
-    h = hashlib.sha256(f"{BUILDER_VERSION}:{kind}:{limits}".encode())
-    tops = [os.path.dirname(os.path.realpath(PYTHON)), stdlib_dir()]
-    for top in [*tops, *(b for b, _ in BULK)] if kind == "rootfs" else [*TEXT_TOPS, *ELF_TOPS]:
-        for dirpath, _, filenames in sorted_walk(top):
-            for name in filenames:
-                with_stat = os.lstat(os.path.join(dirpath, name))
-                h.update(f"{dirpath}/{name}:{with_stat.st_size}:{with_stat.st_mtime_ns}\n".encode())
+def tree_digest(root: Path) -> str:
+    """Everything of the tree that reaches the image: names, types, modes, link targets,
+    xattrs, contents. A stat walk of the host would do cheaper, but on a live machine its
+    directories change (packages installed, .pyc written) while the files taken do not."""
+    h = hashlib.sha256(BUILDER_VERSION.encode())
+    for dirpath, dirnames, filenames in sorted_walk(str(root)):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            h.update(f"{os.path.relpath(path, root)}\0{st.st_mode:o}\0{st.st_nlink}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(path).encode())
+                continue
+            for attr in sorted(os.listxattr(path, follow_symlinks=False)):
+                h.update(attr.encode() + os.getxattr(path, attr, follow_symlinks=False))
+            if stat.S_ISREG(st.st_mode):
+                h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return h.hexdigest()[:20]
+
+
+def material_digest(size: int, material: tuple[bytes, bytes]) -> str:
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{size}:{SEED}".encode())
+    for part in material:
+        h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:20]
 
 
@@ -350,22 +369,27 @@ def available_codecs() -> set[str]:
 
 def build(kind: str, codecs: list[str], out: Path, limits: tuple[int, int], *, force: bool,
           manifest: dict[str, dict[str, object]]) -> None:
-    """Build the images of one kind that are missing or stale, updating ``manifest``."""
-    digest = inputs_digest(kind, limits)
-    stale = [c for c in codecs if force or manifest.get(f"{kind}-{c}", {}).get("inputs") != digest
-             or not (out / f"{kind}-{c}.sif").exists()]
-    for codec in sorted(set(codecs) - set(stale)):
-        log(f"{kind}-{codec}.sif is up to date")
-    if not stale:
-        return
+    """Build the images of one kind whose inputs changed (or that are missing), updating
+    ``manifest``. The rootfs tree is made first (a few seconds) and its digest decides; the
+    bigfile is decided by the digest of the material it is cut from."""
     with tempfile.TemporaryDirectory(prefix=f"{kind}-", dir=out) as scratch:
         tree = Path(scratch) / "tree"
         started = time.monotonic()
         if kind == "rootfs":
             counts = build_rootfs(tree, *limits)
+            digest = tree_digest(tree)
         else:
+            material = bigfile_material()
+            digest = material_digest(limits[1], material)
+        stale = [c for c in codecs if force or manifest.get(f"{kind}-{c}", {}).get("inputs") != digest
+                 or not (out / f"{kind}-{c}.sif").exists()]
+        for codec in sorted(set(codecs) - set(stale)):
+            log(f"{kind}-{codec}.sif is up to date")
+        if not stale:
+            return
+        if kind == "bigfile":
             tree.mkdir()
-            counts = build_bigfile(tree / "big.bin", limits[1])
+            counts = build_bigfile(tree / "big.bin", limits[1], material)
         log(f"{kind}: tree in {time.monotonic() - started:.0f} s: {counts}")
         for codec in stale:
             started = time.monotonic()

@@ -53,7 +53,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int
     tree.copy("/usr/bin/sh")  # a symlink (to dash), and its target
     mkimages.add_system_layout(tree)
     assert mkimages.add_xattrs(tree.root) > 0
-    segments = mkimages.build_bigfile(tree.root / "big.bin", 4 * MiB)
+    segments = mkimages.build_bigfile(tree.root / "big.bin", 4 * MiB, mkimages.bigfile_material())
     assert sum(v for k, v in segments.items() if k.startswith("segments_")) == 4
     sifs = []
     for n in (1, 2):  # built twice: the same inputs must give the same bytes
