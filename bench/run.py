@@ -205,6 +205,7 @@ def table(image: Path, peers: list[str], lines: list[dict[str, object]], notes: 
     values: dict[tuple[str, str, str], list[float]] = {}
     units: dict[str, str] = {}
     extras: list[str] = []
+    truncated: dict[str, list[str]] = {}
     for line in lines:
         key = (str(line["workload"]), str(line["mode"]), str(line["peer"]))
         value = number(line, "value")
@@ -214,7 +215,7 @@ def table(image: Path, peers: list[str], lines: list[dict[str, object]], notes: 
         elif "skipped" in line:
             extras.append(f"skipped: {key[2]} {key[0]} {key[1]}: {line['skipped']}")
         if line.get("truncated"):
-            extras.append(f"truncated at the time limit: {key[2]} {key[0]} {key[1]}")
+            truncated.setdefault(key[2], []).append(f"{key[0]} {key[1]}")
     refs = [r for r in REFERENCES if r in peers]
     compared = [(p, r) for r in refs for p in peers if p not in REFERENCES[: REFERENCES.index(r) + 1]]
     head = ["workload", "mode", "unit", *peers] + [f"{p}/{r}" for p, r in compared]
@@ -226,6 +227,8 @@ def table(image: Path, peers: list[str], lines: list[dict[str, object]], notes: 
         cells = [workload, mode, units[workload]] + [fmt(med[p], units[workload]) for p in peers]
         cells += [ratio(med[p], med[r], workload in TIME_LIKE) for p, r in compared]
         out.append("| " + " | ".join(cells) + " |")
+    extras += [f"{p} stopped at the time limit (figure covers what it did): {', '.join(sorted(set(w)))}"
+               for p, w in truncated.items()]
     out += ["", *daemon_notes(peers, lines), *[f"- {n}" for n in notes + sorted(set(extras))]]
     return "\n".join(out) + "\n"
 
