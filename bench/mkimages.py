@@ -14,7 +14,8 @@
 Each tree is squashed once per codec with mksquashfs and wrapped into a SIF with siffs' own
 writer. The builds are deterministic on one machine (sorted traversal, seeded PRNG, fixed times,
 -all-root, image id derived from the inputs), and an image whose inputs did not change is not
-rebuilt: images.json beside the images records the inputs' digest, sizes, counts and offsets.
+rebuilt: images.json beside the images records each image's input digest (of the built tree, or
+of the bigfile's material), sizes, counts and partition offset.
 
   .venv/bin/python bench/mkimages.py [--out DIR] [--comps gzip,zstd] [--bigfile-comps gzip,zstd]
                                      [--only rootfs|bigfile] [--force]
