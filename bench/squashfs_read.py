@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """squashfs_read.py - the siffs SquashFS reader against PySquashfsImage and the kernel, no FUSE.
 
-For each SIF image (its primary partition found with ../shared/bench/sifwrap.py), each peer
+For each SIF image (its primary partition found with siffs' own SIF reader), each peer
 runs in a fresh process, after the page cache is dropped (as root), and is measured on:
 
   open      open the image (PySquashfsImage scans the whole tree here; siffs reads ~5 blocks)
@@ -15,7 +15,7 @@ runs in a fresh process, after the page cache is dropped (as root), and is measu
 Prints one table per image with each figure and the ratios siffs/PySquashfsImage and
 siffs/kernel. Figures only: nothing is asserted. Rerun on a quiet machine for stable numbers.
 
-  bench/squashfs_read.py /tmp/siffs-bench/images/rootfs-gzip.sif /tmp/siffs-bench/images/bigfile-gzip.sif
+  bench/squashfs_read.py /tmp/siffs-bench/images-own/{rootfs,bigfile}-gzip.sif
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("SIFFS_SHARED", REPO.parent / "shared"))
-sys.path.insert(0, str(SHARED / "bench"))
 
-import sifwrap  # noqa: E402 - from ../shared/bench, located above
+from mkimages import rootfs_offset  # noqa: E402 - beside this script
 from PySquashfsImage import SquashFsImage  # noqa: E402
 
 from siffs.squashfs import FileSource, SquashFS, resolve, walk  # noqa: E402
@@ -233,7 +231,7 @@ def main() -> None:
         f"# squashfs_read.py, load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs; MB = 10^6 bytes"
     )
     for image in a.images:
-        offset = sifwrap.rootfs_offset(image)
+        offset = rootfs_offset(Path(image))
         paths = run_peer("sample", image, offset, [])
         results = {peer: run_peer(peer, image, offset, paths) for peer in peers}
         print(f"\n## {os.path.basename(image)} (partition at byte {offset})\n")
