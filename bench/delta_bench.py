@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Delta transfer, measured in one run against casync and zsync on the same images and the same nginx.
 
-    .venv/bin/python bench/delta_bench.py [--image /tmp/siffs-bench/images/rootfs-zstd.sif] [--work DIR]
+    .venv/bin/python bench/delta_bench.py [--image /tmp/siffs-bench/images-own/rootfs-zstd.sif] [--work DIR]
 
-From IMAGE's root filesystem (unsquashfs) it builds, with the options of the shared mkimages.py
+From IMAGE's root filesystem (unsquashfs) it builds, with the options of bench/mkimages.py
 (zstd, -all-root, fixed times), three SIFs: v1 (the tree as is), v2 (a localised change: consecutive
 files, i.e. one area of the tree, totalling 1 % of the tree's bytes, each rewritten in a 4 KiB region
 or wholly when smaller) and v3 (scattered edits: a 4 KiB patch in 25 files spread over the tree, one
@@ -233,7 +233,7 @@ def pct(n: int, of: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image", default="/tmp/siffs-bench/images/rootfs-zstd.sif")
+    ap.add_argument("--image", default="/tmp/siffs-bench/images-own/rootfs-zstd.sif")  # bench/mkimages.py
     ap.add_argument("--bigfile", default="/tmp/siffs-bench/images/bigfile.tree/big.bin")
     ap.add_argument("--work", default="/tmp/siffs-bench/delta")
     ap.add_argument("--edit", choices=("reverse", "random"), default="reverse", help="how files are changed")

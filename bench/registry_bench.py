@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.mounts import siffs  # noqa: E402
 from tests.support.registry import registry  # noqa: E402 -- the tests' registry starter
 
-IMAGES = Path(os.environ.get("SIFFS_BENCH_IMAGES", "/tmp/siffs-bench/images"))
+IMAGES = Path(os.environ.get("SIFFS_BENCH_IMAGES", "/tmp/siffs-bench/images-own"))  # bench/mkimages.py
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
