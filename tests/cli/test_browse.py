@@ -11,7 +11,7 @@ import pytest
 from siffs.cli.main import main
 from siffs.sif import Image
 from tests.support.mounts import kernel_mount
-from tests.support.shared import IMAGES, expected, image_names
+from tests.support.reference import IMAGES, expected, image_names
 
 
 def squashfs_primary(name: str) -> bool:

@@ -14,7 +14,8 @@ import pytest
 
 from siffs import __version__
 from tests.support.images import require_tool
-from tests.support.shared import IMAGES, REPO
+from tests.support.reference import IMAGES
+from tests.support.shared import REPO
 
 pytestmark = pytest.mark.slow
 

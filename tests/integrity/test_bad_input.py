@@ -20,7 +20,7 @@ from siffs.integrity.verify import verify
 from siffs.sif import Image
 from siffs.sif.types import DESCRIPTOR_SIZE
 from tests.integrity.conftest import key_path
-from tests.support.shared import IMAGES
+from tests.support.reference import IMAGES
 
 LINKED_ID = 13  # byte offset of LinkedID in a descriptor
 
@@ -62,14 +62,14 @@ def flip(path: Path, offset: int) -> None:
 
 
 def test_wrong_kind_of_key(capsys):
-    image = str(IMAGES / "one-group-signed-pgp.sif")
+    image = str(IMAGES / "one-group-signed.sif")
     code, err = cli(capsys, "verify", image, "--key", key_path("ed25519"))
     assert code == ExitCode.NOT_TRUSTED
     assert_one_line(err, "OpenPGP signature", "--key")
 
 
 def test_unknown_signer(capsys):
-    image = str(IMAGES / "one-group-signed-pgp.sif")
+    image = str(IMAGES / "one-group-signed.sif")
     code, err = cli(capsys, "verify", image, "--key", key_path("pgp-unrelated"))
     assert code == ExitCode.NOT_TRUSTED
     assert_one_line(err, "unknown key A20C27EE7FF7BA84", "siffs key import")
@@ -91,7 +91,7 @@ def test_unusable_key_file(capsys, tmp_path):
 
 
 def test_signature_moved_to_another_group(capsys, tmp_path):
-    path = copy("two-groups-signed-pgp.sif", tmp_path)
+    path = copy("two-groups-signed.sif", tmp_path)
     patch_descriptor(path, 4, LINKED_ID, struct.pack("<I", 2 | 0xF0000000))  # group 1's signature → group 2
     code, err = cli(capsys, "verify", str(path), "--key", key_path("pgp-public"), "--group", "2")
     assert code == ExitCode.NOT_TRUSTED
@@ -102,7 +102,7 @@ def test_signature_moved_to_another_group(capsys, tmp_path):
     ("where", "message"), [(60, "bad signature"), (-2, "damaged or of an unknown format")]
 )
 def test_corrupt_signature_object(capsys, tmp_path, where, message):
-    path = copy("one-group-signed-pgp.sif", tmp_path)
+    path = copy("one-group-signed.sif", tmp_path)
     with Image.open(path) as image:
         sig = image.signatures()[0]
         armor = image.read(sig).index(b"-----BEGIN PGP SIGNATURE-----\n\n") + 31

@@ -14,9 +14,7 @@ from tests.runtime.conftest import Siffs
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import daemons_for
 from tests.support.mounts import siffs as siffs_root
-from tests.support.shared import CONFORMANCE
-
-KEYS = CONFORMANCE / "sylabs-sif" / "keys"
+from tests.support.reference import key_path
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +22,7 @@ def signed_sif(tree, work) -> Path:
     squash = mksquashfs(tree, work / "sif-root.squashfs", "-all-root")
     sif = work / "signed.sif"
     wrap_sif(squash, sif)
-    siffs_root("sign", sif, "--key", KEYS / "ed25519-private.pem", check=True)
+    siffs_root("sign", sif, "--key", key_path("ed25519", "private"), check=True)
     os.chmod(sif, 0o644)
     return sif
 
@@ -49,19 +47,19 @@ def _no_siffs_mounts_left(base: str) -> bool:
 
 
 def test_run_and_exec_a_signed_sif(siffs: Siffs, signed_sif, user_env):
-    result = siffs("run", "--key", KEYS / "ed25519-public.pem", signed_sif, "x", "y", env=user_env)
+    result = siffs("run", "--key", key_path("ed25519", "public"), signed_sif, "x", "y", env=user_env)
     assert result.returncode == 0, result.stderr
     assert "Hello from the siffs example container" in result.stdout
     assert "arguments: x y" in result.stdout
     result = siffs(
-        "exec", "--key", KEYS / "ed25519-public.pem", signed_sif, "/bin/sh", "-c", "exit 42", env=user_env
+        "exec", "--key", key_path("ed25519", "public"), signed_sif, "/bin/sh", "-c", "exit 42", env=user_env
     )
     assert result.returncode == 42
     assert _no_siffs_mounts_left(user_env["XDG_RUNTIME_DIR"])
 
 
 def test_trusted_keyring_and_inspect(siffs: Siffs, signed_sif, user_env):
-    assert siffs("key", "import", KEYS / "ed25519-public.pem", env=user_env).returncode == 0
+    assert siffs("key", "import", key_path("ed25519", "public"), env=user_env).returncode == 0
     result = siffs("inspect", "--labels", signed_sif, env=user_env)
     assert result.returncode == 0, result.stderr
     assert "org.label-schema.schema-version: 1.0" in result.stdout
@@ -69,7 +67,7 @@ def test_trusted_keyring_and_inspect(siffs: Siffs, signed_sif, user_env):
 
 
 def test_untrusted_sif_is_refused(siffs: Siffs, signed_sif, user_env):
-    result = siffs("run", "--key", KEYS / "rsa-public.pem", signed_sif, env=user_env)
+    result = siffs("run", "--key", key_path("rsa", "public"), signed_sif, env=user_env)
     assert result.returncode == 255
     assert result.stderr.startswith("FATAL: ")
     assert "--allow-unsigned" in result.stderr
@@ -80,7 +78,7 @@ def test_untrusted_sif_is_refused(siffs: Siffs, signed_sif, user_env):
 
 def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
     argv = siffs.command(
-        "exec", "--key", KEYS / "ed25519-public.pem", signed_sif, "/bin/sleep", "60", env=user_env
+        "exec", "--key", key_path("ed25519", "public"), signed_sif, "/bin/sleep", "60", env=user_env
     )
     proc = subprocess.Popen(argv, cwd=siffs.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runtime = Path(user_env["XDG_RUNTIME_DIR"])
@@ -105,7 +103,7 @@ def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
 def test_bundle_of_a_sif_runs_under_runc(siffs: Siffs, signed_sif, user_env, work):
     bundle = work / "sif-bundle"
     result = siffs(
-        "bundle", "--key", KEYS / "ed25519-public.pem", signed_sif, bundle, "from", "runc", env=user_env
+        "bundle", "--key", key_path("ed25519", "public"), signed_sif, bundle, "from", "runc", env=user_env
     )
     assert result.returncode == 0, result.stderr
     rootfs = bundle / "rootfs"
