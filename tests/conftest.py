@@ -39,12 +39,13 @@ def _read_guard(event: str, args: tuple[Any, ...]) -> None:
         path = os.path.abspath(path)
     if path.startswith(WORK):
         path = os.path.realpath(path)
+    path += "/"  # the roots themselves (/tmp) match too
     if path.startswith(SHARED_ROOTS):
         if _guard["item_declares_shared"] or sys._getframe(1).f_code.co_filename == SHARED_HELPER:
             return
     elif path.startswith(ALLOWED):
         return
-    _guard["violations"].append(path)
+    _guard["violations"].append(path.removesuffix("/"))
 
 
 sys.addaudithook(_read_guard)
