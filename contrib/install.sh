@@ -16,6 +16,7 @@ PACKAGES=(
     gnupg gpgv                                         # OpenPGP signatures (verify and sign)
     charliecloud runc uidmap                           # running mounted images (ch-run, rootless runc)
     golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
+    openssh-client                                     # ssh-keygen -l: the tests check DSSE key IDs with it
     liblzo2-dev attr util-linux squashfuse             # LZO images, xattr tools, setpriv, benchmark peers
     shared-mime-info xdg-utils libfile-mimeinfo-perl libglib2.0-bin desktop-file-utils man-db zsh pipx  # contrib/: desktop (MIME type, handler), man pages, zsh completion, pipx install
 )
