@@ -57,8 +57,7 @@ def _declares_shared(item: pytest.Item) -> bool:
     module = getattr(item, "module", None)
     helpers = (shared.__name__, reference.__name__)
     return module is not None and any(
-        v in (shared, reference) or getattr(v, "__module__", None) in helpers
-        for v in vars(module).values()
+        v in (shared, reference) or getattr(v, "__module__", None) in helpers for v in vars(module).values()
     )
 
 
@@ -98,9 +97,13 @@ def _reads_stay_declared(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _reference_images() -> Path:
-    """Debian's images (and the corpus', if present) under reference.IMAGES."""
-    return reference.materialize()
+def _reference_images(request: pytest.FixtureRequest) -> Path:
+    """Debian's images (and the corpus', if present) under reference.IMAGES; the images the
+    reference library signs at test time only when a collected test uses them (a Go build)."""
+    images = reference.materialize()
+    if any(f"[{reference.GO}" in item.nodeid for item in request.session.items):
+        reference.make_go_images()
+    return images
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@
 //	siforacle dump IMAGE                       header and descriptor fields
 //	siforacle verify IMAGE SPEC                one verdict (SPEC: JSON, see verifySpec)
 //	siforacle flips IMAGE SPEC OFFSET...       one verdict line per single-bit flip (XOR 1)
+//	siforacle sign IMAGE KEY.asc SPEC          sign in place (SPEC: JSON, see signSpec)
 //	siforacle siftool header|list|info|dump ... what the reference siftool prints
 package main
 
@@ -20,6 +21,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/spf13/cobra"
@@ -357,6 +359,46 @@ func flips(path, specText string, offsets []string) {
 	}
 }
 
+// signSpec says what the reference signs: whole groups and/or subsets of objects, one
+// signature per group each, at a fixed time so the image is reproducible.
+type signSpec struct {
+	Groups  []uint32   `json:"groups"`
+	Objects [][]uint32 `json:"objects"`
+}
+
+func signImage(path, keyPath, specText string) {
+	var spec signSpec
+	if err := json.Unmarshal([]byte(specText), &spec); err != nil {
+		die("spec", err)
+	}
+	kr := readKeyrings([]string{keyPath})
+	f, err := sif.LoadContainerFromPath(path)
+	if err != nil {
+		die("load", err)
+	}
+	opts := []integrity.SignerOpt{
+		integrity.OptSignWithEntity(kr[0]),
+		integrity.OptSignWithTime(func() time.Time { return time.Unix(1700000000, 0) }),
+		integrity.OptSignDeterministic(),
+	}
+	for _, g := range spec.Groups {
+		opts = append(opts, integrity.OptSignGroup(g))
+	}
+	for _, ids := range spec.Objects {
+		opts = append(opts, integrity.OptSignObjects(ids...))
+	}
+	s, err := integrity.NewSigner(f, opts...)
+	if err == nil {
+		err = s.Sign()
+	}
+	if err != nil {
+		die("sign", err)
+	}
+	if err := f.UnloadContainer(); err != nil {
+		die("unload", err)
+	}
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		die("usage", errors.New("siforacle dump|verify|flips|siftool ..."))
@@ -368,6 +410,8 @@ func main() {
 		verify(os.Args[2], os.Args[3])
 	case "flips":
 		flips(os.Args[2], os.Args[3], os.Args[4:])
+	case "sign":
+		signImage(os.Args[2], os.Args[3], os.Args[4])
 	case "siftool":
 		root := &cobra.Command{Use: "siftool", SilenceUsage: true, SilenceErrors: true}
 		if err := siftool.AddCommands(root); err != nil {
