@@ -9,9 +9,10 @@ patched on the fly. So every family of checks runs without ``../shared``; when t
 there (tests/support/shared.py) its images and stored answers run as well.
 
 ``expected()`` has the corpus' schema, so one set of tests serves both: corpus entries keep their
-names, oracle entries are named ``debian/<image>``. An oracle answer needs the Go toolchain, so
-it is computed on first use inside a test (``_Lazy``); parametrization at collection only sees
-what the question is (image, keys, mode, selection).
+names, oracle entries are named ``debian/<image>`` (Debian's images) and ``go/<image>`` (images
+the reference library signs at test time). An oracle answer needs the Go toolchain, so it is
+computed on first lookup inside a test (``_Lazy``: ``[key]`` fills it, ``.get`` does not);
+parametrization at collection only sees the question (image, keys, mode, selection).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ INTEGRITY_GOLDEN = SIF_SOURCE / "pkg/integrity/testdata"
 WORK = Path(tempfile.mkdtemp(prefix="siffs-reference-"))
 WORK.chmod(0o755)  # tests run siffs as an unprivileged user on these keys and images
 atexit.register(shutil.rmtree, WORK, True)
-#: Every image by name: corpus names (when ../shared is there), Debian's names, ``debian/<name>``.
+#: Every image by name: corpus names (when ../shared is there), Debian's names, ``debian/<name>``,
+#: ``go/<name>`` (made on demand) and the DSSE images siffs signs when the corpus is absent.
 IMAGES = WORK / "images"
 
 DEBIAN = "debian/"
