@@ -319,11 +319,14 @@ def _run(*args: str) -> str:
     return result.stdout
 
 
-@cache
-def dump(path: Path) -> dict[str, Any]:
+def read_now(path: Path) -> dict[str, Any]:
     """What the reference library reads from an image (header, descriptors, data digests)."""
     data: dict[str, Any] = json.loads(_run("dump", str(path)))
     return data
+
+
+#: :func:`read_now` for images that do not change (the reference's and the generated ones).
+dump = cache(read_now)
 
 
 def _spec(keyset: str, mode: str, groups: list[int], objects: list[int]) -> str:
