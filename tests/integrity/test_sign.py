@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -18,8 +17,7 @@ from siffs.integrity.verify import verify
 from siffs.sif import Image
 from tests.integrity.conftest import key_path
 from tests.support import shared
-from tests.support.golang import build
-from tests.support.reference import IMAGES, UPSTREAM_IMAGES, expected
+from tests.support.reference import IMAGES, UPSTREAM_IMAGES, expected, verdict
 
 
 def _reference_metadata(index: int) -> str:
@@ -67,19 +65,17 @@ def test_pgp_signature_matches_the_reference_and_verifies(unsigned, keysets):
         assert text == _reference_metadata(i).encode()
 
 
-def test_go_reference_accepts_siffs_pgp_signatures(unsigned, tmp_path):
-    sifverify = build("sifverify", tmp_path / "go")
+def test_go_reference_accepts_siffs_pgp_signatures(unsigned):
     sign(str(unsigned), _pgp_key())
-    ok = subprocess.run(
-        [sifverify, unsigned, key_path("pgp-public")], check=False, capture_output=True, text=True
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "signature 4 verified [1 2] by 12045c8c" in ok.stdout
-    assert "signature 5 verified [3] by 12045c8c" in ok.stdout
-    wrong = subprocess.run(
-        [sifverify, unsigned, key_path("pgp-unrelated")], check=False, capture_output=True, text=True
-    )
-    assert wrong.returncode != 0
+    ok = verdict(unsigned, "pgp-public", "default", [], [])
+    fingerprint = expected()["keys"]["pgp"]["primary_fingerprint"]
+    assert ok["ok"], ok
+    assert ok["signatures"] == [
+        {"sig": 4, "verified": [1, 2], "signer_fingerprint": fingerprint},
+        {"sig": 5, "verified": [3], "signer_fingerprint": fingerprint},
+    ]
+    wrong = verdict(unsigned, "pgp-unrelated", "default", [], [])
+    assert not wrong["ok"] and wrong["error"] == "SignatureNotValid"
 
 
 def test_dsse_envelope_is_byte_identical_to_the_corpus(unsigned):
