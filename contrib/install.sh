@@ -17,6 +17,7 @@ PACKAGES=(
     gnupg gpgv                                         # OpenPGP signatures (verify and sign)
     charliecloud runc uidmap                           # running mounted images (ch-run, rootless runc)
     golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
+    openssh-client                                     # ssh-keygen -l: the tests check DSSE key IDs with it
     attr util-linux squashfuse                         # xattr tools, setpriv, benchmark peers
     docker-registry apache2-utils umoci                # registry tests: a real OCI registry, htpasswd, the unpack oracle
     casync zsync nginx                                 # delta transfer: interop oracles and the test HTTP server

@@ -1,21 +1,110 @@
 import contextlib
 import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support import reference, shared
 from tests.support.images import build_rootfs, mksquashfs, wrap_sif
-from tests.support.shared import CONFORMANCE
 from tests.support.squashfs_corpus import SPECS, Corpus, kernel_mount, mount_unavailable, wrap_at_offset
 from tests.support.users import restore_host
 
+# ---- the read guard -------------------------------------------------------------------------
+# A test may read the repository, temporary files, the system (libraries, /etc, /proc...), the
+# interpreter and its packages, and Debian's reference package. Anything else, ../shared
+# included, must be declared: ``@pytest.mark.shared``, a module that takes its material from
+# tests/support/shared.py or reference.py (marked automatically), or a read by shared.py itself.
+# An audit hook sees every open(), so the check is a prefix test; symlinks are only resolved
+# under reference.WORK, where the links into ../shared are.
 
-def pytest_configure(config):
-    if not CONFORMANCE.is_dir():
-        raise pytest.UsageError(
-            f"the conformance corpus is missing at {CONFORMANCE}; set SIFFS_SHARED to the shared/ folder"
-        )
+SYSTEM = ("/usr/", "/lib", "/bin/", "/sbin/", "/etc/", "/proc/", "/sys/", "/dev/", "/run/", "/var/lib/")
+ALLOWED = tuple(
+    {str(shared.REPO) + "/", tempfile.gettempdir() + "/", "/var/tmp/", *SYSTEM, *reference.declared_roots()}
+    | {p.rstrip("/") + "/" for p in (sys.prefix, sys.base_prefix, *sys.path) if p.startswith("/")}
+)
+SHARED_ROOTS = tuple({str(shared.SHARED) + "/", os.path.realpath(shared.SHARED) + "/"})
+WORK = str(reference.WORK) + "/"
+SHARED_HELPER = shared.__file__
+_guard: dict[str, Any] = {"item_declares_shared": False, "violations": []}
+
+
+def _read_guard(event: str, args: tuple[Any, ...]) -> None:
+    if event != "open" or not isinstance(args[0], str | bytes):
+        return
+    path = os.fsdecode(args[0])
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    if path.startswith(WORK):
+        path = os.path.realpath(path)
+    path += "/"  # the roots themselves (/tmp) match too
+    if path.startswith(SHARED_ROOTS):
+        if _guard["item_declares_shared"] or sys._getframe(1).f_code.co_filename == SHARED_HELPER:
+            return
+    elif path.startswith(ALLOWED):
+        return
+    _guard["violations"].append(path.removesuffix("/"))
+
+
+sys.addaudithook(_read_guard)
+
+
+def _declares_shared(item: pytest.Item) -> bool:
+    if item.get_closest_marker("shared"):
+        return True
+    module = getattr(item, "module", None)
+    helpers = (shared.__name__, reference.__name__)
+    return module is not None and any(
+        v in (shared, reference) or getattr(v, "__module__", None) in helpers for v in vars(module).values()
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared: reads the conformance corpus in ../shared (SIFFS_SHARED)")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _fail_on_violations("collecting the tests")
+
+
+def _fail_on_violations(during: str) -> None:
+    found, _guard["violations"] = _guard["violations"], []
+    if found:
+        listed = "\n  ".join(sorted(set(found)))
+        message = f"{during} read outside the repository undeclared (see tests/conftest.py):\n  {listed}"
+        if during == "collecting the tests":
+            raise pytest.UsageError(message)
+        pytest.fail(message, pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    _guard["item_declares_shared"] = _declares_shared(item)
+    try:
+        return (yield)
+    finally:
+        _guard["item_declares_shared"] = False
+
+
+@pytest.fixture(autouse=True)
+def _reads_stay_declared(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test (at teardown) that read an undeclared path, naming the paths."""
+    _guard["violations"] = []
+    yield
+    _fail_on_violations(request.node.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reference_images(request: pytest.FixtureRequest) -> Path:
+    """Debian's images (and the corpus', if present) under reference.IMAGES; the images the
+    reference library signs at test time only when a collected test uses them (a Go build)."""
+    images = reference.materialize()
+    if any(f"[{reference.GO}" in item.nodeid for item in request.session.items):
+        reference.make_go_images()
+    return images
 
 
 def pytest_sessionfinish(session, exitstatus):

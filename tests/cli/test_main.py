@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from siffs.cli.main import COMMAND_GROUPS, build_parser
-from tests.support.shared import IMAGES
+from tests.support.reference import IMAGES
 
 
 @pytest.mark.parametrize("module", sorted(COMMAND_GROUPS))

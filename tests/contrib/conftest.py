@@ -10,11 +10,11 @@ import pytest
 
 from tests.support.images import build_rootfs, mksquashfs
 from tests.support.mounts import siffs
-from tests.support.shared import CONFORMANCE, REPO
+from tests.support.reference import key_path
+from tests.support.shared import REPO
 
 CONTRIB = REPO / "contrib"
-KEYS = CONFORMANCE / "sylabs-sif" / "keys"
-PUBLIC_KEY = KEYS / "ed25519-public.pem"
+PUBLIC_KEY = key_path("ed25519", "public")
 #: The ``siffs`` console script of the environment running the tests.
 SIFFS_BIN = Path(sys.executable).parent / "siffs"
 
@@ -26,7 +26,7 @@ def signed_image(tmp_path_factory) -> Path:
     squash = mksquashfs(build_rootfs(work / "tree"), work / "root.squashfs", "-all-root")
     image = work / "example.sif"
     siffs("create", image, squash, check=True)
-    siffs("sign", image, "--key", KEYS / "ed25519-private.pem", check=True)
+    siffs("sign", image, "--key", key_path("ed25519", "private"), check=True)
     os.chmod(work, 0o755)
     os.chmod(image, 0o644)
     return image

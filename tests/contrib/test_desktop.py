@@ -18,7 +18,7 @@ from siffs.cli.exitcodes import ExitCode
 from tests.contrib.conftest import CONTRIB, PUBLIC_KEY, SIFFS_BIN
 from tests.support.images import require_tool
 from tests.support.mounts import is_mounted
-from tests.support.shared import IMAGES
+from tests.support.reference import IMAGES
 
 MIME = "application/x-sif"
 OPEN = CONTRIB / "desktop" / "siffs-open"

@@ -15,7 +15,8 @@ import pytest
 from siffs import __version__
 from tests.support.hostns import private_mounts, shadow
 from tests.support.images import require_tool
-from tests.support.shared import IMAGES, REPO
+from tests.support.reference import IMAGES
+from tests.support.shared import REPO
 from tests.support.trees import assert_same_tree, snapshot
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,9 @@ import pytest
 from siffs.cli.opener import open_tree
 from siffs.squashfs.paths import resolve
 from tests.support.mounts import daemons_for, is_mounted, siffs
-from tests.support.shared import CONFORMANCE
+from tests.support.reference import key_path
 
-KEYS = CONFORMANCE / "sylabs-sif" / "keys"
-PGP_PUBLIC = CONFORMANCE / "derived" / "public.asc"
+PGP_PUBLIC = key_path("pgp-public")
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def signed(image, tmp_path, env) -> Path:
     """The FUSE test image, signed with the corpus' OpenPGP test key."""
     path = tmp_path / "signed.sif"
     shutil.copyfile(image, path)
-    siffs("sign", path, "--key", KEYS / "private.asc", env=env, check=True)
+    siffs("sign", path, "--key", key_path("pgp"), env=env, check=True)
     return path
 
 
@@ -66,8 +65,8 @@ def test_trusted_keyring_is_used_by_default(signed, tmp_path, env):
     ("keys", "text"),
     [
         ((), "siffs key import"),  # empty keyring: says how to trust a key, or to skip
-        (("--key", CONFORMANCE / "derived" / "unrelated-public.asc"), "--allow-unsigned"),
-        (("--key", KEYS / "ed25519-public.pem"), "--allow-unsigned"),
+        (("--key", key_path("pgp-unrelated")), "--allow-unsigned"),
+        (("--key", key_path("ed25519", "public")), "--allow-unsigned"),
     ],
 )
 def test_untrusted_is_refused(signed, tmp_path, env, keys, text):
@@ -93,9 +92,9 @@ def test_unsigned_image_needs_allow_unsigned(image, tmp_path, env):
 def test_dsse_signed_image(image, tmp_path, env):
     path = tmp_path / "dsse.sif"
     shutil.copyfile(image, path)
-    siffs("sign", path, "--key", KEYS / "ed25519-private.pem", env=env, check=True)
+    siffs("sign", path, "--key", key_path("ed25519", "private"), env=env, check=True)
     mnt = tmp_path / "mnt"
-    assert _mount(path, mnt, "--key", KEYS / "ed25519-public.pem", env=env).returncode == 0
+    assert _mount(path, mnt, "--key", key_path("ed25519", "public"), env=env).returncode == 0
     assert (mnt / "bin/busybox").stat().st_size > 0
     siffs("umount", mnt, check=True)
 

@@ -6,12 +6,9 @@ import pytest
 
 from siffs.integrity.keys import key_material, load_files
 from siffs.integrity.verify import KeyMaterial
-from tests.support.shared import CONFORMANCE, expected
+from tests.support.reference import expected, key_path
 
-
-def key_path(name: str, part: str = "public") -> str:
-    info = expected()["keys"][name]
-    return str(CONFORMANCE / (info.get("file") or info[part]))
+__all__ = ["key_path"]
 
 
 @pytest.fixture(scope="session")

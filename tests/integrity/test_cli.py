@@ -9,11 +9,11 @@ from siffs.cli.exitcodes import ExitCode
 from siffs.cli.main import main
 from siffs.cli.progress import ProgressBar
 from tests.integrity.conftest import key_path
-from tests.support.shared import IMAGES, expected
+from tests.support.reference import IMAGES, expected
 
 
 def test_keyring_commands(capsys):
-    image = str(IMAGES / "two-groups-signed-pgp.sif")
+    image = str(IMAGES / "two-groups-signed.sif")
     assert main(["verify", image]) == ExitCode.KEY_ERROR  # nothing trusted yet
     assert "siffs key import" in capsys.readouterr().err
     assert main(["key", "import", key_path("pgp")]) == 0  # a secret key file: the public half is kept

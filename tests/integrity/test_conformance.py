@@ -11,7 +11,7 @@ from siffs.integrity.openpgp import PgpKeyring
 from siffs.integrity.verify import Mode, verify
 from siffs.sif import Image, SifError
 from tests.support.mutate import apply_ops
-from tests.support.shared import IMAGES, expected
+from tests.support.reference import IMAGES, expected
 
 #: Reference error kinds (expected.json error_kinds) → the siffs class that must be raised.
 KINDS: dict[str, type[Exception]] = {

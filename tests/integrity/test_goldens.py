@@ -1,4 +1,7 @@
-"""The reference's own integrity goldens (pkg/integrity/testdata): digests, metadata, DSSE."""
+"""The reference's own integrity goldens (pkg/integrity/testdata): digests, metadata, DSSE.
+
+Debian's sif 2.8.3 ships all but the DSSE envelopes, which come from a newer upstream (corpus only).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +16,22 @@ from siffs.integrity.keys import load_files, public_dsse_key
 from siffs.integrity.metadata import ImageMetadata, ObjectEntry, build
 from siffs.sif import Image
 from tests.integrity.conftest import key_path
-from tests.support.shared import CONFORMANCE, IMAGES, expected
+from tests.support import shared
+from tests.support.reference import INTEGRITY_GOLDEN, UPSTREAM_IMAGES, expected
 
-GOLDEN = CONFORMANCE / "sylabs-sif/integrity-testdata"
-SOURCES = GOLDEN / "sources"
+SOURCES = INTEGRITY_GOLDEN / "sources"
 ALG_NAMES = {"SHA224": "sha224", "SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512"}
 ALL_NAMES = ALG_NAMES | {"SHA512_224": "sha512_224", "SHA512_256": "sha512_256"}
 
 
 def _golden(*parts: str) -> bytes:
     """A golden file's content (Go's test harness writes a final newline after the JSON)."""
-    return GOLDEN.joinpath(*parts).read_bytes().removesuffix(b"\n")
+    return INTEGRITY_GOLDEN.joinpath(*parts).read_bytes().removesuffix(b"\n")
+
+
+def _dsse_golden(name: str) -> bytes:
+    golden = f"sylabs-sif/integrity-testdata/Test_dsseEncoder_signMessage/{name}.golden"
+    return shared.require(golden).read_bytes()
 
 
 def _compact(value) -> bytes:
@@ -62,7 +70,7 @@ def test_object_metadata(name, source, rid):
     [("Object1", [1], "sha256"), ("Object2", [2], "sha256")] + [(n, [1, 2], a) for n, a in ALG_NAMES.items()],
 )
 def test_image_metadata(name, ids, algorithm):
-    with Image.open(IMAGES / "one-group.sif") as image:
+    with Image.open(UPSTREAM_IMAGES / "one-group.sif") as image:
         members = [image.get(i) for i in ids]
         digests = [Digest.of(algorithm, image.read(d)) for d in members]
         md = build(image, members, digests, algorithm)
@@ -78,7 +86,7 @@ def _dsse_key(name):
 
 @pytest.mark.parametrize(("golden", "key"), [("ED25519", "ed25519"), ("RSA_SHA256", "rsa"), ("Multi", "rsa")])
 def test_dsse_golden_envelopes_verify(golden, key):
-    data = _golden("Test_dsseEncoder_signMessage", f"{golden}.golden")
+    data = _dsse_golden(golden).removesuffix(b"\n")
     assert dsse.is_envelope(data)
     result = dsse.verify(data, [_dsse_key(key)])
     assert result.payload == b'{"One":1,"Two":2}\n'
@@ -92,7 +100,7 @@ def expected_keyid(name):
 
 @pytest.mark.parametrize("golden", ["RSA_SHA384", "RSA_SHA512"])
 def test_dsse_other_hash_envelopes_do_not_verify_with_sha256(golden):
-    data = _golden("Test_dsseEncoder_signMessage", f"{golden}.golden")
+    data = _dsse_golden(golden).removesuffix(b"\n")
     with pytest.raises(SignatureNotValidError):
         dsse.verify(data, [_dsse_key("rsa")])
 

@@ -16,7 +16,7 @@ from siffs.integrity.errors import KeyMaterialError
 from siffs.integrity.sealed import run_sealed
 from tests.integrity.conftest import key_path
 from tests.support.mounts import daemons_for
-from tests.support.shared import IMAGES
+from tests.support.reference import IMAGES
 
 GPG = shutil.which("gpg") or "/usr/bin/gpg"
 

@@ -14,9 +14,8 @@ from tests.runtime.conftest import Siffs
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import daemons_for
 from tests.support.mounts import siffs as siffs_root
-from tests.support.shared import CONFORMANCE, SHARED
-
-KEYS = CONFORMANCE / "sylabs-sif" / "keys"
+from tests.support.reference import key_path
+from tests.support.shared import SHARED
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def signed_sif(tree, work) -> Path:
     squash = mksquashfs(tree, work / "sif-root.squashfs", "-all-root")
     sif = work / "signed.sif"
     wrap_sif(squash, sif)
-    siffs_root("sign", sif, "--key", KEYS / "ed25519-private.pem", check=True)
+    siffs_root("sign", sif, "--key", key_path("ed25519", "private"), check=True)
     os.chmod(sif, 0o644)
     return sif
 
@@ -35,19 +34,19 @@ def _no_siffs_mounts_left(base: str) -> bool:
 
 
 def test_run_and_exec_a_signed_sif(siffs: Siffs, signed_sif, user_env):
-    result = siffs("run", "--key", KEYS / "ed25519-public.pem", signed_sif, "x", "y", env=user_env)
+    result = siffs("run", "--key", key_path("ed25519", "public"), signed_sif, "x", "y", env=user_env)
     assert result.returncode == 0, result.stderr
     assert "Hello from the siffs example container" in result.stdout
     assert "arguments: x y" in result.stdout
     result = siffs(
-        "exec", "--key", KEYS / "ed25519-public.pem", signed_sif, "/bin/sh", "-c", "exit 42", env=user_env
+        "exec", "--key", key_path("ed25519", "public"), signed_sif, "/bin/sh", "-c", "exit 42", env=user_env
     )
     assert result.returncode == 42
     assert _no_siffs_mounts_left(user_env["XDG_RUNTIME_DIR"])
 
 
 def test_trusted_keyring_and_inspect(siffs: Siffs, signed_sif, user_env):
-    assert siffs("key", "import", KEYS / "ed25519-public.pem", env=user_env).returncode == 0
+    assert siffs("key", "import", key_path("ed25519", "public"), env=user_env).returncode == 0
     result = siffs("inspect", "--labels", signed_sif, env=user_env)
     assert result.returncode == 0, result.stderr
     assert "org.label-schema.schema-version: 1.0" in result.stdout
@@ -55,7 +54,7 @@ def test_trusted_keyring_and_inspect(siffs: Siffs, signed_sif, user_env):
 
 
 def test_untrusted_sif_is_refused(siffs: Siffs, signed_sif, user_env):
-    result = siffs("run", "--key", KEYS / "rsa-public.pem", signed_sif, env=user_env)
+    result = siffs("run", "--key", key_path("rsa", "public"), signed_sif, env=user_env)
     assert result.returncode == 255
     assert result.stderr.startswith("FATAL: ")
     assert "--allow-unsigned" in result.stderr
@@ -66,7 +65,7 @@ def test_untrusted_sif_is_refused(siffs: Siffs, signed_sif, user_env):
 
 def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
     argv = siffs.command(
-        "exec", "--key", KEYS / "ed25519-public.pem", signed_sif, "/bin/sleep", "60", env=user_env
+        "exec", "--key", key_path("ed25519", "public"), signed_sif, "/bin/sleep", "60", env=user_env
     )
     proc = subprocess.Popen(argv, cwd=siffs.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runtime = Path(user_env["XDG_RUNTIME_DIR"])
@@ -91,7 +90,7 @@ def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
 def test_bundle_of_a_sif_runs_under_runc(siffs: Siffs, signed_sif, user_env, work):
     bundle = work / "sif-bundle"
     result = siffs(
-        "bundle", "--key", KEYS / "ed25519-public.pem", signed_sif, bundle, "from", "runc", env=user_env
+        "bundle", "--key", key_path("ed25519", "public"), signed_sif, bundle, "from", "runc", env=user_env
     )
     assert result.returncode == 0, result.stderr
     rootfs = bundle / "rootfs"
@@ -164,7 +163,7 @@ def test_embedded_overlay_partition_is_applied_and_gone_after_sigkill(siffs: Sif
 
 def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signed_sif, tree, user_env):
     """-B data.sif:/data:image-src=/PATH mounts the SIF (verified like any image), binds PATH read-only."""
-    key = KEYS / "ed25519-public.pem"
+    key = key_path("ed25519", "public")
     bind = f"{signed_sif}:/data:image-src=/.singularity.d,/etc:/mnt/etc:ro"
     script = "cat /data/test; touch /data/x 2>/dev/null || echo read-only; ls -d /mnt/etc"
     result = siffs("exec", "--key", key, "-B", bind, tree, "/bin/sh", "-c", script, env=user_env)
@@ -175,7 +174,7 @@ def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signe
     spec = f"type=bind,src={signed_sif},dst=/d2,image-src=/.singularity.d"
     mounted = siffs("exec", "--key", key, "--mount", spec, tree, "cat", "/d2/test", env=user_env)
     assert mounted.returncode == 0 and mounted.stdout == (tree / ".singularity.d/test").read_text()
-    refused = siffs("exec", "--key", KEYS / "rsa-public.pem", "-B", bind, tree, "true", env=user_env)
+    refused = siffs("exec", "--key", key_path("rsa", "public"), "-B", bind, tree, "true", env=user_env)
     assert refused.returncode == 255 and refused.stderr.startswith("FATAL: ")
     missing = siffs("exec", "-B", f"{tree}:/data:image-src=/", tree, "true", env=user_env)
     assert missing.returncode == 255 and "image-src= needs a SIF file" in missing.stderr
@@ -183,7 +182,7 @@ def test_data_image_bind_is_verified_read_only_and_unmounted(siffs: Siffs, signe
 
 def test_fakeroot_on_a_sif_owns_the_image_files(siffs: Siffs, signed_sif, user_env):
     """As in Apptainer: under --fakeroot the image's files are root's, so root may change them in overlays."""
-    key = KEYS / "ed25519-public.pem"
+    key = key_path("ed25519", "public")
     script = "stat -c %u:%g /etc; echo pkg > /etc/installed && cat /etc/installed"
     result = siffs(
         "exec",

@@ -14,7 +14,7 @@ from siffs.sif import Image, SifFormatError, SifIOError, create
 from siffs.sif.raw import Descriptor
 from siffs.sif.types import DESCRIPTOR_SIZE
 from tests.support.mutate import apply_ops
-from tests.support.shared import IMAGES, expected
+from tests.support.reference import IMAGES, expected
 
 MALFORMED = expected()["malformed"]
 BASE = IMAGES / MALFORMED["base"]

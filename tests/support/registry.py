@@ -8,7 +8,6 @@ out; distribution checks its tokens, so the flow under test is the real one.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import http.server
@@ -17,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -29,7 +29,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 USER, PASSWORD = "alice", "s3cret:pw"  # a colon in the password, as the spec's fixture
@@ -124,80 +123,36 @@ def registry(work: Path, **config: object) -> Iterator[Registry]:
 
 
 @contextlib.contextmanager
+def _server(*argv: str) -> Iterator[int]:
+    """A helper server in its own process (no thread in the test process, which must stay single-
+    threaded for tests that enter a private mount namespace); it prints its port first."""
+    command = [sys.executable, "-m", "tests.support.tokenserver", *argv]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=repo)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise AssertionError(f"helper server {argv[0]} did not start")
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def static_server(root: Path) -> Iterator[str]:
     """A plain static file server (no Range support) over ``root``: a redirect target."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    with _server("static", str(root)) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @contextlib.contextmanager
 def token_server(work: Path, service: str) -> Iterator[tuple[str, Path]]:
     """The token endpoint and its certificate (the registry's ``rootcertbundle``)."""
-    crt, _, key = certificate(work, "token", ip=False)
-    der = x509.load_pem_x509_certificate(crt.read_bytes()).public_bytes(serialization.Encoding.DER)
-
-    def grant(user: str | None, scope: str) -> dict[str, object] | None:
-        kind, _, rest = scope.partition(":")
-        name, _, actions = rest.rpartition(":")
-        wanted = set(actions.split(","))
-        allowed = wanted if user == USER else ({"pull"} & wanted if name.startswith("public/") else set())
-        return {"type": kind, "name": name, "actions": sorted(allowed)} if allowed else None
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-            user = None
-            auth = self.headers.get("Authorization", "")
-            if auth.startswith("Basic "):
-                name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-                if (name, password) != (USER, PASSWORD):
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                user = name
-            now = int(time.time())
-            claims = {
-                "iss": "siffs-test-issuer", "sub": user or "", "aud": query.get("service", [""])[0],
-                "exp": now + 300, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
-                "access": [g for s in query.get("scope", []) if (g := grant(user, s))],
-            }  # fmt: skip
-            header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode("ascii")]}
-            signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-            r, s = decode_dss_signature(key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
-            token = f"{signing}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
-            body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://localhost:{server.server_address[1]}/token", crt
-    finally:
-        server.shutdown()
-        server.server_close()
+    crt, key, _ = certificate(work, "token", ip=False)
+    with _server("token", str(crt), str(key), USER, PASSWORD) as port:
+        yield f"http://localhost:{port}/token", crt
 
 
 def htpasswd(work: Path) -> Path:
@@ -223,6 +178,7 @@ def scripted_registry(routes: dict[str, Answer | list[Answer]]) -> Iterator[tupl
     Yields its host and the list of request lines it saw. Unknown paths get 404 BLOB_UNKNOWN.
     """
     seen: list[str] = []
+    stop = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -247,15 +203,18 @@ def scripted_registry(routes: dict[str, Answer | list[Answer]]) -> Iterator[tupl
             if self.command != "HEAD":
                 self.wfile.write(body)
                 self.wfile.flush()
-                time.sleep(stall)
+                stop.wait(stall)
 
         do_GET = do_HEAD = _answer
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = False  # server_close() joins them: no thread outlives the test
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"127.0.0.1:{server.server_address[1]}", seen
     finally:
+        stop.set()
         server.shutdown()
         server.server_close()
+        thread.join()
