@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from siffs.cli.exitcodes import ExitCode
+from siffs.crypt import errors as crypt
 from siffs.fs.errors import MountError
 from siffs.integrity.errors import IntegrityError, KeyMaterialError
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
@@ -37,6 +38,9 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (squashfs.NotARegularFile, ExitCode.REFUSED),
     (squashfs.SquashfsError, ExitCode.CORRUPT_FILESYSTEM),
     (MountError, ExitCode.MOUNT_FAILED),
+    (crypt.KeyProblem, ExitCode.ENCRYPTION_KEY),
+    (crypt.UnsupportedEncryption, ExitCode.UNSUPPORTED),
+    (crypt.CorruptEncryption, ExitCode.INVALID_IMAGE),
 ]
 
 

@@ -23,7 +23,7 @@ from runtime.errors import ContainerError, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
 from runtime.nvidia import NvidiaSources
 from runtime.request import Action, Request
-from siffs.cli import output, trust
+from siffs.cli import encrypted, output, trust
 from siffs.cli.common import CommandError, exit_code_for, print_json
 from siffs.cli.exitcodes import ExitCode
 
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments")
         _container_options(p)
         trust.add_arguments(p)
+        encrypted.add_arguments(p)
         p.set_defaults(func=cmd_action, action=action)
 
     p = sub.add_parser("inspect", help="show an image's labels, runscript, environment or definition file")
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         what.add_argument(f"--{flag}", dest="what", action="store_const", const=flag, help=f"show the {flag}")
     p.add_argument("--json", action="store_true", help="print as Apptainer's 'inspect --json'")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_inspect, what="labels")
 
     p = sub.add_parser("bundle", help="write an OCI runtime bundle that rootless runc runs")
@@ -67,6 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--init", action="store_true", help="start the image's tini/dumb-init as PID 1 (signals)")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_bundle)
 
 
@@ -155,6 +158,7 @@ def _tree(args: argparse.Namespace) -> Iterator[str]:
 
 def cmd_action(args: argparse.Namespace) -> NoReturn:
     _quiet_runtime()
+    encrypted.KeyChoice.from_args(args)  # takes the passphrase out of the container's environment
     try:
         request = _request(args, args.action)
         if not os.path.isfile(args.image):
@@ -201,6 +205,7 @@ def _inspect(root: str, what: str) -> dict[str, str] | str:
 
 def cmd_bundle(args: argparse.Namespace) -> None:
     _quiet_runtime()
+    encrypted.KeyChoice.from_args(args)  # takes the passphrase out of the environment in config.json
     tree = args.image
     if os.path.isfile(args.image):
         # A bundle outlives this command: the image stays mounted at BUNDLE_DIR/rootfs.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siffs.cli import trust
+from siffs.cli import encrypted, trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_tree
@@ -19,13 +19,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("directory", help="where to extract (created; must be empty)")
     p.add_argument("--partition", type=int, metavar="ID", help="extract this partition, not the primary")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_sandbox)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> None:
     gate = trust.Gate(trust.TrustChoice.from_args(args))
     opened = open_tree(
-        args.image, args.partition, sources=gate.sources, bare_allowed=gate.choice.allow_unsigned
+        args.image,
+        args.partition,
+        sources=gate.sources,
+        bare_allowed=gate.choice.allow_unsigned,
+        keys=encrypted.KeyChoice.from_args(args),
     )
     try:
         with ProgressBar("extracting") as progress:

@@ -1,0 +1,205 @@
+"""Encrypted partitions for ``mount``, ``run``, ``ls`` and friends: the key options and the decryption stage.
+
+The key comes from ``--pem-path``, from ``SIFFS_ENCRYPTION_PASSPHRASE`` (or Apptainer's and
+Singularity's names for it), or from a prompt without echo. The variables are removed from this
+process's environment as soon as the command starts, so neither the mount daemon nor the
+container ever sees them; the key is asked for only once an encrypted partition is found.
+Decryption sits between the verified ciphertext and the SquashFS reader: signatures are checked
+over the ciphertext (and the Cryptographic Message) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from siffs.cli import output
+from siffs.cli.common import CommandError
+from siffs.cli.exitcodes import ExitCode
+from siffs.crypt.errors import CorruptEncryption, KeyProblem
+from siffs.sif import Descriptor, Image
+from siffs.sif.types import FormatType, FsType, MessageType
+from siffs.source import ByteSource
+from siffs.squashfs.errors import SquashfsError
+from siffs.squashfs.reader import SquashFS
+
+if TYPE_CHECKING:  # the crypto stack loads only when an encrypted partition is opened
+    from siffs.crypt.keys import KeyMaterial
+
+#: Where scripts put the passphrase; the first one set wins, all are removed from the environment.
+PASSPHRASE_VARIABLES = (
+    "SIFFS_ENCRYPTION_PASSPHRASE",
+    "APPTAINER_ENCRYPTION_PASSPHRASE",
+    "SINGULARITY_ENCRYPTION_PASSPHRASE",
+)
+PEM_PATH_VARIABLES = ("APPTAINER_ENCRYPTION_PEM_PATH", "SINGULARITY_ENCRYPTION_PEM_PATH")
+ENCRYPTED_FS_TYPES = (FsType.ENCRYPTED_SQUASHFS, FsType.GOCRYPTFS_SQUASHFS)
+
+#: Gives the byte source of each object (``trust.Gate.sources`` verifies them first).
+SourceFactory = Callable[[Image, Sequence[Descriptor]], dict[int, ByteSource]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--passphrase",
+        action="store_true",
+        help="the image is encrypted with a passphrase: ask for it (or read SIFFS_ENCRYPTION_PASSPHRASE)",
+    )
+    parser.add_argument(
+        "--pem-path",
+        metavar="KEY.pem",
+        help="the image is encrypted to an RSA key: this private key unlocks it",
+    )
+
+
+@dataclass(frozen=True)
+class KeyChoice:
+    """What the user offered to unlock an image; the secret itself is read only when needed."""
+
+    ask: bool = False
+    pem_path: str | None = None
+    env_passphrase: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> KeyChoice:
+        """The choice for this command, taking the passphrase variables out of the environment (once)."""
+        known = getattr(args, "key_choice", None)
+        if isinstance(known, KeyChoice):
+            return known
+        passphrase = None
+        for name in PASSPHRASE_VARIABLES:
+            value = os.environb.pop(name.encode(), None)
+            if passphrase is None and value is not None:
+                passphrase = value
+        pem_path = getattr(args, "pem_path", None)
+        for name in PEM_PATH_VARIABLES:
+            pem_path = pem_path or os.environ.get(name) or None
+        choice = cls(bool(getattr(args, "passphrase", False)), pem_path, passphrase)
+        args.key_choice = choice
+        return choice
+
+    def material(self) -> KeyMaterial:
+        """The key: the PEM file, the environment's passphrase, or one typed at the prompt."""
+        from siffs.crypt.keys import KeyMaterial  # noqa: PLC0415 - the crypto stack loads only when needed
+
+        if self.pem_path is not None:
+            try:
+                with open(self.pem_path, "rb") as f:
+                    return KeyMaterial(pem=f.read())
+            except OSError as exc:
+                raise CommandError(
+                    f"{self.pem_path}: cannot read the key: {exc.strerror}", ExitCode.IO
+                ) from exc
+        if self.env_passphrase is not None:
+            return KeyMaterial(passphrase=self.env_passphrase)
+        if self.ask:
+            return KeyMaterial(passphrase=_prompt())
+        return KeyMaterial()
+
+
+#: No key offered: an encrypted image is then refused with a hint (after its header was checked).
+NO_KEYS = KeyChoice()
+
+
+def _prompt() -> bytes:
+    """A passphrase typed at the terminal without echo, or else one line of standard input."""
+    if sys.stdin.isatty():
+        try:
+            text = getpass.getpass("Enter passphrase for encrypted container: ")
+        except EOFError as exc:
+            raise KeyProblem("no passphrase was typed") from exc
+        return text.encode()
+    line = sys.stdin.buffer.readline()
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def is_encrypted(d: Descriptor) -> bool:
+    return d.partition is not None and d.partition.fs_type in ENCRYPTED_FS_TYPES
+
+
+def key_message(image: Image, d: Descriptor) -> Descriptor | None:
+    """The Cryptographic Message (PEM, RSA-OAEP) linked to partition ``d``: the first one wins."""
+    for m in image.descriptors:
+        info = m.crypt_message
+        link = m.link
+        if (
+            info is not None
+            and link is not None
+            and not link.is_group
+            and link.target == d.id
+            and (info.format_type, info.message_type) == (FormatType.PEM, MessageType.RSA_OAEP)
+        ):
+            return m
+    return None
+
+
+def notice(message: str) -> None:
+    """A status line for a slow step (the KDF), on a terminal only."""
+    if sys.stderr.isatty() and output.verbosity() > output.Verbosity.QUIET:
+        print(f"siffs: {message}", file=sys.stderr, flush=True)
+
+
+def decrypted(image: Image, d: Descriptor, sources: SourceFactory, keys: KeyChoice) -> ByteSource:
+    """The plaintext SquashFS bytes of encrypted partition ``d``, every check in the specs' order."""
+    from siffs.crypt.gocryptfs import open_gocryptfs  # noqa: PLC0415 - the crypto stack loads only when needed
+    from siffs.crypt.luks2 import open_luks2  # noqa: PLC0415
+
+    message_object = key_message(image, d)
+    exposed = [d] if message_object is None else [d, message_object]
+    verified = sources(image, exposed)  # signatures over the ciphertext and the message come first
+    message = None if message_object is None else verified[message_object.id].pread(0, message_object.size)
+    assert d.partition is not None
+    if d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS:
+        return open_luks2(verified[d.id], keys.material(), message, warn=output.warn, notice=notice)
+    conf, payload = _gocryptfs_parts(verified[d.id])
+    return open_gocryptfs(conf, payload, keys.material(), message, notice=notice)
+
+
+class _FileInImage:
+    """One regular file of a SquashFS as a byte source (the gocryptfs payload inside the outer image)."""
+
+    def __init__(self, tree: SquashFS, ino: int, size: int) -> None:
+        self._tree, self._ino, self.size = tree, ino, size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        data = self._tree.read(self._ino, offset, size)
+        if len(data) != size:
+            raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
+        return data
+
+
+def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource]:
+    """``gocryptfs.conf`` and the payload from the outer SquashFS, chosen as Apptainer chooses them."""
+    import stat  # noqa: PLC0415
+
+    from siffs.crypt.gocryptfs import CONF_NAME, MAX_CONF_SIZE, PAYLOAD_PREFIX  # noqa: PLC0415
+
+    try:
+        if partition.size < 4 or partition.pread(0, 4) != b"hsqs":
+            raise CorruptEncryption("gocryptfs partition is not a squashfs")
+        outer = SquashFS(partition, cache_bytes=4 << 20)
+        entries = sorted(outer.readdir(outer.root_ino), key=lambda e: e[0])
+    except SquashfsError as exc:
+        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
+    conf = next((st for name, st, _ in entries if name == CONF_NAME and stat.S_ISREG(st.mode)), None)
+    if conf is None or conf.size > MAX_CONF_SIZE:
+        raise CorruptEncryption("gocryptfs partition has no gocryptfs.conf")
+    payloads = [st for name, st, _ in entries if name.startswith(PAYLOAD_PREFIX)]
+    if not payloads or not stat.S_ISREG(payloads[0].mode) or payloads[0].size == 0:
+        raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
+    others = len(entries) - 2
+    if others:
+        output.warn(
+            f"the gocryptfs partition holds {others} more entries; using the first squashfs-* payload"
+        )
+    payload = payloads[0]
+    try:
+        conf_data = outer.read(conf.ino, 0, conf.size)
+    except SquashfsError as exc:
+        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
+    return conf_data, _FileInImage(outer, payload.ino, payload.size)
