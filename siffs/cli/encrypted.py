@@ -83,6 +83,11 @@ class KeyChoice:
         args.key_choice = choice
         return choice
 
+    @property
+    def offered(self) -> bool:
+        """True when a key was offered: a process holding what it unlocks must stay non-dumpable."""
+        return self.ask or self.pem_path is not None or self.env_passphrase is not None
+
     def material(self) -> KeyMaterial:
         """The key: the PEM file, the environment's passphrase, or one typed at the prompt."""
         from siffs.crypt.keys import KeyMaterial  # noqa: PLC0415 - the crypto stack loads only when needed

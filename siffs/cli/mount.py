@@ -138,7 +138,8 @@ def _serve(
         def make_ops() -> ReadOnlyOperations:
             return ReadOnlyOperations(tree, ownership)
 
-        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral)
+        keys = encrypted.KeyChoice.from_args(args)
+        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral, secret=keys.offered)
         if foreground:
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
             daemon.run_foreground(make_ops, mount_point, fuse, served)
