@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from siffs.cli import output
 from siffs.cli.common import CommandError
@@ -176,6 +176,37 @@ class _FileInImage:
         if len(data) != size:
             raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
         return data
+
+
+def describe(image: Image, d: Descriptor) -> dict[str, Any]:
+    """What can be said of encrypted partition ``d`` without a key (for ``info --json``).
+
+    Nothing is verified here, and a damaged container is described by its error message.
+    """
+    from siffs.crypt.errors import CryptError  # noqa: PLC0415 - the crypto stack loads only when needed
+    from siffs.crypt.gocryptfs import parse_conf, plain_size  # noqa: PLC0415
+    from siffs.crypt.luks2 import read_header  # noqa: PLC0415
+    from siffs.squashfs.source import FileSource  # noqa: PLC0415
+
+    source = FileSource(image.fd, d.offset, d.size)
+    facts: dict[str, Any] = {"key_message": key_message(image, d) is not None}
+    try:
+        assert d.partition is not None
+        if d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS:
+            return read_header(source).to_dict() | facts
+        conf, payload = _gocryptfs_parts(source)
+        plain = plain_size(payload.size)
+        return (
+            parse_conf(conf).to_dict()
+            | facts
+            | {
+                "payload_size": payload.size,
+                "plaintext_size": plain,
+                "blocks": -(-plain // 4096),
+            }
+        )
+    except (CryptError, SquashfsError) as exc:
+        return facts | {"error": str(exc)}
 
 
 def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource]:
