@@ -11,6 +11,7 @@ over the ciphertext (and the Cryptographic Message) first.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import getpass
 import os
 import sys
@@ -73,7 +74,7 @@ class KeyChoice:
             return known
         passphrase = None
         for name in PASSPHRASE_VARIABLES:
-            value = os.environb.pop(name.encode(), None)
+            value = _take_variable(name)
             if passphrase is None and value is not None:
                 passphrase = value
         pem_path = getattr(args, "pem_path", None)
@@ -105,6 +106,24 @@ class KeyChoice:
         if self.ask:
             return KeyMaterial(passphrase=_prompt())
         return KeyMaterial()
+
+
+def _take_variable(name: str) -> bytes | None:
+    """Remove ``name`` from the environment and wipe its value from the process's original environment block.
+
+    Unsetting a variable leaves its bytes where the kernel put them at exec time, and
+    /proc/PID/environ (of this process and of the daemon it forks) shows exactly those bytes.
+    """
+    value = os.environb.get(name.encode())
+    if value:
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        pointer = libc.getenv(name.encode())
+        if pointer:
+            ctypes.memset(pointer, 0, len(value))
+    os.environb.pop(name.encode(), None)
+    return value
 
 
 #: No key offered: an encrypted image is then refused with a hint (after its header was checked).

@@ -143,14 +143,14 @@ def rewrite_json(container: Path, metadata: dict) -> None:
 
 
 def gocryptfs_outer(
-    tree: Path,
+    inner: Path,
     workdir: Path,
     password: bytes,
     *init_options: str,
     logn: int = 10,
     payload_cut: int | None = None,
-) -> tuple[Path, Path]:
-    """(outer squashfs, plaintext inner squashfs) made through a real gocryptfs mount (spec §9)."""
+) -> Path:
+    """The outer squashfs of fs type 6 (spec §9): ``inner`` written through a real gocryptfs mount."""
     gocryptfs = require_tool("gocryptfs")
     work = Path(tempfile.mkdtemp(dir=workdir))
     cipher, plain = work / "cipher", work / "plain"
@@ -163,15 +163,16 @@ def gocryptfs_outer(
     subprocess.run(
         [gocryptfs, "-q", str(cipher), str(plain)], input=password + b"\n", check=True, capture_output=True
     )
-    names = list(plain.iterdir())
     try:
-        inner = mksquashfs(tree, work / "inner.sqfs", "-comp", "gzip", "-all-root")
         (plain / "squashfs-1234567890").write_bytes(inner.read_bytes())
     finally:
         subprocess.run(["fusermount3", "-u", str(plain)], check=True)
-    assert not names
-    payloads = [p for p in cipher.iterdir() if p.name != "gocryptfs.conf"]
     if payload_cut is not None:
-        os.truncate(payloads[0], payload_cut)
-    outer = mksquashfs(cipher, work / "outer.sqfs", "-comp", "gzip", "-noD", "-noF", "-all-root")
-    return outer, inner
+        payload = next(p for p in cipher.iterdir() if not p.name.startswith("gocryptfs."))
+        os.truncate(payload, payload_cut)
+    return mksquashfs(cipher, work / "outer.sqfs", "-comp", "gzip", "-noD", "-noF", "-all-root")
+
+
+def gocryptfs_password(pem: Path | None) -> bytes:
+    """A passphrase, or for PEM images what Apptainer uses: 32 lowercase hex characters of MD5(random)."""
+    return hashlib.md5(os.urandom(32)).hexdigest().encode() if pem else b"correct horse"
