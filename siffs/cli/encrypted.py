@@ -214,6 +214,8 @@ def describe(image: Image, d: Descriptor) -> dict[str, Any]:
         if d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS:
             return read_header(source).to_dict() | facts
         conf, payload = _gocryptfs_parts(source)
+        if payload is None:
+            raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
         plain = plain_size(payload.size)
         return (
             parse_conf(conf).to_dict()
@@ -228,7 +230,7 @@ def describe(image: Image, d: Descriptor) -> dict[str, Any]:
         return facts | {"error": str(exc)}
 
 
-def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource]:
+def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource | None]:
     """``gocryptfs.conf`` and the payload from the outer SquashFS, chosen as Apptainer chooses them."""
     import stat  # noqa: PLC0415
 
@@ -244,17 +246,16 @@ def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource]:
     conf = next((st for name, st, _ in entries if name == CONF_NAME and stat.S_ISREG(st.mode)), None)
     if conf is None or conf.size > MAX_CONF_SIZE:
         raise CorruptEncryption("gocryptfs partition has no gocryptfs.conf")
+    try:
+        conf_data = outer.read(conf.ino, 0, conf.size)
+    except SquashfsError as exc:
+        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
     payloads = [st for name, st, _ in entries if name.startswith(PAYLOAD_PREFIX)]
     if not payloads or not stat.S_ISREG(payloads[0].mode) or payloads[0].size == 0:
-        raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
+        return conf_data, None
     others = len(entries) - 2
     if others:
         output.warn(
             f"the gocryptfs partition holds {others} more entries; using the first squashfs-* payload"
         )
-    payload = payloads[0]
-    try:
-        conf_data = outer.read(conf.ino, 0, conf.size)
-    except SquashfsError as exc:
-        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
-    return conf_data, _FileInImage(outer, payload.ino, payload.size)
+    return conf_data, _FileInImage(outer, payloads[0].ino, payloads[0].size)

@@ -171,11 +171,11 @@ def plain_size(csize: int) -> int:
     """The plaintext length of a ``csize``-byte gocryptfs file (known without the key)."""
     if csize == 0:
         return 0
+    if csize < HEADER:
+        raise CorruptEncryption(f"encrypted payload is truncated (its header has {csize} of {HEADER} bytes)")
     q, r = divmod(csize - HEADER, CIPHER_BLOCK)
-    if csize < HEADER or 1 <= r <= NONCE + TAG:
-        raise CorruptEncryption(
-            f"encrypted payload is truncated (last block has {max(r, csize - HEADER)} bytes)"
-        )
+    if 1 <= r <= NONCE + TAG:
+        raise CorruptEncryption(f"encrypted payload is truncated (last block has {r} bytes)")
     return q * BLOCK + (r - NONCE - TAG if r else 0)
 
 
@@ -231,14 +231,20 @@ class GocryptfsSource:
 
 def open_gocryptfs(
     conf_data: bytes,
-    payload: ByteSource,
+    payload: ByteSource | None,
     material: KeyMaterial,
     message: bytes | None,
     *,
     notice: Callable[[str], None] = lambda _: None,
 ) -> GocryptfsSource:
-    """The inner SquashFS bytes, in the spec's order: conf, key, scrypt, payload, inner superblock."""
+    """The inner SquashFS bytes, in the spec's order: conf, key, scrypt, payload, inner superblock.
+
+    ``payload`` is None when the outer image has none; the conf is judged first, because a
+    conf with encrypted names explains why no ``squashfs-*`` name was found.
+    """
     conf = parse_conf(conf_data)
+    if payload is None:
+        raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
     plain_size(payload.size)  # the payload's size rules need no key
     if material.passphrase is None and material.pem is None:
         raise KeyProblem(NO_KEY)
