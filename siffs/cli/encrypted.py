@@ -14,6 +14,8 @@ import argparse
 import ctypes
 import getpass
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -259,3 +261,102 @@ def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource | None]:
             f"the gocryptfs partition holds {others} more entries; using the first squashfs-* payload"
         )
     return conf_data, _FileInImage(outer, payloads[0].ino, payloads[0].size)
+
+
+# -- building (siffs create --encrypt) -----------------------------------------------------------
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """``create``'s options: --encrypt, --format, and the key (a passphrase, or an RSA public key)."""
+    parser.add_argument("--encrypt", action="store_true", help="encrypt the root filesystem")
+    parser.add_argument(
+        "--format",
+        choices=("gocryptfs", "luks2"),
+        default="gocryptfs",
+        help="gocryptfs: fs type 6, as unprivileged Apptainer >= 1.2 builds (default); "
+        "luks2: fs type 5, as SingularityCE builds",
+    )
+    parser.add_argument(
+        "--passphrase",
+        action="store_true",
+        help="encrypt with a passphrase: asked for twice (or read from SIFFS_ENCRYPTION_PASSPHRASE)",
+    )
+    parser.add_argument(
+        "--pem-path", metavar="PUB.pem", help="encrypt to this RSA public key (PKCS#1 or SPKI PEM)"
+    )
+
+
+def _build_secret(keys: KeyChoice, length: int, *, hex_text: bool) -> tuple[bytes, bytes | None]:
+    """The secret to encrypt with, and the Cryptographic Message that carries it for a PEM key."""
+    from siffs.crypt.keys import encrypt_message  # noqa: PLC0415 - the crypto stack loads only when needed
+
+    if keys.pem_path is not None:
+        try:
+            with open(keys.pem_path, "rb") as f:
+                public = f.read()
+        except OSError as exc:
+            raise CommandError(f"{keys.pem_path}: cannot read the key: {exc.strerror}", ExitCode.IO) from exc
+        # Apptainer's gocryptfs password is 32 hex characters (MD5 of random bytes); LUKS2 takes 64 bytes.
+        secret = os.urandom(16).hex().encode() if hex_text else os.urandom(length)
+        return secret, encrypt_message(public, secret)
+    if keys.env_passphrase is not None:
+        return keys.env_passphrase, None
+    if not keys.ask:
+        raise CommandError("--encrypt needs --passphrase or --pem-path PUB.pem", ExitCode.USAGE)
+    first = _prompt()
+    if sys.stdin.isatty() and getpass.getpass("Retype passphrase: ").encode() != first:
+        raise KeyProblem("the passphrases do not match")
+    if not first:
+        raise KeyProblem("the passphrase is empty")
+    return first, None
+
+
+def build_partition(
+    rootfs: str, fmt: str, keys: KeyChoice, workdir: str, *, progress: Callable[[int, int], None]
+) -> tuple[str, int, bytes | None]:
+    """The encrypted partition file for ``rootfs`` (a SquashFS file or a directory), its fs type and message.
+
+    Files are written in ``workdir`` (beside the output, removed by the caller): the SquashFS of a
+    directory, the gocryptfs ciphertext and its outer SquashFS, or the LUKS2 container.
+    """
+    squashfs = rootfs
+    if os.path.isdir(rootfs):
+        squashfs = os.path.join(workdir, "rootfs.squashfs")
+        _mksquashfs([rootfs], squashfs, "-comp", "gzip")
+    if fmt == "luks2":
+        raise CommandError(
+            "--format luks2 is not implemented yet: use --format gocryptfs", ExitCode.UNSUPPORTED
+        )
+    from siffs.crypt.gocryptfs import encrypt_file, new_conf  # noqa: PLC0415
+
+    secret, message = _build_secret(keys, 32, hex_text=True)
+    conf, master = new_conf(secret)
+    cipher = os.path.join(workdir, "cipher")
+    os.mkdir(cipher, 0o700)
+    conf_path = os.path.join(cipher, "gocryptfs.conf")
+    with open(conf_path, "wb") as f:
+        f.write(conf)
+    os.chmod(conf_path, 0o400)
+    payload = os.path.join(cipher, f"squashfs-{int.from_bytes(os.urandom(4), 'little')}")
+    try:
+        with open(squashfs, "rb") as plain, open(payload, "wb") as out:
+            encrypt_file(plain, out, master, progress)
+    except OSError as exc:
+        raise CommandError(f"{exc.filename}: {exc.strerror}", ExitCode.IO) from exc
+    outer = os.path.join(workdir, "outer.squashfs")
+    _mksquashfs([payload, conf_path], outer, "-comp", "gzip", "-noD", "-noF", "-all-root")
+    return outer, FsType.GOCRYPTFS_SQUASHFS, message
+
+
+def _mksquashfs(sources: list[str], out: str, *options: str) -> None:
+    tool = shutil.which("mksquashfs")
+    if tool is None:
+        raise CommandError("mksquashfs is not installed (Debian: squashfs-tools)", ExitCode.IO)
+    result = subprocess.run(
+        [tool, *sources, out, "-noappend", "-quiet", "-no-progress", *options],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()
+        raise CommandError(f"mksquashfs failed: {reason[-1] if reason else result.returncode}", ExitCode.IO)

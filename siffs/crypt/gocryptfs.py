@@ -13,9 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -260,3 +261,43 @@ def open_gocryptfs(
     plain = GocryptfsSource(payload, _hkdf(mk, CONTENT_INFO))
     check_squashfs(plain, "decrypted payload is not a squashfs (wrong key or corrupt image)")
     return plain
+
+
+# -- writing (siffs create --encrypt) ------------------------------------------------------------
+
+#: gocryptfs' default scrypt cost, which Apptainer keeps: N = 2^16 (64 MiB, ~0.3 s).
+DEFAULT_SCRYPT_N = 1 << 16
+CREATOR = "siffs"
+
+
+def new_conf(secret: bytes, *, n: int = DEFAULT_SCRYPT_N) -> tuple[bytes, bytes]:
+    """A fresh ``gocryptfs.conf`` (as ``gocryptfs -init -plaintextnames`` writes it) and its master key."""
+    salt, mk, nonce = os.urandom(32), os.urandom(32), os.urandom(NONCE)
+    s = Scrypt(salt=salt, length=32, n=n, r=8, p=1).derive(password(secret))
+    wrapped = nonce + AESGCM(_hkdf(s, CONTENT_INFO)).encrypt(nonce, mk, bytes(8))
+    conf = {
+        "Creator": CREATOR,
+        "EncryptedKey": base64.b64encode(wrapped).decode(),
+        "ScryptObject": {"Salt": base64.b64encode(salt).decode(), "N": n, "R": 8, "P": 1, "KeyLen": 32},
+        "Version": 2,
+        "FeatureFlags": ["HKDF", "GCMIV128", "PlaintextNames"],
+    }
+    return (json.dumps(conf, indent="\t") + "\n").encode(), mk
+
+
+def encrypt_file(
+    plain: BinaryIO, out: BinaryIO, master: bytes, progress: Callable[[int, int], None] = lambda d, t: None
+) -> None:
+    """Write ``plain`` as one gocryptfs file: header, then 4 KiB blocks with random nonces and GCM tags."""
+    total = os.fstat(plain.fileno()).st_size
+    file_id = os.urandom(16)
+    aead = AESGCM(_hkdf(master, CONTENT_INFO))
+    out.write((2).to_bytes(2, "big") + file_id)
+    number = 0
+    while block := plain.read(BLOCK):
+        nonce = os.urandom(NONCE)
+        out.write(nonce + aead.encrypt(nonce, block, number.to_bytes(8, "big") + file_id))
+        number += 1
+        if number % 256 == 0:
+            progress(number * BLOCK, total)
+    progress(total, total)
