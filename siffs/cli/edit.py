@@ -215,19 +215,20 @@ def cmd_create(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         fs_type: int = FsType.SQUASHFS
         message: bytes | None = None
-        rootfs_path = args.rootfs
+        rootfs = None if args.encrypt and os.path.isdir(args.rootfs) else _open_file(stack, args.rootfs)
+        if rootfs is not None and rootfs.read(4) != b"hsqs":
+            raise CommandError(f"{args.rootfs}: not a SquashFS image (no 'hsqs' magic)", ExitCode.USAGE)
         if args.encrypt:
-            keys = encrypted.KeyChoice.from_args(args)
+            choice = encrypted.BuildChoice.from_args(args)
             workdir = stack.enter_context(
                 tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.image)))
             )
             with ProgressBar("encrypting") as progress:
-                rootfs_path, fs_type, message = encrypted.build_partition(
-                    args.rootfs, args.format, keys, workdir, progress=progress
+                partition, fs_type, message = encrypted.build_partition(
+                    args.rootfs, choice, workdir, progress=progress
                 )
-        rootfs = _open_file(stack, rootfs_path)
-        if rootfs.read(4) != b"hsqs":
-            raise CommandError(f"{args.rootfs}: not a SquashFS image (no 'hsqs' magic)", ExitCode.USAGE)
+            rootfs = _open_file(stack, partition)
+        assert rootfs is not None
         rootfs.seek(0)
         objects.append(
             ObjectInput(

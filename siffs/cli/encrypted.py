@@ -284,6 +284,16 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pem-path", metavar="PUB.pem", help="encrypt to this RSA public key (PKCS#1 or SPKI PEM)"
     )
+    parser.add_argument(
+        "--kdf-memory",
+        type=int,
+        default=1024,
+        metavar="MiB",
+        help="luks2: Argon2id memory (default 1024, cryptsetup's cap; every unlock needs this much)",
+    )
+    parser.add_argument(
+        "--kdf-time", type=int, default=4, metavar="N", help="luks2: Argon2id passes (default 4)"
+    )
 
 
 def _build_secret(keys: KeyChoice, length: int, *, hex_text: bool) -> tuple[bytes, bytes | None]:
@@ -311,8 +321,29 @@ def _build_secret(keys: KeyChoice, length: int, *, hex_text: bool) -> tuple[byte
     return first, None
 
 
+@dataclass(frozen=True)
+class BuildChoice:
+    """How ``create --encrypt`` encrypts: the format and, for LUKS2, the Argon2id cost."""
+
+    format: str
+    keys: KeyChoice
+    kdf_memory_mib: int = 1024
+    kdf_time: int = 4
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BuildChoice:
+        from siffs.crypt.luks2 import MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME  # noqa: PLC0415
+
+        if (
+            not 1 <= args.kdf_memory <= MAX_ARGON2_MEMORY_KIB >> 10
+            or not 4 <= args.kdf_time <= MAX_ARGON2_TIME
+        ):
+            raise CommandError("--kdf-memory must be 1..4096 MiB and --kdf-time 4..64", ExitCode.USAGE)
+        return cls(args.format, KeyChoice.from_args(args), args.kdf_memory, args.kdf_time)
+
+
 def build_partition(
-    rootfs: str, fmt: str, keys: KeyChoice, workdir: str, *, progress: Callable[[int, int], None]
+    rootfs: str, choice: BuildChoice, workdir: str, *, progress: Callable[[int, int], None]
 ) -> tuple[str, int, bytes | None]:
     """The encrypted partition file for ``rootfs`` (a SquashFS file or a directory), its fs type and message.
 
@@ -323,13 +354,11 @@ def build_partition(
     if os.path.isdir(rootfs):
         squashfs = os.path.join(workdir, "rootfs.squashfs")
         _mksquashfs([rootfs], squashfs, "-comp", "gzip")
-    if fmt == "luks2":
-        raise CommandError(
-            "--format luks2 is not implemented yet: use --format gocryptfs", ExitCode.UNSUPPORTED
-        )
+    if choice.format == "luks2":
+        return _luks2_partition(squashfs, choice, workdir, progress)
     from siffs.crypt.gocryptfs import encrypt_file, new_conf  # noqa: PLC0415
 
-    secret, message = _build_secret(keys, 32, hex_text=True)
+    secret, message = _build_secret(choice.keys, 32, hex_text=True)
     conf, master = new_conf(secret)
     cipher = os.path.join(workdir, "cipher")
     os.mkdir(cipher, 0o700)
@@ -346,6 +375,28 @@ def build_partition(
     outer = os.path.join(workdir, "outer.squashfs")
     _mksquashfs([payload, conf_path], outer, "-comp", "gzip", "-noD", "-noF", "-all-root")
     return outer, FsType.GOCRYPTFS_SQUASHFS, message
+
+
+def _luks2_partition(
+    squashfs: str, choice: BuildChoice, workdir: str, progress: Callable[[int, int], None]
+) -> tuple[str, int, bytes | None]:
+    """A LUKS2 container as SingularityCE's ``build --encrypt`` lays it out, written in user space."""
+    from siffs.crypt.luks2 import encrypt_data, new_header  # noqa: PLC0415
+
+    secret, message = _build_secret(choice.keys, 64, hex_text=False)
+    notice(f"deriving key: Argon2id, {choice.kdf_memory_mib} MiB, time {choice.kdf_time}")
+    cpus = min(4, os.cpu_count() or 1)
+    header, volume_key = new_header(
+        secret, time=choice.kdf_time, memory=choice.kdf_memory_mib << 10, cpus=cpus
+    )
+    container = os.path.join(workdir, "container.luks2")
+    try:
+        with open(squashfs, "rb") as plain, open(container, "wb") as out:
+            out.write(header)
+            encrypt_data(plain, out, volume_key, progress)
+    except OSError as exc:
+        raise CommandError(f"{exc.filename}: {exc.strerror}", ExitCode.IO) from exc
+    return container, FsType.ENCRYPTED_SQUASHFS, message
 
 
 def _mksquashfs(sources: list[str], out: str, *options: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from siffs.sif import Image
 from siffs.sif.types import DataType, FsType
+from tests.support.crypt import luks_json, xts_encrypt
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
 
@@ -95,3 +96,58 @@ def test_apptainer_public_key_builds_what_its_private_key_opens(plain, tmp_path)
     sif = tmp_path / "a.sif"
     siffs("create", "--encrypt", "--pem-path", fixtures / "enc-rsa-pub.pem", sif, plain, check=True)
     assert siffs("ls", "--pem-path", fixtures / "enc-rsa.pem", sif, "/data", check=True).stdout
+
+
+def _luks_partition(sif: Path, out: Path) -> Path:
+    with Image.open(sif) as image:
+        d = image.primary_partition()
+        assert d.partition is not None and d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS
+        out.write_bytes(image.read(d))
+    return out
+
+
+def _cryptsetup(*args: object, key: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [require_tool("cryptsetup"), *map(str, args), "--key-file", "-"],
+        input=key,
+        capture_output=True,
+        check=False,
+    )
+
+
+def test_cryptsetup_opens_a_luks2_image(plain, tmp_path):
+    """luksDump accepts it, --test-passphrase unlocks it, its volume key decrypts the data to the squashfs."""
+    sif = tmp_path / "l.sif"
+    luks2 = ("--encrypt", "--format", "luks2", "--kdf-memory", "32", "--passphrase")
+    siffs("create", *luks2, sif, plain, env=_env(), check=True)
+    container = _luks_partition(sif, tmp_path / "l.luks")
+    assert (
+        container.stat().st_size == (16 << 20) + -(-plain.stat().st_size // 512) * 512
+    )  # SingularityCE's size
+    reference = luks_json(container)
+    assert (
+        reference["segments"]["0"]["offset"] == str(16 << 20)
+        and reference["segments"]["0"]["sector_size"] == 512
+    )
+    assert reference["keyslots"]["0"]["kdf"]["type"] == "argon2id"
+    assert _cryptsetup("open", "--test-passphrase", container, key=PASSWORD.encode()).returncode == 0
+    assert _cryptsetup("open", "--test-passphrase", container, key=b"wrong").returncode == 2
+    dump = _cryptsetup("luksDump", "--dump-volume-key", "--batch-mode", container, key=PASSWORD.encode())
+    vk = bytes.fromhex("".join(dump.stdout.decode().split("MK dump:")[1].split()).replace(":", "")[:128])
+    data = container.read_bytes()[16 << 20 :]
+    expected = plain.read_bytes()
+    assert data == xts_encrypt(vk, expected, 512)  # what cryptsetup's key gives back is the squashfs
+    assert siffs("cat", sif, "/data/one", env=_env(), check=True).stdout == "x"
+
+
+def test_luks2_pem_image(plain, rsa_pem, tmp_path):
+    public = tmp_path / "pub.pem"
+    subprocess.run(
+        ["openssl", "rsa", "-in", rsa_pem, "-pubout", "-out", public], check=True, capture_output=True
+    )
+    sif = tmp_path / "lp.sif"
+    siffs("create", "--encrypt", "--format", "luks2", "--kdf-memory", "32", "--pem-path", public, sif, plain,
+          check=True)  # fmt: skip
+    assert siffs("cat", "--pem-path", rsa_pem, sif, "/data/one", check=True).stdout == "x"
+    info = siffs("info", "--json", "1", sif, check=True).stdout
+    assert '"key_message": true' in info and '"cipher": "aes-xts-plain64"' in info
