@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from siffs.crypt import gocryptfs
-from siffs.crypt.errors import CorruptEncryption, KeyProblem, TamperedBlock, UnsupportedEncryption
+from siffs.crypt.errors import CorruptEncryption, CryptError, KeyProblem, TamperedBlock, UnsupportedEncryption
 from siffs.sif.types import FsType
 from tests.crypt.conftest import Encrypted
 from tests.support.crypt import gocryptfs_outer, wrap
@@ -392,3 +393,27 @@ def test_several_payloads_use_the_first_and_warn(parts, tmp_path):
     result = siffs("ls", sif, env=dict(os.environ, SIFFS_ENCRYPTION_PASSPHRASE="correct horse"))
     assert result.returncode == 0 and "data" in result.stdout.split()
     assert "using the first squashfs-* payload" in result.stderr
+
+
+def test_fuzz_conf_parser():
+    """Random edits of a valid conf: only the documented errors escape, and whatever parses is within the
+    scrypt limits, so no hostile cost can reach scrypt."""
+    rng = random.Random(6)
+    base = json.loads(CONF_1024)
+    values = [None, True, -1, 0, 1, 2**40, 1.5, "", "x" * 100, [], {}, ["HKDF"], "AAAA", 1 << 22, 8, 32]
+    for _ in range(400):
+        conf = json.loads(json.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            node = conf if rng.random() < 0.5 else conf["ScryptObject"]
+            if isinstance(node, dict) and node:
+                node[rng.choice(list(node))] = rng.choice(values)
+        raw = json.dumps(conf).encode()
+        if rng.random() < 0.2:
+            cut = rng.randrange(len(raw))
+            raw = raw[:cut] + bytes([rng.randrange(256)]) + raw[cut + 1 :]
+        try:
+            parsed = gocryptfs.parse_conf(raw)
+        except CryptError as exc:
+            assert "\n" not in str(exc)
+            continue
+        assert 128 * parsed.n * parsed.r <= gocryptfs.MAX_SCRYPT_MEMORY and parsed.p <= 16
