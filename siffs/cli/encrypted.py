@@ -41,6 +41,8 @@ PASSPHRASE_VARIABLES = (
     "SINGULARITY_ENCRYPTION_PASSPHRASE",
 )
 PEM_PATH_VARIABLES = ("APPTAINER_ENCRYPTION_PEM_PATH", "SINGULARITY_ENCRYPTION_PEM_PATH")
+#: Apptainer's variable holding the PEM text itself (removed from the environment like a passphrase).
+PEM_DATA_VARIABLE = "APPTAINER_ENCRYPTION_PEM_DATA"
 ENCRYPTED_FS_TYPES = (FsType.ENCRYPTED_SQUASHFS, FsType.GOCRYPTFS_SQUASHFS)
 
 #: Gives the byte source of each object (``trust.Gate.sources`` verifies them first).
@@ -67,6 +69,7 @@ class KeyChoice:
     ask: bool = False
     pem_path: str | None = None
     env_passphrase: bytes | None = field(default=None, repr=False)
+    env_pem: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> KeyChoice:
@@ -82,27 +85,38 @@ class KeyChoice:
         pem_path = getattr(args, "pem_path", None)
         for name in PEM_PATH_VARIABLES:
             pem_path = pem_path or os.environ.get(name) or None
-        choice = cls(bool(getattr(args, "passphrase", False)), pem_path, passphrase)
+        pem_data = _take_variable(PEM_DATA_VARIABLE)
+        choice = cls(bool(getattr(args, "passphrase", False)), pem_path, passphrase, pem_data or None)
         args.key_choice = choice
         return choice
 
     @property
     def offered(self) -> bool:
         """True when a key was offered: a process holding what it unlocks must stay non-dumpable."""
-        return self.ask or self.pem_path is not None or self.env_passphrase is not None
+        return (
+            self.ask
+            or self.pem_path is not None
+            or self.env_pem is not None
+            or self.env_passphrase is not None
+        )
+
+    def pem(self) -> bytes | None:
+        """The PEM key given with --pem-path (or its variables), or None."""
+        if self.pem_path is None:
+            return self.env_pem
+        try:
+            with open(self.pem_path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise CommandError(f"{self.pem_path}: cannot read the key: {exc.strerror}", ExitCode.IO) from exc
 
     def material(self) -> KeyMaterial:
         """The key: the PEM file, the environment's passphrase, or one typed at the prompt."""
         from siffs.crypt.keys import KeyMaterial  # noqa: PLC0415 - the crypto stack loads only when needed
 
-        if self.pem_path is not None:
-            try:
-                with open(self.pem_path, "rb") as f:
-                    return KeyMaterial(pem=f.read())
-            except OSError as exc:
-                raise CommandError(
-                    f"{self.pem_path}: cannot read the key: {exc.strerror}", ExitCode.IO
-                ) from exc
+        pem = self.pem()
+        if pem is not None:
+            return KeyMaterial(pem=pem)
         if self.env_passphrase is not None:
             return KeyMaterial(passphrase=self.env_passphrase)
         if self.ask:
@@ -300,12 +314,8 @@ def _build_secret(keys: KeyChoice, length: int, *, hex_text: bool) -> tuple[byte
     """The secret to encrypt with, and the Cryptographic Message that carries it for a PEM key."""
     from siffs.crypt.keys import encrypt_message  # noqa: PLC0415 - the crypto stack loads only when needed
 
-    if keys.pem_path is not None:
-        try:
-            with open(keys.pem_path, "rb") as f:
-                public = f.read()
-        except OSError as exc:
-            raise CommandError(f"{keys.pem_path}: cannot read the key: {exc.strerror}", ExitCode.IO) from exc
+    public = keys.pem()
+    if public is not None:
         # Apptainer's gocryptfs password is 32 hex characters (MD5 of random bytes); LUKS2 takes 64 bytes.
         secret = os.urandom(16).hex().encode() if hex_text else os.urandom(length)
         return secret, encrypt_message(public, secret)

@@ -165,3 +165,8 @@ def test_apptainer_images_need_their_key():
         13,
         "image is encrypted: give --passphrase or --pem-path\n",
     )
+
+
+def test_pem_text_from_apptainers_variable(luks_pem):
+    env = dict(os.environ, APPTAINER_ENCRYPTION_PEM_DATA=luks_pem.pem.read_text())
+    assert "big.bin" in siffs("ls", luks_pem.sif, "/data", env=env, check=True).stdout.split()
