@@ -486,3 +486,41 @@ def test_reads_outside_the_data_segment_are_refused(luks_pass):
     data = luks2.LuksSource(source, luks2.read_header(source).segment, luks_pass.volume_key)
     with pytest.raises(CorruptEncryption):
         data.pread(data.size - 10, 11)
+
+
+def test_verified_reads_through_decryption(luks_pass, plain, tmp_path):
+    """Under a verified mount, ciphertext changed after mounting gives EIO (checked before decryption)."""
+    import errno  # noqa: PLC0415
+
+    from siffs.sif import Image  # noqa: PLC0415
+    from siffs.squashfs.paths import resolve  # noqa: PLC0415
+    from siffs.squashfs.reader import SquashFS  # noqa: PLC0415
+
+    keys = Path(os.environ.get("SIFFS_SHARED", "")) / "conformance/sylabs-sif/keys"
+    if not keys.is_dir():
+        pytest.skip("the conformance keys are not available (set SIFFS_SHARED)")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_CACHE_HOME=str(tmp_path / "k"))
+    sif = tmp_path / "s.sif"
+    shutil.copyfile(luks_pass.sif, sif)
+    siffs("sign", sif, "--key", keys / "private.asc", env=env, check=True)
+    tree = SquashFS(_source(plain))
+    loc = tree.inode(resolve(tree, b"/data/big.bin").ino).file
+    assert loc is not None
+    with Image.open(sif) as image:
+        offset = image.primary_partition().offset + (16 << 20) + loc.blocks_start + 150_000
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    public = keys.parent.parent / "derived/public.asc"
+    mounted = siffs("mount", "--key", public, "--passphrase", sif, mnt, env=env | _passphrase_env(PASSPHRASE))
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        passwd = (mnt / "etc/passwd").read_bytes()
+        with open(sif, "r+b") as f:
+            byte = os.pread(f.fileno(), 1, offset)
+            os.pwrite(f.fileno(), bytes([byte[0] ^ 1]), offset)
+        with pytest.raises(OSError) as info:
+            (mnt / "data/big.bin").read_bytes()
+        assert info.value.errno == errno.EIO
+        assert (mnt / "etc/passwd").read_bytes() == passwd
+    finally:
+        siffs("umount", mnt, check=True)
