@@ -107,7 +107,9 @@ def test_daemon_holding_keys_is_not_dumpable(goc_pass, tmp_path):
         assert goc_pass.passphrase not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
-def test_passphrase_never_reaches_the_container(goc_pass, tmp_path):
+@pytest.mark.parametrize("kind", ["goc_pass", "luks_pass"])
+def test_passphrase_never_reaches_the_container(kind, request, tmp_path):
+    image = request.getfixturevalue(kind)
     env = {
         "HOME": user_dir(tmp_path, "home"),
         "PATH": "/usr/bin:/bin",
@@ -115,7 +117,7 @@ def test_passphrase_never_reaches_the_container(goc_pass, tmp_path):
         "APPTAINER_ENCRYPTION_PASSPHRASE": "x",
         "SINGULARITY_ENCRYPTION_PASSPHRASE": "y",
     }
-    result = as_user(sys.executable, "-m", "siffs", "exec", "--allow-unsigned", goc_pass.sif, "env", env=env)
+    result = as_user(sys.executable, "-m", "siffs", "exec", "--allow-unsigned", image.sif, "env", env=env)
     assert result.returncode == 0, result.stderr
     assert "ENCRYPTION_PASSPHRASE" not in result.stdout
 
