@@ -15,6 +15,7 @@ import ctypes
 import getpass
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -248,8 +249,6 @@ def describe(image: Image, d: Descriptor) -> dict[str, Any]:
 
 def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource | None]:
     """``gocryptfs.conf`` and the payload from the outer SquashFS, chosen as Apptainer chooses them."""
-    import stat  # noqa: PLC0415
-
     from siffs.crypt.gocryptfs import CONF_NAME, MAX_CONF_SIZE, PAYLOAD_PREFIX  # noqa: PLC0415
 
     try:
