@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2i, Argon2id
 
 from siffs.crypt.errors import CorruptEncryption, CryptError, KeyProblem, UnsupportedEncryption
 from siffs.crypt.keys import WRONG_KEY, KeyMaterial, secret_from_message
+from siffs.crypt.xts import xts
 from siffs.source import ByteSource
 
 MAGIC = b"LUKS\xba\xbe"
@@ -402,19 +402,6 @@ def _parse_digest(name: str, d: dict[str, Any]) -> Digest:
 # -- unlocking -------------------------------------------------------------------------------
 
 
-def _xts(
-    key: bytes, data: bytes, unit: int, first_tweak: int, tweak_step: int, *, encrypt: bool = False
-) -> bytes:
-    """AES-XTS over ``data`` in ``unit``-byte pieces, piece i with tweak first + i·step (little-endian)."""
-    out = bytearray(len(data))
-    aes = algorithms.AES(key)
-    for i in range(0, len(data), unit):
-        mode = Cipher(aes, modes.XTS((first_tweak + (i // unit) * tweak_step).to_bytes(16, "little")))
-        worker = mode.encryptor() if encrypt else mode.decryptor()
-        out[i : i + unit] = worker.update(data[i : i + unit])
-    return bytes(out)
-
-
 def _diffuse(data: bytes, hash_name: str) -> bytes:
     size = hashlib.new(hash_name).digest_size
     return b"".join(
@@ -472,7 +459,7 @@ def unlock(
         if slot.area_offset + length > source.size:
             raise CorruptEncryption(f"keyslot {slot.number}: key area lies past the end of the partition")
         try:
-            material = _xts(key, source.pread(slot.area_offset, length), _SECTOR, 0, 1)
+            material = xts(key, source.pread(slot.area_offset, length), _SECTOR, 0, 1)
         except ValueError as exc:  # cryptography refuses XTS keys whose halves are equal
             raise CorruptEncryption(f"keyslot {slot.number}: unusable key area (corrupt image)") from exc
         candidate = af_merge(material, slot.key_size, slot.stripes, slot.af_hash)
@@ -509,7 +496,7 @@ class LuksSource:
         first, last = offset // s, (offset + size - 1) // s
         data = self._ciphertext.pread(self._segment.offset + first * s, (last - first + 1) * s)
         start = self._segment.iv_tweak + first * self._units_per_sector
-        plain = _xts(self._key, data, s, start, self._units_per_sector)
+        plain = xts(self._key, data, s, start, self._units_per_sector)
         return plain[offset - first * s : offset - first * s + size]
 
 
@@ -592,7 +579,7 @@ def new_header(
     vk = volume_key or os.urandom(64)
     kdf = Kdf("argon2id", os.urandom(32), time=time, memory=memory, cpus=cpus)
     area_size = -(-len(vk) * STRIPES // 4096) * 4096
-    area = _xts(derive(kdf, secret, len(vk)), _af_split(vk, STRIPES, "sha256"), _SECTOR, 0, 1, encrypt=True)
+    area = xts(derive(kdf, secret, len(vk)), _af_split(vk, STRIPES, "sha256"), _SECTOR, 0, 1, encrypt=True)
     digest_salt = os.urandom(32)
     metadata = {
         "keyslots": {
@@ -676,6 +663,6 @@ def encrypt_data(
     done = 0
     while chunk := plain.read(1 << 20):
         chunk += bytes(-len(chunk) % _SECTOR)
-        out.write(_xts(volume_key, chunk, _SECTOR, done // _SECTOR, 1, encrypt=True))
+        out.write(xts(volume_key, chunk, _SECTOR, done // _SECTOR, 1, encrypt=True))
         done += len(chunk)
         progress(min(done, total), total)
