@@ -6,6 +6,7 @@ import argparse
 import stat
 import sys
 
+from siffs.cli import encrypted
 from siffs.cli.common import write_bytes
 from siffs.cli.opener import open_tree
 from siffs.squashfs.errors import IsADirectory, NotARegularFile
@@ -24,12 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, links, ids, size, time")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories recursively")
     p.add_argument("--partition", type=int, metavar="ID", help="read this partition instead of the primary")
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cat", help="write files from inside an image to standard output")
     p.add_argument("image", help="SIF file (or a bare SquashFS file)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="path inside the image (symlinks are followed)")
     p.add_argument("--partition", type=int, metavar="ID", help="read this partition instead of the primary")
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_cat)
 
 
@@ -63,7 +66,7 @@ def _list_dir(tree: SquashFS, path: bytes, ino: int, *, long: bool, recursive: b
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    opened = open_tree(args.image, args.partition)
+    opened = open_tree(args.image, args.partition, keys=encrypted.KeyChoice.from_args(args))
     try:
         path = args.path.encode("utf-8", "surrogateescape")
         st = resolve(opened.tree, path, follow_last=not args.long)
@@ -76,7 +79,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 
 def cmd_cat(args: argparse.Namespace) -> None:
-    opened = open_tree(args.image, args.partition)
+    opened = open_tree(args.image, args.partition, keys=encrypted.KeyChoice.from_args(args))
     try:
         for raw in args.paths:
             path = raw.encode("utf-8", "surrogateescape")

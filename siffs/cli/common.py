@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from siffs.cli.exitcodes import ExitCode
+from siffs.crypt import errors as crypt
 from siffs.delta import errors as delta
 from siffs.fs.errors import MountError
 from siffs.integrity.errors import IntegrityError, KeyMaterialError
@@ -55,6 +56,9 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (registry.UnsupportedError, ExitCode.UNSUPPORTED),
     (registry.LocalIOError, ExitCode.IO),
     (registry.RegistryError, ExitCode.NETWORK),
+    (crypt.KeyProblem, ExitCode.ENCRYPTION_KEY),
+    (crypt.UnsupportedEncryption, ExitCode.UNSUPPORTED),
+    (crypt.CorruptEncryption, ExitCode.INVALID_IMAGE),
 ]
 
 

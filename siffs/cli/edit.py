@@ -10,14 +10,28 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import platform
+import struct
+import tempfile
 from typing import BinaryIO
 
+from siffs.cli import encrypted
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
+from siffs.cli.progress import ProgressBar
 from siffs.sif import ObjectInput, add, create, delete, set_primary
 from siffs.sif.raw import oci_extra, partition_extra, sbom_extra, signature_extra
-from siffs.sif.types import ARCH_CODES, SBOM_FORMAT_NAMES, DataType, FsType, PartType, arch_code
+from siffs.sif.types import (
+    ARCH_CODES,
+    SBOM_FORMAT_NAMES,
+    DataType,
+    FormatType,
+    FsType,
+    MessageType,
+    PartType,
+    arch_code,
+)
 
 #: siftool's ``--datatype`` numbers (1-9), plus the two OCI types of newer siftool releases.
 DATATYPE_NUMBERS = {i + 1: t for i, t in enumerate(DataType)}
@@ -83,7 +97,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("create", help="build a runnable SIF from a SquashFS root filesystem")
     p.add_argument("image", help="SIF file to create (replaced if it exists)")
-    p.add_argument("rootfs", help="SquashFS image of the root filesystem (e.g. from mksquashfs)")
+    p.add_argument(
+        "rootfs",
+        help="SquashFS image of the root filesystem (e.g. from mksquashfs); with --encrypt also a directory",
+    )
     p.add_argument("--deffile", help="definition file to store (Def.FILE)")
     p.add_argument("--labels", help="labels JSON file to store (JSON.Labels)")
     p.add_argument("--env", help="environment script to store (Env.Vars)")
@@ -93,6 +110,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--arch", default=None, help="architecture of the root filesystem (default: this machine's)"
     )
+    encrypted.add_build_arguments(p)
     p.set_defaults(func=cmd_create)
 
 
@@ -195,17 +213,31 @@ def cmd_create(args: argparse.Namespace) -> None:
     if args.env:
         objects.append(ObjectInput(DataType.ENVVAR, _read_file(args.env)))
     with contextlib.ExitStack() as stack:
-        rootfs = _open_file(stack, args.rootfs)
-        if rootfs.read(4) != b"hsqs":
+        fs_type: int = FsType.SQUASHFS
+        message: bytes | None = None
+        rootfs = None if args.encrypt and os.path.isdir(args.rootfs) else _open_file(stack, args.rootfs)
+        if rootfs is not None and rootfs.read(4) != b"hsqs":
             raise CommandError(f"{args.rootfs}: not a SquashFS image (no 'hsqs' magic)", ExitCode.USAGE)
+        if args.encrypt:
+            choice = encrypted.BuildChoice.from_args(args)
+            workdir = stack.enter_context(
+                tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.image)))
+            )
+            with ProgressBar("encrypting") as progress:
+                partition, fs_type, message = encrypted.build_partition(
+                    args.rootfs, choice, workdir, progress=progress
+                )
+            rootfs = _open_file(stack, partition)
+        assert rootfs is not None
         rootfs.seek(0)
         objects.append(
             ObjectInput(
-                DataType.PARTITION,
-                rootfs,
-                extra=partition_extra(FsType.SQUASHFS, PartType.PRIMSYS, arch_code(arch)),
+                DataType.PARTITION, rootfs, extra=partition_extra(fs_type, PartType.PRIMSYS, arch_code(arch))
             )
         )
+        if message is not None:  # the key, encrypted to the RSA key, linked to the partition's ID
+            extra = struct.pack("<ii", FormatType.PEM, MessageType.RSA_OAEP)
+            objects.append(ObjectInput(DataType.CRYPTO_MESSAGE, message, link=len(objects), extra=extra))
         for path in args.data:
             objects.append(
                 ObjectInput(

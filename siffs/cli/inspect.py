@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from siffs.cli import encrypted
 from siffs.cli.common import print_json, write_bytes
 from siffs.sif import Image
 from siffs.sif.describe import descriptor_json, header_json, header_text, image_json, info_text, list_text
@@ -48,7 +49,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     with Image.open(args.image) as image:
         d = image.get(args.id)
         if args.json:
-            print_json(descriptor_json(d))
+            facts = descriptor_json(d)
+            if encrypted.is_encrypted(d):
+                facts["encryption"] = encrypted.describe(image, d)
+            print_json(facts)
         else:
             sys.stdout.write(info_text(d))
 

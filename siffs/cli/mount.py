@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from siffs.cli import output, trust
+from siffs.cli import encrypted, output, trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_all, open_tree
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every error in detail")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a siffs mount (also one whose daemon died)")
@@ -108,6 +109,7 @@ def _open_tree(
         cache_bytes=cache_bytes,
         sources=gate.sources,
         bare_allowed=gate.choice.allow_unsigned,
+        keys=encrypted.KeyChoice.from_args(args),
     )
     stack.callback(opened.close)
     return opened.tree
@@ -136,7 +138,8 @@ def _serve(
         def make_ops() -> ReadOnlyOperations:
             return ReadOnlyOperations(tree, ownership)
 
-        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral)
+        keys = encrypted.KeyChoice.from_args(args)
+        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral, secret=keys.offered)
         if foreground:
             daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
             daemon.run_foreground(make_ops, mount_point, fuse, served)
@@ -165,6 +168,7 @@ def mount_image(
         key=getattr(args, "key", []) or [],
         allow_unsigned=getattr(args, "allow_unsigned", False),
         verbose=False,
+        key_choice=encrypted.KeyChoice.from_args(args),
     )
     owner: dict[str, str | None] = {"uid": str(os.getuid()), "gid": str(os.getgid())} if as_caller else {}
     _serve(ns, check_mount_point(mount_point), owner, foreground=False, ephemeral=ephemeral)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from siffs.cli import encrypted
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.trust import plain_sources
@@ -95,10 +96,6 @@ def check_squashfs_partition(d: Descriptor) -> None:
     part = d.partition
     if part is None:
         raise CommandError(f"object {d.id} is not a partition", ExitCode.NOT_FOUND)
-    if part.fs_type == FsType.ENCRYPTED_SQUASHFS:
-        raise CommandError(f"partition {d.id} is encrypted (LUKS2): not supported yet", ExitCode.UNSUPPORTED)
-    if part.fs_type == FsType.GOCRYPTFS_SQUASHFS:
-        raise CommandError("gocryptfs-encrypted SIF partitions are not supported", ExitCode.UNSUPPORTED)
     if part.fs_type != FsType.SQUASHFS:
         kind = name_of(FS_TYPE_NAMES, part.fs_type)
         raise CommandError(
@@ -123,8 +120,9 @@ def open_tree(
     cache_bytes: int = 64 << 20,
     sources: SourceFactory = plain_sources,
     bare_allowed: bool = True,
+    keys: encrypted.KeyChoice = encrypted.NO_KEYS,
 ) -> OpenedTree:
-    """The SquashFS tree of ``path``; the caller closes it."""
+    """The SquashFS tree of ``path`` (decrypted with ``keys`` if encrypted); the caller closes it."""
     if partition_id is None and _is_bare_squashfs(path):
         if not bare_allowed:
             raise CommandError(
@@ -143,8 +141,12 @@ def open_tree(
     image = Image.open(path)
     try:
         d = image.primary_partition() if partition_id is None else image.get(partition_id)
-        check_squashfs_partition(d)
-        tree = SquashFS(sources(image, [d])[d.id], cache_bytes=cache_bytes)
+        if encrypted.is_encrypted(d):
+            source = encrypted.decrypted(image, d, sources, keys)
+        else:
+            check_squashfs_partition(d)
+            source = sources(image, [d])[d.id]
+        tree = SquashFS(source, cache_bytes=cache_bytes)
     except BaseException:
         image.close()
         raise

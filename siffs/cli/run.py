@@ -23,7 +23,7 @@ from runtime import bundle, envfile, ext3overlay, metadata
 from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
-from siffs.cli import output, runoptions, trust
+from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("args", nargs=argparse.REMAINDER, help="arguments")
         runoptions.container_options(p)
         trust.add_arguments(p)
+        encrypted.add_arguments(p)
         p.set_defaults(func=cmd_action, action=action)
 
     p = sub.add_parser("inspect", help="show an image's labels, runscript, environment or definition file")
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--app", default="", metavar="NAME", help="show a SCIF app's metadata instead")
     p.add_argument("--json", action="store_true", help="print as Apptainer's 'inspect --json'")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_inspect, what="labels")
 
     p = sub.add_parser("bundle", help="write an OCI runtime bundle that rootless runc runs")
@@ -75,6 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--init", action="store_true", help="start the image's tini/dumb-init as PID 1 (signals)")
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_bundle)
 
 
@@ -102,6 +105,7 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
 
         join(args, args.action)
     _quiet_runtime()
+    encrypted.KeyChoice.from_args(args)  # takes the passphrase out of the container's environment
     try:
         _fetch_remote(args)
         refused = runoptions.refusal(args)
@@ -262,6 +266,7 @@ def _inspect(root: str, what: str, app: str) -> dict[str, str] | list[str] | str
 
 def cmd_bundle(args: argparse.Namespace) -> None:
     _quiet_runtime()
+    encrypted.KeyChoice.from_args(args)  # takes the passphrase out of the environment in config.json
     tree = args.image
     if os.path.isfile(args.image):
         # A bundle outlives this command: the image stays mounted at BUNDLE_DIR/rootfs.

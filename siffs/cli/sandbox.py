@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siffs.cli import output, trust
+from siffs.cli import encrypted, output, trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.opener import open_tree
@@ -24,13 +24,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --allow-unsigned: also recreate setuid/setgid bits and device nodes (verified: always)",
     )
     trust.add_arguments(p)
+    encrypted.add_arguments(p)
     p.set_defaults(func=cmd_sandbox)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> None:
     gate = trust.Gate(trust.TrustChoice.from_args(args))
     opened = open_tree(
-        args.image, args.partition, sources=gate.sources, bare_allowed=gate.choice.allow_unsigned
+        args.image,
+        args.partition,
+        sources=gate.sources,
+        bare_allowed=gate.choice.allow_unsigned,
+        keys=encrypted.KeyChoice.from_args(args),
     )
     try:
         with ProgressBar("extracting") as progress:

@@ -33,6 +33,7 @@ log = logging.getLogger("siffs.fs")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 
 
 def log_path_for(mount_point: str) -> Path:
@@ -87,11 +88,14 @@ class Served:
 
     ``ephemeral``: the mount belongs to one command (``siffs run``): the daemon unmounts when
     that command's process dies, however it dies, and removes the mount point it was given.
+    ``secret``: the tree holds decryption keys: the daemon is made non-dumpable (no core dump,
+    no ptrace or /proc/PID/mem by the same user).
     """
 
     image: str
     verified_by: str
     ephemeral: bool = False
+    secret: bool = False
 
 
 def serve(
@@ -104,6 +108,8 @@ def serve(
     log_file: Path | None = None,
 ) -> None:
     """Mount, call ``on_ready``, serve until unmounted or signalled, then clean up."""
+    if served.secret:
+        _not_dumpable()
     try:
         pyfuse3.init(ops, mount_point, options)
     except RuntimeError as exc:
@@ -202,6 +208,13 @@ def _die_with(parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): keys in this process's memory never reach a core file."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
 
 
 def _report(fd: int, message: str) -> None:

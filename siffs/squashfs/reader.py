@@ -291,6 +291,5 @@ class SquashFS:
         )
 
 
-
 def _inode_cost(inode: Inode) -> int:
     return _INODE_COST + len(inode.target or b"")

@@ -10,29 +10,11 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Protocol
 
+from siffs.source import ByteSource
 from siffs.squashfs.errors import CorruptImage
 
-
-class ByteSource(Protocol):
-    """Random access to the bytes of one SquashFS partition.
-
-    ``pread`` returns exactly ``size`` bytes read at ``offset`` (relative to the partition
-    start), never fewer, or raises: ``CorruptImage`` here, the integrity layer's
-    ``ReadOutsideObjectError`` for a verified source, when the range is outside the partition;
-    every error it raises carries the ``errno`` a filesystem should answer. It must be safe to
-    call from several threads at once.
-    """
-
-    @property
-    def size(self) -> int:
-        """Length of the partition in bytes."""
-        ...
-
-    def pread(self, offset: int, size: int) -> bytes:
-        """Read exactly ``size`` bytes at partition offset ``offset``."""
-        ...
+__all__ = ["ByteSource", "FileSource"]  # ByteSource lives in siffs.source; re-exported for old importers
 
 
 class FileSource:
