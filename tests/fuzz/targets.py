@@ -20,8 +20,12 @@ so they are not a target here; GnuPG has its own fuzzing (OSS-Fuzz).
 Targets still to plug in, once their parser is in this tree (same shape: a function of
 bytes, the layer's error hierarchy as ``expected``, seeds from ``tests/fuzz/seeds.py``):
 
-* ``luks2``: the LUKS2 header parser of ``siffs/crypt/luks2`` (binary header, JSON area,
-  keyslot and segment areas), seeded with headers made by ``cryptsetup luksFormat``.
+* ``luks2``: the LUKS2 header parser of ``siffs/crypt/luks2`` (branch h6-crypt:
+  ``read_header(source)``: binary headers, JSON area, keyslots, segments, digests). Entry:
+  ``Target("luks2", lambda data: luks2.read_header(BytesSource(data)), (CryptError, CorruptImage))``
+  (``BytesSource`` from ``tests.squashfs.fuzz`` raises ``CorruptImage`` outside the data), and
+  in ``seeds.py`` a ``cryptsetup luksFormat --type luks2`` header of a small file (argon2id and
+  pbkdf2 keyslots), cut to its metadata areas.
 """
 
 from __future__ import annotations
