@@ -182,14 +182,18 @@ def test_bad_images(tmp_path, image):
     create(empty, [])
     _assert_refused(siffs("mount", empty, mnt), 5, "no primary system partition", mnt)
     corrupt = tmp_path / "corrupt.sif"
-    shutil.copyfile(image, corrupt)
-    with open(corrupt, "r+b") as f:  # wreck the SquashFS superblock
-        f.seek(partition_offset(image))
-        f.write(b"\xff" * 96)
-    result = siffs("mount", "--allow-unsigned", corrupt, mnt)
-    assert result.returncode in (9, 10), result.stderr
-    _assert_refused(result, result.returncode, "", mnt)
-    assert not is_mounted(mnt)
+    # (where in the superblock, what, exit code, message): not SquashFS at all is UNSUPPORTED (10),
+    # a SquashFS superblock that lies (inode table past the end) is CORRUPT_FILESYSTEM (9).
+    for at, data, code, text in (
+        (0, b"\xff" * 96, 10, "not a SquashFS image"),
+        (64, b"\xfe" * 8, 9, "bad SquashFS superblock: inode table at"),
+    ):
+        shutil.copyfile(image, corrupt)
+        with open(corrupt, "r+b") as f:
+            f.seek(partition_offset(image) + at)
+            f.write(data)
+        _assert_refused(siffs("mount", "--allow-unsigned", corrupt, mnt), code, text, mnt)
+        assert not is_mounted(mnt)
 
 
 def test_signals_unmount_cleanly(image, tmp_path):
