@@ -17,6 +17,7 @@ PACKAGES=(
     charliecloud runc uidmap                           # running mounted images (ch-run, rootless runc)
     golang-go golang-github-sylabs-sif-dev             # interop tests against the reference SIF library
     liblzo2-dev attr util-linux squashfuse             # LZO images, xattr tools, setpriv, benchmark peers
+    systemd                                            # the user unit under a real systemd --user (tests/contrib)
     shared-mime-info xdg-utils libfile-mimeinfo-perl libglib2.0-bin desktop-file-utils man-db zsh pipx  # contrib/: desktop (MIME type, handler), man pages, zsh completion, pipx install
 )
 
