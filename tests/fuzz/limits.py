@@ -37,8 +37,14 @@ def address_space() -> int:
 
 
 def cap_memory(memory_mib: int) -> None:
-    """Limit this process's address space to its current size plus ``memory_mib`` MiB."""
+    """Limit this process's address space to its current size plus ``memory_mib`` MiB.
+
+    A limit inherited from the parent (libFuzzer's -merge children) stays if it is lower.
+    """
     limit = address_space() + (memory_mib << 20)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 

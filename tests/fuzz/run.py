@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import atheris
 
@@ -55,7 +57,11 @@ def main() -> None:
     # samples once a second; RLIMIT_AS stops any allocation at once, so it is the memory limit.
     flags = [f"-timeout={SECONDS:g}", "-rss_limit_mb=0", "-malloc_limit_mb=0", *rest]
     cap_memory(a.memory_mib)
-    atheris.Setup([sys.argv[0], *flags], one_input(TARGETS[a.target]))
+    # libFuzzer runs argv[0] through the shell for -merge and -fork: make it this very command.
+    root = Path(__file__).parents[2]
+    me = f"env PYTHONPATH={shlex.quote(str(root))} {shlex.quote(sys.executable)} -m tests.fuzz.run"
+    argv0 = f"{me} {a.target} --memory-mib={a.memory_mib}"
+    atheris.Setup([argv0, *flags], one_input(TARGETS[a.target]))
     atheris.Fuzz()
 
 
