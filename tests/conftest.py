@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import reference, shared
 from tests.support.images import build_rootfs, mksquashfs, wrap_sif
+from tests.support.signing import SigningKey
 from tests.support.squashfs_corpus import SPECS, Corpus, kernel_mount, mount_unavailable, wrap_at_offset
 from tests.support.users import restore_host
 
@@ -180,3 +181,17 @@ def image(tmp_path_factory) -> Path:
     wrap_sif(squash, sif)
     os.chmod(work, 0o755)
     return sif
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory) -> SigningKey:
+    """A fresh Ed25519 key: images signed with it mount on the default (verified) path."""
+    work = tmp_path_factory.mktemp("signing-key")
+    os.chmod(work, 0o755)
+    return SigningKey.make(work / "keys")
+
+
+@pytest.fixture(scope="session")
+def verified_image(image, signing_key) -> Path:
+    """``image`` signed with ``signing_key``; mount it with ``key=signing_key.public``."""
+    return signing_key.sign(image, image.with_name("image-signed.sif"))

@@ -4,17 +4,16 @@ The filesystem layer needs to answer every failure with an errno, and the CLI ne
 message and one exit code per class; so each class carries the errno a FUSE handler
 should reply with, and messages are one line that says what is wrong and what to do.
 
-A damaged or hostile image must never leak a raw ``struct.error``, ``IndexError``,
-codec exception or ``RecursionError`` to the caller: every parsing entry point runs
-under :func:`corrupt_on_bad_input`, which turns those into :class:`CorruptImage`.
+A damaged or hostile image must only ever yield :class:`CorruptImage` (or another class
+here). There is no catch-all that turns ``IndexError`` or ``struct.error`` into it: every
+place where the format can lie checks the value and raises ``CorruptImage`` with a message
+saying what is wrong, so a raw Python exception escaping the reader is a bug, and the
+fuzzers (``tests/squashfs/fuzz.py``, ``tests/fuzz``) fail on it.
 """
 
 from __future__ import annotations
 
 import errno as _errno
-import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import ClassVar
 
 
@@ -88,28 +87,3 @@ class NoSuchAttribute(SquashfsError):
     """The inode has no extended attribute of that name."""
 
     errno = _errno.ENODATA
-
-
-#: What parsing damaged bytes can raise inside this package besides our own errors: a short
-#: buffer (struct.error, IndexError), a value out of range (ValueError, OverflowError), a
-#: lookup that misses (KeyError), a structure that nests too deep (RecursionError) or asks
-#: for too much (MemoryError). Codec exceptions are converted where the codec is called.
-PARSE_ERRORS = (struct.error, IndexError, KeyError, ValueError, OverflowError, RecursionError, MemoryError)
-
-
-def as_corrupt(what: str, error: BaseException) -> CorruptImage:
-    """The ``CorruptImage`` that stands for a low-level ``error`` met while doing ``what``."""
-    return CorruptImage(f"{what}: damaged image ({type(error).__name__}: {error}); the image cannot be read")
-
-
-@contextmanager
-def corrupt_on_bad_input(what: str) -> Iterator[None]:
-    """Turn any low-level parsing exception raised inside the block into ``CorruptImage``.
-
-    This is the safety net behind the explicit checks: those give precise messages, this
-    guarantees that a check we did not think of still yields the one documented error type.
-    """
-    try:
-        yield
-    except PARSE_ERRORS as e:
-        raise as_corrupt(what, e) from e

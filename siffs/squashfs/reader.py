@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import wraps
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -27,7 +26,6 @@ from siffs.squashfs.cache import LruCache
 from siffs.squashfs.codecs import Codec, make_codec
 from siffs.squashfs.data import FRAGMENT_RECORD, DataReader
 from siffs.squashfs.errors import (
-    PARSE_ERRORS,
     CorruptImage,
     IsADirectory,
     NoSuchAttribute,
@@ -37,8 +35,6 @@ from siffs.squashfs.errors import (
     NotFound,
     UnsupportedImage,
     XattrsUnsupported,
-    as_corrupt,
-    corrupt_on_bad_input,
 )
 from siffs.squashfs.inode import Inode, Stat, read_inode
 from siffs.squashfs.source import ByteSource, FileSource
@@ -53,23 +49,6 @@ R = TypeVar("R")
 _INODE_COST = 400
 _ID_RECORD = struct.Struct("<I")
 _EXPORT_RECORD = struct.Struct("<Q")
-
-
-def _guarded(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Make a public method raise only CorruptImage on damaged input (as ``corrupt_on_bad_input``,
-    without a context manager's cost on every getattr and lookup)."""
-
-    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
-        @wraps(fn)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return fn(*args, **kwargs)
-            except PARSE_ERRORS as e:
-                raise as_corrupt(what, e) from e
-
-        return guarded
-
-    return wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,38 +71,33 @@ class SquashFS:
 
     def __init__(self, source: ByteSource, *, cache_bytes: int = 64 << 20, **codec_args: Any) -> None:
         self._owned: FileSource | None = None
-        with corrupt_on_bad_input("opening the image"):
-            if source.size < SIZE:
-                raise UnsupportedImage(f"not a SquashFS image: {source.size} bytes, less than a superblock")
-            self.superblock = sb = Superblock.parse(source.pread(0, SIZE), source.size)
-            self.codec: Codec = make_codec(
-                sb.compressor, self._options(source, sb), sb.block_size, **codec_args
-            )
-            self._meta_cache = LruCache(cache_bytes // 2)
-            self._data_cache = LruCache(cache_bytes - cache_bytes // 2)
-            self._meta = metadata.MetadataReader(source, self.codec, self._meta_cache, sb.bytes_used)
-            meta = self._meta
-            # The id table is tiny (few images have more than a handful of owners) and every inode
-            # needs two entries: read it whole, once.
-            ids = LookupTable(meta, sb.id_table, sb.id_count, _ID_RECORD, "id")
-            self._ids = tuple(ids.get(i)[0] for i in range(sb.id_count))
-            fragments = None
-            if sb.fragment_count and sb.fragment_table != NO_TABLE:
-                fragments = LookupTable(
-                    meta, sb.fragment_table, sb.fragment_count, FRAGMENT_RECORD, "fragment"
-                )
-            self._export: LookupTable | None = None
-            if sb.export_table != NO_TABLE:
-                self._export = LookupTable(meta, sb.export_table, sb.inode_count, _EXPORT_RECORD, "export")
-            self._xattrs = XattrTable(meta, sb, self._meta_cache)
-            self._data = DataReader(meta, sb, fragments, self._meta_cache, self._data_cache)
-            # inode number -> on-disk reference, learned from lookups and listings. Plain dict
-            # reads and writes are atomic under the GIL, and a race only stores the same value.
-            self._refs: dict[int, int] = {}
-            root = self._inode_at(sb.root_inode_ref)
-            if root.dir is None:
-                raise CorruptImage("the root inode is not a directory; the image is damaged")
-            self.root_ino = root.stat.ino
+        if source.size < SIZE:
+            raise UnsupportedImage(f"not a SquashFS image: {source.size} bytes, less than a superblock")
+        self.superblock = sb = Superblock.parse(source.pread(0, SIZE), source.size)
+        self.codec: Codec = make_codec(sb.compressor, self._options(source, sb), sb.block_size, **codec_args)
+        self._meta_cache = LruCache(cache_bytes // 2)
+        self._data_cache = LruCache(cache_bytes - cache_bytes // 2)
+        self._meta = metadata.MetadataReader(source, self.codec, self._meta_cache, sb.bytes_used)
+        meta = self._meta
+        # The id table is tiny (few images have more than a handful of owners) and every inode
+        # needs two entries: read it whole, once.
+        ids = LookupTable(meta, sb.id_table, sb.id_count, _ID_RECORD, "id")
+        self._ids = tuple(ids.get(i)[0] for i in range(sb.id_count))
+        fragments = None
+        if sb.fragment_count and sb.fragment_table != NO_TABLE:
+            fragments = LookupTable(meta, sb.fragment_table, sb.fragment_count, FRAGMENT_RECORD, "fragment")
+        self._export: LookupTable | None = None
+        if sb.export_table != NO_TABLE:
+            self._export = LookupTable(meta, sb.export_table, sb.inode_count, _EXPORT_RECORD, "export")
+        self._xattrs = XattrTable(meta, sb, self._meta_cache)
+        self._data = DataReader(meta, sb, fragments, self._meta_cache, self._data_cache)
+        # inode number -> on-disk reference, learned from lookups and listings. Plain dict
+        # reads and writes are atomic under the GIL, and a race only stores the same value.
+        self._refs: dict[int, int] = {}
+        root = self._inode_at(sb.root_inode_ref)
+        if root.dir is None:
+            raise CorruptImage("the root inode is not a directory; the image is damaged")
+        self.root_ino = root.stat.ino
 
     @classmethod
     def open(
@@ -207,17 +181,14 @@ class SquashFS:
 
     # --- the interface --------------------------------------------------------------------
 
-    @_guarded("getattr")
     def getattr(self, ino: int) -> Stat:
         """Attributes of inode ``ino``."""
         return self._inode(ino).stat
 
-    @_guarded("inode")
     def inode(self, ino: int) -> Inode:
         """The decoded inode with its on-disk locations, for inspection tools, tests and the fuzzer."""
         return self._inode(ino)
 
-    @_guarded("lookup")
     def lookup(self, parent: int, name: bytes) -> Stat | None:
         """Attributes of entry ``name`` in directory ``parent``, or None if there is none.
 
@@ -234,12 +205,10 @@ class SquashFS:
         No "." or "..": the FUSE layer adds them. Cookies are > 2, so 1 and 2 stay free for
         those. Resuming from a cookie jumps through the directory index, not from the top.
         """
-        with corrupt_on_bad_input("readdir"):
-            _, listing = self._directory(ino)
-            for name, ref, cookie in listing.entries(start):
-                yield name, self._inode_at(ref).stat, cookie
+        _, listing = self._directory(ino)
+        for name, ref, cookie in listing.entries(start):
+            yield name, self._inode_at(ref).stat, cookie
 
-    @_guarded("read")
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (fewer at the end of the file)."""
         inode = self._inode(ino)
@@ -249,7 +218,6 @@ class SquashFS:
             raise NotARegularFile(f"inode {ino} is not a regular file")
         return self._data.read(inode.ref, inode.file, inode.stat.size, offset, size)
 
-    @_guarded("readlink")
     def readlink(self, ino: int) -> bytes:
         """Target of symbolic link ``ino``, as stored (bytes, not necessarily UTF-8)."""
         target = self._inode(ino).target
@@ -257,7 +225,6 @@ class SquashFS:
             raise NotASymlink(f"inode {ino} is not a symbolic link")
         return target
 
-    @_guarded("listxattr")
     def listxattr(self, ino: int) -> list[bytes]:
         """Full names (with their ``user.``/``trusted.``/``security.`` prefix) of the inode's xattrs.
 
@@ -272,7 +239,6 @@ class SquashFS:
             raise XattrsUnsupported(f"the image has no extended attributes (inode {ino})")
         return [name for name, _ in self._xattrs.pairs(inode.xattr)]
 
-    @_guarded("getxattr")
     def getxattr(self, ino: int, name: bytes) -> bytes:
         """Value of extended attribute ``name``; ``NoSuchAttribute`` if the inode has none of that name."""
         for key, value in self._xattrs.pairs(self._inode(ino).xattr):

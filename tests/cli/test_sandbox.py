@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from siffs.squashfs import SquashFS
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.extract import _join
+from siffs.squashfs.source import FileSource
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import siffs
 from tests.support.trees import snapshot
@@ -81,6 +84,32 @@ def test_hostile_duplicate_name_never_writes_outside(tmp_path):
     assert "twice" in result.stderr and result.stderr.count("\n") == 1
     assert list(victim.iterdir()) == []
     assert list(out.iterdir()) == []  # what was made before the refusal is removed again
+
+
+def test_directory_loop_is_refused(tmp_path):
+    """/a/b made to point back at /a: extracting would never end, or fill the disk."""
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_text("x")
+    image = mksquashfs(src, tmp_path / "loop.sqfs", "-noI", "-noD", "-noF", "-noX")
+    data = bytearray(image.read_bytes())
+    with SquashFS(FileSource.open(image)) as fs:
+        a = fs.inode(fs.lookup(fs.root_ino, b"a").ino)
+        assert a.dir is not None
+        # a's listing: header (count - 1, inode block, inode number base), then its one entry "b"
+        # (inode offset, inode number delta, type, name size - 1, name); metadata is uncompressed.
+        listing = fs.superblock.directory_table + a.dir.block + 2 + a.dir.offset
+        base = struct.unpack_from("<I", data, listing + 8)[0]
+        assert data[listing + 20 : listing + 21] == b"b"
+    struct.pack_into("<I", data, listing + 4, a.ref >> 16)
+    struct.pack_into("<Hh", data, listing + 12, a.ref & 0xFFFF, a.stat.ino - base)
+    bad = tmp_path / "bad.sqfs"
+    bad.write_bytes(data)
+    out = tmp_path / "out"
+    result = siffs("sandbox", "--allow-unsigned", bad, out)
+    assert result.returncode == 9
+    assert result.stderr.endswith("directory loop at a/b: refusing\n") and result.stderr.count("\n") == 1
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", [b"..", b".", b"a/b", b"", b"x\0y"])

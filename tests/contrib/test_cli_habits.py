@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from siffs.cli.completion import script as completion_script
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.main import build_parser
 from siffs.cli.manpage import exit_code_descriptions, pages
-from tests.contrib.conftest import CONTRIB
+from tests.contrib.conftest import CONTRIB, SIFFS_BIN
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
 
@@ -79,8 +80,18 @@ def test_help_and_man_page_list_every_exit_code():
         assert descriptions[code] and not descriptions[code].startswith(code.name.lower())
 
 
-def test_interrupted_is_documented_code_130():
-    assert ExitCode.INTERRUPTED == 130
+def test_ctrl_c_exits_130_with_one_line(signed_image):
+    """A real SIGINT to a real siffs blocked writing a partition into a pipe nobody reads."""
+    with subprocess.Popen(
+        [SIFFS_BIN, "dump", "1", signed_image], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        assert len(proc.stdout.read(4096)) == 4096  # it is dumping; the full pipe now holds it
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    assert signed_image.stat().st_size > 4 * 65536 > len(rest)  # stopped early: interrupted, not done
+    assert proc.returncode == 130
+    assert err == b"siffs: interrupted\n"
 
 
 # -- completion ---------------------------------------------------------------------------------
@@ -93,13 +104,31 @@ def _every_command_and_option() -> list[tuple[str, list[str]]]:
     ]
 
 
-def test_completion_scripts_cover_every_command_and_option():
-    bash, zsh = completion_script(build_parser(), "bash"), completion_script(build_parser(), "zsh")
+def _zsh_section(zsh: str, name: str, kind: str) -> str:
+    """shtab's zsh table for command ``name`` ("" for siffs itself): its ``commands`` function or
+    its ``options`` array."""
+    prefix = "_shtab_siffs" + "".join("_" + re.sub(r"\W", "_", word) for word in name.split())
+    opening = rf"^{prefix}_commands\(\) {{\n" if kind == "commands" else rf"^{prefix}_options=\(\n"
+    found = re.search(opening + r"(.*?)^[)}]", zsh, re.S | re.M)
+    assert found, (prefix, kind)
+    return found.group(1)
+
+
+def test_completion_scripts_cover_every_command_and_option(bash_completion_script):
+    """bash really completes each command and option; zsh's tables for each command list them."""
+    zsh = completion_script(build_parser(), "zsh")
     for name, options in _every_command_and_option():
+        words = ["siffs", *name.split()]
         if name:
-            assert f"{name.split()[-1]}" in bash and f"{name.split()[-1]}:" in zsh
+            *parent, last = words
+            assert last in bash_complete(bash_completion_script, " ".join([*parent, last[:-1]]))
+            commands = _zsh_section(zsh, " ".join(parent[1:]), "commands")
+            assert re.search(rf"^ +{re.escape(last)}:'", commands, re.M), name
+        offered = bash_complete(bash_completion_script, " ".join([*words, "-"]))
+        body = _zsh_section(zsh, name, "options")
         for option in options:
-            assert option in bash and option in zsh, (name, option)
+            assert option in offered, (name, option)
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", body), (name, option)
 
 
 def test_completion_command_prints_the_scripts():

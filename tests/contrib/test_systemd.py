@@ -1,6 +1,8 @@
 """The systemd user unit's command lines mount and unmount an image, as systemd would run them.
 
-No systemd here: the unit file is read, its specifiers (%i %I %f %t %h) and variables are
+Two ways. Under a real ``systemd --user`` (the last test: the manager gets a private mount
+namespace and delegated cgroups, which is what a container lacks). And without systemd: the
+unit file is read, its specifiers (%i %I %f %t %h) and variables are
 expanded and its command lines split as systemd does it for the syntax the unit uses, and the
 lines run in systemd's order as the unprivileged test user, with that user's home and runtime
 directory.
@@ -8,11 +10,14 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,3 +228,122 @@ def test_drop_in_arguments_reach_siffs_mount(instance):
     assert mounted(mount_point)
     _stop(instance)
     assert not mounted(mount_point)
+
+
+# -- under a real systemd user manager ------------------------------------------------------------
+
+
+def _delegated_cgroups(name: str, uid: int) -> list[Path]:
+    """Cgroups the user's manager may own: the unified one, and name=systemd on a hybrid host."""
+    root = Path("/sys/fs/cgroup")
+    parents = [root] if (root / "cgroup.controllers").exists() else [root / "unified", root / "systemd"]
+    made = []
+    for parent in parents:
+        if not parent.is_dir():
+            pytest.skip(f"no cgroup hierarchy at {parent} to delegate to a systemd user manager")
+        group = parent / name
+        group.mkdir()
+        made.append(group)
+        for entry in [group, *group.iterdir()]:
+            os.chown(entry, uid, -1)
+    return made
+
+
+def _remove_cgroups(groups: list[Path]) -> None:
+    """Kill what the manager left in them (processes this test started) and remove them."""
+    for group in groups:
+        for _ in range(100):
+            left = [int(p) for path in group.rglob("cgroup.procs") for p in path.read_text().split()]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if not left:
+                break
+            time.sleep(0.1)
+        for path in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            path.rmdir()
+        group.rmdir()
+
+
+@contextlib.contextmanager
+def user_manager(instance: Instance) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """A real ``systemd --user`` for the test user; yields a runner of commands in its namespace.
+
+    A container is not booted with systemd and gives users no cgroup, so the manager gets what
+    logind would give it: a private mount namespace where /run/systemd/system exists (a tmpfs
+    over /run/systemd, never the host's) and cgroups delegated to the user. Its FUSE mounts live
+    in that namespace and vanish with it.
+    """
+    systemd = Path("/lib/systemd/systemd")
+    if not systemd.exists() or shutil.which("systemctl") is None:
+        pytest.skip("systemd is not installed")
+    user = ensure_user()
+    groups = _delegated_cgroups(f"siffs-test-{os.getpid()}", user.pw_uid)
+    env = f"HOME={instance.home} XDG_RUNTIME_DIR={instance.runtime} PATH=/usr/bin:/bin"
+    join = "".join(f"echo $$ > {g}/cgroup.procs; " for g in groups)
+    script = (
+        "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && "
+        f"{join}exec runuser -u {TEST_USER} -- env -i {env} {systemd} --user"
+    )
+    manager = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script], start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", "-t", str(manager.pid), "-m", "runuser", "-u", TEST_USER, "--",
+             "env", "-i", *env.split(), *argv],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    try:
+        deadline = time.monotonic() + 30
+        while inside("systemctl", "--user", "is-system-running").stdout.strip() not in (
+            "running",
+            "degraded",
+        ):
+            if manager.poll() is not None or time.monotonic() > deadline:
+                manager.kill()
+                pytest.fail(f"systemd --user did not start: {manager.communicate()[0][-2000:]}")
+            time.sleep(0.2)
+        yield inside
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(manager.pid, signal.SIGTERM)
+        try:
+            manager.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(manager.pid, signal.SIGKILL)
+            manager.wait()
+        _remove_cgroups(groups)
+
+
+def test_real_systemd_user_manager_starts_and_stops_the_unit(instance):
+    user = ensure_user()
+    units = instance.home / ".config" / "systemd" / "user"
+    units.mkdir(parents=True)
+    shutil.copyfile(UNIT, units / UNIT.name)
+    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(instance.home)], check=True)
+    key = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "env", f"HOME={instance.home}", str(SIFFS_BIN), "key", "import",
+         str(PUBLIC_KEY)], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert key.returncode == 0, key.stderr
+    service = f"siffs-mount@{instance.name}.service"
+    with user_manager(instance) as inside:
+        started = inside("systemctl", "--user", "start", service)
+        assert started.returncode == 0, (
+            started.stderr + inside("systemctl", "--user", "status", service).stdout
+        )
+        assert inside("systemctl", "--user", "is-active", service).stdout.strip() == "active"
+        mount_point = instance.mount_point
+        runscript = inside("cat", str(mount_point / ".singularity.d/runscript"))
+        assert "Hello from the siffs example" in runscript.stdout, runscript.stderr
+        assert inside("mountpoint", "-q", str(mount_point)).returncode == 0
+        assert inside("findmnt", "--source", str(instance.image)).returncode == 0
+        stopped = inside("systemctl", "--user", "stop", service)
+        assert stopped.returncode == 0, stopped.stderr
+        assert inside("systemctl", "--user", "is-active", service).stdout.strip() == "inactive"
+        assert inside("findmnt", "--source", str(instance.image)).returncode == 1  # not mounted anywhere
+        assert not mount_point.exists()  # ExecStopPost removed it

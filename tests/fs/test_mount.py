@@ -29,20 +29,23 @@ def partition_offset(sif: Path) -> int:
         return img.primary_partition().offset
 
 
-def test_mount_equals_kernel(image, tmp_path):
+def test_mount_equals_kernel(verified_image, signing_key, tmp_path):
+    """The default path (signed image, signer's key: every read checked) against the kernel."""
+    image = verified_image
     with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
         expected = snapshot(k)
-    with siffs_mount(image, tmp_path / "fuse") as m:
+    with siffs_mount(image, tmp_path / "fuse", key=signing_key.public) as m:
         actual = snapshot(m)
         again = snapshot(m)  # warm: everything now from the kernel's caches
     assert_same_tree(actual, expected)
     assert_same_tree(again, expected)
 
 
-def test_mount_table_df_and_statfs(image, tmp_path):
+def test_mount_table_df_and_statfs(verified_image, signing_key, tmp_path):
+    image = verified_image
     with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
         kernel_vfs = os.statvfs(k)
-    with siffs_mount(image, tmp_path / "fuse") as m:
+    with siffs_mount(image, tmp_path / "fuse", key=signing_key.public) as m:
         mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
         line = next(line for line in mountinfo if line.split(" ")[4] == str(m))
         fs_type, source = line.split(" - ")[1].split(" ")[:2]
@@ -65,8 +68,8 @@ def test_mount_table_df_and_statfs(image, tmp_path):
         assert os.readlink(m / "singularity") == ".singularity.d/runscript"
 
 
-def test_read_only_and_errnos(image, tmp_path):
-    with siffs_mount(image, tmp_path / "fuse") as m:
+def test_read_only_and_errnos(verified_image, signing_key, tmp_path):
+    with siffs_mount(verified_image, tmp_path / "fuse", key=signing_key.public) as m:
         for action in (
             lambda: os.open(m / "new", os.O_WRONLY | os.O_CREAT),
             lambda: os.open(m / "data/one", os.O_RDWR),
@@ -102,10 +105,10 @@ def as_user(*cmd: object) -> str:
     ).stdout
 
 
-def test_unprivileged_mount(image, tmp_path):
+def test_unprivileged_mount(verified_image, signing_key, tmp_path):
     ensure_user()
     mnt = Path(user_dir(tmp_path, "user-mnt"))
-    with siffs_mount(image, mnt, user=TEST_USER) as m:
+    with siffs_mount(verified_image, mnt, user=TEST_USER, key=signing_key.public) as m:
         assert "Hello from the siffs example" in as_user("cat", m / ".singularity.d/runscript")
         assert as_user("stat", "-c", "%u:%g", m / "bin/busybox").strip() == "0:0"  # the image's owners
         with pytest.raises(PermissionError):
@@ -183,14 +186,18 @@ def test_bad_images(tmp_path, image):
     create(empty, [])
     _assert_refused(siffs("mount", empty, mnt), 5, "no primary system partition", mnt)
     corrupt = tmp_path / "corrupt.sif"
-    shutil.copyfile(image, corrupt)
-    with open(corrupt, "r+b") as f:  # wreck the SquashFS superblock
-        f.seek(partition_offset(image))
-        f.write(b"\xff" * 96)
-    result = siffs("mount", "--allow-unsigned", corrupt, mnt)
-    assert result.returncode in (9, 10), result.stderr
-    _assert_refused(result, result.returncode, "", mnt)
-    assert not is_mounted(mnt)
+    # (where in the superblock, what, exit code, message): not SquashFS at all is UNSUPPORTED (10),
+    # a SquashFS superblock that lies (inode table past the end) is CORRUPT_FILESYSTEM (9).
+    for at, data, code, text in (
+        (0, b"\xff" * 96, 10, "not a SquashFS image"),
+        (64, b"\xfe" * 8, 9, "bad SquashFS superblock: inode table at"),
+    ):
+        shutil.copyfile(image, corrupt)
+        with open(corrupt, "r+b") as f:
+            f.seek(partition_offset(image) + at)
+            f.write(data)
+        _assert_refused(siffs("mount", "--allow-unsigned", corrupt, mnt), code, text, mnt)
+        assert not is_mounted(mnt)
 
 
 def test_signals_unmount_cleanly(image, tmp_path):

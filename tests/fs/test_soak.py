@@ -1,4 +1,4 @@
-"""Eight readers hammer one mount: no error, the right bytes, and the daemon's memory stays flat.
+"""Eight readers hammer one verified mount: no error, the kernel's bytes, and flat daemon memory.
 
 Runs for SIFFS_SOAK_SECONDS (default 120). The longer soak is the same test with a larger
 value, e.g. ``SIFFS_SOAK_SECONDS=3600 .venv/bin/pytest tests/fs/test_soak.py``.
@@ -12,7 +12,8 @@ import random
 import threading
 import time
 
-from tests.support.mounts import daemons_for, siffs_mount
+from tests.fs.test_mount import partition_offset
+from tests.support.mounts import daemons_for, kernel_mount, siffs_mount
 
 READERS = 8
 
@@ -22,12 +23,22 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def test_parallel_readers_soak(image, tmp_path):
+def test_parallel_readers_soak(verified_image, signing_key, tmp_path):
     seconds = float(os.environ.get("SIFFS_SOAK_SECONDS", "120"))
-    # A small cache makes the readers evict each other's blocks all the time.
-    with siffs_mount(image, tmp_path / "soak", "-o", "cache_size=4") as m:
+    image = verified_image
+    # The expected bytes come from the kernel's mount of the same partition, never from siffs.
+    with kernel_mount(image, tmp_path / "kernel", partition_offset(image)) as k:
+        expected = {
+            p.relative_to(k): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in k.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        }
+    # The default path (every read checked against the block table), with a small cache so
+    # the readers evict each other's blocks all the time.
+    with siffs_mount(image, tmp_path / "soak", "-o", "cache_size=4", key=signing_key.public) as m:
         files = [p for p in m.rglob("*") if p.is_file() and not p.is_symlink()]
-        digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        assert sorted(p.relative_to(m) for p in files) == sorted(expected)
+        digests = {p: expected[p.relative_to(m)] for p in files}
         (pid,) = daemons_for(m)
         errors: list[str] = []
         counts = [0] * READERS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -79,15 +80,27 @@ def daemons_for(mount_point: Path) -> list[int]:
 
 @contextlib.contextmanager
 def siffs_mount(
-    image: Path, mount_point: Path, *options: str, user: str | None = None, unsigned: bool = True
+    image: Path,
+    mount_point: Path,
+    *options: str,
+    user: str | None = None,
+    unsigned: bool = True,
+    key: Path | None = None,
 ) -> Iterator[Path]:
     """A real ``siffs mount`` for the duration of the block; unmounted (and checked) after.
 
-    Test images are unsigned unless a test signs them: ``unsigned`` adds ``--allow-unsigned``.
+    With ``key`` (the signer's public key) the mount takes the default, verified path:
+    signatures checked, every read checked against the block table; the mount must say so.
+    Without it, test images are unsigned unless a test signs them: ``unsigned`` adds
+    ``--allow-unsigned``.
     """
     mount_point.mkdir(parents=True, exist_ok=True)
-    flags = ("--allow-unsigned",) if unsigned else ()
+    flags: tuple[str, ...] = ("--key", str(key)) if key else ("--allow-unsigned",) if unsigned else ()
     siffs("mount", image, mount_point, *flags, *options, user=user, check=True)
+    if key:
+        (record,) = [r for r in json.loads(siffs("mounts", "--json", user=user).stdout)
+                     if r["mount_point"] == str(mount_point)]  # fmt: skip
+        assert record["verified_by"].endswith("(Ed25519)"), record  # not "nobody (--allow-unsigned)"
     try:
         yield mount_point
     finally:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from siffs.integrity.sign import DsseSigningKey, sign
+from siffs.sif.types import arch_code
 from tests.support import golang, shared
 from tests.support.mutate import apply_ops
 
@@ -297,6 +298,10 @@ def make_go_images() -> None:
     (IMAGES / "go").symlink_to(folder)
 
 
+#: The Go zero time (0001-01-01) as Unix seconds: the reference's "unset".
+GO_ZERO_TIME = -62135596800
+
+
 # ---- the Go oracle --------------------------------------------------------------------------
 
 
@@ -476,6 +481,10 @@ def _image_entry(path: Path) -> dict[str, Any]:
     }
     header["id"] = None if ref["id"] == "00000000-0000-0000-0000-000000000000" else ref["id"]
     header["descriptors_used"] = len(ref["descriptors"])
+    header["version"] = ref["version"]
+    header["arch_code"] = arch_code(ref["arch"]).decode("ascii")  # the format's table (sif-format.md)
+    for when in ("created_at", "modified_at"):
+        header[f"{when}_unset"] = ref[when] == GO_ZERO_TIME
     return {
         "header": header,
         "descriptors": [_descriptor(d, ids_by_group) for d in ref["descriptors"]],
