@@ -59,7 +59,10 @@ def _declares_shared(item: pytest.Item) -> bool:
     module = getattr(item, "module", None)
     helpers = (shared.__name__, reference.__name__)
     return module is not None and any(
-        v in (shared, reference) or getattr(v, "__module__", None) in helpers for v in vars(module).values()
+        v in (shared, reference)
+        or getattr(v, "__module__", None) in helpers
+        or v is shared.SHARED  # ``from tests.support.shared import SHARED``: a path below it is read
+        for v in vars(module).values()
     )
 
 

@@ -27,6 +27,7 @@ from tests.support.crypt import (
 )
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
+from tests.support.reference import key_path
 
 
 def _source(path: Path) -> FileSource:
@@ -407,14 +408,11 @@ def test_corrupt_data_is_not_a_squashfs(luks_pass, tmp_path):
 
 def test_signatures_are_checked_over_the_ciphertext_first(luks_pass, tmp_path):
     """A tampered signed image is refused as untrusted (7) before any key is asked for or any KDF runs."""
-    keys = Path(os.environ.get("SIFFS_SHARED", "")) / "conformance/sylabs-sif/keys"
-    if not keys.is_dir():
-        pytest.skip("the conformance keys are not available (set SIFFS_SHARED)")
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_CACHE_HOME=str(tmp_path / "k"))
     sif = tmp_path / "s.sif"
     shutil.copyfile(luks_pass.sif, sif)
-    siffs("sign", sif, "--key", keys / "private.asc", env=env, check=True)
-    public = keys.parent.parent / "derived/public.asc"
+    siffs("sign", sif, "--key", key_path("pgp"), env=env, check=True)
+    public = key_path("pgp-public")
     out = tmp_path / "out"
     good = siffs("sandbox", "--key", public, "--passphrase", sif, out, env=env | _passphrase_env(PASSPHRASE))
     assert good.returncode == 0 and (out / "data/big.bin").is_file(), good.stderr
@@ -496,13 +494,10 @@ def test_verified_reads_through_decryption(luks_pass, plain, tmp_path):
     from siffs.squashfs.paths import resolve  # noqa: PLC0415
     from siffs.squashfs.reader import SquashFS  # noqa: PLC0415
 
-    keys = Path(os.environ.get("SIFFS_SHARED", "")) / "conformance/sylabs-sif/keys"
-    if not keys.is_dir():
-        pytest.skip("the conformance keys are not available (set SIFFS_SHARED)")
     env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_CACHE_HOME=str(tmp_path / "k"))
     sif = tmp_path / "s.sif"
     shutil.copyfile(luks_pass.sif, sif)
-    siffs("sign", sif, "--key", keys / "private.asc", env=env, check=True)
+    siffs("sign", sif, "--key", key_path("pgp"), env=env, check=True)
     tree = SquashFS(_source(plain))
     loc = tree.inode(resolve(tree, b"/data/big.bin").ino).file
     assert loc is not None
@@ -510,7 +505,7 @@ def test_verified_reads_through_decryption(luks_pass, plain, tmp_path):
         offset = image.primary_partition().offset + (16 << 20) + loc.blocks_start + 150_000
     mnt = tmp_path / "m"
     mnt.mkdir()
-    public = keys.parent.parent / "derived/public.asc"
+    public = key_path("pgp-public")
     mounted = siffs("mount", "--key", public, "--passphrase", sif, mnt, env=env | _passphrase_env(PASSPHRASE))
     assert mounted.returncode == 0, mounted.stderr
     try:
