@@ -24,6 +24,8 @@ from typing import Protocol
 
 import pyfuse3
 
+from siffs.fs import binding
+
 log = logging.getLogger("siffs.fs")
 
 #: Effectively forever: nothing in an immutable image ever changes.
@@ -112,10 +114,20 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, ownership: Ownership = Ownership()) -> None:
+    def __init__(
+        self, tree: Tree, ownership: Ownership = Ownership(), features: binding.Features | None = None
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.ownership = ownership
+        # What a patched pyfuse3 can ask the kernel to cache (read by pyfuse3 at mount time).
+        # Handles are inode numbers anyway, so read and readdir need no change when the
+        # binding hands them the inode in place of a handle (no open / no opendir).
+        self.features = binding.selected() if features is None else features
+        self.enable_cache_symlinks = self.features.cache_symlinks
+        self.enable_no_open = self.features.no_open
+        self.enable_no_opendir = self.features.no_opendir
+        self.receive_before_poll = self.features.receive_first
         self._root = tree.root_ino
         # Directory -> its parent, learned from lookups, so readdir can answer "..".
         self._parents: dict[int, int] = {self._root: self._root}
@@ -213,8 +225,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return inode
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+        if not self.features.cache_dir:
+            return inode
+        # The kernel keeps the listing (FOPEN_CACHE_DIR) across opens (keep_cache).
+        info = pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        info.cache_readdir = True  # type: ignore[attr-defined,unused-ignore]
+        return info
 
     def _dots(self, ino: int) -> Listing:
         parent = self._parents.get(ino, self._root)
