@@ -33,8 +33,8 @@ FOREVER = 365 * 24 * 3600.0
 #: What the kernel's squashfs driver reports as the preferred I/O size (its device block size).
 BLKSIZE = 1024
 _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
-#: Directory entries kept ready-made for readdir (pyfuse3 cannot ask the kernel to cache
-#: listings, so every readdir reaches the daemon; answering from a prepared list halves it).
+#: Directory entries kept ready-made for readdir when the kernel cannot cache listings (stock
+#: pyfuse3: every readdir reaches the daemon; answering from a prepared list halves its cost).
 LISTING_CACHE_ENTRIES = 65536
 
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
@@ -128,6 +128,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.enable_no_open = self.features.no_open
         self.enable_no_opendir = self.features.no_opendir
         self.receive_before_poll = self.features.receive_first
+        # When the kernel caches listings, a directory is read once per mount (or after the
+        # kernel dropped it under memory pressure): keeping listings here too would only cost memory.
+        self._kernel_keeps_listings = self.features.no_opendir or self.features.cache_dir
         self._root = tree.root_ino
         # Directory -> its parent, learned from lookups, so readdir can answer "..".
         self._parents: dict[int, int] = {self._root: self._root}
@@ -253,7 +256,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if listing is not None:
             self._listings.move_to_end(ino)
             return listing
-        if ino in self._too_large:
+        if ino in self._too_large or self._kernel_keeps_listings:
             return None
         listing = self._dots(ino)
         for entry in self._entries(ino, 0):
