@@ -7,6 +7,7 @@ successful read of /dev/fuse), not from siffs itself.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -32,6 +33,11 @@ def test_selected_narrows_the_available_features():
     assert binding.selected({binding.ENV: "none"}) == binding.Features()
     only = binding.selected({binding.ENV: "no_open, unknown_future_name"})
     assert only == binding.Features(no_open=HAVE.no_open)
+
+
+def test_version_still_known():
+    # Patch 0005 looks it up on first use instead of at import.
+    assert pyfuse3.__version__ == importlib.metadata.version("pyfuse3")
 
 
 def test_available_matches_the_installed_binding():
