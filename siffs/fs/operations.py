@@ -25,6 +25,8 @@ from typing import Protocol
 
 import pyfuse3
 
+from siffs.fs import binding
+
 log = logging.getLogger("siffs.fs")
 
 #: Effectively forever: nothing in an immutable image ever changes.
@@ -32,8 +34,8 @@ FOREVER = 365 * 24 * 3600.0
 #: What the kernel's squashfs driver reports as the preferred I/O size (its device block size).
 BLKSIZE = 1024
 _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
-#: Directory entries kept ready-made for readdir (pyfuse3 cannot ask the kernel to cache
-#: listings, so every readdir reaches the daemon; answering from a prepared list halves it).
+#: Directory entries kept ready-made for readdir when the kernel cannot cache listings (stock
+#: pyfuse3: every readdir reaches the daemon; answering from a prepared list halves its cost).
 LISTING_CACHE_ENTRIES = 65536
 
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
@@ -146,10 +148,23 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, ownership: Ownership = Ownership()) -> None:
+    def __init__(
+        self, tree: Tree, ownership: Ownership = Ownership(), features: binding.Features | None = None
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.ownership = ownership
+        # What a patched pyfuse3 can ask the kernel to cache (read by pyfuse3 at mount time).
+        # Handles are inode numbers anyway, so read and readdir need no change when the
+        # binding hands them the inode in place of a handle (no open / no opendir).
+        self.features = binding.selected() if features is None else features
+        self.enable_cache_symlinks = self.features.cache_symlinks
+        self.enable_no_open = self.features.no_open
+        self.enable_no_opendir = self.features.no_opendir
+        self.receive_before_poll = self.features.receive_first
+        # When the kernel caches listings, a directory is read once per mount (or after the
+        # kernel dropped it under memory pressure): keeping listings here too would only cost memory.
+        self._kernel_keeps_listings = self.features.no_opendir or self.features.cache_dir
         self._root = tree.root_ino
         # Directory -> its parent, learned from lookups, so readdir can answer "..".
         self._parents: dict[int, int] = {self._root: self._root}
@@ -247,8 +262,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return inode
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+        if not self.features.cache_dir:
+            return inode
+        # The kernel keeps the listing (FOPEN_CACHE_DIR) across opens (keep_cache).
+        info = pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        info.cache_readdir = True  # type: ignore[attr-defined,unused-ignore]
+        return info
 
     def _dots(self, ino: int) -> Listing:
         parent = self._parents.get(ino, self._root)
@@ -270,7 +290,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         if listing is not None:
             self._listings.move_to_end(ino)
             return listing
-        if ino in self._too_large:
+        if ino in self._too_large or self._kernel_keeps_listings:
             return None
         listing = self._dots(ino)
         for entry in self._entries(ino, 0):

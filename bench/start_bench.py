@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Start latency: ``siffs mount`` and ``siffs run`` of a small image, from exec to exit.
+
+    .venv/bin/python bench/start_bench.py [IMAGE] [--runs 10]
+
+Without IMAGE, builds the README's 1 MB busybox example image in a temporary directory
+(contrib/example/mkrootfs.py, mksquashfs, ``siffs create``). Each run, in turn:
+
+* ``python3 -c pass`` and ``python3 -c 'import trio, pyfuse3'``: the interpreter and the FUSE
+  stack's imports, the floor under any Python daemon;
+* ``squashfuse_ll`` mounting the same partition (then ``fusermount3 -u``, not timed);
+* ``siffs mount`` (then ``siffs umount``, not timed);
+* ``siffs run IMAGE true`` (mount, run the runscript in the container, unmount).
+
+Prints the median and the spread of each, and the 1-minute load average: compare figures of one
+run only (the ratios), the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+here = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(here))
+
+from siffs.sif import Image  # noqa: E402
+
+PY = str(here / ".venv/bin/python")
+SIFFS = str(here / ".venv/bin/siffs")
+
+
+def build_example(work: Path) -> Path:
+    rootfs, squash, sif = work / "rootfs", work / "rootfs.squashfs", work / "small.sif"
+    subprocess.run(
+        [PY, str(here / "contrib/example/mkrootfs.py"), str(rootfs)], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["mksquashfs", str(rootfs), str(squash), "-all-root", "-noappend", "-quiet", "-no-progress"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([SIFFS, "create", str(sif), str(squash)], check=True, capture_output=True)
+    return sif
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("image", nargs="?", type=Path)
+    ap.add_argument("--runs", type=int, default=10)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="siffs-start-"))
+    try:
+        image = args.image or build_example(work)
+        with Image.open(image) as img:
+            offset = img.primary_partition().offset
+        mnt = work / "mnt"
+        mnt.mkdir()
+        cases: dict[str, tuple[list[str], list[str] | None]] = {
+            "python3 -c pass": ([PY, "-c", "pass"], None),
+            "import trio, pyfuse3": ([PY, "-c", "import trio, pyfuse3"], None),
+            "squashfuse_ll mount": (
+                ["squashfuse_ll", "-o", f"offset={offset}", str(image), str(mnt)],
+                ["fusermount3", "-u", str(mnt)],
+            ),
+            "siffs mount": (
+                [SIFFS, "mount", "--allow-unsigned", str(image), str(mnt)],
+                [SIFFS, "umount", str(mnt)],
+            ),
+            "siffs run … true": ([SIFFS, "run", "--allow-unsigned", str(image), "true"], None),
+        }
+        if not shutil.which("squashfuse_ll"):
+            del cases["squashfuse_ll mount"]
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        load = os.getloadavg()[0]
+        for _ in range(args.runs):
+            for name, (cmd, undo) in cases.items():
+                times[name].append(timed(cmd))
+                if undo:
+                    subprocess.run(undo, check=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{image}: {args.runs} runs, load average {load:.2f} before, {os.getloadavg()[0]:.2f} after")
+    for name, ts in times.items():
+        ms = sorted(t * 1000 for t in ts)
+        print(f"{name:<22} median {statistics.median(ms):7.1f} ms   min {ms[0]:7.1f}   max {ms[-1]:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""What the installed pyfuse3 lets siffs ask the kernel for.
+
+Stock pyfuse3 cannot request the kernel caches that remove whole classes of requests;
+contrib/build-pyfuse3.sh builds it with siffs' patches (contrib/pyfuse3-patches), which add
+them. Each patch is detected here by the attribute it adds, so siffs serves the same bytes
+on either build: slower on the stock one, because more requests reach the daemon.
+
+``SIFFS_PYFUSE3_FEATURES`` narrows the set for measuring one patch at a time and for testing
+the stock path on a patched build: a comma-separated list of feature names, or ``none``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import pyfuse3
+
+ENV = "SIFFS_PYFUSE3_FEATURES"
+
+
+@dataclass(frozen=True)
+class Features:
+    """One flag per patch; True when the binding has it and it is not switched off."""
+
+    #: The kernel caches symlink targets (``FUSE_CAP_CACHE_SYMLINKS``): one readlink per link.
+    cache_symlinks: bool = False
+    #: opendir can answer ``FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE``: the kernel keeps listings.
+    cache_dir: bool = False
+    #: No open/release requests; read gets the inode (``FUSE_CAP_NO_OPEN_SUPPORT``).
+    no_open: bool = False
+    #: No opendir/releasedir requests; readdir gets the inode, and listings are cached.
+    no_opendir: bool = False
+    #: The receive loop reads queued requests before polling: 2 system calls per request, not 5.
+    receive_first: bool = False
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def available() -> Features:
+    """The features the installed pyfuse3 has."""
+    ops = pyfuse3.Operations
+    return Features(
+        cache_symlinks=hasattr(ops, "enable_cache_symlinks"),
+        cache_dir=hasattr(pyfuse3.FileInfo(), "cache_readdir"),
+        no_open=hasattr(ops, "enable_no_open"),
+        no_opendir=hasattr(ops, "enable_no_opendir"),
+        receive_first=hasattr(ops, "receive_before_poll"),
+    )
+
+
+def selected(environ: dict[str, str] | None = None) -> Features:
+    """The available features, narrowed by ``SIFFS_PYFUSE3_FEATURES`` when it is set.
+
+    Unknown names are ignored (a name from a newer siffs must not stop a mount).
+    """
+    have = available()
+    raw = (os.environ if environ is None else environ).get(ENV)
+    if raw is None:
+        return have
+    wanted = {name.strip() for name in raw.split(",")}
+    return Features(**{name: getattr(have, name) and name in wanted for name in Features.names()})

@@ -1,0 +1,122 @@
+"""siffs on stock and patched pyfuse3: the same tree either way, fewer requests when patched.
+
+The stock path is forced on a patched build with ``SIFFS_PYFUSE3_FEATURES=none``; each patch
+is also tried alone. The request counts come from strace on the daemon (each request is one
+successful read of /dev/fuse), not from siffs itself.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from siffs.fs import binding
+from siffs.sif import Image
+from tests.support.mounts import kernel_mount, siffs, siffs_mount
+from tests.support.trees import assert_same_tree, snapshot
+
+HAVE = binding.available()
+
+
+def test_selected_narrows_the_available_features():
+    assert binding.selected({}) == HAVE
+    assert binding.selected({binding.ENV: "none"}) == binding.Features()
+    only = binding.selected({binding.ENV: "no_open, unknown_future_name"})
+    assert only == binding.Features(no_open=HAVE.no_open)
+
+
+def test_version_still_known():
+    # Patch 0005 looks it up on first use instead of at import.
+    assert pyfuse3.__version__ == importlib.metadata.version("pyfuse3")
+
+
+def test_available_matches_the_installed_binding():
+    patched = hasattr(pyfuse3.Operations, "enable_no_open")
+    # contrib/build-pyfuse3.sh installs all patches or none.
+    assert set(vars(HAVE).values()) == {patched}
+
+
+@pytest.mark.parametrize("features", ["none", *binding.Features.names(), "all"])
+def test_same_tree_with_each_feature_set(features, image, tmp_path, monkeypatch):
+    if features not in ("none", "all") and not getattr(HAVE, features):
+        pytest.skip(f"this pyfuse3 has no {features} patch (contrib/build-pyfuse3.sh)")
+    if features != "all":
+        monkeypatch.setenv(binding.ENV, features)
+    with Image.open(image) as img:
+        offset = img.primary_partition().offset
+    with kernel_mount(image, tmp_path / "kernel", offset) as k:
+        expected = snapshot(k)
+    with siffs_mount(image, tmp_path / "fuse") as m:
+        cold = snapshot(m)
+        warm = snapshot(m)  # now from whatever the kernel was allowed to cache
+    assert_same_tree(cold, expected)
+    assert_same_tree(warm, expected)
+
+
+def _daemon_pid(mount_point: Path) -> int:
+    rows = json.loads(siffs("mounts", "--json", check=True).stdout)
+    return next(r["pid"] for r in rows if r["mount_point"] == str(mount_point))
+
+
+def _requests_for(mount_point: Path, work: Callable[[], None]) -> int:
+    """Requests the daemon of ``mount_point`` received while ``work()`` ran (strace on the daemon)."""
+    log = mount_point.parent / "strace.out"
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-e", "trace=read", "-o", str(log), "-p", str(_daemon_pid(mount_point))],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert tracer.stderr is not None
+    for line in tracer.stderr:  # attached once it says so, for every thread
+        if "attached" in line:
+            break
+    try:
+        work()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    # A request is a successful read of a FUSE request header (40 bytes or more).
+    return sum(1 for line in log.read_text().splitlines() if re.search(r"\) = (\d{2,})$", line))
+
+
+def _repeat_small_things(m: Path) -> None:
+    for _ in range(50):
+        (m / "singularity").readlink()
+        sorted(p.name for p in (m / "data").iterdir())
+        # os-level: Python's open() would add an isatty ioctl, a request no binding can avoid
+        fd = os.open(m / "data" / "one", os.O_RDONLY)
+        try:
+            assert os.read(fd, 10) == b"x"
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_patched_binding_lets_the_kernel_answer(image, tmp_path, monkeypatch):
+    if not (HAVE.cache_symlinks and HAVE.no_open and HAVE.no_opendir):
+        pytest.skip("stock pyfuse3: build the patched one with contrib/build-pyfuse3.sh")
+    counts = {}
+    for features in ("none", "all"):
+        if features == "none":
+            monkeypatch.setenv(binding.ENV, "none")
+        else:
+            monkeypatch.delenv(binding.ENV)
+        (tmp_path / features).mkdir()
+        with siffs_mount(image, tmp_path / features / "mnt") as m:
+            _repeat_small_things(m)  # first round: lookups, the first open, the first listing
+            counts[features] = _requests_for(m, lambda m=m: _repeat_small_things(m))
+    # Stock: every readlink, every listing (opendir, readdir x2, releasedir), every open and
+    # release (the page cache answers the read): about 7 requests a round.
+    assert counts["none"] >= 50 * 6, counts
+    # Patched: the kernel answers all of it from its caches.
+    assert counts["all"] <= 5, counts
