@@ -262,7 +262,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------------
 
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+    # Stock pyfuse3's stubs say opendir returns an int; the patched binding (0002) also takes a
+    # FileInfo. The ignore holds for either stub, so type checks pass on both installs.
+    async def opendir(  # type: ignore[override,unused-ignore]
+        self, inode: int, ctx: pyfuse3.RequestContext
+    ) -> int | pyfuse3.FileInfo:
         if not self.features.cache_dir:
             return inode
         # The kernel keeps the listing (FOPEN_CACHE_DIR) across opens (keep_cache).
