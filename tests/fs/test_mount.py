@@ -298,6 +298,13 @@ def test_allow_other_refusal_is_explained(image, tmp_path):
 
 
 def test_mounts_lists_live_mounts_and_umount_all(image, tmp_path):
+    """``umount --all`` takes every siffs mount it sees: here only this test's (a private mount
+    namespace, so that mounts of other users of the machine are never touched)."""
+    with private_mounts():
+        _mounts_and_umount_all(image, tmp_path)
+
+
+def _mounts_and_umount_all(image, tmp_path):
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"))
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
