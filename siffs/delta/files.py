@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from siffs.delta.errors import DeltaIOError
+from siffs.sif.durable import fsync_directory
 
 
 def describe(exc: OSError, path: str) -> DeltaIOError:
@@ -25,14 +26,6 @@ def describe(exc: OSError, path: str) -> DeltaIOError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return DeltaIOError(f"{path}: not writable ({exc.strerror}): choose another destination")
     return DeltaIOError(f"{path}: {exc.strerror or exc}")
-
-
-def fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def temp_name(path: str, tag: str = "tmp") -> str:

@@ -15,7 +15,8 @@ import zstandard
 
 from siffs.delta.caibx import BlobIndex, Chunk
 from siffs.delta.errors import DigestMismatchError, UnsupportedFormatError
-from siffs.delta.files import describe, fsync_directory
+from siffs.delta.files import describe
+from siffs.sif.durable import fsync_directory
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _OTHER_MAGICS = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip"}

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from siffs.delta.errors import DeltaIOError, DigestMismatchError
-from siffs.delta.files import describe, fsync_directory, temp_name
+from siffs.delta.files import describe, temp_name
 from siffs.integrity.keyring import trusted_signers
 from siffs.integrity.verify import KeyMaterial
+from siffs.sif.durable import fsync_directory
 
 Progress = Callable[[int, int], None]
 

@@ -10,7 +10,6 @@ credential helper. Secrets are never printed, logged or passed on to child proce
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from siffs.registry.errors import AuthError, LocalIOError
+from siffs.sif.durable import replace_file
 
 _ENV_PREFIXES = ("APPTAINER_DOCKER_", "SINGULARITY_DOCKER_", "DOCKER_")
 _DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -157,21 +157,8 @@ def erase(path: Path, key: str) -> bool:
 
 
 def _write(path: Path, config: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent="\t")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dirfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        replace_file(path, json.dumps(config, indent="\t").encode(), 0o600)  # crash-safe, owner only
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise LocalIOError(f"{path}: cannot write credentials: {exc.strerror}") from None

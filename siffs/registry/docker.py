@@ -38,6 +38,7 @@ from siffs.registry.http import Session
 from siffs.registry.layers import Tree
 from siffs.registry.reference import Reference
 from siffs.sif import ObjectInput, create
+from siffs.sif.durable import fsync_directory
 from siffs.sif.raw import partition_extra
 from siffs.sif.types import DataType, FsType, PartType, arch_code
 from siffs.squashfs.errors import SquashfsError
@@ -342,12 +343,8 @@ def pull(
         if check is not None:
             check(image)
         os.replace(image, dest)
+        fsync_directory(dest.parent)
         cache.prune(store, cache.limit(LIMIT_MIB))
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     except OSError as exc:
         raise LocalIOError(f"{dest}: cannot write: {exc.strerror}") from None
     finally:

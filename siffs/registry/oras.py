@@ -29,6 +29,7 @@ from siffs.registry.fetch import ACCEPT, MANIFEST_TYPE, Blob, Progress, file_dig
 from siffs.registry.http import Session
 from siffs.registry.reference import Reference
 from siffs.sif import Image, SifError
+from siffs.sif.durable import fsync_directory
 from siffs.sif.types import DataType
 
 CONFIG_TYPE = "application/vnd.sylabs.sif.config.v1+json"
@@ -246,7 +247,7 @@ def pull(
         if check is not None:
             check(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_directory(dest.parent)
         cache.prune(store, cache.limit(LIMIT_MIB))  # the blob just used is the newest: pruned last
     except OSError as exc:
         raise LocalIOError(f"{dest}: cannot write: {exc.strerror}") from None
@@ -263,12 +264,3 @@ def _copy(source: Path, target: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
