@@ -46,8 +46,14 @@ _VERBOSITY_FLAGS = (
 
 
 def _groups_for(argv: Sequence[str] | None) -> list[str]:
-    """The modules to load: the one defining the command in ``argv``, or all (help, typos)."""
+    """The modules to load: the one defining the command in ``argv``, or all (help, typos).
+
+    ``siffs --version`` alone needs none: scripts call it to probe for siffs, and loading every
+    command group (the FUSE and crypto stacks) would make that take a third of a second.
+    """
     command = next((a for a in argv or () if not a.startswith("-")), None)
+    if command is None and argv and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return []
     for module, commands in COMMAND_GROUPS.items():
         if command in commands:
             return [module]

@@ -61,3 +61,15 @@ def test_a_command_loads_only_its_own_module():
     loaded = result.stdout.splitlines()[-1].split()
     assert "siffs.cli.inspect" in loaded
     assert not {"pyfuse3", "trio", "siffs.cli.mount", "siffs.cli.run", "siffs.integrity.verify"} & set(loaded)
+
+
+def test_version_loads_no_command_group():
+    """``siffs --version`` is how scripts probe for siffs: it must not load the FUSE or crypto stacks."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "siffs", "--version"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.startswith("siffs ")
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert not {"trio", "pyfuse3", "cryptography", "siffs.cli.mount", "siffs.cli.verify"} & loaded
