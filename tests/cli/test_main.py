@@ -68,8 +68,8 @@ def test_version_loads_no_command_group():
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "siffs", "--version"], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    argv = [sys.executable, "-X", "importtime", "-m", "siffs", "--version"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert done.stdout.startswith("siffs ")
     loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
     assert not {"trio", "pyfuse3", "cryptography", "siffs.cli.mount", "siffs.cli.verify"} & loaded
