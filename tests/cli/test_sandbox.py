@@ -8,8 +8,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from siffs.squashfs import SquashFS
 from siffs.squashfs.errors import CorruptImage
@@ -17,6 +15,7 @@ from siffs.squashfs.extract import _join
 from siffs.squashfs.source import FileSource
 from tests.support.images import mksquashfs, wrap_sif
 from tests.support.mounts import siffs
+from tests.support.signing import SigningKey
 from tests.support.trees import snapshot
 from tests.support.users import TEST_USER, ensure_user, user_dir
 
@@ -177,21 +176,10 @@ def test_unverified_image_loses_setuid_bits_and_devices_unless_asked(privileged_
 def test_image_verified_by_a_trusted_key_is_extracted_exactly(privileged_image, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("device nodes need root")
-    key = Ed25519PrivateKey.generate()
-    private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    siffs("sign", privileged_image, "--key", private, check=True)
+    key = SigningKey.make(tmp_path / "key")
+    siffs("sign", privileged_image, "--key", key.private, check=True)
     out = tmp_path / "out"
-    result = siffs("sandbox", "--key", public, privileged_image, out)
+    result = siffs("sandbox", "--key", key.public, privileged_image, out)
     assert result.returncode == 0, result.stderr
     assert "left out" not in result.stderr
     modes = _modes(out)
