@@ -80,7 +80,11 @@ def test_killed_run_leaves_no_mount(siffs: Siffs, signed_sif, user_env):
     os.kill(siffs_pid, signal.SIGKILL)
     proc.wait(timeout=20)
     deadline = time.monotonic() + 20
-    while not _no_siffs_mounts_left(str(runtime)) and time.monotonic() < deadline:
+    # The daemon unmounts, then exits: wait for both (it may still be exiting when the mount is gone).
+    def settled() -> bool:
+        return _no_siffs_mounts_left(str(runtime)) and not daemons_for(mount_point)
+
+    while not settled() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _no_siffs_mounts_left(str(runtime))
     assert not daemons_for(mount_point)
