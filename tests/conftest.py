@@ -53,11 +53,6 @@ def _read_guard(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_read_guard)
 
 
-def _under_shared(path: Path) -> bool:
-    """A path in ../shared (as given, or once links are resolved)."""
-    return any(p.startswith(SHARED_ROOTS) for p in (str(path) + "/", os.path.realpath(path) + "/"))
-
-
 def _declares_shared(item: pytest.Item) -> bool:
     if item.get_closest_marker("shared"):
         return True
@@ -66,8 +61,9 @@ def _declares_shared(item: pytest.Item) -> bool:
     return module is not None and any(
         v in (shared, reference)
         or getattr(v, "__module__", None) in helpers
-        or (isinstance(v, Path) and _under_shared(v))  # SHARED, IMAGES, FIXTURES...: it is read
-        for v in vars(module).values()
+        # a path imported from them (SHARED, IMAGES, CONFORMANCE...): what is below it is read
+        or (isinstance(v, Path) and any(vars(h).get(k) is v for h in (shared, reference)))
+        for k, v in vars(module).items()
     )
 
 
