@@ -22,7 +22,7 @@ from siffs.registry.cache import blob_cache_dir
 from siffs.registry.credentials import Credentials, resolve
 from siffs.registry.errors import LocalIOError
 from siffs.registry.http import Session
-from siffs.registry.reference import parse
+from siffs.registry.reference import Reference, parse
 
 Progress = Callable[[int, int], None]
 
@@ -59,6 +59,12 @@ class Report:
         return asdict(self)
 
 
+def _session(ref: Reference, options: RegistryPull) -> Session:
+    """A session to ``ref``'s registry with the request's credentials (or the usual sources) and TLS."""
+    creds = options.credentials or resolve(ref.host, ref.repository, options.authfile)
+    return Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
+
+
 def pull(
     source: str,
     dest: str,
@@ -73,8 +79,7 @@ def pull(
     if target.exists() and not options.force:
         raise LocalIOError(f"{dest}: image file already exists (use --force to overwrite)")
     report = Report(dest, source)
-    creds = options.credentials or resolve(ref.host, ref.repository, options.authfile)
-    session = Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
+    session = _session(ref, options)
 
     def check(path: Path) -> None:
         # A conversion is signed by this user's build key a moment before: that is what to check
@@ -118,8 +123,7 @@ def cached_image(
     is the same; otherwise it is pulled (and checked) like any pull.
     """
     ref = parse(source)
-    creds = options.credentials or resolve(ref.host, ref.repository, options.authfile)
-    session = Session(ref.host, creds, insecure=options.no_https, local=ref.is_local, ca_file=options.ca_file)
+    session = _session(ref, options)
     try:
         top = fetch.resolve(session, ref, options.arch).top_digest
     finally:
