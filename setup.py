@@ -1,0 +1,19 @@
+"""Optional native hot paths of siffs (C extensions built by ``pip install``).
+
+Everything else is declared in pyproject.toml. Each extension is ``optional``: where no C
+compiler or Python headers are at hand the build skips it, and the module that would use it
+falls back to its pure-Python implementation (same results, slower). Each layer owns its
+native module, next to the Python code that is its fallback and its oracle in the tests.
+"""
+
+from setuptools import Extension, setup
+
+#: (importable module name, C sources). Add one entry per native module.
+NATIVE: list[tuple[str, list[str]]] = []
+
+setup(
+    ext_modules=[
+        Extension(name, sources, optional=True, extra_compile_args=["-O2", "-std=c11"])
+        for name, sources in NATIVE
+    ]
+)
