@@ -1,10 +1,10 @@
 """``siffs pull``'s dispatch: which whole-file stage fetches a given SOURCE.
 
 Each stage (``siffs.delta`` for casync indexes and zsync control files, ``siffs.registry`` for
-``oras://`` and ``docker://``) turns a SOURCE into a verified SIF written atomically at DEST. This
-module only recognises the kind of SOURCE and calls the stage's ``pull`` with one request type,
-so a new stage is one more entry in ``STAGES`` and the CLI stays unchanged. Stages are imported
-only when chosen.
+``oras://``, ``docker://``, ``oci:`` and ``oci-archive:``) turns a SOURCE into a verified SIF
+written atomically at DEST. This module only recognises the kind of SOURCE and calls the stage's
+``pull`` with one request type, so a new stage is one more entry in ``STAGES`` and the CLI stays
+unchanged. Stages are imported only when chosen.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PullRequest:
     #: Trusted keys the result must be signed with; None means unsigned images are allowed.
     keys: KeyMaterial | None = None
     progress: Progress | None = None
-    #: How to reach a registry (oras://, docker://); None: the defaults.
+    #: How to reach a registry (oras://, docker://) and convert images; None: the defaults.
     registry: RegistryPull | None = None
 
 
@@ -97,14 +97,22 @@ def _registry(request: PullRequest) -> Result:
 
 
 #: Source kind -> the stage that pulls it (the kind is a URL scheme or a file-name ending).
-STAGES: dict[str, Stage] = {"caibx": _delta, "zsync": _zsync, "oras": _registry, "docker": _registry}
+STAGES: dict[str, Stage] = {"caibx": _delta, "zsync": _zsync, "oras": _registry, "docker": _registry,
+                            "oci": _registry, "oci-archive": _registry}  # fmt: skip
+#: The kinds the registry stage pulls: images that are pulled into, or converted through, the cache.
+IMAGE_KINDS = ("oras", "docker", "oci", "oci-archive")
+#: Sources named ``scheme:PATH`` (no ``//``): OCI image layouts and archives, as containers/image names them.
+_LAYOUT_SCHEMES = ("oci", "oci-archive")
 
 #: The file-name ending of each kind a path or http(s) URL may have.
 _SUFFIXES = {".caibx": "caibx", ".zsync": "zsync"}
 
 
 def kind_of(source: str) -> str:
-    """The kind of SOURCE: by URL scheme (``scheme://``), else by the name's ending."""
+    """The kind of SOURCE: by URL scheme (``scheme://``, ``oci:``), else by the name's ending."""
+    scheme, colon, rest = source.partition(":")
+    if colon and scheme in _LAYOUT_SCHEMES and not rest.startswith("//"):
+        return scheme
     parts = urllib.parse.urlsplit(source)
     if parts.scheme and parts.scheme not in ("http", "https", "file") and "://" in source:
         if parts.scheme in STAGES:
@@ -128,7 +136,12 @@ def stage_for(source: str) -> Stage:
 def default_dest(source: str) -> str:
     """DEST when none is given: SOURCE's file name without the index/control-file ending, or
     Apptainer's ``<name>_<tag>.sif`` for a registry reference."""
-    if kind_of(source) in ("oras", "docker"):
+    kind = kind_of(source)
+    if kind in _LAYOUT_SCHEMES:
+        from siffs.registry.layout import parse as parse_layout  # noqa: PLC0415
+
+        return parse_layout(source).default_file_name()
+    if kind in IMAGE_KINDS:
         from siffs.registry.reference import parse  # noqa: PLC0415
 
         return parse(source).default_file_name()

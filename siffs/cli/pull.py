@@ -1,9 +1,9 @@
 """``siffs pull [DEST.sif] SOURCE``: one command for every whole-file stage.
 
 SOURCE picks the stage (``siffs.pull``): a ``.caibx`` index or ``.zsync`` control file (path or
-URL; delta transfer reusing local seeds), ``oras://`` (a SIF artifact) or ``docker://`` (an image
-converted to SIF). Whatever the stage, the result passes the trust policy before it replaces DEST,
-unless ``--allow-unsigned``. Only parsing and printing live here.
+URL; delta transfer reusing local seeds), ``oras://`` (a SIF artifact), or ``docker://``, ``oci:``
+and ``oci-archive:`` (an image converted to SIF). Whatever the stage, the result passes the trust
+policy before it replaces DEST, unless ``--allow-unsigned``. Only parsing and printing live here.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "pull", help="fetch an image: .caibx/.zsync (delta transfer), oras:// (SIF) or docker:// (converted)"
+        "pull",
+        help="fetch an image: .caibx/.zsync (delta), oras:// (SIF), docker:// or oci[-archive]: (converted)",
     )
     p.add_argument("dest", nargs="?", metavar="DEST.sif", help="image to write (default: named after SOURCE)")
-    p.add_argument("source", metavar="SOURCE", help=".caibx or .zsync (path or URL), oras://… or docker://…")
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help=".caibx or .zsync (path or URL), oras://…, docker://…, oci:DIR[:TAG], oci-archive:FILE[:TAG]",
+    )
     p.add_argument("--json", action="store_true", help="print the transfer report as JSON")
     trust.add_arguments(p)
     delta = p.add_argument_group("delta transfer (.caibx, .zsync)")
@@ -40,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delta.add_argument(
         "--store", metavar="URL", help="chunk store URL or directory (default: default.castr by the index)"
     )
-    registry = p.add_argument_group("registries (oras://, docker://)")
+    registry = p.add_argument_group("registries and OCI images (oras://, docker://, oci:, oci-archive:)")
     registry.add_argument("--arch", default="amd64", help="architecture to take from an index")
     registry.add_argument("--force", action="store_true", help="overwrite an existing DEST")
     registry.add_argument("--disable-cache", action="store_true", help="keep nothing in siffs' blob cache")
@@ -48,6 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     registry.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
     registry.add_argument("--authfile", type=Path, metavar="FILE", help="Docker-format credentials file")
     registry.add_argument("--docker-login", action="store_true", help="ask for a user name and password")
+    registry.add_argument(
+        "--keep-owners", action="store_true", help="keep the layers' file owners (default: all owned by root)"
+    )
     p.set_defaults(func=cmd_pull)
 
 
@@ -77,6 +85,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
         ca_file=args.ca_file,
         authfile=args.authfile,
         credentials=creds,
+        keep_owners=args.keep_owners,
     )
     with ProgressBar("pulling") as progress:
         request = pull.PullRequest(source, dest, tuple(args.seed), args.store, keys, progress, registry)

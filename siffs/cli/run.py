@@ -148,10 +148,13 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
 
 
 def _fetch_remote(args: argparse.Namespace) -> None:
-    """``oras://`` and ``docker://`` images: pulled into siffs' cache (or reused from it), as Apptainer
-    does; ``args.image`` then names the cached SIF, which is verified and mounted like any other."""
-    scheme, sep, _ = args.image.partition("://")
-    if not sep or scheme not in ("oras", "docker"):
+    """``oras://``, ``docker://``, ``oci:`` and ``oci-archive:`` images: pulled into siffs' cache (or
+    reused from it), as Apptainer does; ``args.image`` then names the cached SIF, which is verified
+    and mounted like any other."""
+    scheme, sep, rest = args.image.partition(":")
+    if not sep or scheme not in ("oras", "docker", "oci", "oci-archive"):
+        return
+    if scheme in ("oras", "docker") and not rest.startswith("//"):
         return
     from siffs.registry.pull import RegistryPull, cached_image  # noqa: PLC0415 -- only for remote images
 

@@ -20,7 +20,8 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,13 +31,11 @@ import zstandard
 from siffs import cache
 from siffs.integrity.localkey import signing_key
 from siffs.integrity.sign import sign
-from siffs.registry import fetch, metadata
+from siffs.registry import metadata
 from siffs.registry.cache import LIMIT_MIB
 from siffs.registry.errors import DigestError, LocalIOError, RegistryError, UnsupportedError
-from siffs.registry.fetch import Blob, Progress
-from siffs.registry.http import Session
+from siffs.registry.image import Blob, Extent, ImageSource, Progress
 from siffs.registry.layers import Tree
-from siffs.registry.reference import Reference
 from siffs.sif import ObjectInput, create
 from siffs.sif.durable import fsync_directory
 from siffs.sif.raw import partition_extra
@@ -101,22 +100,25 @@ class _Hashing:
         return "sha256:" + self.hash.hexdigest()
 
 
-def _open_layer(path: Path, compression: str, number: int) -> IO[bytes]:
-    f = path.open("rb")
-    head = f.read(4)
-    f.seek(0)
-    magic = _MAGIC.get(compression)
-    if magic is not None and not head.startswith(magic):
-        f.close()
-        raise DigestError(f"layer {number}: its media type says {compression}, but its data is not")
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-    return f
+@contextmanager
+def _open_layer(extent: Extent, compression: str, number: int) -> Iterator[IO[bytes]]:
+    with extent.open() as f:
+        magic = _MAGIC.get(compression)
+        if magic is not None and not f.peek(4)[:4].startswith(magic):  # type: ignore[attr-defined]
+            raise DigestError(f"layer {number}: its media type says {compression}, but its data is not")
+        if compression == "gzip":
+            with gzip.GzipFile(fileobj=f) as unzipped:
+                yield unzipped  # type: ignore[misc]
+        elif compression == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as unzstd:
+                yield unzstd
+        else:
+            yield f
 
 
-def _add_metadata(tree: Tree, config: dict[str, Any], labels: dict[str, str], source: str) -> dict[str, str]:
+def _add_metadata(
+    tree: Tree, config: dict[str, Any], labels: dict[str, str], source: ImageSource
+) -> dict[str, str]:
     """Apptainer's /.singularity.d layout with siffs' text; returns the files inspect shows."""
     for directory in _SINGULARITY_DIRS:
         tree.ensure_dir(directory)
@@ -126,6 +128,7 @@ def _add_metadata(tree: Tree, config: dict[str, Any], labels: dict[str, str], so
     env_script = metadata.environment_script([str(e) for e in body.get("Env") or []])
     run = metadata.runscript(body.get("Entrypoint"), body.get("Cmd"))
     label_text = metadata.go_json_indent(labels)
+    deffile = metadata.deffile(source.bootstrap, source.origin)
     files = {
         "etc/hosts": (b"", 0o644),
         "etc/resolv.conf": (b"", 0o644),
@@ -138,7 +141,7 @@ def _add_metadata(tree: Tree, config: dict[str, Any], labels: dict[str, str], so
         ".singularity.d/runscript": (run.encode(), 0o755),
         ".singularity.d/startscript": (metadata.START.encode(), 0o755),
         ".singularity.d/labels.json": (label_text.encode(), 0o644),
-        ".singularity.d/Singularity": (metadata.deffile(source).encode(), 0o644),
+        ".singularity.d/Singularity": (deffile.encode(), 0o644),
     }
     for action in ("exec", "run", "shell", "start", "test"):
         files[f".singularity.d/actions/{action}"] = (metadata.ACTION.encode(), 0o755)
@@ -148,7 +151,7 @@ def _add_metadata(tree: Tree, config: dict[str, Any], labels: dict[str, str], so
         "/.singularity.d/env/10-docker2singularity.sh": env_script.rstrip("\n"),
         "/.singularity.d/env/90-environment.sh": metadata.ENVIRONMENT.rstrip("\n"),
         "runscript": run,
-        "deffile": metadata.deffile(source),
+        "deffile": deffile,
         "labels": label_text,
     }
 
@@ -172,36 +175,39 @@ def _elf_arch(squashfs: Path) -> str | None:
 
 
 def convert(
-    session: Session,
-    ref: Reference,
+    source: ImageSource,
     out: Path,
     *,
     work: Path,
-    store: Path,
     arch: str = "amd64",
+    keep_owners: bool = False,
     progress: Progress | None = None,
     warn: Callable[[str], None] = lambda _: None,
     now: dt.datetime | None = None,
 ) -> Converted:
-    """Write the SIF of ``ref`` to ``out`` (a new file); ``work`` holds the squashfs meanwhile."""
-    resolved = fetch.resolve(session, ref, arch)
+    """Write the SIF of ``source`` to ``out`` (a new file); ``work`` holds the squashfs meanwhile."""
+    resolved = source.resolve(arch)
     manifest = resolved.manifest
     config_descriptor = manifest.get("config") or {}
     media = str(config_descriptor.get("mediaType", ""))
     if media not in CONFIG_TYPES:
-        raise UnsupportedError(f"not a container image (config type {media}); if it is a SIF artifact, use oras://")
-    config_path = fetch.blob(session, ref, Blob.of(config_descriptor, "the image config"), store)
+        raise UnsupportedError(
+            f"not a container image (config type {media}); if it is a SIF artifact, use oras://"
+        )
+    config_blob = source.blob(Blob.of(config_descriptor, "the image config"))
     try:
-        config = json.loads(config_path.read_bytes())
+        config = json.loads(config_blob.read())
     except ValueError:
-        raise UnsupportedError(f"{ref}: the image config is not JSON") from None
+        raise UnsupportedError(f"{source.name}: the image config is not JSON") from None
     if config.get("os", "linux") != "linux" or config.get("architecture", arch) != arch:
         warn(f"the image says it is for {config.get('os')}/{config.get('architecture')}, not linux/{arch}")
     descriptors = manifest.get("layers") or []
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(descriptors):
-        raise UnsupportedError(f"{ref}: {len(descriptors)} layers but {len(diff_ids)} diff_ids in the config")
-    layers: list[tuple[Path, str]] = []
+        raise UnsupportedError(
+            f"{source.name}: {len(descriptors)} layers but {len(diff_ids)} diff_ids in the config"
+        )
+    layers: list[tuple[Extent, str]] = []
     total = sum(int(d.get("size", 0)) for d in descriptors)
     _check_space(work, 3 * total)  # the tree compresses to about what the layers hold; margin for both
     done = 0
@@ -216,34 +222,32 @@ def convert(
             if progress:
                 progress(base + have, total)
 
-        layers.append((fetch.blob(session, ref, wanted, store, step), LAYER_TYPES[layer_media]))
+        layers.append((source.blob(wanted, step), LAYER_TYPES[layer_media]))
         done += wanted.size
     tree = Tree()
-    for index, (path, compression) in enumerate(layers):
-        with _open_layer(path, compression, index + 1) as stream:
+    for index, (extent, compression) in enumerate(layers):
+        with _open_layer(extent, compression, index + 1) as stream:
             hashing = _Hashing(stream)
             try:
                 with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
                     tree.apply(index, iter(tar))
             except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-                raise UnsupportedError(f"layer {index + 1} of {ref} is not a readable tar ({exc})") from None
+                what = f"layer {index + 1} of {source.name}"
+                raise UnsupportedError(f"{what} is not a readable tar ({exc})") from None
             if hashing.drain() != diff_ids[index]:
-                raise DigestError(f"layer {index + 1} of {ref} does not match its config diff_id")
+                raise DigestError(f"layer {index + 1} of {source.name} does not match its config diff_id")
     when = now or dt.datetime.now(dt.UTC)
-    source = f"{ref.host}/{ref.repository}" + (f"@{ref.digest}" if ref.digest else f":{ref.tag}")
-    if ref.host == "index.docker.io":
-        source = source.removeprefix("index.docker.io/").removeprefix("library/")
     labels = metadata.labels(
         (config.get("config") or {}).get("Labels"),
-        source=source,
-        base_name=f"{ref.host.replace('index.docker.io', 'docker.io')}/{ref.repository}:{ref.ref}",
-        base_digest=resolved.top_digest,
+        bootstrap=source.bootstrap,
+        source=source.origin,
+        base=(source.base_name, resolved.top_digest) if source.base_name else None,
         arch=arch,
         when=when,
     )
     inspect = _add_metadata(tree, config, labels, source)
     squashfs = work / "root.squashfs"
-    _mksquashfs(tree, layers, squashfs)
+    _mksquashfs(tree, layers, squashfs, keep_owners=keep_owners)
     found = _elf_arch(squashfs) or arch
     if found != arch:
         warn(f"the image's /bin/sh is built for {found}, not {arch}: the SIF says {found}")
@@ -260,17 +264,26 @@ def _check_space(directory: Path, needed: int) -> None:
         raise LocalIOError(f"no space left on {directory} for this image; need about {more} MiB more")
 
 
-def _mksquashfs(tree: Tree, layers: list[tuple[Path, str]], out: Path) -> None:
+def _mksquashfs(tree: Tree, layers: list[tuple[Extent, str]], out: Path, *, keep_owners: bool) -> None:
+    """One tar stream of the merged tree into ``mksquashfs -tar`` (spec registry.md §5.6).
+
+    Owners are 0:0 (``-all-root``) unless ``keep_owners``. Then the tar's owners are kept, but
+    mksquashfs gives the root directory its own user's ids (``-root-uid`` is ignored in tar
+    mode): run as a user, it runs in a user namespace where that user is root, so ``/`` is 0:0.
+    """
     binary = shutil.which("mksquashfs")
     if binary is None:
         raise LocalIOError("mksquashfs (squashfs-tools >= 4.5) not found: apt install squashfs-tools")
 
-    def read_layer(index: int) -> IO[bytes]:
-        path, compression = layers[index]
-        return _open_layer(path, compression, index + 1)
+    def read_layer(index: int) -> AbstractContextManager[IO[bytes]]:
+        extent, compression = layers[index]
+        return _open_layer(extent, compression, index + 1)
 
-    argv = [binary, "-", str(out), "-tar", "-noappend", "-comp", "gzip", "-all-root", "-root-mode", "755",
+    owners = [] if keep_owners else ["-all-root"]
+    argv = [binary, "-", str(out), "-tar", "-noappend", "-comp", "gzip", *owners, "-root-mode", "755",
             "-no-progress", "-quiet"]  # fmt: skip
+    if keep_owners and os.getuid() != 0:
+        argv = [*_as_namespace_root(), *argv]
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
         assert proc.stdin is not None
@@ -288,6 +301,14 @@ def _mksquashfs(tree: Tree, layers: list[tuple[Path, str]], out: Path) -> None:
         if "No space left" in last[0]:
             raise LocalIOError(f"no space left on {out.parent} while writing the squashfs")
         raise RegistryError(f"mksquashfs failed: {last[0]}")
+
+
+def _as_namespace_root() -> list[str]:
+    """The command prefix that runs a program as root of a new user namespace (this user mapped to 0)."""
+    binary = shutil.which("unshare")
+    if binary is None:
+        raise LocalIOError("--keep-owners needs unshare to build as a user: apt install util-linux")
+    return [binary, "--user", "--map-root-user"]
 
 
 def _write_sif(
@@ -321,30 +342,32 @@ def _write_sif(
 
 
 def pull(
-    session: Session,
-    ref: Reference,
+    source: ImageSource,
     dest: Path,
     *,
-    store: Path,
     arch: str = "amd64",
+    keep_owners: bool = False,
+    store: Path | None = None,
     progress: Progress | None = None,
     warn: Callable[[str], None] = lambda _: None,
     check: Callable[[Path], None] | None = None,
 ) -> Converted:
-    """Convert ``ref`` into ``dest`` atomically: built beside it, signed with this user's local
-    build key (so the trust policy takes it, and notices any later change), checked, renamed."""
+    """Convert ``source`` into ``dest`` atomically: built beside it, signed with this user's local
+    build key (so the trust policy takes it, and notices any later change), checked, renamed.
+    ``store``, the blob cache, is pruned to its size limit afterwards."""
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.siffs-", dir=dest.parent))
     try:
         image = work / "image.sif"
         converted = convert(
-            session, ref, image, work=work, store=store, arch=arch, progress=progress, warn=warn
+            source, image, work=work, arch=arch, keep_owners=keep_owners, progress=progress, warn=warn
         )
         sign(str(image), signing_key())
         if check is not None:
             check(image)
         os.replace(image, dest)
         fsync_directory(dest.parent)
-        cache.prune(store, cache.limit(LIMIT_MIB))
+        if store is not None:
+            cache.prune(store, cache.limit(LIMIT_MIB))
     except OSError as exc:
         raise LocalIOError(f"{dest}: cannot write: {exc.strerror}") from None
     finally:

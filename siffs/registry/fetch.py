@@ -14,66 +14,30 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from siffs.registry.errors import DigestError, NetworkError, NotFoundError, UnsupportedError
 from siffs.registry.http import Session
-from siffs.registry.reference import Reference
+from siffs.registry.image import (
+    DOCKER_LIST_TYPE,
+    DOCKER_MANIFEST_TYPE,
+    INDEX_TYPE,
+    MANIFEST_TYPE,
+    Blob,
+    Extent,
+    Progress,
+    Resolved,
+    follow_indexes,
+    manifest_media,
+    sha256,
+)
+from siffs.registry.reference import DOCKER_HUB, Reference
 
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
 ACCEPT = ", ".join((MANIFEST_TYPE, INDEX_TYPE, DOCKER_MANIFEST_TYPE, DOCKER_LIST_TYPE))
 _READ = 1 << 20
-
-#: Called with (bytes done, bytes total) while a blob moves.
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Blob:
-    """A blob by digest and size: a file to upload (``path``), bytes in memory, or one to fetch."""
-
-    digest: str
-    size: int
-    path: Path | None = None
-    data: bytes = b""
-
-    @classmethod
-    def of(cls, descriptor: Mapping[str, Any], what: str) -> Blob:
-        digest, size = str(descriptor.get("digest", "")), descriptor.get("size")
-        if not digest.startswith("sha256:") or len(digest) != 71 or not isinstance(size, int) or size < 0:
-            raise UnsupportedError(f"{what} has no valid sha256 digest and size")
-        return cls(digest, size)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """The image manifest chosen for the platform, and the digest of what the reference named."""
-
-    manifest: dict[str, Any]
-    digest: str  # of the chosen manifest
-    top_digest: str  # of the manifest or index the reference named
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def platform_text(platform: Mapping[str, Any]) -> str:
-    return "/".join(str(v) for v in (platform.get(k) for k in ("os", "architecture", "variant")) if v)
-
-
-def _matches(entry: Mapping[str, Any], arch: str, variant: str | None) -> bool:
-    """ggcr's rule: os and architecture equal, variant only when asked; no platform is linux/amd64."""
-    platform = entry.get("platform") or {"os": "linux", "architecture": "amd64"}
-    if platform.get("os") != "linux" or platform.get("architecture") != arch:
-        return False
-    return variant is None or platform.get("variant") == variant
 
 
 def _get_manifest(session: Session, ref: Reference, reference: str) -> tuple[dict[str, Any], str, str]:
@@ -89,28 +53,19 @@ def _get_manifest(session: Session, ref: Reference, reference: str) -> tuple[dic
         raise DigestError(f"manifest {reference} from {ref.host} has digest {digest}; nothing was written")
     try:
         value = json.loads(body)
-        media = str(value.get("mediaType") or response.header("Content-Type") or "")
-    except (ValueError, AttributeError):
+    except ValueError:
         raise UnsupportedError(f"{ref}: the manifest is not JSON") from None
-    if "distribution.manifest.v1" in media:
-        raise UnsupportedError(f"{ref} uses Docker schema 1, which is not supported")
-    return value, digest, media
+    return value, digest, manifest_media(value, response.header("Content-Type") or "", str(ref))
 
 
-def resolve(session: Session, ref: Reference, arch: str = "amd64", variant: str | None = None) -> Resolved:
+def resolve(session: Session, ref: Reference, arch: str = "amd64") -> Resolved:
     """The image manifest of ``ref`` for linux/``arch``, following (nested) indexes."""
+
+    def get(child: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:
+        return _get_manifest(session, ref, Blob.of(child, "an index entry").digest)
+
     value, digest, media = _get_manifest(session, ref, ref.ref)
-    top = digest
-    for _ in range(4):  # nested indexes are rare; a loop of them is refused
-        if media not in (INDEX_TYPE, DOCKER_LIST_TYPE):
-            return Resolved(value, digest, top)
-        children = [m for m in value.get("manifests") or [] if isinstance(m, dict)]
-        child = next((m for m in children if _matches(m, arch, variant)), None)
-        if child is None:
-            have = ", ".join(platform_text(m.get("platform") or {}) for m in children)
-            raise NotFoundError(f"no linux/{arch} image in the index (has: {have})")
-        value, digest, media = _get_manifest(session, ref, Blob.of(child, "an index entry").digest)
-    raise UnsupportedError(f"{ref}: indexes nested too deeply")
+    return follow_indexes(get, value, digest, media, arch=arch, named=str(ref))
 
 
 def blob(
@@ -223,3 +178,40 @@ def file_digest(path: Path, progress: Progress | None = None) -> str:
             if progress:
                 progress(done, size)
     return "sha256:" + h.hexdigest()
+
+
+@dataclass
+class RegistryImage:
+    """An image on a registry as an ``ImageSource``: blobs land in the verified cache ``store``."""
+
+    session: Session
+    ref: Reference
+    store: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return "docker"
+
+    @property
+    def name(self) -> str:
+        return str(self.ref)
+
+    @property
+    def origin(self) -> str:
+        """Apptainer's ``from:``: the reference as written, Docker Hub's official images short."""
+        ref = self.ref
+        text = f"{ref.host}/{ref.repository}" + (f"@{ref.digest}" if ref.digest else f":{ref.tag}")
+        if ref.host == DOCKER_HUB:
+            text = text.removeprefix(f"{DOCKER_HUB}/").removeprefix("library/")
+        return text
+
+    @property
+    def base_name(self) -> str:
+        ref = self.ref
+        return f"{ref.host.replace(DOCKER_HUB, 'docker.io')}/{ref.repository}:{ref.ref}"
+
+    def resolve(self, arch: str) -> Resolved:
+        return resolve(self.session, self.ref, arch)
+
+    def blob(self, wanted: Blob, progress: Progress | None = None) -> Extent:
+        return Extent.whole(blob(self.session, self.ref, wanted, self.store, progress))

@@ -59,17 +59,17 @@ def runscript(entrypoint: Sequence[str] | None, cmd: Sequence[str] | None) -> st
         'if [ -n "${SINGULARITY_NO_EVAL:-}" ]; then',
         "    # No evaluation: the words are pushed literally, last first.",
     ]
-    push = [f"    set -- {_single_quoted(w)} \"$@\"" for w in reversed(entrypoint or [])]
-    push_cmd = [f"        set -- {_single_quoted(w)} \"$@\"" for w in reversed(cmd or [])]
+    push = [f'    set -- {_single_quoted(w)} "$@"' for w in reversed(entrypoint or [])]
+    push_cmd = [f'        set -- {_single_quoted(w)} "$@"' for w in reversed(cmd or [])]
     if cmd:
-        lines += ['    if [ $# -eq 0 ]; then', *push_cmd, "    fi"]
+        lines += ["    if [ $# -eq 0 ]; then", *push_cmd, "    fi"]
     lines += push
     lines += [
         '    exec "$@"',
         "fi",
         'CMDLINE_ARGS=""',
         'for arg in "$@"; do CMDLINE_ARGS="${CMDLINE_ARGS} \\"${arg}\\""; done',
-        'if [ $# -gt 0 ]; then',
+        "if [ $# -gt 0 ]; then",
         '    SINGULARITY_OCI_RUN="${OCI_ENTRYPOINT} ${CMDLINE_ARGS}"',
         "else",
         '    SINGULARITY_OCI_RUN="${OCI_ENTRYPOINT} ${OCI_CMD}"',
@@ -91,13 +91,17 @@ def go_json_indent(value: Any) -> str:
 def labels(
     image_labels: Mapping[str, str] | None,
     *,
+    bootstrap: str,
     source: str,
-    base_name: str,
-    base_digest: str,
+    base: tuple[str, str] | None,
     arch: str,
     when: dt.datetime,
 ) -> dict[str, str]:
-    """The image's labels plus the build facts Apptainer records (siffs' version, not Apptainer's)."""
+    """The image's labels plus the build facts Apptainer records (siffs' version, not Apptainer's).
+
+    ``base`` is the registry reference and top manifest digest; Apptainer records them only for
+    images from a registry, not from a local OCI layout or archive.
+    """
     out = dict(image_labels or {})
     local = when.astimezone()
     out.update(
@@ -109,10 +113,9 @@ def labels(
                 f"{local.tzname()}"
             ),
             "org.label-schema.usage.siffs.version": __version__,
-            "org.label-schema.usage.singularity.deffile.bootstrap": "docker",
+            "org.label-schema.usage.singularity.deffile.bootstrap": bootstrap,
             "org.label-schema.usage.singularity.deffile.from": source,
-            "org.opencontainers.image.base.name": base_name,
-            "org.opencontainers.image.base.digest": base_digest,
+            **(_base_labels(*base) if base else {}),
             "org.opencontainers.image.architecture": arch,
             "org.label-schema.build-arch": arch,
         }
@@ -120,8 +123,12 @@ def labels(
     return out
 
 
-def deffile(source: str) -> str:
-    return f"bootstrap: docker\nfrom: {source}\n\n"
+def _base_labels(name: str, digest: str) -> dict[str, str]:
+    return {"org.opencontainers.image.base.name": name, "org.opencontainers.image.base.digest": digest}
+
+
+def deffile(bootstrap: str, source: str) -> str:
+    return f"bootstrap: {bootstrap}\nfrom: {source}\n\n"
 
 
 #: ggcr's v1.Config field order, for ``oci-config.json`` (unknown keys are dropped, as Go does).
@@ -159,4 +166,4 @@ export LD_LIBRARY_PATH PS1
 """
 RUNTIME_VARS = "#!/bin/sh\n# Variables the runtime sets (SINGULARITYENV_*) are applied by siffs itself.\n"
 START = "#!/bin/sh\n# No startscript defined for this container.\n"
-ACTION = "#!/bin/sh\n# Legacy action script: runtimes run the command themselves.\nexec \"$@\"\n"
+ACTION = '#!/bin/sh\n# Legacy action script: runtimes run the command themselves.\nexec "$@"\n'

@@ -25,8 +25,9 @@ from siffs import cache
 from siffs.registry import fetch
 from siffs.registry.cache import LIMIT_MIB
 from siffs.registry.errors import LocalIOError, RegistryError, UnsupportedError
-from siffs.registry.fetch import ACCEPT, MANIFEST_TYPE, Blob, Progress, file_digest, resolve, sha256
+from siffs.registry.fetch import ACCEPT, file_digest, resolve
 from siffs.registry.http import Session
+from siffs.registry.image import MANIFEST_TYPE, Blob, Progress, sha256
 from siffs.registry.reference import Reference
 from siffs.sif import Image, SifError
 from siffs.sif.durable import fsync_directory
@@ -40,7 +41,6 @@ CREATED = "org.opencontainers.image.created"
 TITLE = "org.opencontainers.image.title"
 #: Blobs up to this size are uploaded in one PUT; larger ones in PATCH chunks of this size.
 CHUNK = 64 << 20
-
 
 
 def _go_json(value: Any) -> bytes:
@@ -110,9 +110,7 @@ def manifest(
     return _go_json(value)
 
 
-def _upload(
-    session: Session, ref: Reference, blob: Blob, progress: Progress | None = None
-) -> None:
+def _upload(session: Session, ref: Reference, blob: Blob, progress: Progress | None = None) -> None:
     scope = f"repository:{ref.repository}:pull,push"
     digest, size, path = blob.digest, blob.size, blob.path
     head = session.request("HEAD", f"/v2/{ref.repository}/blobs/{digest}", scope=scope)

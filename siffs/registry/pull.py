@@ -1,8 +1,9 @@
-"""``siffs pull oras://…|docker://…``: the registry stage as ``siffs.pull`` calls it.
+"""``siffs pull oras://…|docker://…|oci:…|oci-archive:…``: the registry stage as ``siffs.pull`` calls it.
 
 Chooses the blob store (the verified cache, or a scratch directory beside DEST that goes away),
-connects with the request's credentials and TLS settings, runs the ORAS download or the Docker
-conversion, and has the result pass the trust policy before it replaces DEST.
+connects with the request's credentials and TLS settings (or opens the local OCI layout), runs
+the ORAS download or the conversion to SIF, and has the result pass the trust policy before it
+replaces DEST.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from siffs.integrity import localkey
 from siffs.integrity.keyring import trusted_signers
 from siffs.integrity.verify import KeyMaterial
 from siffs.integrity.xdg import private_dir
-from siffs.registry import docker, fetch, oras
+from siffs.registry import docker, fetch, layout, oras
 from siffs.registry.cache import blob_cache_dir
 from siffs.registry.credentials import Credentials, resolve
 from siffs.registry.errors import LocalIOError
 from siffs.registry.http import Session
+from siffs.registry.image import ImageSource
 from siffs.registry.reference import Reference, parse
 
 Progress = Callable[[int, int], None]
@@ -38,6 +40,7 @@ class RegistryPull:
     ca_file: str | None = None
     authfile: Path | None = None
     credentials: Credentials | None = None  # from --docker-login; else resolved from the usual sources
+    keep_owners: bool = False  # keep the layers' file owners instead of making everything 0:0
 
 
 @dataclass
@@ -74,43 +77,65 @@ def pull(
     progress: Progress | None = None,
 ) -> Report:
     """Pull ``source`` into ``dest``; ``keys`` None allows an unsigned result."""
-    ref = parse(source)
     target = Path(dest)
     if target.exists() and not options.force:
         raise LocalIOError(f"{dest}: image file already exists (use --force to overwrite)")
     report = Report(dest, source)
-    session = _session(ref, options)
+    converting = layout.is_layout(source) or source.startswith("docker:")
 
     def check(path: Path) -> None:
         # A conversion is signed by this user's build key a moment before: that is what to check
         # (the keyring may not have held it yet when the keys were chosen).
-        wanted = keys if keys is None or ref.scheme != "docker" else localkey.verification_keys()
+        wanted = localkey.verification_keys() if keys is not None and converting else keys
         report.signers = trusted_signers(str(path), wanted, progress)
+
+    def convert(image: ImageSource, store: Path | None) -> None:
+        built = docker.pull(image, target, arch=options.arch, keep_owners=options.keep_owners, store=store,
+                            progress=progress, warn=report.warnings.append, check=check)  # fmt: skip
+        report.manifest_digest = built.manifest_digest
 
     try:
         # Without the cache, blobs land beside DEST, so the finished SIF is moved, not copied.
         scratch = tempfile.TemporaryDirectory(prefix=f".{target.name}.siffs-", dir=target.parent)
         with scratch as tmp:
-            store = (blob_cache_dir() if options.cache else Path(tmp)) / "blobs" / "sha256"
-            if ref.scheme == "docker":
-                built = docker.pull(session, ref, target, store=store, arch=options.arch, progress=progress,
-                                    warn=report.warnings.append, check=check)  # fmt: skip
-                report.manifest_digest = built.manifest_digest
+            if layout.is_layout(source):
+                convert(layout.open_layout(layout.parse(source), Path(tmp)), None)
             else:
-                got = oras.pull(session, ref, target, arch=options.arch, store=store, keep=options.cache,
-                                progress=progress, check=check)  # fmt: skip
-                report.manifest_digest = got.manifest_digest
+                _pull_remote(parse(source), options=options, report=report, scratch=Path(tmp),
+                             convert=convert, check=check, progress=progress)  # fmt: skip
     except FileNotFoundError as exc:
         raise LocalIOError(f"{target.parent}: {exc.strerror}") from None
+    report.size = target.stat().st_size
+    return report
+
+
+def _pull_remote(
+    ref: Reference,
+    *,
+    options: RegistryPull,
+    report: Report,
+    scratch: Path,
+    convert: Callable[[ImageSource, Path | None], None],
+    check: Callable[[Path], None],
+    progress: Progress | None,
+) -> None:
+    """The registry part of ``pull``: the ORAS download or the conversion, and the traffic report."""
+    session = _session(ref, options)
+    try:
+        store = (blob_cache_dir() if options.cache else scratch) / "blobs" / "sha256"
+        if ref.scheme == "docker":
+            convert(fetch.RegistryImage(session, ref, store), store)
+        else:
+            got = oras.pull(session, ref, Path(report.dest), arch=options.arch, store=store,
+                            keep=options.cache, progress=progress, check=check)  # fmt: skip
+            report.manifest_digest = got.manifest_digest
     finally:
         session.close()
     traffic = session.traffic
-    report.size = target.stat().st_size
     report.requests, report.fetched_bytes = traffic.requests, traffic.fetched_bytes
     report.resumed_bytes = traffic.resumed_bytes
     if traffic.cached_bytes:
         report.reused["cache"] = traffic.cached_bytes
-    return report
 
 
 def cached_image(
@@ -122,13 +147,19 @@ def cached_image(
     the reference names now (one request), and the SIF made from that manifest is reused while it
     is the same; otherwise it is pulled (and checked) like any pull.
     """
-    ref = parse(source)
-    session = _session(ref, options)
-    try:
-        top = fetch.resolve(session, ref, options.arch).top_digest
-    finally:
-        session.close()
-    key = hashlib.sha256(f"{ref.scheme} {top} {options.arch}".encode()).hexdigest()
+    if layout.is_layout(source):
+        with tempfile.TemporaryDirectory(prefix="siffs-oci-") as tmp:
+            top = layout.open_layout(layout.parse(source), Path(tmp)).resolve(options.arch).top_digest
+        scheme = source.partition(":")[0]
+    else:
+        ref = parse(source)
+        session = _session(ref, options)
+        try:
+            top = fetch.resolve(session, ref, options.arch).top_digest
+        finally:
+            session.close()
+        scheme = ref.scheme
+    key = hashlib.sha256(f"{scheme} {top} {options.arch}".encode()).hexdigest()
     path = private_dir(blob_cache_dir() / "sif") / f"{key}.sif"
     if not path.exists():
         pull(source, str(path), options=replace(options, force=True), keys=keys, progress=progress)
