@@ -22,6 +22,8 @@ MTIME = 1700000000
 #: vfs_cap_data revision 2: effective, permitted CAP_NET_BIND_SERVICE (all bytes ASCII, for PAX).
 CAPABILITY = "\x01\x00\x00\x02\x00\x04\x00\x00" + "\x00" * 12
 BUSYBOX = Path("/bin/busybox")
+#: The annotation an OCI layout's index.json names an image's tag with.
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def _entry(
@@ -184,5 +186,5 @@ def oci_layout(image: Image, path: Path, tag: str) -> None:
         (path / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(data)
     index = {"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image.manifest_digest,
-        "size": len(image.manifest), "annotations": {"org.opencontainers.image.ref.name": tag}}]}  # fmt: skip
+        "size": len(image.manifest), "annotations": {REF_NAME: tag}}]}  # fmt: skip
     (path / "index.json").write_text(json.dumps(index))
