@@ -13,18 +13,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from siffs.integrity import localkey
-from siffs.integrity.keyring import trusted_signers
-from siffs.integrity.verify import KeyMaterial
 from siffs.integrity.xdg import private_dir
-from siffs.registry import docker, fetch, layout, oras
+from siffs.registry import fetch, layout, oras
 from siffs.registry.cache import blob_cache_dir
 from siffs.registry.credentials import Credentials, resolve
 from siffs.registry.errors import LocalIOError
 from siffs.registry.http import Session
-from siffs.registry.image import ImageSource
 from siffs.registry.reference import Reference, parse
+
+if TYPE_CHECKING:  # the signing and conversion machinery is imported only when a pull needs it
+    from siffs.integrity.verify import KeyMaterial
+    from siffs.registry.image import ImageSource
 
 Progress = Callable[[int, int], None]
 
@@ -84,12 +85,17 @@ def pull(
     converting = layout.is_layout(source) or source.startswith("docker:")
 
     def check(path: Path) -> None:
+        from siffs.integrity import localkey  # noqa: PLC0415 -- see TYPE_CHECKING above
+        from siffs.integrity.keyring import trusted_signers  # noqa: PLC0415
+
         # A conversion is signed by this user's build key a moment before: that is what to check
         # (the keyring may not have held it yet when the keys were chosen).
         wanted = localkey.verification_keys() if keys is not None and converting else keys
         report.signers = trusted_signers(str(path), wanted, progress)
 
     def convert(image: ImageSource, store: Path | None) -> None:
+        from siffs.registry import docker  # noqa: PLC0415 -- see TYPE_CHECKING above
+
         built = docker.pull(image, target, arch=options.arch, keep_owners=options.keep_owners, store=store,
                             progress=progress, warn=report.warnings.append, check=check)  # fmt: skip
         report.manifest_digest = built.manifest_digest

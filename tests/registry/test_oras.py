@@ -6,6 +6,8 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +15,7 @@ from siffs.cli.exitcodes import ExitCode
 from siffs.registry import oras
 from siffs.registry.http import Session
 from siffs.registry.reference import parse
-from tests.support.mounts import siffs
+from tests.support.mounts import require_root, siffs
 from tests.support.registry import get
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -193,3 +195,22 @@ def test_manifest_readable_by_plain_http(plain, sif_image):
     body = json.loads(_manifest(plain.host, "tools/static", "1")[0])
     digest = body["layers"][0]["digest"]
     assert get(f"http://{plain.host}/v2/tools/static/blobs/{digest}") == sif_image.read_bytes()
+
+
+def test_a_full_disk_is_a_local_error_and_leaves_nothing(plain, sif_image, home, tmp_path):
+    """The blob is written by a thread of its own; its ENOSPC is reported as such, not as the network's."""
+    require_root()
+    size_kib = sif_image.stat().st_size // 1024
+    target = f"oras://{plain.host}/tools/fulldisk:1"
+    siffs("push", sif_image, target, env=home, check=True)
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (
+        f"mount -t tmpfs -o size={size_kib // 2}k tmpfs {small} && {sys.executable} -m siffs pull "
+        f'--disable-cache --allow-unsigned {small}/x.sif {target}; echo "rc=$?"; ls -A {small}'
+    )
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=home,
+                          capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert done.stdout == f"rc={ExitCode.IO.value}\n", done.stdout + done.stderr
+    assert done.stderr.startswith(f"siffs: no space left on {small}/.x.sif.siffs-"), done.stderr
+    assert done.stderr.count("\n") == 1
