@@ -9,13 +9,12 @@ policy before it replaces DEST, unless ``--allow-unsigned``. Only parsing and pr
 from __future__ import annotations
 
 import argparse
-import getpass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siffs.cli import output, trust
 from siffs.cli.common import interrupt_on_sigterm, print_json
 from siffs.cli.progress import ProgressBar
+from siffs.cli.registry import connection_arguments, prompted_credentials
 
 if TYPE_CHECKING:
     from siffs.pull import Result
@@ -49,10 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     registry.add_argument("--arch", default="amd64", help="architecture to take from an index")
     registry.add_argument("--force", action="store_true", help="overwrite an existing DEST")
     registry.add_argument("--disable-cache", action="store_true", help="keep nothing in siffs' blob cache")
-    registry.add_argument("--no-https", action="store_true", help="the registry speaks plain http")
-    registry.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
-    registry.add_argument("--authfile", type=Path, metavar="FILE", help="Docker-format credentials file")
-    registry.add_argument("--docker-login", action="store_true", help="ask for a user name and password")
+    connection_arguments(registry)
     registry.add_argument(
         "--keep-owners", action="store_true", help="keep the layers' file owners (default: all owned by root)"
     )
@@ -65,7 +61,6 @@ def _human(n: int) -> str:
 
 def cmd_pull(args: argparse.Namespace) -> None:
     from siffs import pull  # noqa: PLC0415 -- the stages load only for pull
-    from siffs.registry.credentials import Credentials  # noqa: PLC0415
     from siffs.registry.pull import RegistryPull  # noqa: PLC0415
 
     interrupt_on_sigterm()
@@ -73,10 +68,6 @@ def cmd_pull(args: argparse.Namespace) -> None:
     stage = pull.stage_for(source)
     dest = args.dest or pull.default_dest(source)
     keys = None if args.allow_unsigned else trust.keys_from(args.key, required=False)
-    creds = None
-    if args.docker_login:
-        user = input("Enter Docker Username: ")
-        creds = Credentials(user, getpass.getpass("Enter Docker Password: "))
     registry = RegistryPull(
         arch=args.arch,
         force=args.force,
@@ -84,7 +75,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
         no_https=args.no_https,
         ca_file=args.ca_file,
         authfile=args.authfile,
-        credentials=creds,
+        credentials=prompted_credentials(args),
         keep_owners=args.keep_owners,
     )
     with ProgressBar("pulling") as progress:

@@ -17,7 +17,8 @@ from siffs.registry.http import Session
 from siffs.registry.reference import Reference, parse
 
 
-def _connection_arguments(p: argparse.ArgumentParser) -> None:
+def connection_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How to reach a registry: the options ``push`` and ``pull`` share."""
     p.add_argument("--no-https", action="store_true", help="the registry speaks plain http")
     p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the registry's TLS certificate")
     p.add_argument("--authfile", type=Path, metavar="FILE", help="Docker-format credentials file")
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("target", help="oras://HOST/REPO[:TAG]")
     p.add_argument("--annotation", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     p.add_argument("--description", help="org.opencontainers.image.description")
-    _connection_arguments(p)
+    connection_arguments(p)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("registry", help="log in to or out of an OCI registry")
@@ -49,13 +50,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logout.set_defaults(func=cmd_logout)
 
 
+def prompted_credentials(args: argparse.Namespace) -> credentials.Credentials | None:
+    """With ``--docker-login``, the user name and password asked for (as Apptainer asks), else None."""
+    if not getattr(args, "docker_login", False):
+        return None
+    user = input("Enter Docker Username: ")
+    return credentials.Credentials(user, getpass.getpass("Enter Docker Password: "))
+
+
 def _session(args: argparse.Namespace, ref: Reference) -> Session:
-    creds: credentials.Credentials | None
-    if getattr(args, "docker_login", False):
-        user = input("Enter Docker Username: ")
-        creds = credentials.Credentials(user, getpass.getpass("Enter Docker Password: "))
-    else:
-        creds = credentials.resolve(ref.host, ref.repository, args.authfile)
+    creds = prompted_credentials(args) or credentials.resolve(ref.host, ref.repository, args.authfile)
     return Session(ref.host, creds, insecure=args.no_https, local=ref.is_local, ca_file=args.ca_file)
 
 
