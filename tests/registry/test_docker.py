@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from siffs.registry.http import Session
 from siffs.sif import Image
 from tests.support import ociimage
 from tests.support.mounts import require_root, siffs
+from tests.support.registry import pull_on_small_disk
 from tests.support.squashfs_corpus import kernel_mount
 from tests.support.trees import snapshot
 from tests.support.users import TEST_USER, ensure_user, user_dir
@@ -205,13 +205,7 @@ def test_too_little_disk_is_said_before_the_work(plain, home, tmp_path):
     require_root()
     push(plain.host, "test/image", "small-disk", ociimage.build())
     small = tmp_path / "small"
-    small.mkdir()
-    script = (
-        f'mount -t tmpfs -o size=512k tmpfs {small} && {sys.executable} -m siffs pull {small}/x.sif '
-        f'docker://{plain.host}/test/image:small-disk; echo "rc=$?"; ls -A {small}'
-    )
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=home,
-                          capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    done = pull_on_small_disk(small, 512, [], f"docker://{plain.host}/test/image:small-disk", home)
     assert done.stdout == f"rc={ExitCode.IO.value}\n", done.stdout + done.stderr
     assert done.stderr.startswith(f"siffs: no space left on {small}/.x.sif.siffs-")
     assert done.stderr.count("\n") == 1 and "MiB more" in done.stderr

@@ -78,7 +78,16 @@ def test_interrupted_pull_leaves_nothing(sig, home, tmp_path):
     out.parent.mkdir()
     out.write_bytes(b"previous")
     with scripted_registry(routes) as (host, seen):
-        argv = [sys.executable, "-m", "siffs", "pull", "--force", "--allow-unsigned", out, f"oras://{host}/a/b:1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "siffs",
+            "pull",
+            "--force",
+            "--allow-unsigned",
+            out,
+            f"oras://{host}/a/b:1",
+        ]
         proc = subprocess.Popen(argv, env=home, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not any("blobs" in line for line in seen) and time.monotonic() < deadline:

@@ -6,8 +6,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -16,7 +14,7 @@ from siffs.registry import oras
 from siffs.registry.http import Session
 from siffs.registry.reference import parse
 from tests.support.mounts import require_root, siffs
-from tests.support.registry import get
+from tests.support.registry import get, pull_on_small_disk
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 NOW = dt.datetime(2026, 12, 5, 1, 39, 22, tzinfo=dt.UTC)
@@ -204,13 +202,7 @@ def test_a_full_disk_is_a_local_error_and_leaves_nothing(plain, sif_image, home,
     target = f"oras://{plain.host}/tools/fulldisk:1"
     siffs("push", sif_image, target, env=home, check=True)
     small = tmp_path / "small"
-    small.mkdir()
-    script = (
-        f"mount -t tmpfs -o size={size_kib // 2}k tmpfs {small} && {sys.executable} -m siffs pull "
-        f'--disable-cache --allow-unsigned {small}/x.sif {target}; echo "rc=$?"; ls -A {small}'
-    )
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=home,
-                          capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    done = pull_on_small_disk(small, size_kib // 2, ["--disable-cache", "--allow-unsigned"], target, home)
     assert done.stdout == f"rc={ExitCode.IO.value}\n", done.stdout + done.stderr
     assert done.stderr.startswith(f"siffs: no space left on {small}/.x.sif.siffs-"), done.stderr
     assert done.stderr.count("\n") == 1

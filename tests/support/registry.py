@@ -218,3 +218,17 @@ def scripted_registry(routes: dict[str, Answer | list[Answer]]) -> Iterator[tupl
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def pull_on_small_disk(
+    small: Path, size_kib: int, options: list[str], source: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``siffs pull [options] SMALL/x.sif SOURCE`` onto a tmpfs of ``size_kib`` mounted at ``small``
+    in a private mount namespace (root only); stdout is ``rc=N`` and what is left in ``small``."""
+    small.mkdir(exist_ok=True)
+    script = (
+        f"mount -t tmpfs -o size={size_kib}k tmpfs {small} && {sys.executable} -m siffs pull "
+        f'{" ".join(options)} {small}/x.sif {source}; echo "rc=$?"; ls -A {small}'
+    )
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
