@@ -198,17 +198,29 @@ def zsh_complete(tmp_path: Path, lines: list[str]) -> list[list[str]]:
     ]
     script = ["zmodload zsh/zpty", "zpty z zsh -f -i"]
     script += [f"zpty -w z {_zsh_quote(c)}" for c in commands]
-    for line in lines:
+    script += [f"zpty -w z {_zsh_quote(f'print -- ---- >> {out}')}", _wait_for_marker(out, 1)]
+    for number, line in enumerate(lines, 1):
+        # zle handles keys in order: the TAB's completion is over before ^U clears the line and
+        # the marker is printed. Waiting for the marker (not a fixed time) keeps a slow machine
+        # from mixing two lines' candidates.
         script += [
             f"zpty -n -w z {_zsh_quote(line)}$'\\t'",
-            "sleep 2",  # generous: a loaded machine (CI on 2 cores) answers TAB slowly
+            "sleep 0.3",  # keys typed ahead of a TAB can cut its completion short
             f"zpty -w z $'\\025'{_zsh_quote(f'print -- ---- >> {out}')}",  # ^U clears the line
-            "sleep 0.5",
+            _wait_for_marker(out, number + 1),
         ]
     script += ["zpty -d z"]
     subprocess.run([require_tool("zsh"), "-f", "-c", "\n".join(script)], check=True, timeout=120)
-    blocks = out.read_text().split("----\n")[: len(lines)]
+    blocks = out.read_text().split("----\n")[1 : len(lines) + 1]
     return [sorted(set(block.split())) for block in blocks]
+
+
+def _wait_for_marker(out: Path, count: int) -> str:
+    """zsh code that waits (up to 30 s) until ``out`` holds ``count`` marker lines."""
+    return (
+        f"for i in {{1..600}}; do (( $(grep -c -- '^----$' {out} 2>/dev/null) >= {count} )) && break; "
+        "sleep 0.05; done"
+    )
 
 
 def _sh_quote(text: str) -> str:
