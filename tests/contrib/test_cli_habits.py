@@ -204,8 +204,11 @@ def zsh_complete(tmp_path: Path, lines: list[str]) -> list[list[str]]:
         # the marker is printed. Waiting for the marker (not a fixed time) keeps a slow machine
         # from mixing two lines' candidates.
         script += [
+            f"before=$(stat -c %s {out})",
             f"zpty -n -w z {_zsh_quote(line)}$'\\t'",
-            "sleep 0.3",  # keys typed ahead of a TAB can cut its completion short
+            # Keys typed ahead of a TAB can cut its completion short: wait (up to 10 s) until the
+            # completion has offered something before typing on.
+            f"for i in {{1..200}}; do (( $(stat -c %s {out}) > before )) && break; sleep 0.05; done",
             f"zpty -w z $'\\025'{_zsh_quote(f'print -- ---- >> {out}')}",  # ^U clears the line
             _wait_for_marker(out, number + 1),
         ]
