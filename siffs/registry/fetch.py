@@ -160,67 +160,93 @@ def _receive(
     by ``sync`` spends its time), and this thread hashes. A pull then takes about as long as the
     slowest of the three, not their sum.
     """
-    to_hash: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
-    to_write: queue.Queue[bytes] = queue.Queue(maxsize=8)
-
-    def reader() -> None:
-        got = have
-        try:
-            while got <= size and (chunk := raw.read(_READ)):
-                got += len(chunk)
-                to_write.put(chunk)
-                to_hash.put(chunk)
-            to_hash.put(b"")
-        except BaseException as exc:  # handed to the hashing thread, which raises it
-            to_hash.put(exc)
-        finally:
-            to_write.put(b"")
-
-    failures: list[_WriteError] = []
-
-    def writer() -> None:
-        unsynced = 0
-        while chunk := to_write.get():
-            if failures:
-                continue  # drained, so that the reader never blocks on a full queue
-            try:
-                out.write(chunk)
-                unsynced += len(chunk)
-                if unsynced >= _SYNC_EVERY:
-                    out.flush()
-                    os.fdatasync(out.fileno())
-                    unsynced = 0
-            except OSError as exc:  # ENOSPC and the like: the hashing thread raises it
-                failures.append(_WriteError(exc))
-                to_hash.put(failures[-1])
-
+    pipe = _Pipeline(raw, out, have, size)
     # Daemon threads: when this one gives up (an interrupt, a bad body), a reader stuck on a
     # stalled socket must not hold the process; closing the session ends it.
-    threading.Thread(target=reader, daemon=True).start()
-    writing = threading.Thread(target=writer, daemon=True)
+    threading.Thread(target=pipe.read, daemon=True).start()
+    writing = threading.Thread(target=pipe.write, daemon=True)
     writing.start()
-    while True:
-        try:
-            item = to_hash.get(timeout=0.5)  # a timeout lets signals (Ctrl-C, SIGTERM) in
-        except queue.Empty:
-            continue
-        if isinstance(item, BaseException):
-            raise item
-        if not item:
-            break
-        have += len(item)
-        if have > size:
-            break
-        h.update(item)
-        if progress:
-            progress(have, size)
-    while writing.is_alive():
-        writing.join(timeout=0.1)
-        with contextlib.suppress(queue.Empty):
-            to_hash.get_nowait()  # a body longer than announced: the reader may still hand over
-    if failures:
-        raise failures[0]  # the writer failed on the last chunks
+    try:
+        have = pipe.hash(h, progress)
+        pipe.finish(writing)
+    except BaseException:
+        pipe.stop()  # the caller closes ``out`` next: no write may come after
+        raise
     return have
+
+
+class _Pipeline:
+    """What the reader, writer and hashing threads of ``_receive`` share."""
+
+    def __init__(self, raw: IO[bytes], out: IO[bytes], have: int, size: int) -> None:
+        self.raw, self.out, self.have, self.size = raw, out, have, size
+        self.to_hash: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
+        self.to_write: queue.Queue[bytes] = queue.Queue(maxsize=8)
+        self.failures: list[_WriteError] = []
+        self.stopped = False
+        self.lock = threading.Lock()  # held by the writer while it touches ``out``
+
+    def read(self) -> None:
+        got = self.have
+        try:
+            while got <= self.size and (chunk := self.raw.read(_READ)):
+                got += len(chunk)
+                self.to_write.put(chunk)
+                self.to_hash.put(chunk)
+            self.to_hash.put(b"")
+        except BaseException as exc:  # handed to the hashing thread, which raises it
+            self.to_hash.put(exc)
+        finally:
+            self.to_write.put(b"")
+
+    def write(self) -> None:
+        unsynced = 0
+        while chunk := self.to_write.get():
+            with self.lock:
+                if self.failures or self.stopped:
+                    continue  # drained, so that the reader never blocks on a full queue
+                try:
+                    self.out.write(chunk)
+                    unsynced += len(chunk)
+                    if unsynced >= _SYNC_EVERY:
+                        self.out.flush()
+                        os.fdatasync(self.out.fileno())
+                        unsynced = 0
+                except OSError as exc:  # ENOSPC and the like: the hashing thread raises it
+                    self.failures.append(_WriteError(exc))
+                    self.to_hash.put(self.failures[-1])
+
+    def hash(self, h: Any, progress: Progress | None) -> int:
+        have = self.have
+        while True:
+            try:
+                item = self.to_hash.get(timeout=0.5)  # a timeout lets signals (Ctrl-C, SIGTERM) in
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return have
+            have += len(item)
+            if have > self.size:
+                return have
+            h.update(item)
+            if progress:
+                progress(have, self.size)
+
+    def finish(self, writing: threading.Thread) -> None:
+        """Wait until everything received is in the file; raise what the writer met."""
+        while writing.is_alive():
+            writing.join(timeout=0.1)
+            with contextlib.suppress(queue.Empty):
+                self.to_hash.get_nowait()  # a body longer than announced: the reader may still hand over
+        if self.failures:
+            raise self.failures[0]
+
+    def stop(self) -> None:
+        """After this returns, the writer touches ``out`` no more."""
+        with self.lock:
+            self.stopped = True
 
 
 def file_digest(path: Path, progress: Progress | None = None) -> str:

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -263,3 +264,54 @@ def test_not_an_archive_or_not_a_layout(layout, env):
         done = _pull(env, work / "x.sif", source)
         assert (done.returncode, done.stderr.count("\n")) == (code, 1), done.stderr
         assert message in done.stderr
+
+
+def _one_image_layout(root: Path, layers: list[tuple[bytes, str]]) -> Path:
+    """A layout holding one image made of ``layers`` (tar bytes, media type), owned by the test user."""
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    diff_ids = [_digest(data) for data, _ in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()  # fmt: skip
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _put(root, config),
+                   "size": len(config)},
+        "layers": [{"mediaType": media, "digest": _put(root, data), "size": len(data)}
+                   for data, media in layers]}).encode()  # fmt: skip
+    entry = {"mediaType": MANIFEST_TYPE, "digest": _put(root, manifest), "size": len(manifest)}
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    subprocess.run(["chown", "-R", TEST_USER, root], check=True)
+    return root
+
+
+def _tar_of(*entries: tarfile.TarInfo) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in entries:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return out.getvalue()
+
+
+def test_layer_rows_of_the_error_table(env, tmp_path):
+    """Spec registry.md §8: a bad tar entry, an unsupported layer type, mksquashfs missing."""
+    base = Path(user_dir(tmp_path, "layouts"))
+    bare = tmp_path / "bin"  # a PATH with runuser (to become the test user) and no mksquashfs
+    bare.mkdir()
+    (bare / "runuser").symlink_to(shutil.which("runuser") or "/usr/sbin/runuser")
+    link = tarfile.TarInfo("data/x")
+    link.type, link.linkname = tarfile.LNKTYPE, "data/missing"
+    good = tarfile.TarInfo("data/ok.txt")
+    good.size = 3
+    cases = [
+        (_one_image_layout(base / "link", [(_tar_of(link), ociimage.MEDIA["none"])]), None,
+         ExitCode.UNSUPPORTED, "layer 1: hard link data/x -> data/missing: target does not exist"),
+        (_one_image_layout(base / "intoto", [(b"{}", "application/vnd.in-toto+json")]), None,
+         ExitCode.UNSUPPORTED, "unsupported layer media type application/vnd.in-toto+json"),
+        (_one_image_layout(base / "good", [(_tar_of(good), ociimage.MEDIA["none"])]), str(bare),
+         ExitCode.IO, "mksquashfs (squashfs-tools >= 4.5) not found"),
+    ]  # fmt: skip
+    for number, (root, path, code, message) in enumerate(cases):
+        out = Path(env["HOME"]) / f"{number}.sif"
+        done = _pull(dict(env, PATH=path or env["PATH"]), out, f"oci:{root}")
+        assert (done.returncode, done.stderr.count("\n")) == (code, 1), done.stderr
+        assert message in done.stderr and not out.exists()
