@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from siffs.cli import output, trust
 from siffs.cli.common import interrupt_on_sigterm, print_json
 from siffs.cli.progress import ProgressBar
+from siffs.open.trust import keys_from
 
 if TYPE_CHECKING:
     from siffs.pull import Result
@@ -64,7 +65,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
     source = args.source
     stage = pull.stage_for(source)
     dest = args.dest or pull.default_dest(source)
-    keys = None if args.allow_unsigned else trust.keys_from(args.key, required=False)
+    keys = None if args.allow_unsigned else keys_from(args.key, required=False)
     creds = None
     if args.docker_login:
         user = input("Enter Docker Username: ")
