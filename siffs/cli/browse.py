@@ -6,9 +6,9 @@ import argparse
 import stat
 import sys
 
-from siffs.cli import encrypted
+from siffs.cli import encrypted, trust
 from siffs.cli.common import write_bytes
-from siffs.cli.opener import open_tree
+from siffs.open.image import OpenedTree, OpenRequest, open_partition
 from siffs.squashfs.errors import IsADirectory, NotARegularFile
 from siffs.squashfs.inode import Stat
 from siffs.squashfs.listing import format_long, quote_name
@@ -65,8 +65,13 @@ def _list_dir(tree: SquashFS, path: bytes, ino: int, *, long: bool, recursive: b
         out.clear()
 
 
+def _peek(args: argparse.Namespace) -> OpenedTree:
+    """The partition's tree, unverified (peeking is not exposing: nothing is served or run)."""
+    return open_partition(OpenRequest(args.image, args.partition, trust=None), trust.hooks(args))
+
+
 def cmd_ls(args: argparse.Namespace) -> None:
-    opened = open_tree(args.image, args.partition, keys=encrypted.KeyChoice.from_args(args))
+    opened = _peek(args)
     try:
         path = args.path.encode("utf-8", "surrogateescape")
         st = resolve(opened.tree, path, follow_last=not args.long)
@@ -79,7 +84,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 
 def cmd_cat(args: argparse.Namespace) -> None:
-    opened = open_tree(args.image, args.partition, keys=encrypted.KeyChoice.from_args(args))
+    opened = _peek(args)
     try:
         for raw in args.paths:
             path = raw.encode("utf-8", "surrogateescape")

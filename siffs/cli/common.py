@@ -12,6 +12,7 @@ from siffs.crypt import errors as crypt
 from siffs.delta import errors as delta
 from siffs.fs.errors import MountError
 from siffs.integrity.errors import IntegrityError, KeyMaterialError
+from siffs.open import errors as opening
 from siffs.pull import UnknownSourceError
 from siffs.registry import errors as registry
 from siffs.sif import ObjectNotFoundError, SifFormatError, SifIOError, SifUsageError
@@ -59,6 +60,11 @@ ERROR_CODES: list[tuple[type[BaseException], ExitCode]] = [
     (crypt.KeyProblem, ExitCode.ENCRYPTION_KEY),
     (crypt.UnsupportedEncryption, ExitCode.UNSUPPORTED),
     (crypt.CorruptEncryption, ExitCode.INVALID_IMAGE),
+    (opening.NoKeys, ExitCode.KEY_ERROR),
+    (opening.UnsignedRefused, ExitCode.NOT_TRUSTED),
+    (opening.NotAPartition, ExitCode.NOT_FOUND),
+    (opening.UnsupportedPartition, ExitCode.UNSUPPORTED),
+    (opening.EmptyPartition, ExitCode.INVALID_IMAGE),
 ]
 
 

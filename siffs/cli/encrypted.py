@@ -1,11 +1,10 @@
-"""Encrypted partitions for ``mount``, ``run``, ``ls`` and friends: the key options and the decryption stage.
+"""Encrypted partitions for ``mount``, ``run``, ``ls`` and friends: key options, ``create --encrypt``.
 
 The key comes from ``--pem-path``, from ``SIFFS_ENCRYPTION_PASSPHRASE`` (or Apptainer's and
 Singularity's names for it), or from a prompt without echo. The variables are removed from this
 process's environment as soon as the command starts, so neither the mount daemon nor the
-container ever sees them; the key is asked for only once an encrypted partition is found.
-Decryption sits between the verified ciphertext and the SquashFS reader: signatures are checked
-over the ciphertext (and the Cryptographic Message) first.
+container ever sees them; the key is asked for only once an encrypted partition is found
+(the decryption stage itself is ``siffs.open.decrypt``).
 """
 
 from __future__ import annotations
@@ -15,22 +14,17 @@ import ctypes
 import getpass
 import os
 import shutil
-import stat
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from siffs.cli import output
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
-from siffs.crypt.errors import CorruptEncryption, KeyProblem
-from siffs.sif import Descriptor, Image
-from siffs.sif.types import FormatType, FsType, MessageType
-from siffs.source import ByteSource
-from siffs.squashfs.errors import SquashfsError
-from siffs.squashfs.reader import SquashFS
+from siffs.crypt.errors import KeyProblem
+from siffs.sif.types import FsType
 
 if TYPE_CHECKING:  # the crypto stack loads only when an encrypted partition is opened
     from siffs.crypt.keys import KeyMaterial
@@ -44,10 +38,6 @@ PASSPHRASE_VARIABLES = (
 PEM_PATH_VARIABLES = ("APPTAINER_ENCRYPTION_PEM_PATH", "SINGULARITY_ENCRYPTION_PEM_PATH")
 #: Apptainer's variable holding the PEM text itself (removed from the environment like a passphrase).
 PEM_DATA_VARIABLE = "APPTAINER_ENCRYPTION_PEM_DATA"
-ENCRYPTED_FS_TYPES = (FsType.ENCRYPTED_SQUASHFS, FsType.GOCRYPTFS_SQUASHFS)
-
-#: Gives the byte source of each object (``trust.Gate.sources`` verifies them first).
-SourceFactory = Callable[[Image, Sequence[Descriptor]], dict[int, ByteSource]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,121 +149,10 @@ def _prompt() -> bytes:
     return line[:-1] if line.endswith(b"\n") else line
 
 
-def is_encrypted(d: Descriptor) -> bool:
-    return d.partition is not None and d.partition.fs_type in ENCRYPTED_FS_TYPES
-
-
-def key_message(image: Image, d: Descriptor) -> Descriptor | None:
-    """The Cryptographic Message (PEM, RSA-OAEP) linked to partition ``d``: the first one wins."""
-    for m in image.descriptors:
-        info = m.crypt_message
-        link = m.link
-        if (
-            info is not None
-            and link is not None
-            and not link.is_group
-            and link.target == d.id
-            and (info.format_type, info.message_type) == (FormatType.PEM, MessageType.RSA_OAEP)
-        ):
-            return m
-    return None
-
-
 def notice(message: str) -> None:
     """A status line for a slow step (the KDF), on a terminal only."""
     if sys.stderr.isatty() and output.verbosity() > output.Verbosity.QUIET:
         print(f"siffs: {message}", file=sys.stderr, flush=True)
-
-
-def decrypted(image: Image, d: Descriptor, sources: SourceFactory, keys: KeyChoice) -> ByteSource:
-    """The plaintext SquashFS bytes of encrypted partition ``d``, every check in the specs' order."""
-    from siffs.crypt.gocryptfs import open_gocryptfs  # noqa: PLC0415 - the crypto stack loads only when needed
-    from siffs.crypt.luks2 import open_luks2  # noqa: PLC0415
-
-    message_object = key_message(image, d)
-    exposed = [d] if message_object is None else [d, message_object]
-    verified = sources(image, exposed)  # signatures over the ciphertext and the message come first
-    message = None if message_object is None else verified[message_object.id].pread(0, message_object.size)
-    assert d.partition is not None
-    if d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS:
-        return open_luks2(verified[d.id], keys.material(), message, warn=output.warn, notice=notice)
-    conf, payload = _gocryptfs_parts(verified[d.id])
-    return open_gocryptfs(conf, payload, keys.material(), message, notice=notice)
-
-
-class _FileInImage:
-    """One regular file of a SquashFS as a byte source (the gocryptfs payload inside the outer image)."""
-
-    def __init__(self, tree: SquashFS, ino: int, size: int) -> None:
-        self._tree, self._ino, self.size = tree, ino, size
-
-    def pread(self, offset: int, size: int) -> bytes:
-        data = self._tree.read(self._ino, offset, size)
-        if len(data) != size:
-            raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
-        return data
-
-
-def describe(image: Image, d: Descriptor) -> dict[str, Any]:
-    """What can be said of encrypted partition ``d`` without a key (for ``info --json``).
-
-    Nothing is verified here, and a damaged container is described by its error message.
-    """
-    from siffs.crypt.errors import CryptError  # noqa: PLC0415 - the crypto stack loads only when needed
-    from siffs.crypt.gocryptfs import parse_conf, plain_size  # noqa: PLC0415
-    from siffs.crypt.luks2 import read_header  # noqa: PLC0415
-    from siffs.squashfs.source import FileSource  # noqa: PLC0415
-
-    source = FileSource(image.fd, d.offset, d.size)
-    facts: dict[str, Any] = {"key_message": key_message(image, d) is not None}
-    try:
-        assert d.partition is not None
-        if d.partition.fs_type == FsType.ENCRYPTED_SQUASHFS:
-            return read_header(source).to_dict() | facts
-        conf, payload = _gocryptfs_parts(source)
-        if payload is None:
-            raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
-        plain = plain_size(payload.size)
-        return (
-            parse_conf(conf).to_dict()
-            | facts
-            | {
-                "payload_size": payload.size,
-                "plaintext_size": plain,
-                "blocks": -(-plain // 4096),
-            }
-        )
-    except (CryptError, SquashfsError) as exc:
-        return facts | {"error": str(exc)}
-
-
-def _gocryptfs_parts(partition: ByteSource) -> tuple[bytes, ByteSource | None]:
-    """``gocryptfs.conf`` and the payload from the outer SquashFS, chosen as Apptainer chooses them."""
-    from siffs.crypt.gocryptfs import CONF_NAME, MAX_CONF_SIZE, PAYLOAD_PREFIX  # noqa: PLC0415
-
-    try:
-        if partition.size < 4 or partition.pread(0, 4) != b"hsqs":
-            raise CorruptEncryption("gocryptfs partition is not a squashfs")
-        outer = SquashFS(partition, cache_bytes=4 << 20)
-        entries = sorted(outer.readdir(outer.root_ino), key=lambda e: e[0])
-    except SquashfsError as exc:
-        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
-    conf = next((st for name, st, _ in entries if name == CONF_NAME and stat.S_ISREG(st.mode)), None)
-    if conf is None or conf.size > MAX_CONF_SIZE:
-        raise CorruptEncryption("gocryptfs partition has no gocryptfs.conf")
-    try:
-        conf_data = outer.read(conf.ino, 0, conf.size)
-    except SquashfsError as exc:
-        raise CorruptEncryption("gocryptfs partition is not a squashfs") from exc
-    payloads = [st for name, st, _ in entries if name.startswith(PAYLOAD_PREFIX)]
-    if not payloads or not stat.S_ISREG(payloads[0].mode) or payloads[0].size == 0:
-        return conf_data, None
-    others = len(entries) - 2
-    if others:
-        output.warn(
-            f"the gocryptfs partition holds {others} more entries; using the first squashfs-* payload"
-        )
-    return conf_data, _FileInImage(outer, payloads[0].ino, payloads[0].size)
 
 
 # -- building (siffs create --encrypt) -----------------------------------------------------------

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siffs.cli import encrypted
+from siffs.cli import output
 from siffs.cli.common import print_json, write_bytes
+from siffs.open import decrypt
 from siffs.sif import Image
 from siffs.sif.describe import descriptor_json, header_json, header_text, image_json, info_text, list_text
 
@@ -50,8 +51,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         d = image.get(args.id)
         if args.json:
             facts = descriptor_json(d)
-            if encrypted.is_encrypted(d):
-                facts["encryption"] = encrypted.describe(image, d)
+            if decrypt.is_encrypted(d):
+                facts["encryption"] = decrypt.describe(image, d, output.warn)
             print_json(facts)
         else:
             sys.stdout.write(info_text(d))

@@ -1,7 +1,7 @@
-"""``siffs mount`` and ``siffs umount``: the FUSE daemon's front door.
+"""``siffs mount``, ``umount`` and ``mounts``: options in, one line out.
 
-Everything that can be checked before forking is checked here, in the caller's process
-(mount point, image, partition kind, SquashFS superblock), so that mistakes get an
+The mount point is checked here; the image is opened, verified and served by
+``siffs.open.mount``, in this process before any daemon starts, so that mistakes get an
 immediate one-line answer and no daemon is left behind.
 """
 
@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 
 from siffs.cli import encrypted, output, trust
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
-from siffs.cli.opener import open_all, open_tree
-from siffs.fs import daemon, registry
-from siffs.fs.errors import MountError
-from siffs.fs.mountpoint import check_fuse, check_mount_point
-from siffs.fs.operations import Ownership, ReadOnlyOperations, Tree
+from siffs.fs import registry
+from siffs.fs.daemon import log_path_for as daemon_log
+from siffs.fs.mountpoint import check_mount_point
 from siffs.fs.unmount import unmount
-from siffs.sif import Image
+from siffs.open.image import OpenRequest
+from siffs.open.mount import MountRequest, mount, mounted
 
 #: libfuse options passed through as they are (the kernel or fusermount3 judge them).
 #: ``noexec`` matters for fstab lines: an admin who writes it must get it.
@@ -87,125 +83,62 @@ def parse_options(raw: list[str]) -> dict[str, str | None]:
     return options
 
 
-def _escape(value: str) -> str:
-    """libfuse splits options on commas: escape them (and backslashes) in the file system name."""
-    return value.replace("\\", "\\\\").replace(",", "\\,")
-
-
-def fuse_options(image_path: str, options: dict[str, str | None]) -> set[str]:
-    fuse = {f"fsname={_escape(os.path.abspath(image_path))}", "subtype=siffs", "ro", "default_permissions"}
-    fuse |= {key for key in options if key in PASSTHROUGH}
-    return fuse
-
-
-def _open_tree(
-    args: argparse.Namespace, cache_bytes: int, gate: trust.Gate, stack: contextlib.ExitStack
-) -> Tree:
-    """The tree to serve, verified: one partition (the primary by default), or all with --all."""
-    if args.all:
-        image = stack.enter_context(Image.open(args.image))
-        return open_all(image, cache_bytes=cache_bytes, sources=gate.sources)
-    opened = open_tree(
-        args.image,
-        args.partition,
-        cache_bytes=cache_bytes,
-        sources=gate.sources,
-        bare_allowed=gate.choice.allow_unsigned,
-        keys=encrypted.KeyChoice.from_args(args),
+def _open_request(args: argparse.Namespace, image: str, cache_mib: int = DEFAULT_CACHE_MIB) -> OpenRequest:
+    return OpenRequest(
+        image,
+        getattr(args, "partition", None),
+        everything=bool(getattr(args, "all", False)),
+        trust=trust.choice(args),
+        cache_bytes=cache_mib << 20,
     )
-    stack.callback(opened.close)
-    return opened.tree
 
 
-def _serve(
-    args: argparse.Namespace,
-    mount_point: str,
-    options: dict[str, str | None],
-    *,
-    foreground: bool,
-    ephemeral: bool,
-) -> None:
-    """Verify, open and serve ``args.image`` at ``mount_point`` (a daemon unless ``foreground``)."""
+def mount_image(image: str, mount_point: str, args: argparse.Namespace) -> None:
+    """Verify and mount the primary partition of ``image`` for another command (``bundle``).
+
+    ``args`` carries that command's trust and key options (``--key``, ``--allow-unsigned``, ``--passphrase``).
+    """
+    request = MountRequest(
+        _open_request(args, image),
+        check_mount_point(mount_point),
+        secret=encrypted.KeyChoice.from_args(args).offered,
+    )
+    mount(request, trust.hooks(args))
+
+
+def mounted_image(
+    image: str, args: argparse.Namespace, as_caller: bool = False
+) -> contextlib.AbstractContextManager[str]:
+    """``image`` verified and mounted on a private, temporary mount point for a ``with`` block (``run``).
+
+    ``as_caller`` shows every file as the caller's (``uid=,gid=``), which ``--fakeroot`` maps to root.
+    """
+    secret = encrypted.KeyChoice.from_args(args).offered
+    return mounted(_open_request(args, image), trust.hooks(args), as_caller=as_caller, secret=secret)
+
+
+def cmd_mount(args: argparse.Namespace) -> None:
+    options = parse_options(args.options)
+    mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
     # Decompressed blocks kept (half metadata, half data). The kernel's page cache keeps file
     # contents anyway, so this only needs to cover blocks shared by neighbouring small files and
     # hot metadata; measured daemon RSS after reading a whole rootfs: 8 MiB -> 45 MiB,
     # 16 -> 55, 32 -> 78 (README, Performance).
     cache_mib = int(options.get("cache_size") or DEFAULT_CACHE_MIB)
     uid, gid = options.get("uid"), options.get("gid")
-    ownership = Ownership(uid=None if uid is None else int(uid), gid=None if gid is None else int(gid))
-    fuse = fuse_options(args.image, options)
-    log_file = daemon.log_path_for(mount_point)
-    check_fuse()
-    with contextlib.ExitStack() as stack:
-        gate = trust.Gate(trust.TrustChoice.from_args(args))
-        tree = _open_tree(args, cache_mib << 20, gate, stack)
-
-        def make_ops() -> ReadOnlyOperations:
-            return ReadOnlyOperations(tree, ownership)
-
-        keys = encrypted.KeyChoice.from_args(args)
-        served = daemon.Served(os.path.abspath(args.image), gate.verified_by, ephemeral, secret=keys.offered)
-        if foreground:
-            daemon.setup_logging(log_file, to_stderr=True, verbose=args.verbose)
-            daemon.run_foreground(make_ops, mount_point, fuse, served)
-        else:
-            pid = daemon.run_background(make_ops, mount_point, fuse, served, log_file)
-            output.detail(f"{mount_point}: mounted by daemon pid {pid}, logging to {log_file}")
-
-
-def mount_image(
-    image: str,
-    mount_point: str,
-    args: argparse.Namespace,
-    *,
-    ephemeral: bool = False,
-    as_caller: bool = False,
-) -> None:
-    """Verify and mount the primary partition of ``image`` for another command (run, bundle).
-
-    ``args`` carries that command's trust options (``--key``, ``--allow-unsigned``);
-    ``as_caller`` shows every file as the caller's (``uid=,gid=``), which ``--fakeroot`` maps to root.
-    """
-    ns = argparse.Namespace(
-        image=image,
-        all=False,
-        partition=None,
-        key=getattr(args, "key", []) or [],
-        allow_unsigned=getattr(args, "allow_unsigned", False),
-        verbose=False,
-        key_choice=encrypted.KeyChoice.from_args(args),
+    request = MountRequest(
+        _open_request(args, args.image, cache_mib),
+        mount_point,
+        passthrough=frozenset(key for key in options if key in PASSTHROUGH),
+        uid=None if uid is None else int(uid),
+        gid=None if gid is None else int(gid),
+        secret=encrypted.KeyChoice.from_args(args).offered,
+        foreground=args.foreground,
+        verbose=args.verbose,
     )
-    owner: dict[str, str | None] = {"uid": str(os.getuid()), "gid": str(os.getgid())} if as_caller else {}
-    _serve(ns, check_mount_point(mount_point), owner, foreground=False, ephemeral=ephemeral)
-
-
-@contextlib.contextmanager
-def mounted_image(image: str, args: argparse.Namespace, as_caller: bool = False) -> Iterator[str]:
-    """Verify and mount ``image`` on a private, temporary mount point for the block's duration.
-
-    For ``siffs run`` and friends: the daemon is tied to this process, so the mount goes away
-    when the block ends, and also when this process is killed.
-    """
-    base = registry.registry_dir().parent / "run"
-    base.mkdir(parents=True, exist_ok=True)
-    mount_point = tempfile.mkdtemp(prefix="mnt-", dir=base)
-    try:
-        mount_image(image, mount_point, args, ephemeral=True, as_caller=as_caller)
-    except BaseException:
-        os.rmdir(mount_point)
-        raise
-    try:
-        yield mount_point
-    finally:
-        with contextlib.suppress(MountError):
-            unmount(mount_point, lazy=True)
-        # The daemon removes the mount point once it has unmounted; it may still be at it.
-
-
-def cmd_mount(args: argparse.Namespace) -> None:
-    options = parse_options(args.options)
-    mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
-    _serve(args, mount_point, options, foreground=args.foreground, ephemeral=False)
+    pid = mount(request, trust.hooks(args))
+    if pid is not None:
+        output.detail(f"{mount_point}: mounted by daemon pid {pid}, logging to {daemon_log(mount_point)}")
 
 
 def cmd_umount(args: argparse.Namespace) -> None:

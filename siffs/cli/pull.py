@@ -15,6 +15,7 @@ from siffs.cli import output, trust
 from siffs.cli.common import interrupt_on_sigterm, print_json
 from siffs.cli.progress import ProgressBar
 from siffs.cli.registry import connection_arguments, prompted_credentials
+from siffs.open.trust import keys_from
 
 if TYPE_CHECKING:
     from siffs.pull import Result
@@ -67,7 +68,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
     source = args.source
     stage = pull.stage_for(source)
     dest = args.dest or pull.default_dest(source)
-    keys = None if args.allow_unsigned else trust.keys_from(args.key, required=False)
+    keys = None if args.allow_unsigned else keys_from(args.key, required=False)
     registry = RegistryPull(
         arch=args.arch,
         force=args.force,

@@ -27,6 +27,7 @@ from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
+from siffs.open.trust import keys_from
 from siffs.sif.load import Image
 from siffs.sif.types import FsType, PartType
 
@@ -158,7 +159,7 @@ def _fetch_remote(args: argparse.Namespace) -> None:
         return
     from siffs.registry.pull import RegistryPull, cached_image  # noqa: PLC0415 -- only for remote images
 
-    keys = None if getattr(args, "allow_unsigned", False) else trust.keys_from(args.key, required=False)
+    keys = None if getattr(args, "allow_unsigned", False) else keys_from(args.key, required=False)
     with ProgressBar("pulling") as progress:
         args.image = str(cached_image(args.image, options=RegistryPull(), keys=keys, progress=progress))
 

@@ -8,8 +8,8 @@ import sys
 from siffs.cli import encrypted, output, trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
-from siffs.cli.opener import open_tree
 from siffs.cli.progress import ProgressBar
+from siffs.open.image import OpenRequest, open_partition
 from siffs.squashfs.extract import extract
 
 
@@ -29,17 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> None:
-    gate = trust.Gate(trust.TrustChoice.from_args(args))
-    opened = open_tree(
-        args.image,
-        args.partition,
-        sources=gate.sources,
-        bare_allowed=gate.choice.allow_unsigned,
-        keys=encrypted.KeyChoice.from_args(args),
-    )
+    choice = trust.choice(args)
+    opened = open_partition(OpenRequest(args.image, args.partition, trust=choice), trust.hooks(args))
     try:
         with ProgressBar("extracting") as progress:
-            keep = args.keep_privileged or not gate.choice.allow_unsigned
+            keep = args.keep_privileged or not choice.allow_unsigned
             report = extract(opened.tree, args.directory, progress, keep_privileged=keep)
     except FileExistsError as exc:
         raise CommandError(f"{args.directory}: {exc.strerror}", ExitCode.IO) from exc

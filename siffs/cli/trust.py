@@ -1,54 +1,18 @@
-"""The trust decision before an image is exposed: verify, or say plainly that it was not.
+"""The trust options of every command that exposes an image, and the CLI's side of the open pipeline.
 
-``siffs mount`` (and ``run``) refuse an image unless a trusted key's signature covers every
-object they expose; the bytes then reach the SquashFS reader only through the verified block
-table, so a file changed under a live mount yields EIO, never the changed bytes.
-``--allow-unsigned`` skips all of that, and says so on standard error.
+``--allow-unsigned`` and ``--key`` become a :class:`siffs.open.trust.TrustChoice`; the pipeline
+talks to the person at the terminal only through the hooks made here (warnings, the progress
+bar, the passphrase prompt).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from siffs.cli import output
-from siffs.cli.common import CommandError
-from siffs.cli.exitcodes import ExitCode
+from siffs.cli import encrypted, output
 from siffs.cli.progress import ProgressBar
-from siffs.sif import Descriptor, Image
-from siffs.squashfs.source import ByteSource, FileSource
-
-if TYPE_CHECKING:  # the integrity layer (and its crypto) is imported only when verifying
-    from siffs.integrity.blockcache import BlockTableCache
-    from siffs.integrity.verify import KeyMaterial, SignatureReport
-
-
-def keys_from(paths: Sequence[str], *, required: bool = True) -> KeyMaterial:
-    """The keys given with --key, or else the trusted keyring's."""
-    from siffs.integrity.keyring import Keyring  # noqa: PLC0415 - see TYPE_CHECKING above
-    from siffs.integrity.keys import key_material, load_files  # noqa: PLC0415
-
-    if paths:
-        return key_material(load_files(list(paths)))
-    keys = Keyring().key_material()
-    if required and keys.pgp is None and not keys.dsse:
-        raise CommandError(
-            "no keys: pass the signer's public key with --key FILE or trust it with 'siffs key import FILE'",
-            ExitCode.KEY_ERROR,
-        )
-    return keys
-
-
-def block_cache() -> BlockTableCache | None:
-    """The verified-block-table cache, or None where no cache directory can be written."""
-    from siffs.integrity.blockcache import BlockTableCache  # noqa: PLC0415 - see TYPE_CHECKING above
-
-    try:
-        return BlockTableCache.default()
-    except OSError:
-        return None  # verify without the cache
+from siffs.open.hooks import Hooks
+from siffs.open.trust import TrustChoice
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,55 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class TrustChoice:
-    allow_unsigned: bool
-    key_files: tuple[str, ...]
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrustChoice:
-        return cls(bool(args.allow_unsigned), tuple(args.key))
+def choice(args: argparse.Namespace) -> TrustChoice:
+    """The trust choice of a command's options (commands without them verify against the keyring)."""
+    return TrustChoice(bool(getattr(args, "allow_unsigned", False)), tuple(getattr(args, "key", None) or ()))
 
 
-def plain_sources(image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
-    """Unverified sources: for --allow-unsigned, and for the peeking commands (``ls``, ``cat``)."""
-    return {d.id: FileSource(image.fd, d.offset, d.size) for d in exposed}
-
-
-def signer_text(s: SignatureReport) -> str:
-    """Who made a verified signature, for people: fingerprint and user ID, or DSSE key IDs."""
-    if s.pgp_signer is not None:
-        uid = f' "{s.pgp_signer.user_id}"' if s.pgp_signer.user_id else ""
-        return f"{s.pgp_signer.fingerprint}{uid}"
-    if s.dsse_keys:
-        return ", ".join(f"{k.key_id} ({k.description})" for k in s.dsse_keys)
-    return "unknown"
-
-
-class Gate:
-    """Makes the byte sources of the objects to expose, and remembers who vouched for them."""
-
-    def __init__(self, choice: TrustChoice) -> None:
-        self.choice = choice
-        self.verified_by = "nobody (--allow-unsigned)"
-
-    def sources(self, image: Image, exposed: Sequence[Descriptor]) -> dict[int, ByteSource]:
-        """A byte source per exposed object: verified block by block unless unsigned use was allowed."""
-        if self.choice.allow_unsigned:
-            output.warn(f"{image.path}: signatures not verified (--allow-unsigned)")
-            return plain_sources(image, exposed)
-        from siffs.integrity.blocktable import VerifiedObjectReader  # noqa: PLC0415 - see TYPE_CHECKING
-        from siffs.integrity.keyring import require_trusted  # noqa: PLC0415
-
-        # An empty keyring is reported by require_trusted, with the --allow-unsigned hint.
-        keys = keys_from(self.choice.key_files, required=False)
-        with ProgressBar("verifying") as progress:
-            report = require_trusted(
-                image, [d.id for d in exposed], keys, cache=block_cache(), progress=progress
-            )
-        self.verified_by = "; ".join(sorted({signer_text(s) for s in report.signatures if s.ok}))
-        for warning in report.warnings:
-            output.warn(f"{image.path}: {warning}")
-        return {
-            d.id: VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id]) for d in exposed
-        }
+def hooks(args: argparse.Namespace) -> Hooks:
+    """Warnings and progress on standard error; the key from the command's key options, asked for once."""
+    keys = encrypted.KeyChoice.from_args(args)
+    return Hooks(warn=output.warn, notice=encrypted.notice, progress=ProgressBar, unlock=keys.material)

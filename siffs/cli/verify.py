@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from siffs.cli import output, trust
+from siffs.cli import output
 from siffs.cli.common import CommandError, print_json
 from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
@@ -20,6 +20,7 @@ from siffs.integrity.keyring import Keyring
 from siffs.integrity.keys import KeyKind, load_files, private_pem, read_key_file
 from siffs.integrity.sign import DsseSigningKey, PgpSigningKey, SigningKey, sign
 from siffs.integrity.verify import Mode, Report, verify
+from siffs.open.trust import block_cache, keys_from, signer_text
 from siffs.sif import Image
 
 
@@ -87,7 +88,7 @@ def _mode(args: argparse.Namespace) -> Mode:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    keys = trust.keys_from(args.key)
+    keys = keys_from(args.key)
     mode = _mode(args)
     with Image.open(args.image) as image:
         groups = [args.group] if args.group is not None else []
@@ -102,7 +103,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
                 groups=groups,
                 objects=objects,
                 mode=mode,
-                cache=trust.block_cache(),
+                cache=block_cache(),
                 progress=progress,
             )
     for warning in report.warnings:
@@ -121,7 +122,7 @@ def _print_report(report: Report) -> None:
         link = "" if s.link is None else f", {'group' if s.link.is_group else 'object'} {s.link.target}"
         out.write(f"signature {s.signature_id} ({s.format.upper()}{link}): ")
         out.write("verified\n" if s.ok else f"FAILED: {s.error}\n")
-        out.write(f"  signer:  {trust.signer_text(s)}\n")
+        out.write(f"  signer:  {signer_text(s)}\n")
         covered = s.verified if s.ok else s.covers
         out.write(f"  objects: {', '.join(str(i) for i in covered) or 'none'}\n")
     if report.ok:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siffs.cli.opener import open_tree
+from siffs.open.image import OpenRequest, open_partition
 from siffs.squashfs.paths import resolve
 from tests.support.mounts import daemons_for, is_mounted, siffs
 from tests.support.reference import key_path
@@ -101,7 +101,7 @@ def test_dsse_signed_image(image, tmp_path, env):
 
 def _data_offset(image: Path, path: bytes) -> int:
     """File offset of the middle of ``path``'s first data blocks, inside the SIF."""
-    opened = open_tree(str(image))
+    opened = open_partition(OpenRequest(str(image), trust=None))
     try:
         loc = opened.tree.inode(resolve(opened.tree, path).ino).file
         assert loc is not None and opened.partition is not None

@@ -1,0 +1,118 @@
+"""Open an image and serve its tree on a mount point: what ``mount``, ``run`` and ``bundle`` share.
+
+Everything that can be checked before the daemon starts is checked here, in the caller's
+process (image, partition kind, signatures, SquashFS superblock), so that mistakes get an
+immediate answer and no daemon is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from siffs.fs import daemon, registry
+from siffs.fs.errors import MountError
+from siffs.fs.mountpoint import check_fuse, check_mount_point
+from siffs.fs.operations import Ownership, ReadOnlyOperations
+from siffs.fs.unmount import unmount
+from siffs.open.hooks import SILENT, Hooks
+from siffs.open.image import OpenedImage, OpenedTree, OpenRequest, open_everything, open_partition
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """An image to open and where and how to serve it.
+
+    ``passthrough``: libfuse options handed on as they are (``allow_other``, ``noexec``...);
+    ``uid``/``gid``: show every file as owned by them; ``secret``: the tree will hold
+    decryption keys (the daemon is made non-dumpable); ``ephemeral``: the mount belongs to
+    this process (see ``daemon.Served``); ``foreground``: serve in this process, logging to
+    standard error, until unmounted.
+    """
+
+    image: OpenRequest
+    mount_point: str
+    passthrough: frozenset[str] = field(default_factory=frozenset)
+    uid: int | None = None
+    gid: int | None = None
+    secret: bool = False
+    ephemeral: bool = False
+    foreground: bool = False
+    verbose: bool = False
+
+
+def _escape(value: str) -> str:
+    """libfuse splits options on commas: escape them (and backslashes) in the file system name."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def fuse_options(image_path: str, passthrough: frozenset[str]) -> set[str]:
+    """The libfuse options of a siffs mount: read-only, named after the image, permissions by the kernel."""
+    return {
+        f"fsname={_escape(os.path.abspath(image_path))}",
+        "subtype=siffs",
+        "ro",
+        "default_permissions",
+    } | set(passthrough)
+
+
+def mount(request: MountRequest, hooks: Hooks = SILENT) -> int | None:
+    """Verify, open and serve the image; return the daemon's pid once the mount is live.
+
+    In the foreground this serves until unmounted and returns None.
+    """
+    ownership = Ownership(uid=request.uid, gid=request.gid)
+    fuse = fuse_options(request.image.path, request.passthrough)
+    log_file = daemon.log_path_for(request.mount_point)
+    check_fuse()
+    opened: OpenedTree | OpenedImage
+    if request.image.everything:
+        opened = open_everything(request.image, hooks)
+    else:
+        opened = open_partition(request.image, hooks)
+    try:
+        tree = opened.tree
+
+        def make_ops() -> ReadOnlyOperations:
+            return ReadOnlyOperations(tree, ownership)
+
+        provenance = opened.provenance
+        served = daemon.Served(provenance.image, provenance.verified_by, request.ephemeral, request.secret)
+        if request.foreground:
+            daemon.setup_logging(log_file, to_stderr=True, verbose=request.verbose)
+            daemon.run_foreground(make_ops, request.mount_point, fuse, served)
+            return None
+        return daemon.run_background(make_ops, request.mount_point, fuse, served, log_file)
+    finally:
+        opened.close()
+
+
+@contextlib.contextmanager
+def mounted(
+    image: OpenRequest, hooks: Hooks = SILENT, *, as_caller: bool = False, secret: bool = False
+) -> Iterator[str]:
+    """Verify and mount ``image`` on a private, temporary mount point for the block's duration.
+
+    For ``siffs run`` and friends: the daemon is tied to this process, so the mount goes away
+    when the block ends, and also when this process is killed. ``as_caller`` shows every file
+    as the caller's, which ``--fakeroot`` maps to root.
+    """
+    base = registry.registry_dir().parent / "run"
+    base.mkdir(parents=True, exist_ok=True)
+    mount_point = tempfile.mkdtemp(prefix="mnt-", dir=base)
+    uid, gid = (os.getuid(), os.getgid()) if as_caller else (None, None)
+    try:
+        checked = check_mount_point(mount_point)
+        mount(MountRequest(image, checked, uid=uid, gid=gid, secret=secret, ephemeral=True), hooks)
+    except BaseException:
+        os.rmdir(mount_point)
+        raise
+    try:
+        yield mount_point
+    finally:
+        with contextlib.suppress(MountError):
+            unmount(mount_point, lazy=True)
+        # The daemon removes the mount point once it has unmounted; it may still be at it.
