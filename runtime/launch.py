@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from runtime import actions, envfile, libc, namespaces, rootfs
+from runtime import actions, envfile, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
 from runtime.environment import (
     IDENTITY_PREFIXES,
@@ -41,10 +41,10 @@ from runtime.request import Request
 from runtime.supervise import linger, restore_signals, wait_for
 
 _HOST_NAME_MAX = 64
-#: Apptainer's root-mapped mode (the user has no /etc/subuid range) says as much.
+#: Apptainer's root-mapped mode (no /etc/subuid range, or --ignore-subuid) says as much.
 FAKEROOT_WARNING = (
     "--fakeroot: root-mapped namespace: you are root inside, every other user and group shows as "
-    "nobody (subordinate id ranges of /etc/subuid are not used)"
+    "nobody (no subordinate id range of /etc/subuid is used)"
 )
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
@@ -60,6 +60,8 @@ class Prepared:
     overrides: Overrides
     host: Target
     host_cwd: str | None
+    #: ``--fakeroot``'s subordinate ranges; None for the root-mapped (or identity) namespace.
+    ranges: subid.Mapping | None = None
 
 
 def env_options(items: list[str]) -> list[tuple[str, str]]:
@@ -101,7 +103,8 @@ def prepare(request: Request) -> Prepared:
     if request.rocm:
         gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
-    if request.fakeroot:
+    ranges = subid.caller_mapping() if request.fakeroot and not request.ignore_subuid else None
+    if request.fakeroot and ranges is None:
         warn(FAKEROOT_WARNING)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
@@ -120,7 +123,7 @@ def prepare(request: Request) -> Prepared:
     except OSError:
         host_cwd = None
     forwarded = forwarded_host(request.environ, request.clean, request.no_env)
-    return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd)
+    return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd, ranges)
 
 
 def exec_container(request: Request) -> NoReturn:
@@ -134,6 +137,7 @@ def exec_container(request: Request) -> NoReturn:
         uts=request.new_uts,
         net=request.net,
         fakeroot=request.fakeroot,
+        ranges=prepared.ranges,
     )
     if request.new_pid:
         pid = os.fork()

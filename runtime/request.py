@@ -62,6 +62,8 @@ class Request:
     writable: bool = False
     #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
     fakeroot: bool = False
+    #: ``--ignore-subuid``: the root-mapped namespace even when ``/etc/subuid`` lists the caller.
+    ignore_subuid: bool = False
     #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
     mounts: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
