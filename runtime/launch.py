@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from runtime import actions, envfile, libc, namespaces, rootfs, subid
+from runtime import actions, envfile, fuselayers, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
 from runtime.environment import (
     IDENTITY_PREFIXES,
@@ -227,12 +227,16 @@ def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if request.no_umask:
         os.umask(0o022)
-    if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
+    # PID 1, or the keeper of ext3 overlay helpers: the command is a child, signals are forwarded,
+    # orphans reaped (as PID 1); the helpers are stopped, their writes flushed, before the status
+    # goes back to the caller.
+    if as_init or fuselayers.running():
         pid = os.fork()
         if pid:
-            status = wait_for(pid, reap_all=True)
-            if request.action == "start":  # an instance outlives its start script
+            status = wait_for(pid, reap_all=as_init)
+            if as_init and request.action == "start":  # an instance outlives its start script
                 linger()
+            fuselayers.stop()
             os._exit(status)
         _in_child(lambda: _exec(argv, env, prepared.host))
     _exec(argv, env, prepared.host)

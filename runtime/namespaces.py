@@ -98,7 +98,7 @@ def enter(
                     f"--fakeroot: {program} could not map your subordinate ids ({why[-1]}); "
                     "use --ignore-subuid for the root-mapped namespace"
                 )
-        os.setgroups([])  # the host's supplementary groups mean nothing inside (Apptainer: root only)
+        os.setgroups([0])  # root's group only, as Apptainer: the host's groups mean nothing inside
         return
     try:
         inside_uid, inside_gid = (0, 0) if fakeroot else (uid, gid)

@@ -237,10 +237,6 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         if args.nvliblist:
             sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
     rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
-    if args.writable and os.path.isfile(args.image):
-        raise InvalidRequest(
-            "--writable: a SIF image is read-only here; use --writable-tmpfs or --overlay DIR"
-        )
     if args.network not in (None, "none"):
         raise InvalidRequest(
             f"--network {args.network}: {_ROOT_ONLY} (only --network none works unprivileged)"

@@ -85,7 +85,7 @@ def test_ranges_with_writable_tmpfs_allow_chown(siffs, owned_tree):
     with _ranges(f"{TEST_USER}:{START}:{COUNT}"):
         result = siffs("exec", "--fakeroot", "--writable-tmpfs", owned_tree, "/bin/sh", "-c", script)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["100", "0"]
+    assert result.stdout.splitlines() == ["100", "0"]  # id -G: root only, as Apptainer
 
 
 def test_without_ranges_root_mapped_with_the_warning(siffs, owned_tree):
