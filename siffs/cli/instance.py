@@ -101,7 +101,7 @@ def cmd_start(args: argparse.Namespace) -> None:
 
 def _supervise(args: argparse.Namespace, request: Request, directory: str, ready: int) -> NoReturn:
     """The instance's supervisor: its own session, the image mounted, the container waited for."""
-    from siffs.cli.run import _tree  # noqa: PLC0415 - the FUSE stack only where a SIF is mounted
+    from siffs.cli.run import with_images  # noqa: PLC0415 - the FUSE stack only where images are mounted
 
     status = 255
     log = os.path.join(directory, f"{args.name}.log")
@@ -113,8 +113,10 @@ def _supervise(args: argparse.Namespace, request: Request, directory: str, ready
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         for fd, target in ((0, null), (1, out), (2, out)):
             os.dup2(target, fd)
-        with _tree(args) as root:
-            holder = start_container(replace(request, root=root))
+        with contextlib.ExitStack() as stack:  # a SIF, data images, squashfs overlays: as for run
+            request = with_images(stack, request, args)
+            root = request.root
+            holder = start_container(request)
             options: dict[str, object] = {"contain": request.contain, "containall": request.containall}
             options |= {"home": request.home, "no_home": request.no_home, "fakeroot": request.fakeroot}
             record = instances.Instance(

@@ -23,7 +23,7 @@ from runtime import bundle, envfile, fuselayers, metadata
 from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
-from runtime.request import OverlayImage
+from runtime.request import OverlayImage, Request
 from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
@@ -113,31 +113,10 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         if refused:
             raise InvalidRequest(refused)
         request = runoptions.request(args, args.action)
-        binds, data_images = _split_data_images(request.binds)
-        mounts, mounted_images = _split_data_mounts(request.mounts)
-        data_images += mounted_images
-        request = replace(request, mounts=mounts)
-        squashfs_overlays = [spec for spec in request.overlays if _is_squashfs(spec)]
-        if not data_images and not squashfs_overlays and not os.path.isfile(args.image):
+        if not needs_mounts(request, args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
         with contextlib.ExitStack() as stack:
-            for source, inside, dest in data_images:  # verified and mounted as any image
-                if not os.path.isfile(source):
-                    raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
-                mount = stack.enter_context(_mounted(source, args))
-                binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
-            overlays = [
-                _squashfs_layer(stack, spec, args) if spec in squashfs_overlays else spec
-                for spec in request.overlays
-            ]
-            request = replace(request, binds=binds, overlays=overlays)
-            if os.path.isfile(args.image):
-                partitions = _overlay_partitions(
-                    args.image, request.writable, bool(request.overlays or request.writable_tmpfs)
-                )
-                mount_point = stack.enter_context(_mounted(args.image, args))
-                request = replace(request, root=mount_point, image_overlays=partitions, writable=False)
-            status = run_container(request)
+            status = run_container(with_images(stack, request, args))
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -149,6 +128,38 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         print(f"FATAL: {args.image}: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONTAINER_FAILED)
     sys.exit(status)
+
+
+def needs_mounts(request: Request, image: str) -> bool:
+    """Whether ``request`` uses images siffs mounts first (``with_images``): a SIF, data images,
+    squashfs overlays. A directory alone goes to the runtime as it is."""
+    _, data_images = _split_data_images(request.binds)
+    _, mounted_images = _split_data_mounts(request.mounts)
+    squashfs = any(_is_squashfs(spec) for spec in request.overlays)
+    return bool(data_images or mounted_images or squashfs or os.path.isfile(image))
+
+
+def with_images(stack: contextlib.ExitStack, request: Request, args: argparse.Namespace) -> Request:
+    """``request`` with the images it names mounted for ``stack``'s duration: data images bound
+    read-only, squashfs overlays as read-only layers, a SIF as the root with its overlay partitions."""
+    binds, data_images = _split_data_images(request.binds)
+    mounts, mounted_images = _split_data_mounts(request.mounts)
+    for source, inside, dest in data_images + mounted_images:  # verified and mounted as any image
+        if not os.path.isfile(source):
+            raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
+        mount = stack.enter_context(_mounted(source, args))
+        binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
+    overlays = [
+        _squashfs_layer(stack, spec, args) if _is_squashfs(spec) else spec for spec in request.overlays
+    ]
+    request = replace(request, binds=binds, mounts=mounts, overlays=overlays)
+    if os.path.isfile(args.image):
+        partitions = _overlay_partitions(
+            args.image, request.writable, bool(request.overlays or request.writable_tmpfs)
+        )
+        mount_point = stack.enter_context(_mounted(args.image, args))
+        request = replace(request, root=mount_point, image_overlays=partitions, writable=False)
+    return request
 
 
 def _fetch_remote(args: argparse.Namespace) -> None:

@@ -265,3 +265,21 @@ def test_writable_refusals_on_a_sif(siffs, overlay_sif, tree, work, images, user
     read_only = siffs("exec", "--key", key_path("ed25519", "public"), signed, "/bin/cat", "/overlay-file.txt",
                       env=user_env)  # fmt: skip
     assert read_only.stdout.startswith("persisted\n"), read_only.stderr  # verified, applied read-only
+
+
+def test_instance_writes_into_its_ext3_overlay_until_stopped(siffs, tree, images, user_env):
+    """An instance keeps its helpers while it lives; joiners write through them; stop flushes them."""
+    image = _ext3(images / "instance.img", {})
+    started = siffs("instance", "start", "--overlay", image, tree, "ov-inst", env=user_env)
+    assert started.returncode == 0, started.stderr
+    try:
+        _run(siffs, "instance://ov-inst", "/bin/sh", "-c", "echo joined > /from-joiner", env=user_env)
+        assert len(_helpers_left()) == 2
+    finally:
+        stopped = siffs("instance", "stop", "ov-inst", env=user_env)
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 20
+    while _helpers_left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _helpers_left() == []
+    assert _debugfs(image, "cat /upper/from-joiner") == "joined\n"
