@@ -58,6 +58,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument("--json", action="store_true", help="as Apptainer's 'instance list --json'")
     listing.set_defaults(func=cmd_list)
 
+    stats = what.add_parser("stats", help="resource use of an instance (needs a cgroup: refused here)")
+    stats.add_argument("name", help="instance name")
+    stats.add_argument("-j", "--json", action="store_true", help="as Apptainer's 'instance stats --json'")
+    stats.add_argument("--no-stream", action="store_true", help="print once")
+    stats.add_argument("-u", "--user", help="another user's instance (root only in Apptainer)")
+    stats.set_defaults(func=cmd_stats)
+
     stop = what.add_parser("stop", help="stop instances")
     stop.add_argument("name", nargs="?", help="instance name")
     stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
@@ -142,8 +149,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             {
                 "instance": i.name,
                 "pid": i.pid,
-                "ip": "",
                 "img": i.image,
+                "ip": "",  # as Apptainer unprivileged: no network of its own beyond --network none's loopback
                 "logErrPath": i.log,
                 "logOutPath": i.log,
             }
@@ -154,6 +161,20 @@ def cmd_list(args: argparse.Namespace) -> None:
     print(f"{'INSTANCE NAME':<16} {'PID':<8} {'IP':<15} IMAGE")
     for i in found:
         print(f"{i.name:<16} {i.pid:<8} {'':<15} {i.image}")
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    """Apptainer reads an instance's own cgroup; a siffs instance has none (it would need root or a
+    cgroup delegated by systemd), so the figures would be the whole session's: refused, saying so."""
+    try:
+        instances.find(state_dir(), args.name)
+    except ContainerError as exc:
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
+    raise CommandError(
+        f"instance stats: {args.name} has no cgroup of its own (siffs starts instances without root or "
+        "cgroup delegation); start it under 'systemd-run --user --scope' and read 'systemd-cgtop' instead",
+        ExitCode.UNSUPPORTED,
+    )
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
