@@ -104,7 +104,7 @@ def test_list_json_fields_and_stats_refusal(siffs, served, user_env):
     """Apptainer's JSON fields in its order; stats needs a cgroup of the instance's own: one clear refusal."""
     missing = siffs("instance", "stats", "nothing-here", env=user_env)
     assert missing.returncode == 5 and "no instance named 'nothing-here'" in missing.stderr
-    assert siffs("instance", "start", served, "stats-one", env=user_env).returncode == 0
+    assert siffs("instance", "start", "--contain", served, "stats-one", env=user_env).returncode == 0
     try:
         document = json.loads(siffs("instance", "list", "--json", env=user_env).stdout)
         entry = next(i for i in document["instances"] if i["instance"] == "stats-one")
