@@ -40,6 +40,12 @@ _HOST_IN_AREA = "/host"
 #: Where the helpers are looked for, whatever the caller's PATH (fuse2fs may be in sbin).
 _SEARCH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
+#: Why fuse-overlayfs most often cannot start: the image's upper/ and work/ belong to someone else.
+_OWNERS = (
+    " (upper/ and work/ of a writable ext3 overlay must be yours inside the container: an image made "
+    "by 'overlay create --fakeroot' is root's, one made without it is yours; --fakeroot without "
+    "/etc/subuid ranges cannot write a user's image)"
+)
 #: The helpers started for this container, in start order.
 _daemons: list[subprocess.Popen[bytes]] = []
 
@@ -146,10 +152,10 @@ class Area:
             f"lowerdir={':'.join(self.inside(p) for p in lowers)},upperdir={self.inside(upper)},"
             f"workdir={self.inside(work)},allow_other,noacl"
         )
-        self._start(["fuse-overlayfs", "-f", "-o", data, self.inside(target)], target, "the overlay")
+        self._start(["fuse-overlayfs", "-f", "-o", data, self.inside(target)], target, "the overlay", _OWNERS)
         return target
 
-    def _start(self, argv: list[str], target: str, what: str) -> None:
+    def _start(self, argv: list[str], target: str, what: str, hint: str = "") -> None:
         program = _which(argv[0], self.host)
         if program is None:
             raise MountFailed(f"{argv[0]} is not installed (apt-get install {argv[0]})")
@@ -174,7 +180,9 @@ class Area:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 with open(log_path, "rb") as f:
                     said = os.fsdecode(f.read()).strip().splitlines()
-                raise MountFailed(f"{argv[0]} could not mount {what}" + (f": {said[-1]}" if said else ""))
+                raise MountFailed(
+                    f"{argv[0]} could not mount {what}" + (f": {said[-1]}" if said else "") + hint
+                )
             time.sleep(0.01)
 
     def _enter(self) -> None:

@@ -205,7 +205,11 @@ def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
     request, layout = prepared.request, prepared.layout
     if build:
         _isolate(request)
-        rootfs.build(layout)
+        try:
+            rootfs.build(layout)
+        except BaseException:
+            fuselayers.stop()  # the helpers started so far, flushed before the failure is reported
+            raise
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
     shell = find_shell()

@@ -283,3 +283,13 @@ def test_instance_writes_into_its_ext3_overlay_until_stopped(siffs, tree, images
         time.sleep(0.1)
     assert _helpers_left() == []
     assert _debugfs(image, "cat /upper/from-joiner") == "joined\n"
+
+
+def test_root_mapped_fakeroot_cannot_write_a_users_image(siffs, tree, images):
+    """The user's upper/ is nobody's in a root-mapped namespace: refused in one line that says why."""
+    image = _ext3(images / "users.img", {})
+    result = siffs("exec", "--fakeroot", "--ignore-subuid", "--overlay", image, tree, "true")
+    assert result.returncode == 255
+    assert result.stderr.splitlines()[-1].startswith("FATAL: fuse-overlayfs could not mount the overlay")
+    assert "--fakeroot without /etc/subuid ranges cannot write a user's image" in result.stderr
+    assert _helpers_left() == []
