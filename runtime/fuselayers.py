@@ -10,11 +10,15 @@ Apptainer does in its unprivileged mode.
 Both run inside the container's user and mount namespaces, as Apptainer runs them: the ids
 written into an image are the container's (root inside is 0 in the image), ``--fakeroot``'s
 subordinate ids work, and nothing is ever mounted in the host's mount table, so nothing can be
-left there. The daemons run chrooted in a small tmpfs ("the area") holding a recursive bind of
-the host root and links to its system directories: their root is then no mount the container's
-``pivot_root`` moves, so they keep a root that is not the tree they serve. They are stopped
-(SIGTERM, which makes fuse2fs write its metadata back) after the command ends, and get the same
-signal from the kernel if the process that started them dies first.
+left there. Each daemon runs in a mount namespace of its own (a copy of the container's,
+taken before the container's root is switched, so later detaches never empty its view), chrooted
+in a small tmpfs ("the area") holding a recursive bind of the host root and links to its system
+directories; it mounts on a shared mount point, which brings the mount into the container's
+namespace. They are stopped (SIGTERM, which makes fuse2fs write its metadata back) after the
+command ends, and get the same signal from the kernel if the process that started them dies first.
+Found on Linux 6.18: the kernel's overlayfs refuses a fuse2fs upper outright (no d_type report,
+no tmpfile, no RENAME_WHITEOUT), and a helper that is not root in the namespace needs
+CAP_SYS_ADMIN kept across its ``execve`` (ambient) to mount there.
 """
 
 from __future__ import annotations
