@@ -12,7 +12,7 @@ PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config   # the venv and the pyfuse3 build
     patch                                              # contrib/build-pyfuse3.sh: siffs' pyfuse3 patches
     fuse3 libfuse3-dev                                 # FUSE: fusermount3 and the library pyfuse3 binds
-    fuse2fs                                            # run: ext3 overlay partitions embedded in a SIF
+    fuse2fs fuse-overlayfs e2fsprogs                   # run: ext3 overlays (images, SIF partitions); debugfs reads them back in tests
     squashfs-tools squashfs-tools-ng                   # mksquashfs/gensquashfs: building images
     busybox-static                                     # content of the example and test images
     gnupg gpgv                                         # OpenPGP signatures (verify and sign)

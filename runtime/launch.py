@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from runtime import actions, envfile, libc, namespaces, rootfs
+from runtime import actions, envfile, fuselayers, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
 from runtime.environment import (
     IDENTITY_PREFIXES,
@@ -41,10 +41,10 @@ from runtime.request import Request
 from runtime.supervise import linger, restore_signals, wait_for
 
 _HOST_NAME_MAX = 64
-#: Apptainer's root-mapped mode (the user has no /etc/subuid range) says as much.
+#: Apptainer's root-mapped mode (no /etc/subuid range, or --ignore-subuid) says as much.
 FAKEROOT_WARNING = (
     "--fakeroot: root-mapped namespace: you are root inside, every other user and group shows as "
-    "nobody (subordinate id ranges of /etc/subuid are not used)"
+    "nobody (no subordinate id range of /etc/subuid is used)"
 )
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
@@ -60,6 +60,8 @@ class Prepared:
     overrides: Overrides
     host: Target
     host_cwd: str | None
+    #: ``--fakeroot``'s subordinate ranges; None for the root-mapped (or identity) namespace.
+    ranges: subid.Mapping | None = None
 
 
 def env_options(items: list[str]) -> list[tuple[str, str]]:
@@ -101,7 +103,8 @@ def prepare(request: Request) -> Prepared:
     if request.rocm:
         gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
-    if request.fakeroot:
+    ranges = subid.caller_mapping() if request.fakeroot and not request.ignore_subuid else None
+    if request.fakeroot and ranges is None:
         warn(FAKEROOT_WARNING)
     for message in (*overrides.warnings, *gpu.warnings, *layout.warnings):
         warn(message)
@@ -120,7 +123,7 @@ def prepare(request: Request) -> Prepared:
     except OSError:
         host_cwd = None
     forwarded = forwarded_host(request.environ, request.clean, request.no_env)
-    return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd)
+    return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd, ranges)
 
 
 def exec_container(request: Request) -> NoReturn:
@@ -134,6 +137,7 @@ def exec_container(request: Request) -> NoReturn:
         uts=request.new_uts,
         net=request.net,
         fakeroot=request.fakeroot,
+        ranges=prepared.ranges,
     )
     if request.new_pid:
         pid = os.fork()
@@ -201,7 +205,11 @@ def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
     request, layout = prepared.request, prepared.layout
     if build:
         _isolate(request)
-        rootfs.build(layout)
+        try:
+            rootfs.build(layout)
+        except BaseException:
+            fuselayers.stop()  # the helpers started so far, flushed before the failure is reported
+            raise
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
     shell = find_shell()
@@ -223,12 +231,16 @@ def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if request.no_umask:
         os.umask(0o022)
-    if as_init:  # PID 1: the command is a child, signals are forwarded, orphans reaped
+    # PID 1, or the keeper of ext3 overlay helpers: the command is a child, signals are forwarded,
+    # orphans reaped (as PID 1); the helpers are stopped, their writes flushed, before the status
+    # goes back to the caller.
+    if as_init or fuselayers.running():
         pid = os.fork()
         if pid:
-            status = wait_for(pid, reap_all=True)
-            if request.action == "start":  # an instance outlives its start script
+            status = wait_for(pid, reap_all=as_init)
+            if as_init and request.action == "start":  # an instance outlives its start script
                 linger()
+            fuselayers.stop()
             os._exit(status)
         _in_child(lambda: _exec(argv, env, prepared.host))
     _exec(argv, env, prepared.host)

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from runtime import fuselayers
 from runtime.environment import LIBS_DIR
 from runtime.errors import InvalidRequest
 from runtime.nvidia import NvidiaFiles
 from runtime.passwd import Identity, group_text, passwd_text
 from runtime.paths import host_path, normalise, resolve_in
-from runtime.request import Request
+from runtime.request import OverlayImage, Request
 
 Kind = Literal["dir", "file"]
 #: Host device nodes of the minimal ``/dev`` (§4.3).
@@ -93,10 +94,10 @@ class Layout:
     writable_tmpfs: bool = False
     #: ``--writable``: the tree itself is mounted read-write (a sandbox directory).
     writable: bool = False
-    #: Read-only ``--overlay`` layers (host dirs), topmost first, above the image.
-    overlay_lowers: list[str] = field(default_factory=list)
-    #: The writable ``--overlay DIR``: (DIR/upper, DIR/work) on the host.
-    overlay_upper: tuple[str, str] | None = None
+    #: Read-only overlay layers (host dirs, ext3 images), topmost first, above the image.
+    overlay_lowers: list[str | OverlayImage] = field(default_factory=list)
+    #: The writable overlay: (DIR/upper, DIR/work) on the host, or an ext3 image.
+    overlay_upper: tuple[str, str] | OverlayImage | None = None
     steps: list[Step] = field(default_factory=list)
     placeholders: dict[str, Kind] = field(default_factory=dict)
     created: dict[str, Kind] = field(default_factory=dict)
@@ -216,7 +217,7 @@ def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
     layout = Layout(
         root=root, home=home_dest, writable_tmpfs=request.writable_tmpfs, writable=request.writable
     )
-    _overlays(layout, request.overlays)
+    _overlays(layout, request.overlays, request.image_overlays)
     if wanted("dev", "/dev"):
         if request.contained:
             devices = tuple(f"/dev/{d}" for d in MINIMAL_DEVICES if os.path.exists(f"/dev/{d}"))
@@ -303,34 +304,57 @@ def _resolv_conf(servers: Sequence[str]) -> str:
     return "".join(lines)
 
 
-def _overlays(layout: Layout, specs: Sequence[str]) -> None:
-    """``--overlay DIR[:ro]``: DIR/upper (or DIR) as a read-only layer; else writes go to DIR/upper.
+def _overlays(layout: Layout, specs: Sequence[str], images: Sequence[OverlayImage]) -> None:
+    """The image's overlay partitions, then ``--overlay DIR|EXT3FILE[:ro]``.
 
-    As Apptainer: a later overlay lies above an earlier one, one overlay only may be writable,
-    and its work directory is DIR/work (created with DIR/upper when missing).
+    As Apptainer: a later overlay lies above an earlier one, one overlay only may be writable. A
+    directory's writable layer is DIR/upper (work dir DIR/work, both created when missing); a
+    read-only directory contributes DIR/upper if it has one, else itself. An ext3 image
+    contributes its ``upper`` directory, and takes the writes in it unless ``:ro``.
     """
+    for image in images:
+        _add_image(layout, image, image.path)
     for spec in specs:
         path, _, mode = spec.rpartition(":") if spec.endswith((":ro", ":rw")) else (spec, "", "rw")
         path = os.path.abspath(path)
         if not os.path.exists(path):
             raise InvalidRequest(f"--overlay {spec}: {path} does not exist")
         if not os.path.isdir(path):
-            raise InvalidRequest(
-                f"--overlay {spec}: overlay images (ext3, squashfs) are not supported yet; use a directory"
-            )
+            kind = fuselayers.image_kind(path)
+            if kind != "ext3":
+                what = "a squashfs image is mounted by the siffs command" if kind else "not an overlay"
+                raise InvalidRequest(
+                    f"--overlay {spec}: {what} (a directory, an ext3 image or a squashfs image)"
+                )
+            _add_image(layout, OverlayImage(path, writable=mode != "ro"), f"--overlay {spec}")
+            continue
         if mode == "ro":
             upper = os.path.join(path, "upper")
             layout.overlay_lowers.insert(0, upper if os.path.isdir(upper) else path)
             continue
-        if layout.overlay_upper is not None:
-            raise InvalidRequest(
-                f"--overlay {spec}: only one overlay can be writable (add :ro to the others)"
-            )
+        _set_upper(layout, spec)
         upper, work = (_work_subdir(path, name, 0o755, "--overlay") for name in ("upper", "work"))
         layout.overlay_upper = (upper, work)
     if layout.overlay_upper is not None and layout.writable_tmpfs:
         layout.warnings.append("--writable-tmpfs is ignored: the writable --overlay takes the writes")
         layout.writable_tmpfs = False
+
+
+def _set_upper(layout: Layout, spec: str) -> None:
+    if layout.overlay_upper is not None:
+        raise InvalidRequest(f"--overlay {spec}: only one overlay can be writable (add :ro to the others)")
+
+
+def _add_image(layout: Layout, image: OverlayImage, spec: str) -> None:
+    if image.writable:
+        _set_upper(layout, spec)
+        if not os.access(image.path, os.W_OK):  # Apptainer's words
+            raise InvalidRequest(f"could not use {image.path} for writing, you don't have write permissions")
+    fuselayers.check(image)
+    if image.writable:
+        layout.overlay_upper = image
+    else:
+        layout.overlay_lowers.insert(0, image)
 
 
 def _work_subdir(workdir: str, name: str, mode: int, option: str = "--workdir") -> str:

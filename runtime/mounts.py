@@ -95,9 +95,15 @@ def devpts(target: str) -> None:
     _mount("devpts", target, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
 
 
-def make_private() -> None:
-    """Nothing mounted from now on propagates to the host (§5 step 5)."""
-    _mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+def make_private(target: str = "/") -> None:
+    """Nothing mounted from now on under ``target`` propagates (to the host, for "/": §5 step 5)."""
+    _mount(None, target, None, libc.MS_REC | libc.MS_PRIVATE)
+
+
+def make_shared(target: str) -> None:
+    """``target`` becomes a mount of its own whose submounts propagate between its copies."""
+    bind(target, target, recursive=False)
+    _mount(None, target, None, libc.MS_SHARED)
 
 
 def pivot_into(new_root: str, put_old: str | None = None) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import struct
+import subprocess
 
 from runtime import libc
 from runtime.errors import NamespacesUnavailable
+from runtime.subid import Mapping
 
 _SYSCTLS = (
     ("kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
@@ -55,11 +58,18 @@ def explain(err: int, proc_sys: str = "/proc/sys") -> str:
 
 
 def enter(
-    pid: bool = False, ipc: bool = False, uts: bool = False, net: bool = False, fakeroot: bool = False
+    *,
+    pid: bool = False,
+    ipc: bool = False,
+    uts: bool = False,
+    net: bool = False,
+    fakeroot: bool = False,
+    ranges: Mapping | None = None,
 ) -> None:
     """Unshare user + mount (+ PID, IPC, UTS, network) namespaces and map the caller's ids.
 
-    Onto themselves; with ``fakeroot``, onto 0 (root inside, the caller outside).
+    Onto themselves; with ``fakeroot``, onto 0 (root inside, the caller outside), and with
+    ``ranges`` (``fakeroot`` only) uids and gids 1.. onto the caller's subordinate ranges.
     """
     uid, gid = os.getuid(), os.getgid()
     flags = libc.CLONE_NEWUSER | libc.CLONE_NEWNS
@@ -71,10 +81,25 @@ def enter(
     ):
         if wanted:
             flags |= flag
+    helpers = _map_helpers(uid, gid, ranges) if fakeroot and ranges is not None else []
     try:
         libc.unshare(flags)
     except OSError as exc:
+        for _, helper in helpers:
+            helper.kill()
+            helper.wait()
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+    if helpers:
+        for program, helper in helpers:
+            _, errors = helper.communicate(b"go\n")
+            if helper.returncode != 0:
+                why = os.fsdecode(errors).strip().splitlines() or [f"status {helper.returncode}"]
+                raise NamespacesUnavailable(
+                    f"--fakeroot: {program} could not map your subordinate ids ({why[-1]}); "
+                    "use --ignore-subuid for the root-mapped namespace"
+                )
+        os.setgroups([0])  # root's group only, as Apptainer: the host's groups mean nothing inside
+        return
     try:
         inside_uid, inside_gid = (0, 0) if fakeroot else (uid, gid)
         _write("/proc/self/uid_map", f"{inside_uid} {uid} 1\n")
@@ -82,6 +107,34 @@ def enter(
         _write("/proc/self/gid_map", f"{inside_gid} {gid} 1\n")
     except OSError as exc:
         raise NamespacesUnavailable(explain(exc.errno or 0)) from None
+
+
+#: Waits for a line on stdin (the caller has unshared), then runs the helper: it must start before
+#: the unshare, since started from inside the new namespace the setuid helpers are powerless.
+_AFTER_GO = 'read -r _ && exec "$0" "$@"'
+
+
+def _map_helpers(uid: int, gid: int, ranges: Mapping) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """newuidmap and newgidmap, waiting to write Apptainer's maps: ``0 ID 1`` and ``1 START COUNT``."""
+    commands = []
+    for program, own, subordinate in (("newuidmap", uid, ranges.uids), ("newgidmap", gid, ranges.gids)):
+        path = shutil.which(program) or shutil.which(program, path="/usr/bin:/bin:/usr/sbin:/sbin")
+        if path is None:
+            raise NamespacesUnavailable(
+                f"--fakeroot: you have /etc/subuid ranges, which need {program} "
+                "(apt-get install uidmap); or use --ignore-subuid"
+            )
+        numbers = (os.getpid(), 0, own, 1, 1, subordinate.start, subordinate.count)
+        commands.append((program, ["/bin/sh", "-c", _AFTER_GO, path, *map(str, numbers)]))
+    return [
+        (
+            program,
+            subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            ),
+        )
+        for program, command in commands
+    ]
 
 
 _SIOCGIFFLAGS = 0x8913

@@ -12,6 +12,20 @@ from runtime.nvidia import NvidiaSources
 Action = Literal["run", "exec", "shell", "test", "start"]
 
 
+@dataclass(frozen=True)
+class OverlayImage:
+    """An ext3 overlay filesystem in a file (``--overlay FILE``) or in a SIF's overlay partition.
+
+    Its ``upper`` directory is a layer; ``writable``, its ``upper``/``work`` take the writes.
+    ``size`` bounds the filesystem (the partition's size); 0 for a whole file.
+    """
+
+    path: str
+    offset: int = 0
+    size: int = 0
+    writable: bool = False
+
+
 @dataclass
 class Request:
     """A container to start. ``args`` holds the command and its arguments for ``exec``."""
@@ -49,8 +63,10 @@ class Request:
     no_init: bool = False
     no_umask: bool = False
     writable_tmpfs: bool = False
-    #: ``--overlay DIR[:ro]`` in command-line order (a later one lies above an earlier one).
+    #: ``--overlay DIR|EXT3FILE[:ro]`` in command-line order (a later one lies above an earlier one).
     overlays: list[str] = field(default_factory=list)
+    #: The image's own overlay partitions, lowest first, below the ``--overlay`` layers.
+    image_overlays: list[OverlayImage] = field(default_factory=list)
     #: ``--workdir``: holds ``/tmp``, ``/var/tmp`` and home with ``--contain``, and the scratch dirs.
     workdir: str | None = None
     #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
@@ -62,6 +78,8 @@ class Request:
     writable: bool = False
     #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
     fakeroot: bool = False
+    #: ``--ignore-subuid``: the root-mapped namespace even when ``/etc/subuid`` lists the caller.
+    ignore_subuid: bool = False
     #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
     mounts: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

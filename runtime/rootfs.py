@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 
-from runtime import libc, mounts
+from runtime import fuselayers, libc, mounts
 from runtime.errors import MountFailed
 from runtime.layout import Bind, Generated, Kind, Layout, LibraryDir, MinimalDev, Proc, Step, Tmpfs
+from runtime.request import OverlayImage
 
 STAGING_MOUNT = "/tmp"
 HOST = "/oldroot"
@@ -24,6 +25,8 @@ _TREE = "/tree"
 _FILES = "/files"
 _LIBS = "/libs"
 _WRITABLE = "/rw"
+#: The chroot of the FUSE helpers serving ext3 overlays (``fuselayers.Area``).
+_HELPERS = "/helpers"
 #: Apptainer's ``sessiondir max size`` default: the tmpfs holding ``--writable-tmpfs`` writes.
 WRITABLE_TMPFS_SIZE = "64m"
 _DEV_LINKS = (
@@ -39,7 +42,7 @@ def build(layout: Layout) -> None:
     """Mount everything of ``layout`` and make it the root of this process."""
     mounts.make_private()
     mounts.tmpfs(STAGING_MOUNT, 0o755)
-    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS, _WRITABLE):
+    for name in (HOST, FINAL, _SKELETON, _TREE, _FILES, _LIBS, _WRITABLE, _HELPERS):
         os.mkdir(STAGING_MOUNT + name)
     mounts.pivot_into(STAGING_MOUNT, HOST.lstrip("/"))
     _mount_root(layout)
@@ -60,7 +63,8 @@ def _create(path: str, kind: Kind) -> None:
 def _mount_root(layout: Layout) -> None:
     """The tree at FINAL: a plain read-only bind, or an overlay (§4.5): the skeleton of missing
     mount points on top, then the ``--overlay`` layers, then the image; writes go to the upper
-    layer (a tmpfs for ``--writable-tmpfs``, DIR/upper for a writable ``--overlay DIR``)."""
+    layer (a tmpfs for ``--writable-tmpfs``, DIR/upper for a writable ``--overlay DIR``). A
+    writable ext3 overlay needs fuse-overlayfs instead of the kernel's (``fuselayers``)."""
     tree = HOST + layout.root
     if layout.writable:  # a sandbox the user may write: missing mount points are made in it
         mounts.bind(tree, FINAL)
@@ -76,14 +80,33 @@ def _mount_root(layout: Layout) -> None:
     if not layout.placeholders and not writable and not layout.overlay_lowers:
         mounts.bind(tree, FINAL, readonly=True)
         return
+    images = [
+        layer for layer in (*layout.overlay_lowers, layout.overlay_upper) if isinstance(layer, OverlayImage)
+    ]
+    area = fuselayers.Area(_HELPERS, HOST) if images else None
+    served = {image: area.ext3(image) for image in images} if area else {}
+    # fuse-overlayfs, when it merges, must see the skeleton: it lives in the helpers' area then.
+    skeleton = (
+        area.new_dir("skeleton") if area and isinstance(layout.overlay_upper, OverlayImage) else _SKELETON
+    )
     for dest, kind in layout.placeholders.items():
-        _create(_SKELETON + dest, kind)
-    mounts.bind(tree, _TREE)
-    lowers = [_SKELETON] if layout.placeholders else []
-    lowers += [HOST + layer for layer in layout.overlay_lowers] + [_TREE]
+        _create(skeleton + dest, kind)
+    lowers = [skeleton] if layout.placeholders else []
+    lowers += [
+        served[layer] + "/upper" if isinstance(layer, OverlayImage) else HOST + layer
+        for layer in layout.overlay_lowers
+    ]
+    upper_layer = layout.overlay_upper
+    if isinstance(upper_layer, OverlayImage) and area is not None:
+        top = served[upper_layer]
+        mounts.bind(area.merge([*lowers, tree], top + "/upper", top + "/work"), FINAL)
+        mounts.make_private(FINAL)  # pivot_root refuses a shared root; nothing of it propagates
+        return
     try:
-        if layout.overlay_upper is not None:
-            upper, work = layout.overlay_upper
+        mounts.bind(tree, _TREE)
+        lowers.append(_TREE)
+        if isinstance(upper_layer, tuple):
+            upper, work = upper_layer
             mounts.overlay(FINAL, lowers, HOST + upper, HOST + work)
         elif layout.writable_tmpfs:
             mounts.tmpfs(_WRITABLE, 0o755, size=WRITABLE_TMPFS_SIZE)

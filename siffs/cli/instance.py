@@ -58,6 +58,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing.add_argument("--json", action="store_true", help="as Apptainer's 'instance list --json'")
     listing.set_defaults(func=cmd_list)
 
+    stats = what.add_parser("stats", help="resource use of an instance (needs a cgroup: refused here)")
+    stats.add_argument("name", help="instance name")
+    stats.add_argument("-j", "--json", action="store_true", help="as Apptainer's 'instance stats --json'")
+    stats.add_argument("--no-stream", action="store_true", help="print once")
+    stats.add_argument("-u", "--user", help="another user's instance (root only in Apptainer)")
+    stats.set_defaults(func=cmd_stats)
+
     stop = what.add_parser("stop", help="stop instances")
     stop.add_argument("name", nargs="?", help="instance name")
     stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
@@ -101,7 +108,7 @@ def cmd_start(args: argparse.Namespace) -> None:
 
 def _supervise(args: argparse.Namespace, request: Request, directory: str, ready: int) -> NoReturn:
     """The instance's supervisor: its own session, the image mounted, the container waited for."""
-    from siffs.cli.run import _tree  # noqa: PLC0415 - the FUSE stack only where a SIF is mounted
+    from siffs.cli.run import with_images  # noqa: PLC0415 - the FUSE stack only where images are mounted
 
     status = 255
     log = os.path.join(directory, f"{args.name}.log")
@@ -113,8 +120,10 @@ def _supervise(args: argparse.Namespace, request: Request, directory: str, ready
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         for fd, target in ((0, null), (1, out), (2, out)):
             os.dup2(target, fd)
-        with _tree(args) as root:
-            holder = start_container(replace(request, root=root))
+        with contextlib.ExitStack() as stack:  # a SIF, data images, squashfs overlays: as for run
+            request = with_images(stack, request, args)
+            root = request.root
+            holder = start_container(request)
             options: dict[str, object] = {"contain": request.contain, "containall": request.containall}
             options |= {"home": request.home, "no_home": request.no_home, "fakeroot": request.fakeroot}
             record = instances.Instance(
@@ -140,8 +149,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             {
                 "instance": i.name,
                 "pid": i.pid,
-                "ip": "",
                 "img": i.image,
+                "ip": "",  # as Apptainer unprivileged: no network of its own beyond --network none's loopback
                 "logErrPath": i.log,
                 "logOutPath": i.log,
             }
@@ -152,6 +161,20 @@ def cmd_list(args: argparse.Namespace) -> None:
     print(f"{'INSTANCE NAME':<16} {'PID':<8} {'IP':<15} IMAGE")
     for i in found:
         print(f"{i.name:<16} {i.pid:<8} {'':<15} {i.image}")
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    """Apptainer reads an instance's own cgroup; a siffs instance has none (it would need root or a
+    cgroup delegated by systemd), so the figures would be the whole session's: refused, saying so."""
+    try:
+        instances.find(state_dir(), args.name)
+    except ContainerError as exc:
+        raise CommandError(str(exc), ExitCode.NOT_FOUND) from None
+    raise CommandError(
+        f"instance stats: {args.name} has no cgroup of its own (siffs starts instances without root or "
+        "cgroup delegation); start it under 'systemd-run --user --scope' and read 'systemd-cgtop' instead",
+        ExitCode.UNSUPPORTED,
+    )
 
 
 def cmd_stop(args: argparse.Namespace) -> None:

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
 
-from runtime import bundle, envfile, ext3overlay, metadata
+from runtime import bundle, envfile, fuselayers, metadata
 from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
+from runtime.request import OverlayImage, Request
 from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
 from siffs.cli.exitcodes import ExitCode
@@ -113,28 +114,10 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         if refused:
             raise InvalidRequest(refused)
         request = runoptions.request(args, args.action)
-        binds, data_images = _split_data_images(request.binds)
-        mounts, mounted_images = _split_data_mounts(request.mounts)
-        data_images += mounted_images
-        request = replace(request, mounts=mounts)
-        if not data_images and not os.path.isfile(args.image):
+        if not needs_mounts(request, args.image):
             exec_container(request)  # a directory, or a missing target the runtime reports
         with contextlib.ExitStack() as stack:
-            for source, inside, dest in data_images:  # verified and mounted as any image
-                if not os.path.isfile(source):
-                    raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
-                mount = stack.enter_context(_mounted(source, args))
-                binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
-            request = replace(request, binds=binds)
-            if os.path.isfile(args.image):
-                mount_point = stack.enter_context(_mounted(args.image, args))
-                layers = [
-                    stack.enter_context(ext3overlay.mounted(args.image, offset, os.path.dirname(mount_point)))
-                    for offset in _overlay_partitions(args.image)
-                ]
-                overlays = [f"{layer}:ro" for layer in layers] + request.overlays
-                request = replace(request, root=mount_point, overlays=overlays)
-            status = run_container(request)
+            status = run_container(with_images(stack, request, args))
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -146,6 +129,38 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
         print(f"FATAL: {args.image}: {exc}", file=sys.stderr)
         sys.exit(ExitCode.CONTAINER_FAILED)
     sys.exit(status)
+
+
+def needs_mounts(request: Request, image: str) -> bool:
+    """Whether ``request`` uses images siffs mounts first (``with_images``): a SIF, data images,
+    squashfs overlays. A directory alone goes to the runtime as it is."""
+    _, data_images = _split_data_images(request.binds)
+    _, mounted_images = _split_data_mounts(request.mounts)
+    squashfs = any(_is_squashfs(spec) for spec in request.overlays)
+    return bool(data_images or mounted_images or squashfs or os.path.isfile(image))
+
+
+def with_images(stack: contextlib.ExitStack, request: Request, args: argparse.Namespace) -> Request:
+    """``request`` with the images it names mounted for ``stack``'s duration: data images bound
+    read-only, squashfs overlays as read-only layers, a SIF as the root with its overlay partitions."""
+    binds, data_images = _split_data_images(request.binds)
+    mounts, mounted_images = _split_data_mounts(request.mounts)
+    for source, inside, dest in data_images + mounted_images:  # verified and mounted as any image
+        if not os.path.isfile(source):
+            raise InvalidRequest(f"bind {source}: image-src= needs a SIF file")
+        mount = stack.enter_context(_mounted(source, args))
+        binds.append(f"{mount}{inside.rstrip('/')}:{dest}:ro")
+    overlays = [
+        _squashfs_layer(stack, spec, args) if _is_squashfs(spec) else spec for spec in request.overlays
+    ]
+    request = replace(request, binds=binds, mounts=mounts, overlays=overlays)
+    if os.path.isfile(args.image):
+        partitions = _overlay_partitions(
+            args.image, request.writable, bool(request.overlays or request.writable_tmpfs)
+        )
+        mount_point = stack.enter_context(_mounted(args.image, args))
+        request = replace(request, root=mount_point, image_overlays=partitions, writable=False)
+    return request
 
 
 def _fetch_remote(args: argparse.Namespace) -> None:
@@ -216,15 +231,55 @@ def _split_data_mounts(specs: list[str]) -> tuple[list[str], list[tuple[str, str
     return plain, images
 
 
-def _overlay_partitions(image: str) -> list[int]:
-    """Offsets of the image's embedded ext3 overlay partitions, applied read-only as Apptainer does."""
+def _squashfs_layer(stack: contextlib.ExitStack, spec: str, args: argparse.Namespace) -> str:
+    """A squashfs overlay image, read-only whatever the spec says: its root is a layer, served by
+    siffs' own reader and verified as any image. Refusals name the overlay, with exit status 255."""
+    try:
+        return f"{stack.enter_context(_mounted(_overlay_path(spec), args))}:ro"
+    except Exception as exc:
+        if exit_code_for(exc) is None:
+            raise
+        raise InvalidRequest(f"--overlay {spec}: {exc}") from None
+
+
+def _overlay_path(spec: str) -> str:
+    return spec.rpartition(":")[0] if spec.endswith((":ro", ":rw")) else spec
+
+
+def _is_squashfs(spec: str) -> bool:
+    path = _overlay_path(spec)
+    return os.path.isfile(path) and fuselayers.image_kind(path) == "squashfs"
+
+
+def _overlay_partitions(image: str, writable: bool, overlays: bool) -> list[OverlayImage]:
+    """The image's embedded ext3 overlay partitions, read-only as Apptainer applies them by default.
+
+    With ``--writable`` the first one takes the writes, as in Apptainer. A signed image is refused
+    then: writing would break its signature (Apptainer will not add an overlay to a signed image).
+    """
     with Image.open(image) as sif:
-        return [
-            d.offset
+        found = [
+            OverlayImage(os.path.abspath(image), d.offset, d.size)
             for d in sif.descriptors
             if (part := d.partition) is not None
             and (part.fs_type, part.part_type) == (FsType.EXT3, PartType.OVERLAY)
         ]
+        signed = bool(sif.signatures())
+    if writable:
+        if overlays:
+            raise InvalidRequest("--writable cannot be combined with --writable-tmpfs or --overlay")
+        if not found:
+            raise InvalidRequest(
+                "--writable: the image has no overlay partition and a SIF's own filesystem is read-only; "
+                "use --writable-tmpfs or --overlay, or add one with 'apptainer overlay create'"
+            )
+        if signed:
+            raise InvalidRequest(
+                f"--writable: {image} is signed: writing into its overlay partition would break the "
+                "signature; use --overlay DIR or --writable-tmpfs instead"
+            )
+        found[0] = replace(found[0], writable=True)
+    return found
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:

@@ -69,7 +69,6 @@ NO_OPS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--no-rocm",), "--rocm is never on unless asked"),
     (("--containlibs",), "deprecated in Apptainer"),
     (("--runscript-timeout",), "the runscript runs until it ends"),
-    (("--ignore-subuid",), "--fakeroot never uses /etc/subuid ranges"),
     (("--ignore-fakeroot-command",), "--fakeroot never uses the fakeroot command"),
 )
 _NO_OP_VALUES = frozenset({"--drop-caps", "--containlibs", "--runscript-timeout"})
@@ -165,7 +164,13 @@ def container_options(p: argparse.ArgumentParser) -> None:
         "-C", "--containall", action="store_true", help="--contain, --cleanenv and new PID/IPC ns"
     )
     isolation.add_argument(
-        "-f", "--fakeroot", action="store_true", help="root inside (uid and gid 0), you outside"
+        "-f",
+        "--fakeroot",
+        action="store_true",
+        help="root inside (uid and gid 0), you outside; other ids on your /etc/subuid range if any",
+    )
+    isolation.add_argument(
+        "--ignore-subuid", action="store_true", help="--fakeroot: root-mapped even with /etc/subuid ranges"
     )
     isolation.add_argument("-p", "--pid", action="store_true", help="new PID namespace")
     isolation.add_argument("--no-pid", action="store_true", help="no PID namespace, even with --containall")
@@ -232,10 +237,6 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         if args.nvliblist:
             sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
     rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
-    if args.writable and os.path.isfile(args.image):
-        raise InvalidRequest(
-            "--writable: a SIF image is read-only here; use --writable-tmpfs or --overlay DIR"
-        )
     if args.network not in (None, "none"):
         raise InvalidRequest(
             f"--network {args.network}: {_ROOT_ONLY} (only --network none works unprivileged)"
@@ -280,6 +281,7 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         writable_tmpfs=args.writable_tmpfs,
         overlays=args.overlay,
         fakeroot=args.fakeroot,
+        ignore_subuid=args.ignore_subuid,
         dns=args.dns,
         writable=args.writable,
     )

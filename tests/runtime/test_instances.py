@@ -98,3 +98,20 @@ def test_stop_needs_a_name_or_all(siffs, user_env):
     assert siffs("instance", "stop", env=user_env).returncode != 0
     result = siffs("instance", "stop", "nope", env=user_env)
     assert result.returncode != 0 and "no instance named 'nope'" in result.stderr
+
+
+def test_list_json_fields_and_stats_refusal(siffs, served, user_env):
+    """Apptainer's JSON fields in its order; stats needs a cgroup of the instance's own: one clear refusal."""
+    missing = siffs("instance", "stats", "nothing-here", env=user_env)
+    assert missing.returncode == 5 and "no instance named 'nothing-here'" in missing.stderr
+    assert siffs("instance", "start", "--contain", served, "stats-one", env=user_env).returncode == 0
+    try:
+        document = json.loads(siffs("instance", "list", "--json", env=user_env).stdout)
+        entry = next(i for i in document["instances"] if i["instance"] == "stats-one")
+        assert list(entry) == ["instance", "pid", "img", "ip", "logErrPath", "logOutPath"]
+        assert entry["ip"] == "" and entry["img"] == str(served)
+        stats = siffs("instance", "stats", "--json", "stats-one", env=user_env)
+        assert stats.returncode == 10
+        assert stats.stderr.count("\n") == 1 and "has no cgroup of its own" in stats.stderr
+    finally:
+        assert siffs("instance", "stop", "stats-one", env=user_env).returncode == 0

@@ -164,7 +164,7 @@ def test_run_help_groups_options_as_apptainer_does():
 def test_fakeroot_is_root_inside_and_the_user_outside(siffs, tree, work):
     made = Path(user_dir(work, "fakeroot-out"))
     script = f'id -u; id -g; echo "$HOME"; touch {made}/f; ls -ln {made}/f | tr -s " " | cut -d" " -f3,4'
-    result = siffs("exec", "--fakeroot", tree, "/bin/sh", "-c", script)
+    result = siffs("exec", "--fakeroot", "--ignore-subuid", tree, "/bin/sh", "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["0", "0", "/root", "0 0"]
     owner = os.stat(made / "f")
@@ -173,4 +173,4 @@ def test_fakeroot_is_root_inside_and_the_user_outside(siffs, tree, work):
         os.stat(made).st_gid,
     )  # the user's on the host
     assert result.stderr.startswith("WARNING: --fakeroot: root-mapped namespace")
-    assert siffs("-q", "exec", "--fakeroot", tree, "true").stderr == ""
+    assert siffs("-q", "exec", "--fakeroot", "--ignore-subuid", tree, "true").stderr == ""
