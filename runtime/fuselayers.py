@@ -136,6 +136,11 @@ class Area:
         source = self.inside(self.host + image.path)
         argv = ["fuse2fs", "-f", source, self.inside(target), "-o", ",".join(options)]
         self._start(argv, target, f"the ext3 overlay {image.path}")
+        if not image.writable and not os.path.isdir(f"{target}/upper"):
+            raise MountFailed(
+                f"overlay {image.path}: no upper/ directory in the image to use read-only "
+                "(an image from 'apptainer overlay create' has one; use it writable once to make it)"
+            )
         if image.writable:
             for name in ("upper", "work"):
                 try:

@@ -139,6 +139,12 @@ def test_overlay_refusals(siffs, tree, images):
     assert result.returncode == 255
     assert f"could not use {image} for writing, you don't have write permissions" in result.stderr
     assert _run(siffs, "--overlay", f"{image}:ro", tree, "/bin/true") == ""
+    bare = images / "bare.img"  # an ext3 file system, but no overlay layout in it
+    subprocess.run(["mkfs.ext3", "-q", "-F", str(bare), "8M"], check=True)
+    os.chmod(bare, 0o644)
+    result = siffs("exec", "--overlay", f"{bare}:ro", tree, "true")
+    assert result.returncode == 255 and result.stderr.count("\n") == 1
+    assert f"overlay {bare}: no upper/ directory in the image to use read-only" in result.stderr
 
 
 def test_fakeroot_chown_lands_as_the_container_ids_in_the_image(siffs, tree, images):
