@@ -92,7 +92,12 @@ def mount(request: MountRequest, hooks: Hooks = SILENT) -> int | None:
             run_foreground(make_ops, request.mount_point, fuse, served)
             return None
         # The mount is made here when possible, so the daemon's imports come after "mounted".
-        kernel = kernelmount.mount(request.mount_point, fuse) if kernelmount.available() else None
+        # An ephemeral mount is also watched by fusermount3 (auto_unmount): should this process
+        # be killed before the daemon exists to take the signal, the mount still goes.
+        kernel = None
+        if kernelmount.available():
+            watched = {"auto_unmount"} if request.ephemeral else set()
+            kernel = kernelmount.mount(request.mount_point, fuse | watched)
         return daemon.run_background(make_ops, request.mount_point, fuse, served, log_file, kernel=kernel)
     finally:
         opened.close()
