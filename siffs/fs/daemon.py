@@ -1,14 +1,17 @@
-"""Run a pyfuse3 filesystem: in the foreground, or as a daemon that reports readiness.
+"""Start a FUSE daemon that reports readiness; the FUSE binding is imported only inside it.
 
 ``siffs mount`` must return only once the mount is live, and a daemon's failure must reach
 the caller's terminal and exit code. So the caller forks; the child detaches (new session,
-standard streams to the log file), mounts, and writes one line to a pipe: ``ok`` or the
-error message. The parent waits for that line. Nothing is mounted by the parent, so an
-early failure leaves neither a daemon nor a mount behind.
+standard streams to the log file) and writes one line to a pipe: ``ok`` or the error
+message. The parent waits for that line.
 
-SIGTERM, SIGINT and SIGHUP end the session and unmount cleanly (without handlers they
-would kill the daemon and leave a dead mount behind); an external ``fusermount3 -u`` ends
-the session too, and the daemon then exits on its own.
+Where the early mount is available (``siffs.fs.kernelmount``), the caller has made the mount
+before forking and the child says ``ok`` once it has recorded the mount, before it imports
+pyfuse3 and trio; requests wait in the kernel until it serves them. Otherwise the child
+mounts through libfuse after those imports and says ``ok`` then. Either way an early
+failure leaves neither a daemon nor a mount behind.
+
+Serving itself is ``siffs.fs.session``.
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyfuse3
-import trio
-
-from siffs.fs import operations, registry
+from siffs.fs import registry
 from siffs.fs.errors import MountError
+
+if TYPE_CHECKING:  # the FUSE binding is imported in the daemon only
+    from pyfuse3 import Operations
+
+    from siffs.fs.kernelmount import KernelMount
 
 log = logging.getLogger("siffs.fs")
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 
@@ -55,33 +61,6 @@ def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = Fal
     )
 
 
-async def _session() -> None:
-    """Serve requests until unmounted or signalled; says whether to unmount on the way out."""
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(*_SIGNALS) as signals:
-                async for signum in signals:
-                    log.info("received %s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-
-
-def _fuse_complaint(log_file: Path | None) -> str | None:
-    """The last thing libfuse or fusermount3 wrote to the log (they explain refusals there)."""
-    if log_file is None or not log_file.exists():
-        return None
-    with open(log_file, "rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-        lines = f.read().decode("utf-8", "replace").splitlines()
-    found = [line for line in lines if line.startswith(("fusermount", "fuse:"))]
-    return found[-1] if found else None
-
-
 @dataclass(frozen=True)
 class Served:
     """What a daemon serves, for the logs and ``siffs mounts``.
@@ -98,65 +77,53 @@ class Served:
     secret: bool = False
 
 
-def serve(
-    ops: pyfuse3.Operations,
-    mount_point: str,
-    options: set[str],
-    served: Served,
-    *,
-    on_ready: Callable[[], None],
-    log_file: Path | None = None,
-) -> None:
-    """Mount, call ``on_ready``, serve until unmounted or signalled, then clean up."""
-    if served.secret:
-        _not_dumpable()
-    try:
-        pyfuse3.init(ops, mount_point, options)
-    except RuntimeError as exc:
-        reason = _fuse_complaint(log_file) or f"{exc} (is /dev/fuse usable?)"
-        raise MountError(f"{mount_point}: FUSE mount failed: {reason}") from exc
-    log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
-    registry.record(mount_point, served.image, served.verified_by)
-    operations.internal_errors.listener = lambda count: registry.count_internal_errors(mount_point, count)
-    on_ready()
-    try:
-        trio.run(_session)
-    finally:
-        # After an external unmount the session is gone and this is a no-op; after a
-        # signal it removes the mount.
-        pyfuse3.close(unmount=True)
-        registry.forget(mount_point)
-        log.info("unmounted %s", mount_point)
-        if served.ephemeral:
-            with contextlib.suppress(OSError):
-                os.rmdir(mount_point)
-
-
-def run_foreground(
-    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str], served: Served
-) -> None:
-    serve(ops_factory(), mount_point, options, served, on_ready=lambda: None)
+class Stopped(BaseException):
+    """A stop signal arrived before the session's own signal handling took over."""
 
 
 def run_background(
-    ops_factory: Callable[[], pyfuse3.Operations],
+    ops_factory: Callable[[], Operations],
     mount_point: str,
     options: set[str],
     served: Served,
     log_file: Path,
+    *,
+    kernel: KernelMount | None = None,
 ) -> int:
-    """Fork a daemon that mounts; return its pid once the mount is live, or raise ``MountError``."""
-    read_end, write_end = os.pipe()
+    """Fork a daemon; return its pid once the mount is live, or raise ``MountError``.
+
+    With ``kernel`` (an early mount), the mount is live already and this process's copy of
+    the connection is closed here: the daemon owns it.
+    """
     parent = os.getpid()
-    pid = os.fork()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+    except OSError:
+        if kernel is not None:  # no daemon will own the mount
+            from siffs.fs import kernelmount  # noqa: PLC0415 - imported already by whoever mounted
+
+            kernelmount.unmount(mount_point)
+        raise
     if pid == 0:  # the daemon
         os.close(read_end)
         _daemon_main(
-            ops_factory, mount_point, options, served, log_file=log_file, ready_fd=write_end, parent=parent
+            ops_factory,
+            mount_point,
+            options,
+            served,
+            log_file=log_file,
+            ready_fd=write_end,
+            parent=parent,
+            kernel=kernel,
         )
     os.close(write_end)
+    if kernel is not None:
+        kernel.close()
     with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode("utf-8", "replace").strip()
+        answer = pipe.readline().decode("utf-8", "replace").strip()
     if answer == "ok":
         return pid
     _, status = os.waitpid(pid, 0)
@@ -166,7 +133,7 @@ def run_background(
 
 
 def _daemon_main(
-    ops_factory: Callable[[], pyfuse3.Operations],
+    ops_factory: Callable[[], Operations],
     mount_point: str,
     options: set[str],
     served: Served,
@@ -174,31 +141,91 @@ def _daemon_main(
     log_file: Path,
     ready_fd: int,
     parent: int,
+    kernel: KernelMount | None,
 ) -> None:
     code = 0
+    # A descriptor of our own on the early mount's connection: libfuse closes its copy on the way
+    # out, and this one still tells whether the kernel has dropped the mount.
+    probe = None if kernel is None else os.dup(kernel.fd)
     try:
+        if kernel is not None:
+            _stop_on_signals()  # from now on a stop signal must remove the mount, not just kill
         if served.ephemeral:
             _die_with(parent)
+        if served.secret:
+            not_dumpable()
         os.setsid()
-        _detach_stdio(log_file)
-        setup_logging(log_file, to_stderr=False)
 
         def ready() -> None:
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
 
-        serve(ops_factory(), mount_point, options, served, on_ready=ready, log_file=log_file)
+        if kernel is None:
+            _detach_stdio(log_file)
+            setup_logging(log_file, to_stderr=False)
+            from siffs.fs.session import serve  # noqa: PLC0415 - see the module docstring
+
+            serve(ops_factory(), mount_point, options, served, on_ready=ready, log_file=log_file)
+        else:
+            registry.record(mount_point, served.image, served.verified_by)
+            ready()  # as soon as the mount is live and recorded: the caller may go on
+            _detach_stdio(log_file)
+            setup_logging(log_file, to_stderr=False)
+            log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
+            from siffs.fs.session import serve_mounted  # noqa: PLC0415 - see the module docstring
+
+            serve_mounted(ops_factory(), kernel, options)
     except MountError as exc:
         log.error("%s", exc)
         _report(ready_fd, str(exc))
         code = 1
+    except Stopped as exc:
+        log.info("received %s while starting: unmounting", exc)
     except BaseException as exc:  # the daemon must never die silently
         log.exception("daemon failed")
         _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
         code = 1
     finally:
+        if probe is not None:
+            code = _remove_early_mount(mount_point, probe, served) or code
         logging.shutdown()
         os._exit(code)
+
+
+def _remove_early_mount(mount_point: str, probe: int, served: Served) -> int:
+    """Unmount unless the kernel already dropped the mount, and forget it; 1 if it stays mounted."""
+    from siffs.fs import kernelmount  # noqa: PLC0415 - imported already by whoever mounted
+
+    code = 0
+    try:
+        if not kernelmount.connection_gone(probe):
+            kernelmount.unmount(mount_point)
+    except MountError as exc:
+        log.error("%s", exc)
+        code = 1
+    finally:
+        os.close(probe)
+    finish(mount_point, served)
+    return code
+
+
+def finish(mount_point: str, served: Served) -> None:
+    """After the mount is gone: drop its record and, for an ephemeral mount, its mount point."""
+    registry.forget(mount_point)
+    log.info("unmounted %s", mount_point)
+    if served.ephemeral:
+        with contextlib.suppress(OSError):
+            os.rmdir(mount_point)
+
+
+def _stop_on_signals() -> None:
+    """Turn SIGTERM, SIGINT and SIGHUP into ``Stopped`` until trio's signal receiver replaces this."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    for signum in SIGNALS:
+        signal.signal(signum, stop)
 
 
 def _die_with(parent: int) -> None:
@@ -210,7 +237,7 @@ def _die_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _not_dumpable() -> None:
+def not_dumpable() -> None:
     """prctl(PR_SET_DUMPABLE, 0): keys in this process's memory never reach a core file."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:

@@ -15,19 +15,20 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from typing import TYPE_CHECKING
 
 from siffs.integrity.errors import KeyMaterialError, SignatureNotValidError
 from siffs.integrity.gojson import GoObject, loads
 
-PAYLOAD_TYPE = "application/vnd.sylabs.sif-metadata+json"
+# cryptography is imported where a DSSE key is used, not with this module: verifying an
+# OpenPGP-signed image (``siffs mount``) never needs it, and importing it costs ~40 ms.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    PublicKey = ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+PAYLOAD_TYPE = "application/vnd.sylabs.sif-metadata+json"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -38,12 +39,16 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def key_id(key: PublicKey) -> str:
     """``SHA256:<unpadded base64>`` of the key's SSH wire encoding (``ssh-keygen -l`` format)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see TYPE_CHECKING
+
     line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     wire = base64.b64decode(line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode("ascii").rstrip("=")
 
 
 def key_type(key: PublicKey) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: PLC0415
+
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "Ed25519"
     if isinstance(key, rsa.RSAPublicKey):
@@ -66,6 +71,10 @@ class DsseKey:
         return key_type(self.key)
 
     def verifies(self, message: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see TYPE_CHECKING
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa  # noqa: PLC0415
+
         key = self.key
         try:
             if isinstance(key, ed25519.Ed25519PublicKey):
@@ -79,6 +88,8 @@ class DsseKey:
         return True
 
     def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see TYPE_CHECKING
+
         return self.key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -86,6 +97,11 @@ class DsseKey:
 
 def _ecdsa_der(key: ec.EllipticCurvePublicKey, signature: bytes) -> bytes:
     """ASN.1 DER as given or, when it does not parse as DER, converted from raw r‖s."""
+    from cryptography.hazmat.primitives.asymmetric.utils import (  # noqa: PLC0415 - see TYPE_CHECKING
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
     try:
         decode_dss_signature(signature)
         return signature
@@ -100,6 +116,10 @@ def _ecdsa_der(key: ec.EllipticCurvePublicKey, signature: bytes) -> bytes:
 
 def load_public_pem(data: bytes, source: str) -> DsseKey:
     """A PEM public key (``PUBLIC KEY`` or ``RSA PUBLIC KEY``) of a supported type."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see TYPE_CHECKING
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: PLC0415
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -111,6 +131,10 @@ def load_public_pem(data: bytes, source: str) -> DsseKey:
 
 def load_private_pem(data: bytes, source: str, password: bytes | None = None) -> PrivateKey:
     """A PEM private key of a supported type (PKCS#8, PKCS#1 or SEC1)."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - see TYPE_CHECKING
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: PLC0415
+
     try:
         key = serialization.load_pem_private_key(data, password)
     except TypeError:
@@ -183,6 +207,9 @@ def sign(payload: bytes, keys: Sequence[PrivateKey]) -> bytes:
 
 
 def _sign(key: PrivateKey, message: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 - see TYPE_CHECKING
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa  # noqa: PLC0415
+
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(message)
     if isinstance(key, rsa.RSAPrivateKey):

@@ -10,11 +10,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from siffs.integrity.dsse import DsseKey, PrivateKey, load_private_pem, load_public_pem
+from siffs.integrity.dsse import DsseKey, load_private_pem, load_public_pem
 from siffs.integrity.errors import KeyMaterialError
 from siffs.integrity.openpgp import PgpKeyring
 from siffs.integrity.verify import KeyMaterial
+
+if TYPE_CHECKING:
+    from siffs.integrity.dsse import PrivateKey
 
 #: Larger files are not keys; refusing them early avoids reading a wrong path into memory.
 MAX_KEY_FILE = 4 * 1024 * 1024

@@ -12,14 +12,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from siffs.fs import daemon, registry
+from siffs.fs import daemon, kernelmount, registry
 from siffs.fs.errors import MountError
 from siffs.fs.mountpoint import check_fuse, check_mount_point
-from siffs.fs.operations import Ownership, ReadOnlyOperations
 from siffs.fs.unmount import unmount
 from siffs.open.hooks import SILENT, Hooks
 from siffs.open.image import OpenedImage, OpenedTree, OpenRequest, open_everything, open_partition
+
+if TYPE_CHECKING:  # the FUSE binding is imported in the daemon only (siffs.fs.daemon)
+    from siffs.fs.operations import ReadOnlyOperations
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,6 @@ def mount(request: MountRequest, hooks: Hooks = SILENT) -> int | None:
 
     In the foreground this serves until unmounted and returns None.
     """
-    ownership = Ownership(uid=request.uid, gid=request.gid)
     fuse = fuse_options(request.image.path, request.passthrough)
     log_file = daemon.log_path_for(request.mount_point)
     check_fuse()
@@ -76,16 +78,27 @@ def mount(request: MountRequest, hooks: Hooks = SILENT) -> int | None:
     try:
         tree = opened.tree
 
-        def make_ops() -> ReadOnlyOperations:
-            return ReadOnlyOperations(tree, ownership)
+        def make_ops() -> ReadOnlyOperations:  # in the daemon
+            from siffs.fs.operations import Ownership, ReadOnlyOperations  # noqa: PLC0415
+
+            return ReadOnlyOperations(tree, Ownership(uid=request.uid, gid=request.gid))
 
         provenance = opened.provenance
         served = daemon.Served(provenance.image, provenance.verified_by, request.ephemeral, request.secret)
         if request.foreground:
+            from siffs.fs.session import run_foreground  # noqa: PLC0415 - see TYPE_CHECKING
+
             daemon.setup_logging(log_file, to_stderr=True, verbose=request.verbose)
-            daemon.run_foreground(make_ops, request.mount_point, fuse, served)
+            run_foreground(make_ops, request.mount_point, fuse, served)
             return None
-        return daemon.run_background(make_ops, request.mount_point, fuse, served, log_file)
+        # The mount is made here when possible, so the daemon's imports come after "mounted".
+        # An ephemeral mount is also watched by fusermount3 (auto_unmount): should this process
+        # be killed before the daemon exists to take the signal, the mount still goes.
+        kernel = None
+        if kernelmount.available():
+            watched = {"auto_unmount"} if request.ephemeral else set()
+            kernel = kernelmount.mount(request.mount_point, fuse | watched)
+        return daemon.run_background(make_ops, request.mount_point, fuse, served, log_file, kernel=kernel)
     finally:
         opened.close()
 

@@ -1,0 +1,106 @@
+"""Serve a mounted FUSE session with pyfuse3 and trio, until unmounted or signalled.
+
+This is the only module of the daemon that imports the FUSE binding and trio (more than half
+of a mount's start-up time), so ``siffs.fs.daemon`` imports it in the daemon only, after the
+mount exists where the early mount is available (``siffs.fs.kernelmount``).
+
+SIGTERM, SIGINT and SIGHUP end the session and unmount cleanly (without handlers they
+would kill the daemon and leave a dead mount behind); an external ``fusermount3 -u`` ends
+the session too, and the daemon then exits on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from siffs.fs import kernelmount, operations, registry
+from siffs.fs.daemon import SIGNALS, Served, finish, not_dumpable
+from siffs.fs.errors import MountError
+
+log = logging.getLogger("siffs.fs")
+
+
+async def _session() -> None:
+    """Serve requests until unmounted or signalled."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(*SIGNALS) as signals:
+                async for signum in signals:
+                    log.info("received %s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def _fuse_complaint(log_file: Path | None) -> str | None:
+    """The last thing libfuse or fusermount3 wrote to the log (they explain refusals there)."""
+    if log_file is None or not log_file.exists():
+        return None
+    with open(log_file, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    found = [line for line in lines if line.startswith(("fusermount", "fuse:"))]
+    return found[-1] if found else None
+
+
+def serve(
+    ops: pyfuse3.Operations,
+    mount_point: str,
+    options: set[str],
+    served: Served,
+    *,
+    on_ready: Callable[[], None],
+    log_file: Path | None = None,
+) -> None:
+    """Mount, record, call ``on_ready``, serve until unmounted or signalled, then clean up."""
+    try:
+        pyfuse3.init(ops, mount_point, options)
+    except RuntimeError as exc:
+        reason = _fuse_complaint(log_file) or f"{exc} (is /dev/fuse usable?)"
+        raise MountError(f"{mount_point}: FUSE mount failed: {reason}") from exc
+    log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
+    registry.record(mount_point, served.image, served.verified_by)
+    on_ready()
+    try:
+        _run(mount_point)
+    finally:
+        # After an external unmount the session is gone and this is a no-op; after a
+        # signal it removes the mount.
+        pyfuse3.close(unmount=True)
+        finish(mount_point, served)
+
+
+def serve_mounted(ops: pyfuse3.Operations, kernel: kernelmount.KernelMount, options: set[str]) -> None:
+    """Serve a mount made before this process imported pyfuse3 (``siffs.fs.kernelmount``).
+
+    libfuse does not unmount what it did not mount: the daemon does, once this returns or raises.
+    """
+    pyfuse3.init(ops, kernel.session_path(), options)
+    try:
+        _run(kernel.mount_point)
+    finally:
+        pyfuse3.close(unmount=False)
+
+
+def _run(mount_point: str) -> None:
+    operations.internal_errors.listener = lambda count: registry.count_internal_errors(mount_point, count)
+    trio.run(_session)
+
+
+def run_foreground(
+    ops_factory: Callable[[], pyfuse3.Operations], mount_point: str, options: set[str], served: Served
+) -> None:
+    if served.secret:
+        not_dumpable()
+    serve(ops_factory(), mount_point, options, served, on_ready=lambda: None)
