@@ -11,6 +11,7 @@ from setuptools import Extension, setup
 #: (importable module name, C sources). Add one entry per native module.
 NATIVE: list[tuple[str, list[str]]] = [
     ("siffs.delta._chunk", ["siffs/delta/_chunk.c"]),
+    ("siffs.delta._zscan", ["siffs/delta/_zscan.c"]),
 ]
 
 setup(

@@ -4,11 +4,15 @@
     .venv/bin/python bench/delta_bench.py [--image /tmp/siffs-bench/images-own/rootfs-zstd.sif] [--work DIR]
 
 From IMAGE's root filesystem (unsquashfs) it builds, with the options of bench/mkimages.py
-(zstd, -all-root, fixed times), three SIFs: v1 (the tree as is), v2 (a localised change: consecutive
-files, i.e. one area of the tree, totalling 1 % of the tree's bytes, each rewritten in a 4 KiB region
-or wholly when smaller) and v3 (scattered edits: a 4 KiB patch in 25 files spread over the tree, one
-file added, two deleted). v2 and v3 are published with ``casync make --chunk-size=16384`` on an nginx
-of the script's own, and pulled with v1 as seed. Prints bytes moved and time ratios; asserts nothing.
+(-all-root, fixed times; by default ``--comp none``: uncompressed, no deduplication, so the
+407 MB tree gives a 398 MB image, the ~400 MB rootfs SIF of the issue; ``--comp zstd`` gives
+the 116 MB image of earlier runs), three SIFs: v1 (the tree as is), v2 (a localised change:
+consecutive files, i.e. one area of the tree, totalling 1 % of the tree's bytes, each
+rewritten in a 4 KiB region or wholly when smaller) and v3 (scattered edits: a 4 KiB patch in
+25 files spread over the tree, one file added, two deleted). v2 and v3 are published with
+``casync make --chunk-size=16384`` on an nginx of the script's own, and pulled with v1 as seed.
+Prints bytes moved and time ratios, all in one run; asserts nothing. ``--prepare`` only builds
+the images (run it before taking the bench lock).
 Peak memory is measured on a 1 GiB SIF (the bench bigfile wrapped as a data object).
 """
 
@@ -61,12 +65,15 @@ def primary_offset(sif: str) -> int:
         return image.primary_partition().offset
 
 
-def build_sif(tree: Path, out: Path) -> Path:
+def build_sif(tree: Path, out: Path, comp: str) -> Path:
     squash = out.with_suffix(".squashfs")
     if not out.exists():
         log(f"mksquashfs {tree.name} -> {out.name}")
+        # Uncompressed and without deduplication: the 407 MB tree gives a 398 MB image.
+        raw = ["-noI", "-noId", "-noD", "-noF", "-noX", "-no-duplicates"]
+        how = raw if comp == "none" else ["-comp", comp]
         subprocess.run(
-            ["mksquashfs", str(tree), str(squash), "-noappend", "-comp", "zstd", "-all-root",
+            ["mksquashfs", str(tree), str(squash), "-noappend", *how, "-all-root",
              "-all-time", EPOCH, "-mkfs-time", EPOCH, "-no-progress", "-quiet"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -227,6 +234,17 @@ def big_image(work: Path, bigfile: str) -> Path:
     return big
 
 
+def native_modules() -> str:
+    """Which native hot paths the measured siffs uses (SIFFS_NO_NATIVE=1 measures the Python ones)."""
+    code = (
+        "from siffs.delta import chunker, zsync; print(chunker.native_available(), zsync.native_available())"
+    )
+    out = subprocess.run(
+        [str(HERE / ".venv/bin/python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return " / ".join("yes" if word == "True" else "no" for word in out.stdout.split())
+
+
 def pct(n: int, of: int) -> str:
     return f"{100 * n / of:.2f} %"
 
@@ -237,6 +255,10 @@ def main() -> None:
     ap.add_argument("--bigfile", default="/tmp/siffs-bench/images/bigfile.tree/big.bin")
     ap.add_argument("--work", default="/tmp/siffs-bench/delta")
     ap.add_argument("--edit", choices=("reverse", "random"), default="reverse", help="how files are changed")
+    ap.add_argument("--prepare", action="store_true", help="only build the images (outside the bench lock)")
+    ap.add_argument(
+        "--comp", choices=("none", "lz4", "zstd", "gzip"), default="none", help="squashfs compression"
+    )
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -247,13 +269,23 @@ def main() -> None:
             ["unsquashfs", "-q", "-n", "-d", str(tree1), "-o", str(primary_offset(a.image)), a.image],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    v1 = build_sif(tree1, work / "v1.sif")
-    e = a.edit
-    v2 = build_sif(variant(tree1, work / f"tree-localised-{e}", "localised", e), work / f"v2-{e}.sif")
-    v3 = build_sif(variant(tree1, work / f"tree-scattered-{e}", "scattered", e), work / f"v3-{e}.sif")
+    e, comp = a.edit, a.comp
+    suffix = "" if comp == "zstd" else f"-{comp}"  # zstd: the names of earlier runs
+    v1 = build_sif(tree1, work / f"v1{suffix}.sif", comp)
+    v2 = build_sif(
+        variant(tree1, work / f"tree-localised-{e}", "localised", e), work / f"v2-{e}{suffix}.sif", comp
+    )
+    v3 = build_sif(
+        variant(tree1, work / f"tree-scattered-{e}", "scattered", e), work / f"v3-{e}{suffix}.sif", comp
+    )
+    if a.prepare:
+        big_image(work, a.bigfile)
+        return
     nginx = Nginx(work)
     www = nginx.root
     rows = Rows()
+    rows.append(("load average at start", os.getloadavg().__repr__()))
+    rows.append(("native chunker / zsync scan", native_modules()))
     try:
         # -- publishing: siffs delta make against casync make (fresh stores, same sizes) ---------------
         for p in (www / "default.castr", www / "siffs.castr"):
@@ -367,6 +399,7 @@ def main() -> None:
         clean(out)
     finally:
         nginx.stop()
+        rows.append(("load average at end", os.getloadavg().__repr__()))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from cuts at exactly ``min``, desync's); see the chunker section of the casync s
 from __future__ import annotations
 
 import bisect
-import importlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -25,6 +23,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
+from siffs.delta import native
 from siffs.delta.errors import UnsupportedFormatError
 
 WINDOW = 48
@@ -303,17 +302,7 @@ _TABLE: npt.NDArray[np.uint32] = np.array(
 TABLE: tuple[int, ...] = tuple(_TABLE.tolist())
 
 
-def _load_native() -> ModuleType | None:
-    """The C chunker, unless it was not built or ``SIFFS_NO_NATIVE`` asks for the Python path."""
-    if os.environ.get("SIFFS_NO_NATIVE"):
-        return None
-    try:  # optional: built only where a C compiler was at hand
-        return importlib.import_module("siffs.delta._chunk")
-    except ImportError:
-        return None
-
-
-_native = _load_native()
+_native = native.load("_chunk")
 
 
 def native_available() -> bool:
@@ -398,14 +387,16 @@ class Chunker:
     table keeps the rule, window and sizes but moves every boundary.
     """
 
-    def __init__(self, sizes: ChunkSizes, table: Sequence[int] | None = None, *, native: bool = True) -> None:
+    def __init__(
+        self, sizes: ChunkSizes, table: Sequence[int] | None = None, *, use_native: bool = True
+    ) -> None:
         self.sizes = sizes.checked()
         words = np.asarray(TABLE if table is None else table, dtype=np.int64)
         if words.shape != (256,) or words.min() < 0 or words.max() > 0xFFFFFFFF:
             raise ValueError("a chunker table is 256 words of 32 bits")
         self._table = words.astype(np.uint32)
         self._first_test = max(sizes.min, WINDOW)
-        self._native = _native if native else None
+        self._native = _native if use_native else None
 
     def split(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """Yield the chunks of the stream ``read(n)`` returns (b"" at its end), in order."""
@@ -413,9 +404,9 @@ class Chunker:
             return self._split_native(read, self._native)
         return self._split_numpy(read)
 
-    def _split_native(self, read: Callable[[int], bytes], native: ModuleType) -> Iterator[bytes]:
+    def _split_native(self, read: Callable[[int], bytes], module: ModuleType) -> Iterator[bytes]:
         s = self.sizes
-        state = native.Buzhash(self._table.astype("<u4").tobytes(), s.min, s.max, s.discriminator)
+        state = module.Buzhash(self._table.astype("<u4").tobytes(), s.min, s.max, s.discriminator)
         pending = bytearray()  # the start of the current chunk, from earlier reads
         while data := read(READ_SIZE):
             start = 0

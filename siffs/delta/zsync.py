@@ -5,13 +5,15 @@ the last ``rsum_bytes`` bytes of the big-endian (A, B) rolling checksum and the 
 ``checksum_bytes`` bytes of the block's MD4 (the last block is zero-padded to a full block).
 Making one here gives the same bytes as ``zsyncmake`` for the same file, name, URL and mtime.
 
-Pulling: every offset of every seed is tried as a block start at once with numpy (the rolling
-sums are differences of prefix sums), candidate offsets go through a hash filter and the exact
-rsum, and only survivors are MD4-checked. With ``seq_matches`` 2 a block counts as found only
-when the next block matches right after it, as zsync requires. What the seeds lack is fetched
-with HTTP Range requests, several in flight, and every block is MD4-checked before use; the
-whole file is then checked against the SHA-1 header and the SIF signatures, and only then
-replaces the destination.
+Pulling: every offset of every seed is tried as a block start, candidate offsets go through a
+hash filter and the exact rsum, and only survivors are MD4-checked. The native module
+``siffs.delta._zscan`` does this a byte at a time with a rolling sum, as zsync does; the numpy
+``_Matcher`` (all offsets of a piece at once: the rolling sums are differences of prefix sums) is
+its fallback and its oracle, with the same results decision for decision. With ``seq_matches``
+2 a block counts as found only when the next block matches right after it, as zsync requires.
+What the seeds lack is fetched with HTTP Range requests, several in flight, and every block is
+MD4-checked before use; the whole file is then checked against the SHA-1 header and the SIF
+signatures, and only then replaces the destination.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 from Crypto.Hash import MD4
 
+from siffs.delta import native
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, IndexFormatError, UnsupportedFormatError
 from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient, is_url
@@ -42,6 +46,7 @@ VERSION = "0.6.2"
 _MAX_HEADER = 64 << 10
 _PIECE = 1 << 20  # bytes per read when checksumming or scanning: numpy's temporaries stay small
 _RANGE_BLOCKS = 64  # at most this many consecutive blocks per Range request
+_COPY_RUN = 8 << 20  # at most this many bytes per copy from a seed
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -67,6 +72,14 @@ class ControlFile:
     @property
     def record_size(self) -> int:
         return self.rsum_bytes + self.checksum_bytes
+
+    def rsums(self) -> npt.NDArray[np.uint32]:
+        """Every block's :meth:`rsum`, at once."""
+        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.record_size)
+        keys = np.zeros(len(rows), dtype=np.uint32)
+        for column in range(self.rsum_bytes):
+            keys = (keys << np.uint32(8)) | rows[:, column]
+        return keys
 
     def rsum(self, i: int) -> int:
         """Block ``i``'s rolling checksum as ``A << 16 | B``, with the bytes the file omits as zero."""
@@ -108,7 +121,13 @@ def _rsums(blocks: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint64], npt.N
     return a, b
 
 
+_native = native.load("_zscan")
+
+
 def _md4(block: bytes | memoryview) -> bytes:
+    if _native is not None:
+        native_digest: bytes = _native.md4(block)
+        return native_digest
     digest: bytes = MD4.new(bytes(block)).digest()
     return digest
 
@@ -254,7 +273,7 @@ class _Matcher:
     def __init__(self, control: ControlFile) -> None:
         self.c = control
         n = control.blocks
-        keys = np.array([control.rsum(i) for i in range(n)], dtype=np.uint32)
+        keys = control.rsums()
         self.pairs = control.seq_matches == 2 and n > 1
         self.by_key: dict[int, list[int]] = {}
         if self.pairs:
@@ -350,6 +369,50 @@ class _Matcher:
             block += 1
 
 
+class _NativeMatcher:
+    """The same search as :class:`_Matcher`, in C (``siffs.delta._zscan``)."""
+
+    _STEP = 32 << 20  #: seed bytes per call: progress is reported between calls
+
+    def __init__(self, control: ControlFile, module: ModuleType) -> None:
+        self.c = control
+        rows = np.frombuffer(control.records, dtype=np.uint8).reshape(-1, control.record_size)
+        self._m = module.Matcher(
+            control.rsums().astype("<u4").tobytes(),
+            rows[:, control.rsum_bytes :].tobytes(),
+            control.block_size,
+            control.checksum_bytes,
+            control.a_mask,
+            control.seq_matches == 2,
+        )
+
+    @property
+    def found(self) -> dict[int, tuple[int, int]]:
+        """block -> (seed number, offset), as :attr:`_Matcher.found`."""
+        found: dict[int, tuple[int, int]] = self._m.found()
+        return found
+
+    def scan(self, number: int, fd: int, size: int, progress: Progress | None) -> None:
+        for start in range(0, size, self._STEP):
+            if self._m.count == self.c.blocks:
+                break
+            self._m.scan(number, fd, start, start + self._STEP, size)
+            if progress is not None:
+                progress(min(start + self._STEP, size), size)
+
+
+def native_available() -> bool:
+    """Whether seeds are scanned in C (benchmarks and tests report it)."""
+    return _native is not None
+
+
+def matcher(control: ControlFile, *, use_native: bool = True) -> _Matcher | _NativeMatcher:
+    """The seed scanner for ``control``: native unless unavailable (or not wanted, to compare)."""
+    if use_native and _native is not None:
+        return _NativeMatcher(control, _native)
+    return _Matcher(control)
+
+
 def _ranges(missing: Sequence[int]) -> Iterator[tuple[int, int]]:
     """Runs of consecutive block numbers, at most _RANGE_BLOCKS each: (first, end)."""
     run_start = prev = None
@@ -388,7 +451,7 @@ def pull(
     control = parse(raw, what=f"control file {source}")
     report = PullReport(dest, source, control.length, index_bytes=len(raw), fetched_bytes=len(raw))
     target = _target_location(source, control)
-    matcher = _Matcher(control)
+    finder = matcher(control)
     paths = seed_paths(dest, seed_files)
     fds: list[int] = []
     try:
@@ -399,14 +462,14 @@ def pull(
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
             report.reused[path] = 0
             try:
-                matcher.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
+                finder.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
             except OSError as exc:
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
         assembly = Assembly(dest, control.length)
         try:
             job = _ZJob(control, assembly, report, Journal(partial_path(dest, "zsync")))
             try:
-                missing = job.copy_found(matcher.found, fds, paths)
+                missing = job.copy_found(finder.found, fds, paths)
                 job.fetch(client, target, missing, progress)
             finally:
                 job.partial.close()
@@ -463,21 +526,45 @@ class _ZJob:
             )
 
     def copy_found(self, found: dict[int, tuple[int, int]], fds: list[int], paths: list[str]) -> list[int]:
+        """Write the resumed and the seeds' blocks; the blocks still missing, in order.
+
+        Consecutive blocks found one after the other in the same seed are copied as one run (up
+        to _COPY_RUN bytes): one read and one write instead of one per block.
+        """
         c = self.control
         resumed = self._resumed()
         missing = []
+        run: list[int] = []  # first block, seed number, seed offset, blocks
+
+        def flush() -> None:
+            if run:
+                first, number, offset, count = run
+                size = min(count * c.block_size, c.length - first * c.block_size)
+                data = os.pread(fds[number], size, offset)
+                self.report.reused[paths[number]] += len(data)
+                self.assembly.write(first * c.block_size, data)
+                run.clear()
+
         for block in range(c.blocks):
             data = resumed.get(block)
+            where = found.get(block) if data is None else None
+            if (
+                where is not None
+                and run
+                and where == (run[1], run[2] + run[3] * c.block_size)
+                and (run[3] + 1) * c.block_size <= _COPY_RUN
+            ):
+                run[3] += 1
+                continue
+            flush()
             if data is not None:
                 self.report.resumed_bytes += len(data)
-            elif block in found:
-                number, offset = found[block]
-                data = self._block_bytes(block, os.pread(fds[number], c.block_size, offset))
-                self.report.reused[paths[number]] += len(data)
+                self.assembly.write(block * c.block_size, data)
+            elif where is not None:
+                run[:] = [block, where[0], where[1], 1]
             else:
                 missing.append(block)
-                continue
-            self.assembly.write(block * c.block_size, data)
+        flush()
         return missing
 
     def _resumed(self) -> dict[int, bytes]:

@@ -35,7 +35,7 @@ def ends(
     rng = random.Random(pieces)
     read = stream.read if pieces is None else (lambda n: stream.read(rng.randint(1, 100_000)))
     out, end = [], 0
-    for c in Chunker(sizes, table, native=use_native).split(read):
+    for c in Chunker(sizes, table, use_native=use_native).split(read):
         assert c
         end += len(c)
         out.append(end)
