@@ -11,7 +11,8 @@
  * The result is the same as the Python _Matcher's, decision for decision: offsets in increasing
  * order, candidate blocks in increasing order, a block recorded once (its first match), with
  * seq_matches 2 a block counted only when the next block matches right after it, then the run
- * extended forward one block at a time. The tests compare both, and both against zsync.
+ * extended forward one block at a time, and the scan resumed after the run (zsync skips a match
+ * the same way: in an unchanged seed each byte is then read and MD4-hashed about once). The tests compare both, and both against zsync.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -95,6 +96,9 @@ static void md4(const unsigned char *data, size_t len, unsigned char out[16]) {
     }
 }
 
+#define READ_SPAN (8 << 20) /* seed bytes scanned per read */
+#define AHEAD (1 << 20)      /* seed bytes read at once while a run is extended past READ_SPAN */
+
 /* -- the matcher ------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -105,16 +109,24 @@ typedef struct {
     int checksum_bytes;
     uint32_t a_mask;      /* the bits of A the control file keeps */
     unsigned char *sums;  /* checksum_bytes per block */
-    Py_ssize_t entries;
-    uint64_t *entry_key;
-    int32_t *head;        /* hash buckets: first entry, chains in increasing entry order */
-    int32_t *next;
-    uint64_t bucket_mask;
+    Py_ssize_t entries;   /* blocks, or pairs of consecutive blocks */
+    /* Entries grouped by key: the entries of distinct key k are order[start[k] .. start[k + 1]),
+     * in increasing order; cursor[k] skips the first ones once found (found never reverts). Many
+     * equal blocks (zeros, duplicated files) thus cost one look-up, not one per block. */
+    int32_t *order;
+    Py_ssize_t distinct;
+    uint64_t *key;
+    int32_t *start;
+    int32_t *cursor;
+    int32_t *table;       /* open addressing: key -> distinct index, -1 for empty */
+    uint64_t table_mask;
     uint64_t *filter;     /* one bit per filter slot: "some entry may have this key" */
     uint64_t filter_mask;
     int64_t *offset;      /* where each block was found, -1 if not yet */
     int32_t *seed;        /* in which seed */
     Py_ssize_t found;
+    int resume_seed;      /* offsets of this seed below resume_at lie in a run already found */
+    int64_t resume_at;
 } Matcher;
 
 static inline uint64_t mix(uint64_t k) {
@@ -126,9 +138,11 @@ static inline uint64_t mix(uint64_t k) {
 
 static void Matcher_dealloc(Matcher *self) {
     PyMem_Free(self->sums);
-    PyMem_Free(self->entry_key);
-    PyMem_Free(self->head);
-    PyMem_Free(self->next);
+    PyMem_Free(self->order);
+    PyMem_Free(self->key);
+    PyMem_Free(self->start);
+    PyMem_Free(self->cursor);
+    PyMem_Free(self->table);
     PyMem_Free(self->filter);
     PyMem_Free(self->offset);
     PyMem_Free(self->seed);
@@ -136,18 +150,21 @@ static void Matcher_dealloc(Matcher *self) {
 }
 
 static int Matcher_init(Matcher *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"keys", "checksums", "block_size", "checksum_bytes", "a_mask", "pairs", NULL};
-    Py_buffer keys, sums;
+    static char *kwlist[] = {"checksums", "block_size", "checksum_bytes", "a_mask", "pairs",
+                             "order",     "keys",       "starts",         NULL};
+    Py_buffer sums, order, keys, starts;
     unsigned int block_size, a_mask;
     int checksum_bytes, pairs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*IiIp", kwlist, &keys, &sums, &block_size,
-                                     &checksum_bytes, &a_mask, &pairs)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*IiIpy*y*y*", kwlist, &sums, &block_size, &checksum_bytes,
+                                     &a_mask, &pairs, &order, &keys, &starts)) {
         return -1;
     }
     int rc = -1;
-    Py_ssize_t n = keys.len / 4;
-    if (keys.len % 4 || checksum_bytes < 1 || checksum_bytes > 16 || sums.len != n * checksum_bytes ||
-        block_size < 64 || (block_size & (block_size - 1)) || n > INT32_MAX - 1 || self->sums != NULL) {
+    Py_ssize_t n = checksum_bytes > 0 ? sums.len / checksum_bytes : 0;
+    Py_ssize_t entries = order.len / 4, distinct = keys.len / 8;
+    if (checksum_bytes < 1 || checksum_bytes > 16 || sums.len % checksum_bytes || block_size < 64 ||
+        (block_size & (block_size - 1)) || n > INT32_MAX - 1 || self->sums != NULL ||
+        entries != (pairs && n > 1 ? n - 1 : n) || starts.len != 4 * (distinct + 1)) {
         PyErr_SetString(PyExc_ValueError, "inconsistent matcher parameters");
         goto out;
     }
@@ -156,59 +173,72 @@ static int Matcher_init(Matcher *self, PyObject *args, PyObject *kwds) {
     self->pairs = pairs && n > 1;
     self->checksum_bytes = checksum_bytes;
     self->a_mask = a_mask;
-    self->entries = self->pairs ? n - 1 : n;
-    uint64_t buckets = 1024, bits = 1 << 16;
-    while (buckets < 2 * (uint64_t)self->entries) {
-        buckets <<= 1;
+    self->entries = entries;
+    self->distinct = distinct;
+    uint64_t slots = 1024, bits = 1 << 16;
+    while (slots < 2 * (uint64_t)distinct) {
+        slots <<= 1;
     }
-    while (bits < 32 * (uint64_t)self->entries) {
+    while (bits < 32 * (uint64_t)distinct) {
         bits <<= 1;
     }
-    self->bucket_mask = buckets - 1;
+    self->table_mask = slots - 1;
     self->filter_mask = bits - 1;
     self->sums = PyMem_Malloc(sums.len ? sums.len : 1);
-    self->entry_key = PyMem_Malloc(sizeof(uint64_t) * (self->entries + 1));
-    self->head = PyMem_Malloc(sizeof(int32_t) * buckets);
-    self->next = PyMem_Malloc(sizeof(int32_t) * (self->entries + 1));
+    self->order = PyMem_Malloc(4 * (entries + 1));
+    self->key = PyMem_Malloc(8 * (distinct + 1));
+    self->start = PyMem_Malloc(4 * (distinct + 1));
+    self->cursor = PyMem_Malloc(4 * (distinct + 1));
+    self->table = PyMem_Malloc(sizeof(int32_t) * slots);
     self->filter = PyMem_Calloc(bits / 64, sizeof(uint64_t));
     self->offset = PyMem_Malloc(sizeof(int64_t) * (n + 1));
     self->seed = PyMem_Malloc(sizeof(int32_t) * (n + 1));
-    if (!self->sums || !self->entry_key || !self->head || !self->next || !self->filter || !self->offset ||
-        !self->seed) {
+    if (!self->sums || !self->order || !self->key || !self->start || !self->cursor || !self->table ||
+        !self->filter || !self->offset || !self->seed) {
         PyErr_NoMemory();
         goto out;
     }
     memcpy(self->sums, sums.buf, sums.len);
-    const unsigned char *kb = keys.buf;
+    memcpy(self->order, order.buf, order.len); /* native byte order: numpy built them here */
+    memcpy(self->key, keys.buf, keys.len);
+    memcpy(self->start, starts.buf, starts.len);
     for (Py_ssize_t i = 0; i < n; i++) {
         self->offset[i] = -1;
         self->seed[i] = -1;
     }
-    for (uint64_t i = 0; i < buckets; i++) {
-        self->head[i] = -1;
+    for (uint64_t i = 0; i < slots; i++) {
+        self->table[i] = -1;
     }
-    for (Py_ssize_t i = 0; i < self->entries; i++) {
-        uint64_t k = (uint64_t)kb[4 * i] | (uint64_t)kb[4 * i + 1] << 8 | (uint64_t)kb[4 * i + 2] << 16 |
-                     (uint64_t)kb[4 * i + 3] << 24;
-        if (self->pairs) {
-            const unsigned char *k2 = kb + 4 * (i + 1);
-            k = k << 32 | (uint64_t)k2[0] | (uint64_t)k2[1] << 8 | (uint64_t)k2[2] << 16 | (uint64_t)k2[3] << 24;
+    for (Py_ssize_t k = 0; k < distinct; k++) {
+        if (self->start[k] < 0 || self->start[k] > self->start[k + 1] || self->start[k + 1] > entries) {
+            PyErr_SetString(PyExc_ValueError, "inconsistent matcher parameters");
+            goto out;
         }
-        self->entry_key[i] = k;
-    }
-    /* Descending insertion at the head leaves every chain in increasing entry order. */
-    for (Py_ssize_t i = self->entries - 1; i >= 0; i--) {
-        uint64_t h = mix(self->entry_key[i]);
-        self->next[i] = self->head[h & self->bucket_mask];
-        self->head[h & self->bucket_mask] = (int32_t)i;
+        self->cursor[k] = self->start[k];
+        uint64_t h = mix(self->key[k]);
+        uint64_t slot = h & self->table_mask;
+        while (self->table[slot] >= 0) {
+            slot = (slot + 1) & self->table_mask;
+        }
+        self->table[slot] = (int32_t)k;
         uint64_t bit = (h >> 32) & self->filter_mask;
         self->filter[bit >> 6] |= 1ull << (bit & 63);
     }
+    for (Py_ssize_t j = 0; j < entries; j++) {
+        if (self->order[j] < 0 || self->order[j] >= entries) {
+            PyErr_SetString(PyExc_ValueError, "inconsistent matcher parameters");
+            goto out;
+        }
+    }
     self->found = 0;
+    self->resume_seed = -1;
+    self->resume_at = 0;
     rc = 0;
 out:
-    PyBuffer_Release(&keys);
     PyBuffer_Release(&sums);
+    PyBuffer_Release(&order);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&starts);
     return rc;
 }
 
@@ -218,37 +248,50 @@ typedef struct {
     const unsigned char *buf; /* the seed's bytes [buf_pos, buf_pos + buf_len) */
     int64_t buf_pos;
     int64_t buf_len;
-    unsigned char *scratch;   /* one block, for reads outside buf */
+    unsigned char *ahead;     /* read-ahead for runs extended past buf: [ahead_pos, + ahead_len) */
+    int64_t ahead_pos;
+    int64_t ahead_len;
     int error;                /* errno of a failed read */
 } Seed;
 
-/* Whether the seed's block_size bytes at ``at`` (zero-padded past its end) have block ``b``'s MD4. */
-static int strong(Matcher *self, Seed *s, int64_t at, Py_ssize_t b) {
+/* The MD4 of the seed's block_size bytes at ``at`` (zero-padded past its end); 0 on a read error. */
+static int digest_at(Matcher *self, Seed *s, int64_t at, unsigned char digest[16]) {
     const unsigned char *p;
     uint32_t bs = self->block_size;
     if (at >= s->buf_pos && at + bs <= s->buf_pos + s->buf_len) {
         p = s->buf + (at - s->buf_pos);
     } else {
-        size_t got = 0;
-        while (got < bs) {
-            ssize_t r = pread(s->fd, s->scratch + got, bs - got, at + (int64_t)got);
-            if (r < 0 && errno == EINTR) {
-                continue;
+        if (!(at >= s->ahead_pos && at + bs <= s->ahead_pos + s->ahead_len)) {
+            int64_t got = 0;
+            while (got < AHEAD) {
+                ssize_t r = pread(s->fd, s->ahead + got, (size_t)(AHEAD - got), at + got);
+                if (r < 0 && errno == EINTR) {
+                    continue;
+                }
+                if (r < 0) {
+                    s->error = errno;
+                    return 0;
+                }
+                if (r == 0) {
+                    break;
+                }
+                got += r;
             }
-            if (r < 0) {
-                s->error = errno;
-                return 0;
+            if (got < bs) { /* past the seed's end: zeros, as the control file pads the last block */
+                memset(s->ahead + got, 0, bs - got);
             }
-            if (r == 0) {
-                break;
-            }
-            got += (size_t)r;
+            s->ahead_pos = at;
+            s->ahead_len = got < bs ? 0 : got;
+            p = s->ahead;
+        } else {
+            p = s->ahead + (at - s->ahead_pos);
         }
-        memset(s->scratch + got, 0, bs - got);
-        p = s->scratch;
     }
-    unsigned char digest[16];
     md4(p, bs, digest);
+    return 1;
+}
+
+static inline int same(const Matcher *self, const unsigned char digest[16], Py_ssize_t b) {
     return memcmp(digest, self->sums + b * self->checksum_bytes, self->checksum_bytes) == 0;
 }
 
@@ -260,43 +303,96 @@ static void record(Matcher *self, Py_ssize_t b, int number, int64_t at) {
     }
 }
 
-/* Once block b is found, its successors are tried right after it, alone, as zsync does. */
-static void extend_from(Matcher *self, Seed *s, Py_ssize_t b) {
-    int64_t at = self->offset[b];
+/* Once block b is found, its successors are tried right after it, alone, as zsync does.
+ * Returns the seed offset just past the last block recorded, or -1 if none was. */
+static int64_t extend_from(Matcher *self, Seed *s, Py_ssize_t b) {
+    int64_t at = self->offset[b], end = -1;
     for (b++; b < self->blocks && self->offset[b] < 0 && !s->error; b++) {
+        unsigned char digest[16];
         at += self->block_size;
-        if (!strong(self, s, at, b)) {
+        if (!digest_at(self, s, at, digest) || !same(self, digest, b)) {
             break;
         }
         record(self, b, s->number, at);
+        end = at + self->block_size;
     }
+    return end;
 }
 
-static void candidate(Matcher *self, Seed *s, int64_t at, uint64_t key) {
+/* Try the blocks whose checksum equals the seed's at ``at``. Returns the offset where scanning
+ * resumes: past the blocks found here and the run extended from them (at + 1 if none). */
+static int64_t candidate(Matcher *self, Seed *s, int64_t at, uint64_t key) {
+    int64_t resume = at + 1;
     uint64_t h = mix(key);
     uint64_t bit = (h >> 32) & self->filter_mask;
     if (!(self->filter[bit >> 6] >> (bit & 63) & 1)) {
-        return;
+        return resume;
     }
-    for (int32_t e = self->head[h & self->bucket_mask]; e >= 0 && !s->error; e = self->next[e]) {
-        if (self->entry_key[e] != key || self->offset[e] >= 0 || !strong(self, s, at, e)) {
+    uint64_t slot = h & self->table_mask;
+    int32_t k;
+    while ((k = self->table[slot]) >= 0 && self->key[k] != key) {
+        slot = (slot + 1) & self->table_mask;
+    }
+    if (k < 0) {
+        return resume;
+    }
+    int32_t j = self->cursor[k], end = self->start[k + 1];
+    while (j < end && self->offset[self->order[j]] >= 0) {
+        j++;
+    }
+    self->cursor[k] = j;
+    /* Both digests are the seed's, the same for every entry: computed once, when first needed. */
+    unsigned char here[16], next[16];
+    int have_here = 0, have_next = 0;
+    for (; j < end && !s->error; j++) {
+        int32_t e = self->order[j];
+        if (self->offset[e] >= 0) {
+            continue;
+        }
+        if (!have_here && !(have_here = digest_at(self, s, at, here))) {
+            return resume;
+        }
+        if (!same(self, here, e)) {
             continue;
         }
         if (!self->pairs) {
             record(self, e, s->number, at);
-        } else if (strong(self, s, at + self->block_size, e + 1)) {
+            resume = at + self->block_size;
+            continue;
+        }
+        if (!have_next && !(have_next = digest_at(self, s, at + self->block_size, next))) {
+            return resume;
+        }
+        if (same(self, next, e + 1)) {
+            int64_t pair_end = at + 2 * (int64_t)self->block_size;
             record(self, e, s->number, at);
             record(self, e + 1, s->number, at + self->block_size);
-            extend_from(self, s, e + 1);
+            /* The run continues this pair unless block e + 1 was found elsewhere before. */
+            int here_too = self->offset[e + 1] == at + self->block_size && self->seed[e + 1] == s->number;
+            int64_t run_end = extend_from(self, s, e + 1);
+            int64_t end = here_too && run_end > pair_end ? run_end : pair_end;
+            resume = end > resume ? end : resume;
         }
     }
+    return resume;
 }
 
-#define READ_SPAN (8 << 20)
 
-/* scan(number, fd, start, stop): try every offset in [start, stop) of seed ``number`` (open as fd)
- * as the start of a block (of a pair of blocks with seq_matches 2) whose bytes all lie in the file
- * of ``size`` bytes; record the blocks found. */
+/* The rolling checksum (A, B) of the block_size bytes at p. */
+static void rsum(const unsigned char *p, int64_t bs, uint16_t *a, uint16_t *b) {
+    uint16_t sa = 0, sb = 0;
+    for (int64_t k = 0; k < bs; k++) {
+        sa += p[k];
+        sb += (uint16_t)((bs - k) * p[k]);
+    }
+    *a = sa;
+    *b = sb;
+}
+
+/* scan(number, fd, start, stop, size): try the offsets in [start, stop) of seed ``number`` (open
+ * as fd, ``size`` bytes) as the start of a block (of a pair of blocks with seq_matches 2), in
+ * order, and record the blocks found. Offsets inside a run of blocks just found are skipped, as
+ * zsync skips them: the scan resumes after the run. */
 static PyObject *Matcher_scan(Matcher *self, PyObject *args) {
     int number, fd;
     long long start, stop, size;
@@ -305,6 +401,13 @@ static PyObject *Matcher_scan(Matcher *self, PyObject *args) {
     }
     const int64_t bs = self->block_size;
     const int64_t span = bs * (self->pairs ? 2 : 1);
+    if (self->resume_seed != number) {
+        self->resume_seed = number;
+        self->resume_at = 0;
+    }
+    if (start < self->resume_at) {
+        start = self->resume_at;
+    }
     if (stop > size - span + 1) {
         stop = size - span + 1;
     }
@@ -312,19 +415,20 @@ static PyObject *Matcher_scan(Matcher *self, PyObject *args) {
         Py_RETURN_NONE;
     }
     unsigned char *buf = PyMem_RawMalloc(READ_SPAN + span);
-    unsigned char *scratch = PyMem_RawMalloc(bs);
-    if (!buf || !scratch) {
+    unsigned char *ahead = PyMem_RawMalloc(AHEAD > bs ? AHEAD : bs);
+    if (!buf || !ahead) {
         PyMem_RawFree(buf);
-        PyMem_RawFree(scratch);
+        PyMem_RawFree(ahead);
         return PyErr_NoMemory();
     }
-    Seed s = {fd, number, buf, 0, 0, scratch, 0};
+    Seed s = {fd, number, buf, 0, 0, ahead, 0, 0, 0};
     const uint16_t bs16 = (uint16_t)bs;
     const uint32_t a_mask = self->a_mask;
+    int64_t resume = start;
 
     Py_BEGIN_ALLOW_THREADS
     int64_t at = start;
-    while (at < stop && !s.error) {
+    while (at < stop && !s.error && self->found < self->blocks) {
         /* Offsets [at, piece_end) need the bytes [at, piece_end + span - 1). */
         int64_t piece_end = at + READ_SPAN < stop ? at + READ_SPAN : stop;
         int64_t want = piece_end - at + span - 1;
@@ -349,23 +453,34 @@ static PyObject *Matcher_scan(Matcher *self, PyObject *args) {
         }
         s.buf_pos = at;
         s.buf_len = got;
-        uint16_t a1 = 0, b1 = 0, a2 = 0, b2 = 0;
-        for (int64_t k = 0; k < bs; k++) {
-            a1 += buf[k];
-            b1 += (uint16_t)((bs - k) * buf[k]);
-            if (self->pairs) {
-                a2 += buf[bs + k];
-                b2 += (uint16_t)((bs - k) * buf[bs + k]);
-            }
+        const int64_t n = piece_end - at;
+        int64_t o = 0;
+        uint16_t a1, b1, a2 = 0, b2 = 0;
+        rsum(buf, bs, &a1, &b1);
+        if (self->pairs) {
+            rsum(buf + bs, bs, &a2, &b2);
         }
-        int64_t n = piece_end - at;
-        for (int64_t o = 0;; o++) {
+        for (;;) {
             uint64_t key = (uint64_t)(a1 & a_mask) << 16 | b1;
             if (self->pairs) {
                 key = key << 32 | (uint64_t)(a2 & a_mask) << 16 | b2;
             }
-            candidate(self, &s, at + o, key);
-            if (o + 1 >= n || self->found == self->blocks || s.error) {
+            resume = candidate(self, &s, at + o, key);
+            if (s.error || self->found == self->blocks) {
+                break;
+            }
+            if (resume > at + o + 1) { /* past a run: start the sums afresh there */
+                o = resume - at;
+                if (o >= n) {
+                    break;
+                }
+                rsum(buf + o, bs, &a1, &b1);
+                if (self->pairs) {
+                    rsum(buf + o + bs, bs, &a2, &b2);
+                }
+                continue;
+            }
+            if (o + 1 >= n) {
                 break;
             }
             unsigned char out = buf[o], in = buf[o + bs];
@@ -376,16 +491,15 @@ static PyObject *Matcher_scan(Matcher *self, PyObject *args) {
                 a2 += (uint16_t)(in2 - out2);
                 b2 += (uint16_t)(a2 - (uint16_t)(bs16 * out2));
             }
+            o++;
         }
-        if (self->found == self->blocks) {
-            break;
-        }
-        at = piece_end;
+        at = resume > piece_end ? resume : piece_end;
     }
     Py_END_ALLOW_THREADS
 
+    self->resume_at = resume;
     PyMem_RawFree(buf);
-    PyMem_RawFree(scratch);
+    PyMem_RawFree(ahead);
     if (s.error) {
         errno = s.error;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -443,7 +557,7 @@ static PyTypeObject MatcherType = {
     .tp_name = "siffs.delta._zscan.Matcher",
     .tp_basicsize = sizeof(Matcher),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Matcher(keys, checksums, block_size, checksum_bytes, a_mask, pairs): zsync seed scan",
+    .tp_doc = "Matcher(checksums, block_size, checksum_bytes, a_mask, pairs, order, keys, starts): zsync seed scan",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Matcher_init,
     .tp_dealloc = (destructor)Matcher_dealloc,

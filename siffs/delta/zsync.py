@@ -287,6 +287,7 @@ class _Matcher:
         self.filter = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)
         self.filter[slots] = True
         self.found: dict[int, tuple[int, int]] = {}  # block -> (seed number, offset)
+        self._resume = 0  # offsets of the seed being scanned below this lie in a run found
         self._index = (
             np.arange(max(_PIECE, control.block_size) + 2 * control.block_size, dtype=np.uint32)
             & _U32(0xFFFF)
@@ -314,6 +315,7 @@ class _Matcher:
         span = c.block_size * (2 if self.pairs else 1)
         step = max(c.block_size, _PIECE)
         pos = 0
+        self._resume = 0
         while pos < size and len(self.found) < c.blocks:
             data = os.pread(fd, step + span - 1, pos)
             starts = min(step, len(data) - span + 1)
@@ -337,15 +339,24 @@ class _Matcher:
         exact = self.known[at] == combined
         raw = data.tobytes()
         for offset, key in zip(hits[exact].tolist(), combined[exact].tolist(), strict=True):
+            at = pos + offset
+            if at < self._resume:
+                continue  # inside a run just found: zsync skips it too
             for block in self.by_key.get(key, ()):
                 if block in self.found or not self._strong(raw, offset, block):
                     continue
                 if not self.pairs:
-                    self.found[block] = (number, pos + offset)
+                    self.found[block] = (number, at)
+                    self._resume = max(self._resume, at + c.block_size)
                 elif self._strong(raw, offset + c.block_size, block + 1):
-                    self.found[block] = (number, pos + offset)
-                    self.found.setdefault(block + 1, (number, pos + offset + c.block_size))
-                    self._extend_from(number, fd, block + 1)
+                    self.found[block] = (number, at)
+                    here_too = self.found.setdefault(block + 1, (number, at + c.block_size)) == (
+                        number,
+                        at + c.block_size,
+                    )
+                    run_end = self._extend_from(number, fd, block + 1)
+                    end = run_end if here_too and run_end is not None else at + 2 * c.block_size
+                    self._resume = max(self._resume, end, at + 2 * c.block_size)
 
     def _strong(self, raw: bytes, offset: int, block: int) -> bool:
         c = self.c
@@ -354,19 +365,22 @@ class _Matcher:
             piece += bytes(c.block_size - len(piece))
         return _md4(piece)[: c.checksum_bytes] == c.checksum(block)
 
-    def _extend_from(self, number: int, fd: int, block: int) -> None:
+    def _extend_from(self, number: int, fd: int, block: int) -> int | None:
         """Once a block is found, its successors are tried right after it, alone (as zsync does):
         one MD4 per block of an unchanged run, and the run's last block, which has no matching pair,
-        is found too."""
+        is found too. Returns the seed offset just past the last block found here, if any."""
         c = self.c
         offset = self.found[block][1]
+        end = None
         block += 1
         while block < c.blocks and block not in self.found:
             offset += c.block_size
             if not self._strong(os.pread(fd, c.block_size, offset), 0, block):
                 break
             self.found[block] = (number, offset)
+            end = offset + c.block_size
             block += 1
+        return end
 
 
 class _NativeMatcher:
@@ -377,13 +391,22 @@ class _NativeMatcher:
     def __init__(self, control: ControlFile, module: ModuleType) -> None:
         self.c = control
         rows = np.frombuffer(control.records, dtype=np.uint8).reshape(-1, control.record_size)
+        keys = control.rsums().astype(np.uint64)
+        pairs = control.seq_matches == 2 and control.blocks > 1
+        if pairs:
+            keys = (keys[:-1] << np.uint64(32)) | keys[1:]
+        # Entries grouped by key, each group in block order: what the C side looks up.
+        order = np.argsort(keys, kind="stable").astype(np.int32)
+        distinct, starts = np.unique(keys[order], return_index=True)
         self._m = module.Matcher(
-            control.rsums().astype("<u4").tobytes(),
             rows[:, control.rsum_bytes :].tobytes(),
             control.block_size,
             control.checksum_bytes,
             control.a_mask,
-            control.seq_matches == 2,
+            pairs,
+            order.tobytes(),
+            distinct.astype(np.uint64).tobytes(),
+            np.append(starts, len(keys)).astype(np.int32).tobytes(),
         )
 
     @property
@@ -469,11 +492,13 @@ def pull(
         try:
             job = _ZJob(control, assembly, report, Journal(partial_path(dest, "zsync")))
             try:
-                missing = job.copy_found(finder.found, fds, paths)
+                found, resumed = finder.found, job.resumed()
+                missing = [b for b in range(control.blocks) if b not in found and b not in resumed]
                 job.fetch(client, target, missing, progress)
+                sha1 = job.copy_found(found, resumed, fds, paths)
             finally:
                 job.partial.close()
-            report.signers = assembly.commit(trust, lambda: _check_sha1(assembly, control, dest))
+            report.signers = assembly.commit(trust, lambda: _check_sha1(sha1, control, dest))
         except BaseException:
             assembly.discard()
             raise
@@ -495,13 +520,8 @@ def _target_location(source: str, control: ControlFile) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(source)), url)
 
 
-def _check_sha1(assembly: Assembly, control: ControlFile, dest: str) -> None:
-    if control.sha1 is None:
-        return
-    sha1 = hashlib.sha1()
-    for offset in range(0, control.length, 8 << 20):
-        sha1.update(assembly.read(offset, min(8 << 20, control.length - offset)))
-    if sha1.hexdigest() != control.sha1:
+def _check_sha1(sha1: hashlib._Hash, control: ControlFile, dest: str) -> None:
+    if control.sha1 is not None and sha1.hexdigest() != control.sha1:
         raise DigestMismatchError(f"{dest}: the assembled file's SHA-1 differs from the control file's")
 
 
@@ -525,49 +545,58 @@ class _ZJob:
                 f"block {block} from {source} does not match its MD4 in the control file"
             )
 
-    def copy_found(self, found: dict[int, tuple[int, int]], fds: list[int], paths: list[str]) -> list[int]:
-        """Write the resumed and the seeds' blocks; the blocks still missing, in order.
+    def copy_found(
+        self,
+        found: dict[int, tuple[int, int]],
+        resumed: dict[int, bytes],
+        fds: list[int],
+        paths: list[str],
+    ) -> hashlib._Hash:
+        """Write the resumed and the seeds' blocks once the missing ones are fetched; the file's SHA-1.
 
-        Consecutive blocks found one after the other in the same seed are copied as one run (up
-        to _COPY_RUN bytes): one read and one write instead of one per block.
+        The file is walked in order, so its SHA-1 comes from the bytes as they are written (the
+        fetched ones read back): no second pass over the whole file. Consecutive blocks found one
+        after the other in the same seed are copied as one run (up to _COPY_RUN bytes), and so are
+        consecutive fetched blocks read back: one read and one write per run, not per block.
         """
         c = self.control
-        resumed = self._resumed()
-        missing = []
-        run: list[int] = []  # first block, seed number, seed offset, blocks
+        sha1 = hashlib.sha1()
+        run: list[int] = []  # first block, seed number (-1: fetched), seed offset, blocks
 
         def flush() -> None:
-            if run:
-                first, number, offset, count = run
-                size = min(count * c.block_size, c.length - first * c.block_size)
-                data = os.pread(fds[number], size, offset)
-                self.report.reused[paths[number]] += len(data)
-                self.assembly.write(first * c.block_size, data)
-                run.clear()
+            if not run:
+                return
+            first, number, offset, count = run
+            run.clear()
+            size = min(count * c.block_size, c.length - first * c.block_size)
+            if number < 0:
+                sha1.update(self.assembly.read(first * c.block_size, size))
+                return
+            data = os.pread(fds[number], size, offset)
+            self.report.reused[paths[number]] += len(data)
+            if len(data) < size:  # the seed ended: zeros, as the control file padded the block
+                data += bytes(size - len(data))
+            self.assembly.write(first * c.block_size, data)
+            sha1.update(data)
 
         for block in range(c.blocks):
             data = resumed.get(block)
-            where = found.get(block) if data is None else None
-            if (
-                where is not None
-                and run
-                and where == (run[1], run[2] + run[3] * c.block_size)
-                and (run[3] + 1) * c.block_size <= _COPY_RUN
-            ):
+            where = (-1, 0) if data is None and block not in found else found.get(block)
+            follows = run and where == (run[1], run[2] + run[3] * c.block_size if run[1] >= 0 else 0)
+            if follows and (run[3] + 1) * c.block_size <= _COPY_RUN:
                 run[3] += 1
                 continue
             flush()
             if data is not None:
                 self.report.resumed_bytes += len(data)
                 self.assembly.write(block * c.block_size, data)
+                sha1.update(data)
             elif where is not None:
                 run[:] = [block, where[0], where[1], 1]
-            else:
-                missing.append(block)
         flush()
-        return missing
+        return sha1
 
-    def _resumed(self) -> dict[int, bytes]:
+    def resumed(self) -> dict[int, bytes]:
         """Blocks an interrupted pull fetched, each re-checked."""
         blocks: dict[int, bytes] = {}
         size = self.control.block_size
