@@ -7,9 +7,9 @@ From IMAGE's root filesystem (unsquashfs) it builds, with the options of bench/m
 (-all-root, fixed times; by default ``--comp none``: uncompressed, no deduplication, so the
 407 MB tree gives a 398 MB image, the ~400 MB rootfs SIF of the issue; ``--comp zstd`` gives
 the 116 MB image of earlier runs), three SIFs: v1 (the tree as is), v2 (a localised change:
-consecutive files, i.e. one area of the tree, totalling 1 % of the tree's bytes, each
-rewritten in a 4 KiB region or wholly when smaller) and v3 (scattered edits: a 4 KiB patch in
-25 files spread over the tree, one file added, two deleted). v2 and v3 are published with
+consecutive files, i.e. one area of the tree, totalling 1 % of the tree's bytes, rewritten as
+``--edit`` says: by default every byte of them) and v3 (scattered edits: 25 files spread over
+the tree rewritten the same way, one file added, two deleted). v2 and v3 are published with
 ``casync make --chunk-size=16384`` on an nginx of the script's own, and pulled with v1 as seed.
 Prints bytes moved and time ratios, all in one run; asserts nothing. ``--prepare`` only builds
 the images (run it before taking the bench lock).
@@ -94,18 +94,20 @@ def regular_files(tree: Path) -> list[Path]:
 
 
 def rewrite(path: Path, rng: random.Random, edit: str) -> int:
-    """Change a 4 KiB region in the middle (or the whole file when smaller); keeps mode and xattrs.
+    """Change the file's content; keeps mode and xattrs.
 
-    ``reverse`` writes the region's own bytes backwards (new content of the same kind, as an
-    update brings); ``random`` writes random bytes (incompressible: the worst case for squashfs).
+    ``whole`` writes the whole file's bytes backwards (every byte of the file changes, to new
+    content of the same kind, as an update brings); ``reverse`` does that to a 4 KiB region in
+    the middle only (the whole file when smaller); ``random`` writes random bytes into that region
+    (incompressible: the worst case for a compressed squashfs).
     """
     data = bytearray(path.read_bytes())
     st = path.stat()
     xattrs = {
         k: os.getxattr(path, k, follow_symlinks=False) for k in os.listxattr(path, follow_symlinks=False)
     }
-    start = max(0, len(data) // 2 - PATCH // 2)
-    end = min(len(data), start + PATCH)
+    start = 0 if edit == "whole" else max(0, len(data) // 2 - PATCH // 2)
+    end = len(data) if edit == "whole" else min(len(data), start + PATCH)
     data[start:end] = rng.randbytes(end - start) if edit == "random" else data[start:end][::-1]
     path.unlink()  # the tree is a hard-link copy of v1's: never write through to it
     path.write_bytes(bytes(data))
@@ -254,7 +256,9 @@ def main() -> None:
     ap.add_argument("--image", default="/tmp/siffs-bench/images-own/rootfs-zstd.sif")  # bench/mkimages.py
     ap.add_argument("--bigfile", default="/tmp/siffs-bench/images/bigfile.tree/big.bin")
     ap.add_argument("--work", default="/tmp/siffs-bench/delta")
-    ap.add_argument("--edit", choices=("reverse", "random"), default="reverse", help="how files are changed")
+    ap.add_argument(
+        "--edit", choices=("whole", "reverse", "random"), default="whole", help="how files are changed"
+    )
     ap.add_argument("--prepare", action="store_true", help="only build the images (outside the bench lock)")
     ap.add_argument(
         "--comp", choices=("none", "lz4", "zstd", "gzip"), default="none", help="squashfs compression"
