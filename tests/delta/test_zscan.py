@@ -113,3 +113,19 @@ def test_native_scan_reports_a_read_error(tmp_path):
             finder.scan(0, fd, 100_000, None)
     finally:
         os.close(fd)
+
+
+def test_runs_are_extended_backward_too(tmp_path):
+    """The block before a run is taken from the seed when it is there (and only then)."""
+    target = vector(20_000)
+    control = control_for(target, 2048, 2, 2, 5)
+    seed = tmp_path / "seed"
+    seed.write_bytes(b"x" * 2048 + target)
+    fd = os.open(seed, os.O_RDONLY)
+    try:
+        found = zsync._extend_backward(control, {3: (0, 2048 * 4), 7: (0, 2048 * 8 + 1)}, [fd])
+    finally:
+        os.close(fd)
+    # Blocks 0-2 lie right before block 3 in the seed; before block 7's (wrong) place lies nothing
+    # of the target, and no block is taken from before the seed's start.
+    assert found == {0: (0, 2048), 1: (0, 4096), 2: (0, 6144), 3: (0, 8192), 7: (0, 16385)}
