@@ -14,7 +14,9 @@ from siffs.delta import chunker
 from siffs.delta.chunker import TABLE, Chunker, ChunkSizes
 from tests.delta.conftest import vector
 
-native = pytest.mark.skipif(not chunker.native_available(), reason="siffs.delta._chunk was not built")
+native = pytest.mark.skipif(
+    not chunker.native_available(), reason="siffs.delta._chunk not built or SIFFS_NO_NATIVE set"
+)
 
 SIZES = [
     ChunkSizes(16384, 65536, 262144),

@@ -12,7 +12,9 @@ from Crypto.Hash import MD4
 from siffs.delta import zsync
 from tests.delta.conftest import vector
 
-native = pytest.mark.skipif(not zsync.native_available(), reason="siffs.delta._zscan was not built")
+native = pytest.mark.skipif(
+    not zsync.native_available(), reason="siffs.delta._zscan not built or SIFFS_NO_NATIVE set"
+)
 
 
 def control_for(
