@@ -4,11 +4,15 @@
     .venv/bin/python bench/delta_bench.py [--image /tmp/siffs-bench/images-own/rootfs-zstd.sif] [--work DIR]
 
 From IMAGE's root filesystem (unsquashfs) it builds, with the options of bench/mkimages.py
-(zstd, -all-root, fixed times), three SIFs: v1 (the tree as is), v2 (a localised change: consecutive
-files, i.e. one area of the tree, totalling 1 % of the tree's bytes, each rewritten in a 4 KiB region
-or wholly when smaller) and v3 (scattered edits: a 4 KiB patch in 25 files spread over the tree, one
-file added, two deleted). v2 and v3 are published with ``casync make --chunk-size=16384`` on an nginx
-of the script's own, and pulled with v1 as seed. Prints bytes moved and time ratios; asserts nothing.
+(-all-root, fixed times; by default ``--comp none``: uncompressed, no deduplication, so the
+407 MB tree gives a 398 MB image, the ~400 MB rootfs SIF of the issue; ``--comp zstd`` gives
+the 116 MB image of earlier runs), three SIFs: v1 (the tree as is), v2 (a localised change:
+consecutive files, i.e. one area of the tree, totalling 1 % of the tree's bytes, rewritten as
+``--edit`` says: by default every byte of them) and v3 (scattered edits: 25 files spread over
+the tree rewritten the same way, one file added, two deleted). v2 and v3 are published with
+``casync make --chunk-size=16384`` on an nginx of the script's own, and pulled with v1 as seed.
+Prints bytes moved and time ratios, all in one run; asserts nothing. ``--prepare`` only builds
+the images (run it before taking the bench lock).
 Peak memory is measured on a 1 GiB SIF (the bench bigfile wrapped as a data object).
 """
 
@@ -61,12 +65,15 @@ def primary_offset(sif: str) -> int:
         return image.primary_partition().offset
 
 
-def build_sif(tree: Path, out: Path) -> Path:
+def build_sif(tree: Path, out: Path, comp: str) -> Path:
     squash = out.with_suffix(".squashfs")
     if not out.exists():
         log(f"mksquashfs {tree.name} -> {out.name}")
+        # Uncompressed and without deduplication: the 407 MB tree gives a 398 MB image.
+        raw = ["-noI", "-noId", "-noD", "-noF", "-noX", "-no-duplicates"]
+        how = raw if comp == "none" else ["-comp", comp]
         subprocess.run(
-            ["mksquashfs", str(tree), str(squash), "-noappend", "-comp", "zstd", "-all-root",
+            ["mksquashfs", str(tree), str(squash), "-noappend", *how, "-all-root",
              "-all-time", EPOCH, "-mkfs-time", EPOCH, "-no-progress", "-quiet"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -87,18 +94,20 @@ def regular_files(tree: Path) -> list[Path]:
 
 
 def rewrite(path: Path, rng: random.Random, edit: str) -> int:
-    """Change a 4 KiB region in the middle (or the whole file when smaller); keeps mode and xattrs.
+    """Change the file's content; keeps mode and xattrs.
 
-    ``reverse`` writes the region's own bytes backwards (new content of the same kind, as an
-    update brings); ``random`` writes random bytes (incompressible: the worst case for squashfs).
+    ``whole`` writes the whole file's bytes backwards (every byte of the file changes, to new
+    content of the same kind, as an update brings); ``reverse`` does that to a 4 KiB region in
+    the middle only (the whole file when smaller); ``random`` writes random bytes into that region
+    (incompressible: the worst case for a compressed squashfs).
     """
     data = bytearray(path.read_bytes())
     st = path.stat()
     xattrs = {
         k: os.getxattr(path, k, follow_symlinks=False) for k in os.listxattr(path, follow_symlinks=False)
     }
-    start = max(0, len(data) // 2 - PATCH // 2)
-    end = min(len(data), start + PATCH)
+    start = 0 if edit == "whole" else max(0, len(data) // 2 - PATCH // 2)
+    end = len(data) if edit == "whole" else min(len(data), start + PATCH)
     data[start:end] = rng.randbytes(end - start) if edit == "random" else data[start:end][::-1]
     path.unlink()  # the tree is a hard-link copy of v1's: never write through to it
     path.write_bytes(bytes(data))
@@ -227,6 +236,17 @@ def big_image(work: Path, bigfile: str) -> Path:
     return big
 
 
+def native_modules() -> str:
+    """Which native hot paths the measured siffs uses (SIFFS_NO_NATIVE=1 measures the Python ones)."""
+    code = (
+        "from siffs.delta import chunker, zsync; print(chunker.native_available(), zsync.native_available())"
+    )
+    out = subprocess.run(
+        [str(HERE / ".venv/bin/python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return " / ".join("yes" if word == "True" else "no" for word in out.stdout.split())
+
+
 def pct(n: int, of: int) -> str:
     return f"{100 * n / of:.2f} %"
 
@@ -236,7 +256,13 @@ def main() -> None:
     ap.add_argument("--image", default="/tmp/siffs-bench/images-own/rootfs-zstd.sif")  # bench/mkimages.py
     ap.add_argument("--bigfile", default="/tmp/siffs-bench/images/bigfile.tree/big.bin")
     ap.add_argument("--work", default="/tmp/siffs-bench/delta")
-    ap.add_argument("--edit", choices=("reverse", "random"), default="reverse", help="how files are changed")
+    ap.add_argument(
+        "--edit", choices=("whole", "reverse", "random"), default="whole", help="how files are changed"
+    )
+    ap.add_argument("--prepare", action="store_true", help="only build the images (outside the bench lock)")
+    ap.add_argument(
+        "--comp", choices=("none", "lz4", "zstd", "gzip"), default="none", help="squashfs compression"
+    )
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -247,13 +273,23 @@ def main() -> None:
             ["unsquashfs", "-q", "-n", "-d", str(tree1), "-o", str(primary_offset(a.image)), a.image],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    v1 = build_sif(tree1, work / "v1.sif")
-    e = a.edit
-    v2 = build_sif(variant(tree1, work / f"tree-localised-{e}", "localised", e), work / f"v2-{e}.sif")
-    v3 = build_sif(variant(tree1, work / f"tree-scattered-{e}", "scattered", e), work / f"v3-{e}.sif")
+    e, comp = a.edit, a.comp
+    suffix = "" if comp == "zstd" else f"-{comp}"  # zstd: the names of earlier runs
+    v1 = build_sif(tree1, work / f"v1{suffix}.sif", comp)
+    v2 = build_sif(
+        variant(tree1, work / f"tree-localised-{e}", "localised", e), work / f"v2-{e}{suffix}.sif", comp
+    )
+    v3 = build_sif(
+        variant(tree1, work / f"tree-scattered-{e}", "scattered", e), work / f"v3-{e}{suffix}.sif", comp
+    )
+    if a.prepare:
+        big_image(work, a.bigfile)
+        return
     nginx = Nginx(work)
     www = nginx.root
     rows = Rows()
+    rows.append(("load average at start", os.getloadavg().__repr__()))
+    rows.append(("native chunker / zsync scan", native_modules()))
     try:
         # -- publishing: siffs delta make against casync make (fresh stores, same sizes) ---------------
         for p in (www / "default.castr", www / "siffs.castr"):
@@ -367,6 +403,7 @@ def main() -> None:
         clean(out)
     finally:
         nginx.stop()
+        rows.append(("load average at end", os.getloadavg().__repr__()))
 
 
 if __name__ == "__main__":

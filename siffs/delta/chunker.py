@@ -1,6 +1,12 @@
 """casync's content-defined chunker (buzhash over a 48-byte window), boundary for boundary.
 
-Why two passes: the hash depends only on the 48 bytes of the window, never on where a chunk began, so
+The native module ``siffs.delta._chunk`` (C, built by ``pip install``) runs the byte loop of the
+specification; the numpy code below is its fallback (no compiler, or ``SIFFS_NO_NATIVE=1``) and
+the oracle the tests compare it with. Both take the 256-word table as a parameter: casync's
+``TABLE`` by default, or a table derived from a secret for a keyed chunker (boundaries that
+reveal nothing of an encrypted image's plaintext to whoever lacks the key).
+
+Why two passes in numpy: the hash depends only on the 48 bytes of the window, never on where a chunk began, so
 every position whose window matches the cut rule can be found first with numpy (five doublings over
 ``uint32`` arrays, about 25x faster than a byte loop), and a short Python loop then picks, chunk after
 chunk, the first candidate between ``min`` and ``max``. The result is identical to casync's (and, apart
@@ -10,12 +16,14 @@ from cuts at exactly ``min``, desync's); see the chunker section of the casync s
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
+from siffs.delta import native
 from siffs.delta.errors import UnsupportedFormatError
 
 WINDOW = 48
@@ -29,7 +37,7 @@ _SCAN_BLOCK = 64 << 10
 READ_SIZE = 4 << 20
 
 # casync's buzhash table (the constants of the format; fingerprint checked by the tests).
-_TABLE = np.array(
+_TABLE: npt.NDArray[np.uint32] = np.array(
     [
         0x458BE752,
         0xC10748CC,
@@ -290,6 +298,16 @@ _TABLE = np.array(
     ],
     dtype=np.uint32,
 )
+#: casync's table as 256 words: the default for :class:`Chunker`.
+TABLE: tuple[int, ...] = tuple(_TABLE.tolist())
+
+
+_native = native.load("_chunk")
+
+
+def native_available() -> bool:
+    """Whether chunking runs in C (benchmarks and tests report it)."""
+    return _native is not None
 
 
 @dataclass(frozen=True)
@@ -324,11 +342,12 @@ class ChunkSizes:
 class _Scanner:
     """Finds candidate ends with numpy, reusing its buffers: fresh arrays per pass cost page faults."""
 
-    def __init__(self, discriminator: int) -> None:
+    def __init__(self, discriminator: int, table: npt.NDArray[np.uint32] = _TABLE) -> None:
         size = _SCAN_BLOCK + WINDOW - 1
         self._bufs = [np.empty(size, dtype=np.uint32) for _ in range(4)]
         self._match = np.empty(size, dtype=np.bool_)
         self._d = np.uint32(discriminator)
+        self._table = table
 
     def ends(self, data: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
         """Every ``e`` (48 <= e <= len(data)) whose window ``data[e-48:e]`` satisfies the cut rule."""
@@ -341,7 +360,7 @@ class _Scanner:
         # h_k[i] is the hash of the k bytes x[i:i+k]; h_2k[i] = rol(h_k[i], k) ^ h_k[i+k].
         n = len(x)
         cur, spare, tmp, h16 = self._bufs
-        np.take(_TABLE, x, out=cur[:n])
+        np.take(self._table, x, out=cur[:n])
         for k in (1, 2, 4, 8, 16):
             m = n - 2 * k + 1
             out, t = spare[:m], tmp[:m]
@@ -362,15 +381,49 @@ class _Scanner:
 
 
 class Chunker:
-    """Cuts a stream into casync chunks, holding at most ``max`` + one read in memory."""
+    """Cuts a stream into casync chunks, holding at most ``max`` + one read in memory.
 
-    def __init__(self, sizes: ChunkSizes) -> None:
+    ``table``: the 256 words of the rolling hash (casync's :data:`TABLE` unless given); any other
+    table keeps the rule, window and sizes but moves every boundary.
+    """
+
+    def __init__(
+        self, sizes: ChunkSizes, table: Sequence[int] | None = None, *, use_native: bool = True
+    ) -> None:
         self.sizes = sizes.checked()
+        words = np.asarray(TABLE if table is None else table, dtype=np.int64)
+        if words.shape != (256,) or words.min() < 0 or words.max() > 0xFFFFFFFF:
+            raise ValueError("a chunker table is 256 words of 32 bits")
+        self._table = words.astype(np.uint32)
         self._first_test = max(sizes.min, WINDOW)
-        self._scanner = _Scanner(sizes.discriminator)
+        self._native = _native if use_native else None
 
     def split(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """Yield the chunks of the stream ``read(n)`` returns (b"" at its end), in order."""
+        if self._native is not None:
+            return self._split_native(read, self._native)
+        return self._split_numpy(read)
+
+    def _split_native(self, read: Callable[[int], bytes], module: ModuleType) -> Iterator[bytes]:
+        s = self.sizes
+        state = module.Buzhash(self._table.astype("<u4").tobytes(), s.min, s.max, s.discriminator)
+        pending = bytearray()  # the start of the current chunk, from earlier reads
+        while data := read(READ_SIZE):
+            start = 0
+            for cut in state.feed(data):
+                if pending:
+                    pending += memoryview(data)[start:cut]
+                    yield bytes(pending)
+                    pending.clear()
+                else:
+                    yield data[start:cut]
+                start = cut
+            pending += memoryview(data)[start:]
+        if pending:
+            yield bytes(pending)
+
+    def _split_numpy(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        scanner = _Scanner(self.sizes.discriminator, self._table)
         buf = bytearray()
         base = 0  # stream offset of buf[0], which is always the start of the next chunk
         tail = b""  # the 47 bytes before the unscanned data, so windows span reads
@@ -382,7 +435,7 @@ class Chunker:
             eof = not data
             if data:
                 scan = np.frombuffer(tail + data, dtype=np.uint8)
-                cands.extend((self._scanner.ends(scan) + (end - len(tail))).tolist())
+                cands.extend((scanner.ends(scan) + (end - len(tail))).tolist())
                 tail = (tail + data)[-(WINDOW - 1) :]
                 buf += data
                 end += len(data)
@@ -408,7 +461,7 @@ class Chunker:
         return end if eof else None
 
 
-def chunk_file(path: str, sizes: ChunkSizes) -> Iterator[bytes]:
-    """The chunks of a whole file, streamed."""
+def chunk_file(path: str, sizes: ChunkSizes, table: Sequence[int] | None = None) -> Iterator[bytes]:
+    """The chunks of a whole file, streamed (``table`` as for :class:`Chunker`)."""
     with open(path, "rb", buffering=0) as f:
-        yield from Chunker(sizes).split(f.read)
+        yield from Chunker(sizes, table).split(f.read)

@@ -10,12 +10,13 @@ what a missing chunk means.
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from siffs import __version__
 from siffs.delta.errors import NetworkError, RangeIgnoredError
@@ -42,6 +43,115 @@ class _Retry(Exception):
     """A failure worth another attempt."""
 
 
+class _Truncated(Exception):
+    """The connection ended inside a response."""
+
+
+_MAX_LINE = 64 << 10
+_MAX_HEADERS = 200
+
+
+class _PlainConnection:
+    """One keep-alive HTTP/1.1 connection (plain http), lean: a pull makes ~20,000 small GETs.
+
+    ``http.client`` spends ~150 us of Python per request (an email-parser for the headers and
+    several layers of buffered objects); this reads the status line and headers itself and the
+    body by Content-Length (or chunked), ~40 us: a third of a no-seed pull's time on 20k chunks.
+    https keeps ``http.client`` (its cost is dwarfed by TLS there).
+    """
+
+    def __init__(self, host: str, port: int | None) -> None:
+        self.host = host
+        self.port = port or 80
+        self._sock: socket.socket | None = None
+        self._file: BinaryIO | None = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._file = None
+
+    def exchange(self, target: str, headers: dict[str, str]) -> tuple[int, str, bytes, bool]:
+        """GET ``target``: (status, reason, body, whether the server closes the connection)."""
+        if self._sock is None:
+            self._sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._file = self._sock.makefile("rb")
+        assert self._file is not None
+        host = self.host if self.port == 80 else f"{self.host}:{self.port}"
+        lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        status_line = self._line()
+        version, _, rest = status_line.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/") or not code.isdigit():
+            raise http.client.BadStatusLine(status_line.decode("latin-1", "replace")[:80])
+        fields: dict[bytes, bytes] = {}
+        for _ in range(_MAX_HEADERS):
+            line = self._line()
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        else:
+            raise http.client.HTTPException("too many header lines")
+        connection = fields.get(b"connection", b"").lower()
+        closes = connection == b"close" or (version == b"HTTP/1.0" and connection != b"keep-alive")
+        if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = self._chunked()
+        elif b"content-length" in fields:
+            body = self._exactly(int(fields[b"content-length"]))
+        else:
+            body, closes = self._file.read(), True
+        return int(code), reason.strip().decode("latin-1", "replace"), body, closes
+
+    def _line(self) -> bytes:
+        assert self._file is not None
+        line = self._file.readline(_MAX_LINE + 1)
+        if not line:
+            raise http.client.RemoteDisconnected("the server closed the connection")
+        if len(line) > _MAX_LINE or not line.endswith(b"\n"):
+            raise _Truncated()
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        assert self._file is not None
+        body = self._file.read(size)
+        if len(body) != size:
+            raise _Truncated()
+        return body
+
+    def _chunked(self) -> bytes:
+        parts = []
+        while size := int(self._line().split(b";")[0].strip(), 16):
+            parts.append(self._exactly(size))
+            self._exactly(2)
+        while self._line() not in (b"\r\n", b"\n"):  # trailers
+            pass
+        return b"".join(parts)
+
+
+class _TlsConnection:
+    """https through ``http.client``, with :class:`_PlainConnection`'s interface."""
+
+    def __init__(self, host: str, port: int | None) -> None:
+        self._conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def exchange(self, target: str, headers: dict[str, str]) -> tuple[int, str, bytes, bool]:
+        self._conn.request("GET", target, headers=headers)
+        resp = self._conn.getresponse()
+        try:
+            body = resp.read()
+        except http.client.IncompleteRead:
+            raise _Truncated() from None
+        return resp.status, resp.reason, body, bool(resp.will_close)
+
+
 class HttpClient:
     """Thread-safe GETs over per-thread persistent connections; counts requests and bytes."""
 
@@ -56,16 +166,15 @@ class HttpClient:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _connection(self, parts: urllib.parse.SplitResult) -> http.client.HTTPConnection:
-        pool: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
+    def _connection(self, parts: urllib.parse.SplitResult) -> _PlainConnection | _TlsConnection:
+        pool: dict[tuple[str, str], _PlainConnection | _TlsConnection] = self._local.__dict__.setdefault(
+            "pool", {}
+        )
         key = (parts.scheme, parts.netloc)
         conn = pool.get(key)
         if conn is None:
             host, port = parts.hostname or "", parts.port
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=TIMEOUT)
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+            conn = _TlsConnection(host, port) if parts.scheme == "https" else _PlainConnection(host, port)
             pool[key] = conn
         return conn
 
@@ -80,23 +189,25 @@ class HttpClient:
             target += "?" + parts.query
         conn = self._connection(parts)
         try:
-            conn.request("GET", target, headers={"User-Agent": f"siffs/{__version__}", **headers})
-            resp = conn.getresponse()
-            body = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
+            status, reason, body, closes = conn.exchange(
+                target, {"User-Agent": f"siffs/{__version__}", **headers}
+            )
+        except _Truncated:
             self._drop(parts)
-            reason = "truncated response" if isinstance(exc, http.client.IncompleteRead) else str(exc)
-            raise _Retry(reason or type(exc).__name__) from None
+            raise _Retry("truncated response") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            self._drop(parts)
+            raise _Retry(str(exc) or type(exc).__name__) from None
         finally:
             with self._lock:
                 self.requests += 1
         with self._lock:
             self.bytes += len(body)
-        if resp.will_close:
+        if closes:
             self._drop(parts)
-        if resp.status >= 500 or resp.status == 429:
-            raise _Retry(f"HTTP {resp.status} {resp.reason}")
-        return Response(resp.status, body)
+        if status >= 500 or status == 429:
+            raise _Retry(f"HTTP {status} {reason}")
+        return Response(status, body)
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
         """GET with retries; raises NetworkError once they are spent or for an unexpected status."""

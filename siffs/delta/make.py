@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from siffs.delta import caibx, store
@@ -40,8 +40,12 @@ def make_store(
     *,
     sha512_256: bool = True,
     progress: Progress | None = None,
+    table: Sequence[int] | None = None,
 ) -> MakeReport:
-    """Chunk ``image`` into ``store_dir`` and write its index to ``index_path``."""
+    """Chunk ``image`` into ``store_dir`` and write its index to ``index_path``.
+
+    ``table``: the chunker's 256 words (casync's by default; see :class:`chunker.Chunker`).
+    """
     target = store.LocalStore(store_dir)
     digest = "sha512_256" if sha512_256 else "sha256"
     try:
@@ -53,7 +57,7 @@ def make_store(
     items: list[tuple[int, bytes]] = []
     new_chunks = stored = end = 0
     try:
-        for data in chunk_file(image, sizes):
+        for data in chunk_file(image, sizes, table):
             end += len(data)
             chunk_id = hashlib.new(digest, data).digest()
             items.append((end, chunk_id))

@@ -47,8 +47,11 @@ def decode(blob: bytes, chunk: Chunk, index: BlobIndex, source: str) -> bytes:
             )
         raise DigestMismatchError(f"chunk {chunk.name} from {source} is not a zstd frame (corrupt chunk)")
     try:
-        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=chunk.size + 1)
+        if not hasattr(_local, "decompressor"):  # one per thread: a new one per chunk costs 2x
+            _local.decompressor = zstandard.ZstdDecompressor()
+        data: bytes = _local.decompressor.decompress(blob, max_output_size=chunk.size + 1)
     except zstandard.ZstdError as exc:
+        del _local.decompressor  # a fresh one for the next chunk, whatever state this one is in
         raise DigestMismatchError(f"chunk {chunk.name} from {source} does not decompress: {exc}") from None
     verify(data, chunk, index, source)
     return data

@@ -5,13 +5,15 @@ the last ``rsum_bytes`` bytes of the big-endian (A, B) rolling checksum and the 
 ``checksum_bytes`` bytes of the block's MD4 (the last block is zero-padded to a full block).
 Making one here gives the same bytes as ``zsyncmake`` for the same file, name, URL and mtime.
 
-Pulling: every offset of every seed is tried as a block start at once with numpy (the rolling
-sums are differences of prefix sums), candidate offsets go through a hash filter and the exact
-rsum, and only survivors are MD4-checked. With ``seq_matches`` 2 a block counts as found only
-when the next block matches right after it, as zsync requires. What the seeds lack is fetched
-with HTTP Range requests, several in flight, and every block is MD4-checked before use; the
-whole file is then checked against the SHA-1 header and the SIF signatures, and only then
-replaces the destination.
+Pulling: every offset of every seed is tried as a block start, candidate offsets go through a
+hash filter and the exact rsum, and only survivors are MD4-checked. The native module
+``siffs.delta._zscan`` does this a byte at a time with a rolling sum, as zsync does; the numpy
+``_Matcher`` (all offsets of a piece at once: the rolling sums are differences of prefix sums) is
+its fallback and its oracle, with the same results decision for decision. With ``seq_matches``
+2 a block counts as found only when the next block matches right after it, as zsync requires.
+What the seeds lack is fetched with HTTP Range requests, several in flight, and every block is
+MD4-checked before use; the whole file is then checked against the SHA-1 header and the SIF
+signatures, and only then replaces the destination.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 from Crypto.Hash import MD4
 
+from siffs.delta import native
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, IndexFormatError, UnsupportedFormatError
 from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient, is_url
@@ -42,6 +46,7 @@ VERSION = "0.6.2"
 _MAX_HEADER = 64 << 10
 _PIECE = 1 << 20  # bytes per read when checksumming or scanning: numpy's temporaries stay small
 _RANGE_BLOCKS = 64  # at most this many consecutive blocks per Range request
+_COPY_RUN = 8 << 20  # at most this many bytes per copy from a seed
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -67,6 +72,14 @@ class ControlFile:
     @property
     def record_size(self) -> int:
         return self.rsum_bytes + self.checksum_bytes
+
+    def rsums(self) -> npt.NDArray[np.uint32]:
+        """Every block's :meth:`rsum`, at once."""
+        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.record_size)
+        keys = np.zeros(len(rows), dtype=np.uint32)
+        for column in range(self.rsum_bytes):
+            keys = (keys << np.uint32(8)) | rows[:, column]
+        return keys
 
     def rsum(self, i: int) -> int:
         """Block ``i``'s rolling checksum as ``A << 16 | B``, with the bytes the file omits as zero."""
@@ -108,7 +121,13 @@ def _rsums(blocks: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint64], npt.N
     return a, b
 
 
+_native = native.load("_zscan")
+
+
 def _md4(block: bytes | memoryview) -> bytes:
+    if _native is not None:
+        native_digest: bytes = _native.md4(block)
+        return native_digest
     digest: bytes = MD4.new(bytes(block)).digest()
     return digest
 
@@ -254,7 +273,7 @@ class _Matcher:
     def __init__(self, control: ControlFile) -> None:
         self.c = control
         n = control.blocks
-        keys = np.array([control.rsum(i) for i in range(n)], dtype=np.uint32)
+        keys = control.rsums()
         self.pairs = control.seq_matches == 2 and n > 1
         self.by_key: dict[int, list[int]] = {}
         if self.pairs:
@@ -268,6 +287,7 @@ class _Matcher:
         self.filter = np.zeros(1 << _FILTER_BITS, dtype=np.bool_)
         self.filter[slots] = True
         self.found: dict[int, tuple[int, int]] = {}  # block -> (seed number, offset)
+        self._resume = 0  # offsets of the seed being scanned below this lie in a run found
         self._index = (
             np.arange(max(_PIECE, control.block_size) + 2 * control.block_size, dtype=np.uint32)
             & _U32(0xFFFF)
@@ -295,6 +315,7 @@ class _Matcher:
         span = c.block_size * (2 if self.pairs else 1)
         step = max(c.block_size, _PIECE)
         pos = 0
+        self._resume = 0
         while pos < size and len(self.found) < c.blocks:
             data = os.pread(fd, step + span - 1, pos)
             starts = min(step, len(data) - span + 1)
@@ -318,15 +339,24 @@ class _Matcher:
         exact = self.known[at] == combined
         raw = data.tobytes()
         for offset, key in zip(hits[exact].tolist(), combined[exact].tolist(), strict=True):
+            at = pos + offset
+            if at < self._resume:
+                continue  # inside a run just found: zsync skips it too
             for block in self.by_key.get(key, ()):
                 if block in self.found or not self._strong(raw, offset, block):
                     continue
                 if not self.pairs:
-                    self.found[block] = (number, pos + offset)
+                    self.found[block] = (number, at)
+                    self._resume = max(self._resume, at + c.block_size)
                 elif self._strong(raw, offset + c.block_size, block + 1):
-                    self.found[block] = (number, pos + offset)
-                    self.found.setdefault(block + 1, (number, pos + offset + c.block_size))
-                    self._extend_from(number, fd, block + 1)
+                    self.found[block] = (number, at)
+                    here_too = self.found.setdefault(block + 1, (number, at + c.block_size)) == (
+                        number,
+                        at + c.block_size,
+                    )
+                    run_end = self._extend_from(number, fd, block + 1)
+                    end = run_end if here_too and run_end is not None else at + 2 * c.block_size
+                    self._resume = max(self._resume, end, at + 2 * c.block_size)
 
     def _strong(self, raw: bytes, offset: int, block: int) -> bool:
         c = self.c
@@ -335,19 +365,75 @@ class _Matcher:
             piece += bytes(c.block_size - len(piece))
         return _md4(piece)[: c.checksum_bytes] == c.checksum(block)
 
-    def _extend_from(self, number: int, fd: int, block: int) -> None:
+    def _extend_from(self, number: int, fd: int, block: int) -> int | None:
         """Once a block is found, its successors are tried right after it, alone (as zsync does):
         one MD4 per block of an unchanged run, and the run's last block, which has no matching pair,
-        is found too."""
+        is found too. Returns the seed offset just past the last block found here, if any."""
         c = self.c
         offset = self.found[block][1]
+        end = None
         block += 1
         while block < c.blocks and block not in self.found:
             offset += c.block_size
             if not self._strong(os.pread(fd, c.block_size, offset), 0, block):
                 break
             self.found[block] = (number, offset)
+            end = offset + c.block_size
             block += 1
+        return end
+
+
+class _NativeMatcher:
+    """The same search as :class:`_Matcher`, in C (``siffs.delta._zscan``)."""
+
+    _STEP = 32 << 20  #: seed bytes per call: progress is reported between calls
+
+    def __init__(self, control: ControlFile, module: ModuleType) -> None:
+        self.c = control
+        rows = np.frombuffer(control.records, dtype=np.uint8).reshape(-1, control.record_size)
+        keys = control.rsums().astype(np.uint64)
+        pairs = control.seq_matches == 2 and control.blocks > 1
+        if pairs:
+            keys = (keys[:-1] << np.uint64(32)) | keys[1:]
+        # Entries grouped by key, each group in block order: what the C side looks up.
+        order = np.argsort(keys, kind="stable").astype(np.int32)
+        distinct, starts = np.unique(keys[order], return_index=True)
+        self._m = module.Matcher(
+            rows[:, control.rsum_bytes :].tobytes(),
+            control.block_size,
+            control.checksum_bytes,
+            control.a_mask,
+            pairs,
+            order.tobytes(),
+            distinct.astype(np.uint64).tobytes(),
+            np.append(starts, len(keys)).astype(np.int32).tobytes(),
+        )
+
+    @property
+    def found(self) -> dict[int, tuple[int, int]]:
+        """block -> (seed number, offset), as :attr:`_Matcher.found`."""
+        found: dict[int, tuple[int, int]] = self._m.found()
+        return found
+
+    def scan(self, number: int, fd: int, size: int, progress: Progress | None) -> None:
+        for start in range(0, size, self._STEP):
+            if self._m.count == self.c.blocks:
+                break
+            self._m.scan(number, fd, start, start + self._STEP, size)
+            if progress is not None:
+                progress(min(start + self._STEP, size), size)
+
+
+def native_available() -> bool:
+    """Whether seeds are scanned in C (benchmarks and tests report it)."""
+    return _native is not None
+
+
+def matcher(control: ControlFile, *, use_native: bool = True) -> _Matcher | _NativeMatcher:
+    """The seed scanner for ``control``: native unless unavailable (or not wanted, to compare)."""
+    if use_native and _native is not None:
+        return _NativeMatcher(control, _native)
+    return _Matcher(control)
 
 
 def _ranges(missing: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -388,7 +474,7 @@ def pull(
     control = parse(raw, what=f"control file {source}")
     report = PullReport(dest, source, control.length, index_bytes=len(raw), fetched_bytes=len(raw))
     target = _target_location(source, control)
-    matcher = _Matcher(control)
+    finder = matcher(control)
     paths = seed_paths(dest, seed_files)
     fds: list[int] = []
     try:
@@ -399,18 +485,20 @@ def pull(
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
             report.reused[path] = 0
             try:
-                matcher.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
+                finder.scan(number, fds[-1], os.fstat(fds[-1]).st_size, progress)
             except OSError as exc:
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
         assembly = Assembly(dest, control.length)
         try:
             job = _ZJob(control, assembly, report, Journal(partial_path(dest, "zsync")))
             try:
-                missing = job.copy_found(matcher.found, fds, paths)
+                found, resumed = _extend_backward(control, finder.found, fds), job.resumed()
+                missing = [b for b in range(control.blocks) if b not in found and b not in resumed]
                 job.fetch(client, target, missing, progress)
+                sha1 = job.copy_found(found, resumed, fds, paths)
             finally:
                 job.partial.close()
-            report.signers = assembly.commit(trust, lambda: _check_sha1(assembly, control, dest))
+            report.signers = assembly.commit(trust, lambda: _check_sha1(sha1, control, dest))
         except BaseException:
             assembly.discard()
             raise
@@ -420,6 +508,27 @@ def pull(
         report.requests = client.requests
     job.partial.remove()
     return report
+
+
+def _extend_backward(
+    control: ControlFile, found: dict[int, tuple[int, int]], fds: list[int]
+) -> dict[int, tuple[int, int]]:
+    """Also take the block right before each run found, when the seed has it there.
+
+    The scan only extends runs forward; the first block of a run whose pair did not match at its
+    start (the scan resumed past it, or its predecessor in the seed differs) would otherwise be
+    fetched. A few hundred MD4s at most: one per run.
+    """
+    size = control.block_size
+    for block in range(control.blocks - 1, 0, -1):
+        if block in found and block - 1 not in found:
+            number, offset = found[block]
+            if offset < size:
+                continue
+            piece = os.pread(fds[number], size, offset - size)
+            if len(piece) == size and _md4(piece)[: control.checksum_bytes] == control.checksum(block - 1):
+                found[block - 1] = (number, offset - size)
+    return found
 
 
 def _target_location(source: str, control: ControlFile) -> str:
@@ -432,13 +541,8 @@ def _target_location(source: str, control: ControlFile) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(source)), url)
 
 
-def _check_sha1(assembly: Assembly, control: ControlFile, dest: str) -> None:
-    if control.sha1 is None:
-        return
-    sha1 = hashlib.sha1()
-    for offset in range(0, control.length, 8 << 20):
-        sha1.update(assembly.read(offset, min(8 << 20, control.length - offset)))
-    if sha1.hexdigest() != control.sha1:
+def _check_sha1(sha1: hashlib._Hash, control: ControlFile, dest: str) -> None:
+    if control.sha1 is not None and sha1.hexdigest() != control.sha1:
         raise DigestMismatchError(f"{dest}: the assembled file's SHA-1 differs from the control file's")
 
 
@@ -462,25 +566,58 @@ class _ZJob:
                 f"block {block} from {source} does not match its MD4 in the control file"
             )
 
-    def copy_found(self, found: dict[int, tuple[int, int]], fds: list[int], paths: list[str]) -> list[int]:
+    def copy_found(
+        self,
+        found: dict[int, tuple[int, int]],
+        resumed: dict[int, bytes],
+        fds: list[int],
+        paths: list[str],
+    ) -> hashlib._Hash:
+        """Write the resumed and the seeds' blocks once the missing ones are fetched; the file's SHA-1.
+
+        The file is walked in order, so its SHA-1 comes from the bytes as they are written (the
+        fetched ones read back): no second pass over the whole file. Consecutive blocks found one
+        after the other in the same seed are copied as one run (up to _COPY_RUN bytes), and so are
+        consecutive fetched blocks read back: one read and one write per run, not per block.
+        """
         c = self.control
-        resumed = self._resumed()
-        missing = []
+        sha1 = hashlib.sha1()
+        run: list[int] = []  # first block, seed number (-1: fetched), seed offset, blocks
+
+        def flush() -> None:
+            if not run:
+                return
+            first, number, offset, count = run
+            run.clear()
+            size = min(count * c.block_size, c.length - first * c.block_size)
+            if number < 0:
+                sha1.update(self.assembly.read(first * c.block_size, size))
+                return
+            data = os.pread(fds[number], size, offset)
+            self.report.reused[paths[number]] += len(data)
+            if len(data) < size:  # the seed ended: zeros, as the control file padded the block
+                data += bytes(size - len(data))
+            self.assembly.write(first * c.block_size, data)
+            sha1.update(data)
+
         for block in range(c.blocks):
             data = resumed.get(block)
+            where = (-1, 0) if data is None and block not in found else found.get(block)
+            follows = run and where == (run[1], run[2] + run[3] * c.block_size if run[1] >= 0 else 0)
+            if follows and (run[3] + 1) * c.block_size <= _COPY_RUN:
+                run[3] += 1
+                continue
+            flush()
             if data is not None:
                 self.report.resumed_bytes += len(data)
-            elif block in found:
-                number, offset = found[block]
-                data = self._block_bytes(block, os.pread(fds[number], c.block_size, offset))
-                self.report.reused[paths[number]] += len(data)
-            else:
-                missing.append(block)
-                continue
-            self.assembly.write(block * c.block_size, data)
-        return missing
+                self.assembly.write(block * c.block_size, data)
+                sha1.update(data)
+            elif where is not None:
+                run[:] = [block, where[0], where[1], 1]
+        flush()
+        return sha1
 
-    def _resumed(self) -> dict[int, bytes]:
+    def resumed(self) -> dict[int, bytes]:
         """Blocks an interrupted pull fetched, each re-checked."""
         blocks: dict[int, bytes] = {}
         size = self.control.block_size

@@ -369,3 +369,15 @@ def test_make_refuses_a_non_sif(tmp_path, capsys):
     junk.write_bytes(vector(5000))
     assert siffs(["delta", "make", str(junk), "--store", str(tmp_path / "s")]) == 4
     assert not (tmp_path / "s").exists()
+
+
+def test_zsync_sha1_mismatch_refuses_the_image(tmp_path, dest, signed_images, capsys):
+    """Every block checks out (all from the seed) but the whole file's SHA-1 does not: refused."""
+    site = _zsync_site(tmp_path, signed_images.new)
+    control = site / "image.sif.zsync"
+    raw = control.read_bytes()
+    start = raw.index(b"SHA-1: ") + 7
+    control.write_bytes(raw[:start] + b"0" * 40 + raw[start + 40 :])
+    assert _pull(dest, str(control), "--seed", str(signed_images.new)) == 15
+    assert "SHA-1 differs" in capsys.readouterr().err
+    _untouched(dest, signed_images)
