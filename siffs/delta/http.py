@@ -49,6 +49,9 @@ class _Truncated(Exception):
 
 _MAX_LINE = 64 << 10
 _MAX_HEADERS = 200
+#: No answer siffs asks for is bigger (a chunk, a block range, an index): a larger announced body
+#: is refused before anything is allocated for it.
+_MAX_BODY = 256 << 20
 
 
 class _PlainConnection:
@@ -118,6 +121,8 @@ class _PlainConnection:
 
     def _exactly(self, size: int) -> bytes:
         assert self._file is not None
+        if not 0 <= size <= _MAX_BODY:
+            raise http.client.HTTPException(f"a body of {size} bytes announced")
         body = self._file.read(size)
         if len(body) != size:
             raise _Truncated()
@@ -125,8 +130,10 @@ class _PlainConnection:
 
     def _chunked(self) -> bytes:
         parts = []
+        total = 0
         while size := int(self._line().split(b";")[0].strip(), 16):
-            parts.append(self._exactly(size))
+            total += size
+            parts.append(self._exactly(size if total <= _MAX_BODY else -1))
             self._exactly(2)
         while self._line() not in (b"\r\n", b"\n"):  # trailers
             pass

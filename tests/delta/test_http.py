@@ -80,8 +80,20 @@ def test_http10_body_to_the_end_then_a_new_connection():
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nshort",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhel",
         b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999\r\nConnection: close\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nConnection: close\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: many\r\nConnection: close\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nfffffffffff\r\nx",
     ],
-    ids=["short-body", "short-chunk", "bad-status-line"],
+    ids=[
+        "short-body",
+        "short-chunk",
+        "bad-status-line",
+        "huge-length",
+        "negative-length",
+        "bad-length",
+        "huge-chunk",
+    ],
 )
 def test_broken_responses_are_retried_then_reported(answer):
     with _server([answer] * 3) as (url, _):
