@@ -324,8 +324,9 @@ class ChunkSizes:
 class _Scanner:
     """Finds candidate ends with numpy, reusing its buffers: fresh arrays per pass cost page faults."""
 
-    def __init__(self, discriminator: int) -> None:
+    def __init__(self, discriminator: int, table: npt.NDArray[np.uint32] = _TABLE) -> None:
         size = _SCAN_BLOCK + WINDOW - 1
+        self._table = table
         self._bufs = [np.empty(size, dtype=np.uint32) for _ in range(4)]
         self._match = np.empty(size, dtype=np.bool_)
         self._d = np.uint32(discriminator)
@@ -341,7 +342,7 @@ class _Scanner:
         # h_k[i] is the hash of the k bytes x[i:i+k]; h_2k[i] = rol(h_k[i], k) ^ h_k[i+k].
         n = len(x)
         cur, spare, tmp, h16 = self._bufs
-        np.take(_TABLE, x, out=cur[:n])
+        np.take(self._table, x, out=cur[:n])
         for k in (1, 2, 4, 8, 16):
             m = n - 2 * k + 1
             out, t = spare[:m], tmp[:m]
@@ -362,12 +363,18 @@ class _Scanner:
 
 
 class Chunker:
-    """Cuts a stream into casync chunks, holding at most ``max`` + one read in memory."""
+    """Cuts a stream into casync chunks, holding at most ``max`` + one read in memory.
 
-    def __init__(self, sizes: ChunkSizes) -> None:
+    ``table`` replaces casync's buzhash table: a table derived from a secret makes the cut points
+    unpredictable without it (encrypted stores), so boundaries cannot fingerprint known files.
+    """
+
+    def __init__(self, sizes: ChunkSizes, table: npt.NDArray[np.uint32] | None = None) -> None:
         self.sizes = sizes.checked()
         self._first_test = max(sizes.min, WINDOW)
-        self._scanner = _Scanner(sizes.discriminator)
+        if table is not None and (table.shape != (256,) or table.dtype != np.uint32):
+            raise ValueError("a buzhash table is 256 uint32 words")
+        self._scanner = _Scanner(sizes.discriminator, _TABLE if table is None else table)
 
     def split(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """Yield the chunks of the stream ``read(n)`` returns (b"" at its end), in order."""
