@@ -103,7 +103,8 @@ def main() -> None:
             shutil.copy(v1, out)
             mark = nginx.mark()
             url = f"{nginx.url}/{v2.name}.caibx"
-            t_pull, rss = timed([SIFFS, "-q", "pull", "--allow-unsigned", "--passphrase", str(out), url],
+            t_pull, rss = timed([SIFFS, "-q", "pull", "--allow-unsigned", "--passphrase", "--store",
+                                 f"{nginx.url}/{store.name}", str(out), url],
                                 env=fresh_env(work, kind) | env)  # fmt: skip
             requests, moved = nginx.since(mark)
             same = out.read_bytes() == v2.read_bytes()
