@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
 import os
 from collections.abc import Callable
@@ -178,6 +179,50 @@ def plain_size(csize: int) -> int:
     if 1 <= r <= NONCE + TAG:
         raise CorruptEncryption(f"encrypted payload is truncated (last block has {r} bytes)")
     return q * BLOCK + (r - NONCE - TAG if r else 0)
+
+
+class ExtentSource:
+    """A file its container stores verbatim in runs, read straight from the container.
+
+    The payload of an Apptainer image is one file of incompressible ciphertext, so the outer
+    SquashFS stores every block of it uncompressed, back to back, and its tail in an uncompressed
+    fragment: reading those bytes directly skips the SquashFS data path and its block cache.
+    """
+
+    def __init__(self, container: ByteSource, runs: list[tuple[int, int, int]], size: int) -> None:
+        self._container, self._runs, self.size = container, runs, size
+        self._starts = [r[0] for r in runs]
+
+    @classmethod
+    def covering(
+        cls, container: ByteSource, extents: list[tuple[int, int, int]], size: int
+    ) -> ExtentSource | None:
+        """The source when ``extents`` ((file offset, container offset, length)) cover the whole file."""
+        runs: list[tuple[int, int, int]] = []
+        at = 0
+        for offset, where, length in sorted(extents):
+            if offset != at:
+                return None
+            if runs and runs[-1][1] + runs[-1][2] == where:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + length)
+            else:
+                runs.append((offset, where, length))
+            at += length
+        return cls(container, runs, size) if at == size else None
+
+    def pread(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
+        parts = []
+        i = bisect.bisect_right(self._starts, offset) - 1
+        end = offset + size
+        while offset < end:
+            start, where, length = self._runs[i]
+            take = min(end, start + length) - offset
+            parts.append(self._container.pread(where + offset - start, take))
+            offset += take
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class GocryptfsSource:

@@ -4,6 +4,8 @@ Every 512-byte sector has its own tweak. ``cryptography`` builds a new cipher co
 schedule) per tweak, about 5 us, more than decrypting the sector; OpenSSL itself can keep the
 key and change only the tweak. So runs go through the system's libcrypto when it loads (Debian:
 libssl3, always present), and through ``cryptography`` otherwise; both give the same bytes.
+The per-unit loop runs in C (``_xts.c``, given libcrypto's functions by address) when it was
+built, else here with two ctypes calls per unit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib
+import os
+from types import ModuleType
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -35,6 +40,25 @@ def _libcrypto() -> ctypes.CDLL | None:
     return lib
 
 
+@functools.cache
+def _native() -> ModuleType | None:
+    """siffs.crypt._xts (the unit loop in C), unless not built or ``SIFFS_NO_NATIVE`` is set."""
+    if os.environ.get("SIFFS_NO_NATIVE"):
+        return None
+    try:
+        return importlib.import_module("siffs.crypt._xts")
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _addresses(lib: ctypes.CDLL) -> tuple[int, int]:
+    """Where EVP_CipherInit_ex and EVP_CipherUpdate are, for the native loop to call."""
+    init = ctypes.cast(lib.EVP_CipherInit_ex, ctypes.c_void_p).value
+    update = ctypes.cast(lib.EVP_CipherUpdate, ctypes.c_void_p).value
+    return init or 0, update or 0
+
+
 def xts(
     key: bytes, data: bytes, unit: int, first_tweak: int, tweak_step: int, *, encrypt: bool = False
 ) -> bytes:
@@ -53,6 +77,11 @@ def xts(
     try:
         if lib.EVP_CipherInit_ex(ctx, cipher, None, key, None, int(encrypt)) != 1:
             raise ValueError("AES-XTS refused the key")
+        native = _native()
+        if native is not None:
+            low, high = first_tweak & (2**64 - 1), first_tweak >> 64
+            result: bytes = native.units(*_addresses(lib), ctx, data, unit, low, high, tweak_step)
+            return result
         source = ctypes.create_string_buffer(data, len(data))
         out = ctypes.create_string_buffer(len(data))
         written = ctypes.c_int()

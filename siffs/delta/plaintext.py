@@ -82,7 +82,7 @@ class Outer:
     """The outer SquashFS of fs type 6: its conf, its payload and where the payload lies verbatim."""
 
     conf: bytes
-    payload: _FileInImage
+    payload: ByteSource
     extents: list[tuple[int, int, int]]  #: (payload offset, partition offset, length)
 
 
@@ -101,10 +101,12 @@ def outer_parts(partition: ByteSource) -> Outer:
         payload = next((st for name, st, _ in entries if name.startswith(gocryptfs.PAYLOAD_PREFIX)), None)
         if payload is None or not stat.S_ISREG(payload.mode) or payload.size == 0:
             raise CorruptEncryption("gocryptfs partition has no squashfs-* payload")
+        extents = tree.stored_extents(payload.ino)
+        direct = gocryptfs.ExtentSource.covering(partition, extents, payload.size)
         return Outer(
             tree.read(conf.ino, 0, conf.size),
-            _FileInImage(tree, payload.ino, payload.size),
-            tree.stored_extents(payload.ino),
+            direct or _FileInImage(tree, payload.ino, payload.size),
+            extents,
         )
     except SquashfsError as exc:
         raise CorruptEncryption(f"gocryptfs partition is not a squashfs ({exc})") from exc

@@ -417,3 +417,38 @@ def test_fuzz_conf_parser():
             assert "\n" not in str(exc)
             continue
         assert 128 * parsed.n * parsed.r <= gocryptfs.MAX_SCRYPT_MEMORY and parsed.p <= 16
+
+
+@pytest.mark.parametrize("kind", ["goc_pass", "built"])
+def test_payload_read_straight_from_the_partition(kind, request, plain, tmp_path):
+    """The payload's verbatim runs are read from the partition, equal to the SquashFS reader's reads."""
+    from siffs.crypt.gocryptfs import ExtentSource  # noqa: PLC0415
+    from siffs.sif import Image  # noqa: PLC0415
+    from siffs.squashfs.reader import SquashFS  # noqa: PLC0415
+    from siffs.squashfs.source import FileSource  # noqa: PLC0415
+
+    if kind == "built":  # siffs' own writer, from a tree with an unpadded payload tail
+        sif = tmp_path / "built.sif"
+        env = dict(os.environ, SIFFS_ENCRYPTION_PASSPHRASE="x")
+        siffs("create", "--encrypt", "--passphrase", sif, plain, env=env, check=True)
+    else:  # written through the real gocryptfs
+        sif = request.getfixturevalue(kind).sif
+    with Image.open(sif) as image:
+        d = image.primary_partition()
+        partition = FileSource(image.fd, d.offset, d.size)
+        outer = SquashFS(partition)
+        name, st, _ = next(e for e in outer.readdir(outer.root_ino) if e[0].startswith(b"squashfs-"))
+        direct = ExtentSource.covering(partition, outer.stored_extents(st.ino), st.size)
+        assert direct is not None and direct.size == st.size
+        rng = random.Random(6)
+        for offset, size in [
+            (0, st.size),
+            (st.size - 1, 1),
+            *((rng.randrange(st.size), 200_000) for _ in range(50)),
+        ]:
+            n = min(size, st.size - offset)
+            assert direct.pread(offset, n) == outer.read(st.ino, offset, n), (name, offset, n)
+        with pytest.raises(CorruptEncryption):
+            direct.pread(st.size - 10, 11)
+    # A hole in the extents (a compressed block) means no direct source.
+    assert ExtentSource.covering(partition, [(0, 96, 10), (20, 200, 10)], 30) is None

@@ -19,3 +19,30 @@ def test_libcrypto_matches_cryptography(key_size, unit, step, encrypt):
     fast = xts.xts(key, data, unit, 123456789, step, encrypt=encrypt)
     assert fast == xts.xts_portable(key, data, unit, 123456789, step, encrypt=encrypt)
     assert xts.xts(key, fast, unit, 123456789, step, encrypt=not encrypt) == data
+
+
+@pytest.mark.parametrize(("unit", "step"), [(512, 1), (4096, 8)])
+@pytest.mark.parametrize("first", [0, 123456789, 2**64 - 3, 2**70 + 5])
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_native_loop_matches_the_python_loop(monkeypatch, unit, step, first, encrypt):
+    """The C loop (siffs/crypt/_xts.c) against the ctypes loop it replaces, tweaks crossing 2^64 too."""
+    if xts._native() is None:
+        pytest.skip("siffs.crypt._xts was not built (no C compiler): the Python loop is what runs")
+    key, data = os.urandom(64), os.urandom(unit * 40)
+    native = xts.xts(key, data, unit, first, step, encrypt=encrypt)
+    monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
+    xts._native.cache_clear()
+    try:
+        assert xts._native() is None
+        assert native == xts.xts(key, data, unit, first, step, encrypt=encrypt)
+    finally:
+        xts._native.cache_clear()
+    assert native == xts.xts_portable(key, data, unit, first, step, encrypt=encrypt)
+
+
+def test_native_loop_refuses_partial_units():
+    native = xts._native()
+    if native is None:
+        pytest.skip("siffs.crypt._xts was not built")
+    with pytest.raises(ValueError, match="whole number of units"):
+        xts.xts(os.urandom(64), os.urandom(700), 512, 0, 1)
