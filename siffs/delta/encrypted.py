@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from siffs.crypt.errors import CryptError, KeyProblem
-from siffs.crypt.keys import KeyMaterial
+from siffs.crypt.keys import KeyMaterial, keep_out_of_core_dumps
 from siffs.delta import caibx, store
 from siffs.delta.caibx import BlobIndex, Chunk
 from siffs.delta.chunker import Chunker, ChunkSizes
@@ -143,7 +143,7 @@ def parse_index(data: bytes, what: str) -> EncryptedIndex:
         sha256, file_id = bytes.fromhex(meta["sha256"]), bytes.fromhex(meta["file_id"])
         pieces = tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in meta["pieces"])
         store_key = meta["store_key"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
         raise bad("its description is not the expected JSON") from None
     if (
         kind not in (LUKS2, GOCRYPTFS)
@@ -293,6 +293,7 @@ def make_encrypted(
         os.makedirs(store_dir, exist_ok=True)
     except OSError as exc:
         raise describe(exc, store_dir) from None
+    keep_out_of_core_dumps()
     opened = open_image(image, material, notice=notice)
     try:
         described, secret = store_secret(store_dir, material)
@@ -373,6 +374,7 @@ def pull_encrypted(
 ) -> PullReport:
     """Assemble the image the encrypted index ``raw`` describes at ``dest`` (see the module docstring)."""
     index = parse_index(raw, source)
+    keep_out_of_core_dumps()
     key = material() if material is not None else KeyMaterial()
     if key.passphrase is None and key.pem is None:
         raise KeyProblem("the index is of an encrypted image: give --passphrase or --pem-path")

@@ -8,8 +8,10 @@ publisher's file itself: byte for byte, with a verified signature.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,10 +22,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from siffs.crypt.errors import CryptError
+from siffs.crypt.keys import KeyMaterial
 from siffs.delta import caibx, chunker
 from siffs.delta.chunker import Chunker, ChunkSizes
-from siffs.delta.encrypted import SEALED_SUFFIX, STORE_KEY_FILE, parse_index
-from siffs.delta.keyed import StoreKeys
+from siffs.delta.encrypted import _HEAD, SEALED_SUFFIX, STORE_KEY_FILE, parse_index
+from siffs.delta.errors import DeltaError
+from siffs.delta.keyed import StoreKeys, secret_of
 from tests.delta.conftest import Nginx, SignedImages, _tree, vector
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
@@ -284,3 +289,39 @@ def test_keyed_chunker_table():
     assert keyed[-1] == other[-1] == len(data)
     assert len(set(keyed) & set(ends(None))) < len(keyed) // 4  # cut points depend on the key
     assert keyed != other
+
+
+def test_index_parser_fuzz(tmp_path, pair: Pair):
+    """Damaged encrypted indexes and store key descriptions raise the documented errors, nothing else."""
+    index = tmp_path / "index.caibx"
+    siffs(
+        "-q", "delta", "make", pair.new, "--store", tmp_path / "store", "--index", index, *pair.key_args,
+        env=pair.env, check=True,
+    )  # fmt: skip
+    data = index.read_bytes()
+    size = _HEAD.unpack_from(data)[2]
+    meta = json.loads(data[_HEAD.size : _HEAD.size + size])
+    rng = random.Random(14)
+    odd = [None, -1, 2**80, 1e400, "x", [], {}, [[0, -5, 0, 0]], [[1, 2]], True, "zz"]
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                mutated[rng.randrange(min(len(mutated), _HEAD.size + size + 200))] = rng.randrange(256)
+            if rng.random() < 0.2:
+                mutated = mutated[: rng.randrange(len(mutated))]
+            candidate = bytes(mutated)
+        else:
+            changed = dict(meta, **{rng.choice(list(meta)): rng.choice(odd)})
+            text = json.dumps(changed).encode()
+            candidate = _HEAD.pack(b"SIFFSEIX", 1, len(text)) + text + data[_HEAD.size + size :]
+        with contextlib.suppress(DeltaError):
+            parse_index(candidate, "fuzz")
+    material = KeyMaterial(passphrase=b"x")
+    for _ in range(40):  # a valid description costs one scrypt
+        described = dict(
+            meta["store_key"],
+            **{rng.choice(["type", "salt", "n", "r", "p", "check", "message"]): rng.choice(odd)},
+        )
+        with contextlib.suppress(DeltaError, CryptError):
+            secret_of(described, material)
