@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from siffs.crypt.errors import CorruptEncryption, KeyProblem, TamperedBlock, UnsupportedEncryption
 from siffs.crypt.keys import NO_KEY, WRONG_KEY, KeyMaterial, secret_from_message
 from siffs.crypt.luks2 import check_squashfs
+from siffs.crypt.xts import gcm_open_blocks
 from siffs.source import ByteSource
 
 CONF_NAME = b"gocryptfs.conf"
@@ -240,6 +241,7 @@ class GocryptfsSource:
             if not any(self._file_id):
                 raise CorruptEncryption("gocryptfs file ID is all zero (corrupt image)")
         self._aead = AESGCM(content_key)
+        self._key = content_key
 
     @property
     def size(self) -> int:
@@ -256,9 +258,18 @@ class GocryptfsSource:
         first, last = offset // BLOCK, (offset + size - 1) // BLOCK
         start = HEADER + first * CIPHER_BLOCK
         data = self._payload.pread(start, min(HEADER + (last + 1) * CIPHER_BLOCK, self._payload.size) - start)
-        plain = b"".join(
-            self._block(first + i, data[pos : pos + CIPHER_BLOCK])
-            for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
+        native = gcm_open_blocks(self._key, data, first, self._file_id)
+        if isinstance(native, int):
+            raise TamperedBlock(
+                f"authentication failed in encrypted block {native} (corrupt or tampered image)"
+            )
+        plain = (
+            native
+            if native is not None
+            else b"".join(
+                self._block(first + i, data[pos : pos + CIPHER_BLOCK])
+                for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
+            )
         )
         return plain[offset - first * BLOCK : offset - first * BLOCK + size]
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 
 @functools.cache
-def _libcrypto() -> ctypes.CDLL | None:
+def libcrypto() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("crypto")
     try:
         lib = ctypes.CDLL(name or "libcrypto.so.3")
@@ -35,13 +35,16 @@ def _libcrypto() -> ctypes.CDLL | None:
         lib.EVP_CipherUpdate.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int,
         ]  # fmt: skip
+        lib.EVP_aes_256_gcm.restype = ctypes.c_void_p
+        lib.EVP_CIPHER_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.EVP_CipherFinal_ex.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
     except (OSError, AttributeError):
         return None
     return lib
 
 
 @functools.cache
-def _native() -> ModuleType | None:
+def native_loops() -> ModuleType | None:
     """siffs.crypt._xts (the unit loop in C), unless not built or ``SIFFS_NO_NATIVE`` is set."""
     if os.environ.get("SIFFS_NO_NATIVE"):
         return None
@@ -52,11 +55,37 @@ def _native() -> ModuleType | None:
 
 
 @functools.cache
-def _addresses(lib: ctypes.CDLL) -> tuple[int, int]:
-    """Where EVP_CipherInit_ex and EVP_CipherUpdate are, for the native loop to call."""
-    init = ctypes.cast(lib.EVP_CipherInit_ex, ctypes.c_void_p).value
-    update = ctypes.cast(lib.EVP_CipherUpdate, ctypes.c_void_p).value
-    return init or 0, update or 0
+def _addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
+    """Where EVP_CipherInit_ex, _CipherUpdate, _CipherFinal_ex and _CIPHER_CTX_ctrl are, for the C loops."""
+    names = ("EVP_CipherInit_ex", "EVP_CipherUpdate", "EVP_CipherFinal_ex", "EVP_CIPHER_CTX_ctrl")
+    init, update, final, ctrl = (ctypes.cast(getattr(lib, n), ctypes.c_void_p).value or 0 for n in names)
+    return init, update, final, ctrl
+
+
+_EVP_CTRL_GCM_SET_IVLEN = 0x9
+
+
+def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -> bytes | int | None:
+    """gocryptfs' 4 KiB blocks decrypted in C: the plaintext, the number of the first block that
+    fails authentication, or None when the native loop or libcrypto is not there (the caller's
+    Python loop then does the work)."""
+    lib, native = libcrypto(), native_loops()
+    if lib is None or native is None:
+        return None
+    ctx = lib.EVP_CIPHER_CTX_new()
+    if not ctx:
+        raise MemoryError("OpenSSL could not allocate a cipher context")
+    try:
+        if (
+            lib.EVP_CipherInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None, 0) != 1
+            or lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, 16, None) != 1
+            or lib.EVP_CipherInit_ex(ctx, None, None, key, None, 0) != 1
+        ):
+            raise ValueError("AES-256-GCM refused the key")
+        result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx, data, first_block, file_id)
+        return result
+    finally:
+        lib.EVP_CIPHER_CTX_free(ctx)  # also wipes the key schedule
 
 
 def xts(
@@ -67,7 +96,7 @@ def xts(
     ``key`` is 32 or 64 bytes (AES-128 or AES-256, data key then tweak key); raises ValueError
     for a key the cipher refuses.
     """
-    lib = _libcrypto()
+    lib = libcrypto()
     if lib is None:
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
@@ -77,10 +106,10 @@ def xts(
     try:
         if lib.EVP_CipherInit_ex(ctx, cipher, None, key, None, int(encrypt)) != 1:
             raise ValueError("AES-XTS refused the key")
-        native = _native()
+        native = native_loops()
         if native is not None:
             low, high = first_tweak & (2**64 - 1), first_tweak >> 64
-            result: bytes = native.units(*_addresses(lib), ctx, data, unit, low, high, tweak_step)
+            result: bytes = native.units(*_addresses(lib)[:2], ctx, data, unit, low, high, tweak_step)
             return result
         source = ctypes.create_string_buffer(data, len(data))
         out = ctypes.create_string_buffer(len(data))

@@ -14,7 +14,7 @@ from siffs.crypt import xts
 @pytest.mark.parametrize(("unit", "step"), [(512, 1), (4096, 8)])
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_libcrypto_matches_cryptography(key_size, unit, step, encrypt):
-    assert xts._libcrypto() is not None  # Debian always has libssl3: the fast path is what runs
+    assert xts.libcrypto() is not None  # Debian always has libssl3: the fast path is what runs
     key, data = os.urandom(key_size), os.urandom(unit * 9)
     fast = xts.xts(key, data, unit, 123456789, step, encrypt=encrypt)
     assert fast == xts.xts_portable(key, data, unit, 123456789, step, encrypt=encrypt)
@@ -26,22 +26,22 @@ def test_libcrypto_matches_cryptography(key_size, unit, step, encrypt):
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_native_loop_matches_the_python_loop(monkeypatch, unit, step, first, encrypt):
     """The C loop (siffs/crypt/_xts.c) against the ctypes loop it replaces, tweaks crossing 2^64 too."""
-    if xts._native() is None:
+    if xts.native_loops() is None:
         pytest.skip("siffs.crypt._xts was not built (no C compiler): the Python loop is what runs")
     key, data = os.urandom(64), os.urandom(unit * 40)
     native = xts.xts(key, data, unit, first, step, encrypt=encrypt)
     monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
-    xts._native.cache_clear()
+    xts.native_loops.cache_clear()
     try:
-        assert xts._native() is None
+        assert xts.native_loops() is None
         assert native == xts.xts(key, data, unit, first, step, encrypt=encrypt)
     finally:
-        xts._native.cache_clear()
+        xts.native_loops.cache_clear()
     assert native == xts.xts_portable(key, data, unit, first, step, encrypt=encrypt)
 
 
 def test_native_loop_refuses_partial_units():
-    native = xts._native()
+    native = xts.native_loops()
     if native is None:
         pytest.skip("siffs.crypt._xts was not built")
     with pytest.raises(ValueError, match="whole number of units"):
