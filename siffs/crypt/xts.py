@@ -15,6 +15,7 @@ import ctypes.util
 import functools
 import importlib
 import os
+import threading
 from types import ModuleType
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -65,6 +66,50 @@ def _addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
 _EVP_CTRL_GCM_SET_IVLEN = 0x9
 
 
+class _Context:
+    """A keyed OpenSSL cipher context; freeing it (when dropped) wipes the key schedule."""
+
+    def __init__(self, lib: ctypes.CDLL, tag: tuple[object, ...], pointer: int) -> None:
+        self.lib, self.tag, self.pointer = lib, tag, int(pointer)
+
+    def __del__(self) -> None:
+        self.lib.EVP_CIPHER_CTX_free(self.pointer)
+
+
+_held = threading.local()
+
+
+def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> int:
+    """This thread's context keyed for ``cipher`` and ``key``, made again only when they change.
+
+    Why: creating and keying a context costs several ctypes calls and OpenSSL's implicit
+    algorithm fetch, more than decrypting a metadata block; each thread keeps the last one
+    (threads serve one image, so the key rarely changes), and it is freed with the thread.
+    """
+    tag = (cipher, key, encrypt)
+    held: _Context | None = getattr(_held, "context", None)
+    if held is not None and held.tag == tag:
+        return int(held.pointer)
+    _held.context = None
+    pointer = lib.EVP_CIPHER_CTX_new()
+    if not pointer:
+        raise MemoryError("OpenSSL could not allocate a cipher context")
+    context = _Context(lib, tag, pointer)
+    if cipher == "gcm":
+        ok = (
+            lib.EVP_CipherInit_ex(pointer, lib.EVP_aes_256_gcm(), None, None, None, int(encrypt)) == 1
+            and lib.EVP_CIPHER_CTX_ctrl(pointer, _EVP_CTRL_GCM_SET_IVLEN, 16, None) == 1
+            and lib.EVP_CipherInit_ex(pointer, None, None, key, None, int(encrypt)) == 1
+        )
+    else:
+        kind = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
+        ok = lib.EVP_CipherInit_ex(pointer, kind, None, key, None, int(encrypt)) == 1
+    if not ok:
+        raise ValueError(f"AES-{cipher.upper()} refused the key")
+    _held.context = context
+    return context.pointer
+
+
 def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -> bytes | int | None:
     """gocryptfs' 4 KiB blocks decrypted in C: the plaintext, the number of the first block that
     fails authentication, or None when the native loop or libcrypto is not there (the caller's
@@ -72,20 +117,9 @@ def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -
     lib, native = libcrypto(), native_loops()
     if lib is None or native is None:
         return None
-    ctx = lib.EVP_CIPHER_CTX_new()
-    if not ctx:
-        raise MemoryError("OpenSSL could not allocate a cipher context")
-    try:
-        if (
-            lib.EVP_CipherInit_ex(ctx, lib.EVP_aes_256_gcm(), None, None, None, 0) != 1
-            or lib.EVP_CIPHER_CTX_ctrl(ctx, _EVP_CTRL_GCM_SET_IVLEN, 16, None) != 1
-            or lib.EVP_CipherInit_ex(ctx, None, None, key, None, 0) != 1
-        ):
-            raise ValueError("AES-256-GCM refused the key")
-        result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx, data, first_block, file_id)
-        return result
-    finally:
-        lib.EVP_CIPHER_CTX_free(ctx)  # also wipes the key schedule
+    ctx = _context(lib, "gcm", key, False)
+    result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx, data, first_block, file_id)
+    return result
 
 
 def xts(
@@ -99,6 +133,12 @@ def xts(
     lib = libcrypto()
     if lib is None:
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)
+    native = native_loops()
+    if native is not None:
+        ctx = _context(lib, "xts", key, encrypt)
+        low, high = first_tweak & (2**64 - 1), first_tweak >> 64
+        result: bytes = native.units(*_addresses(lib)[:2], ctx, data, unit, low, high, tweak_step)
+        return result
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
     ctx = lib.EVP_CIPHER_CTX_new()
     if not ctx:
@@ -106,11 +146,6 @@ def xts(
     try:
         if lib.EVP_CipherInit_ex(ctx, cipher, None, key, None, int(encrypt)) != 1:
             raise ValueError("AES-XTS refused the key")
-        native = native_loops()
-        if native is not None:
-            low, high = first_tweak & (2**64 - 1), first_tweak >> 64
-            result: bytes = native.units(*_addresses(lib)[:2], ctx, data, unit, low, high, tweak_step)
-            return result
         source = ctypes.create_string_buffer(data, len(data))
         out = ctypes.create_string_buffer(len(data))
         written = ctypes.c_int()

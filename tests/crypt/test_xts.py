@@ -46,3 +46,22 @@ def test_native_loop_refuses_partial_units():
         pytest.skip("siffs.crypt._xts was not built")
     with pytest.raises(ValueError, match="whole number of units"):
         xts.xts(os.urandom(64), os.urandom(700), 512, 0, 1)
+
+
+def test_kept_contexts_follow_key_direction_and_thread():
+    """Each thread keeps its last keyed context: switching key or direction, or threads, changes nothing."""
+    import concurrent.futures  # noqa: PLC0415
+
+    keys = [os.urandom(64), os.urandom(64), os.urandom(32)]
+    data = os.urandom(512 * 16)
+
+    def check(i: int) -> bool:
+        key = keys[i % 3]
+        encrypt = bool(i % 2)
+        return xts.xts(key, data, 512, i, 1, encrypt=encrypt) == xts.xts_portable(
+            key, data, 512, i, 1, encrypt=encrypt
+        )
+
+    assert all(check(i) for i in range(12))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(check, range(64)))
