@@ -49,7 +49,9 @@ def encrypted_sif(tree: Path, out: Path, kind: str, env: dict[str, str]) -> Path
          "-all-time", EPOCH, "-mkfs-time", EPOCH, "-no-progress", "-quiet"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    cost = ["--kdf-memory", "64"] if kind == "luks2" else []  # the KDF cost changes no byte counts
+    cost = (
+        ["--kdf-memory", "64", "--kdf-time", "4"] if kind == "luks2" else []
+    )  # the KDF cost changes no byte counts
     log(f"siffs create --encrypt --format {kind} -> {out.name}")
     subprocess.run(
         [SIFFS, "-q", "create", "--encrypt", "--format", kind, *cost, "--passphrase", str(out), str(squash)],

@@ -87,7 +87,7 @@ def pair(request: pytest.FixtureRequest, signed_images: SignedImages, tmp_path_f
     images = []
     for version in (1, 2):
         sif = tmp / f"{kind}-v{version}.sif"
-        cost = ("--kdf-memory", "8") if kind == "luks2" else ()
+        cost = ("--kdf-memory", "8", "--kdf-time", "4") if kind == "luks2" else ()
         siffs(
             "-q", "create", "--encrypt", "--format", kind, *cost, *build_key, sif, _squashfs(tmp, version),
             env=env, check=True,
