@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 NATIVE: list[tuple[str, list[str]]] = [
     ("siffs.delta._chunk", ["siffs/delta/_chunk.c"]),
     ("siffs.delta._zscan", ["siffs/delta/_zscan.c"]),
+    ("siffs.crypt._xts", ["siffs/crypt/_xts.c"]),
 ]
 
 setup(

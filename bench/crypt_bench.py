@@ -56,6 +56,8 @@ def encrypted_variants(image: Path, kdf_memory: int) -> dict[str, Path]:
                 fmt,
                 "--kdf-memory",
                 str(kdf_memory),
+                "--kdf-time",
+                "4",
                 "--passphrase",
             ]
             subprocess.run([*cmd, str(out), str(squashfs)], env=env, check=True, cwd=HERE)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from siffs.crypt.keys import KeyMaterial as CryptKey
     from siffs.integrity.verify import KeyMaterial
     from siffs.registry.pull import RegistryPull
 
@@ -39,6 +40,8 @@ class PullRequest:
     progress: Progress | None = None
     #: How to reach a registry (oras://, docker://) and convert images; None: the defaults.
     registry: RegistryPull | None = None
+    #: The key of an encrypted image's delta index, asked for only when one is met (may prompt).
+    key_material: Callable[[], CryptKey] | None = None
 
 
 class Result(Protocol):
@@ -71,6 +74,7 @@ def _delta(request: PullRequest) -> Result:
         store_location=request.store,
         trust=Trust(request.keys, request.progress),
         progress=request.progress,
+        material=request.key_material,
     )
 
 

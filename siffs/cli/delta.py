@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from siffs.cli.common import print_json
+from siffs.cli import encrypted
+from siffs.cli.common import CommandError, print_json
+from siffs.cli.exitcodes import ExitCode
 from siffs.cli.progress import ProgressBar
 
 DEFAULT_CHUNK_SIZE = 16384
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--block-size", type=int, metavar="N", help="with --zsync: block size (default: zsyncmake's)"
     )
     m.add_argument("--json", action="store_true", help="print the result as JSON")
+    encrypted.add_arguments(m)
     m.set_defaults(func=cmd_make)
 
 
@@ -48,11 +51,18 @@ def _bar(label: str) -> ProgressBar:
 
 
 def cmd_make(args: argparse.Namespace) -> None:
+    from siffs.open.decrypt import is_encrypted  # noqa: PLC0415
     from siffs.sif import Image  # noqa: PLC0415 -- a quick check that IMAGE is a SIF
 
-    with Image.open(args.image):  # publish SIF images only: catches a wrong file early
-        pass
+    with Image.open(args.image) as image:  # publish SIF images only: catches a wrong file early
+        primary = next((d for d in image.descriptors if d.is_primary_partition), None)
+        encrypted_image = primary is not None and is_encrypted(primary)
     if args.zsync:
+        if encrypted_image:
+            raise CommandError(
+                "an encrypted image is published as an encrypted casync store: use --store DIR, not --zsync",
+                ExitCode.UNSUPPORTED,
+            )
         _make_zsync(args)
         return
     from siffs.delta.chunker import ChunkSizes  # noqa: PLC0415 -- numpy only for delta commands
@@ -61,6 +71,9 @@ def cmd_make(args: argparse.Namespace) -> None:
     index = args.index or os.path.join(
         os.path.dirname(os.path.abspath(args.store.rstrip("/"))), os.path.basename(args.image) + ".caibx"
     )
+    if encrypted_image:
+        _make_encrypted(args, index)
+        return
     with _bar("chunking") as progress:
         sizes = ChunkSizes.from_average(args.chunk_size)
         report = make_store(
@@ -85,3 +98,29 @@ def _make_zsync(args: argparse.Namespace) -> None:
         print_json(vars(report))
         return
     print(f"{report.path}: {report.blocks} blocks of {report.block_size} bytes for {report.length} bytes")
+
+
+def _make_encrypted(args: argparse.Namespace, index: str) -> None:
+    """Publish the plaintext of an encrypted image into an encrypted store (needs its key)."""
+    from siffs.delta.chunker import ChunkSizes  # noqa: PLC0415 -- the crypto stack loads only when needed
+    from siffs.delta.encrypted import make_encrypted  # noqa: PLC0415
+
+    material = encrypted.KeyChoice.from_args(args).material()
+    with _bar("chunking the plaintext") as progress:
+        report = make_encrypted(
+            args.image,
+            args.store,
+            index,
+            ChunkSizes.from_average(args.chunk_size),
+            material,
+            progress=progress,
+            notice=encrypted.notice,
+        )
+    if args.json:
+        print_json(vars(report))
+        return
+    print(
+        f"{report.index_path}: encrypted index of a {report.kind} image, {report.chunks} chunks "
+        f"({report.plaintext_chunks} sealed), {report.blob_size} bytes; "
+        f"{report.new_chunks} new chunks ({report.stored_bytes} bytes) added to {report.store}"
+    )

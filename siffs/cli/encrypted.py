@@ -179,12 +179,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kdf-memory",
         type=int,
-        default=1024,
         metavar="MiB",
-        help="luks2: Argon2id memory (default 1024, cryptsetup's cap; every unlock needs this much)",
+        help="luks2: Argon2id memory (default: as cryptsetup, up to 1024 MiB for a ~2 s unlock here)",
     )
     parser.add_argument(
-        "--kdf-time", type=int, default=4, metavar="N", help="luks2: Argon2id passes (default 4)"
+        "--kdf-time", type=int, metavar="N", help="luks2: Argon2id passes (default: fitted to a ~2 s unlock)"
     )
 
 
@@ -215,16 +214,15 @@ class BuildChoice:
 
     format: str
     keys: KeyChoice
-    kdf_memory_mib: int = 1024
-    kdf_time: int = 4
+    kdf_memory_mib: int | None = None  #: None: benchmarked, as cryptsetup does
+    kdf_time: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BuildChoice:
         from siffs.crypt.luks2 import MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME  # noqa: PLC0415
 
-        if (
-            not 1 <= args.kdf_memory <= MAX_ARGON2_MEMORY_KIB >> 10
-            or not 4 <= args.kdf_time <= MAX_ARGON2_TIME
+        if (args.kdf_memory is not None and not 1 <= args.kdf_memory <= MAX_ARGON2_MEMORY_KIB >> 10) or (
+            args.kdf_time is not None and not 4 <= args.kdf_time <= MAX_ARGON2_TIME
         ):
             raise CommandError("--kdf-memory must be 1..4096 MiB and --kdf-time 4..64", ExitCode.USAGE)
         return cls(args.format, KeyChoice.from_args(args), args.kdf_memory, args.kdf_time)
@@ -269,14 +267,16 @@ def _luks2_partition(
     squashfs: str, choice: BuildChoice, workdir: str, progress: Callable[[int, int], None]
 ) -> tuple[str, int, bytes | None]:
     """A LUKS2 container as SingularityCE's ``build --encrypt`` lays it out, written in user space."""
-    from siffs.crypt.luks2 import encrypt_data, new_header  # noqa: PLC0415
+    from siffs.crypt.luks2 import default_argon2_cost, encrypt_data, new_header  # noqa: PLC0415
 
     secret, message = _build_secret(choice.keys, 64, hex_text=False)
-    notice(f"deriving key: Argon2id, {choice.kdf_memory_mib} MiB, time {choice.kdf_time}")
     cpus = min(4, os.cpu_count() or 1)
-    header, volume_key = new_header(
-        secret, time=choice.kdf_time, memory=choice.kdf_memory_mib << 10, cpus=cpus
-    )
+    time, memory = choice.kdf_time, None if choice.kdf_memory_mib is None else choice.kdf_memory_mib << 10
+    if time is None or memory is None:
+        notice("measuring Argon2id on this machine (cryptsetup's ~2 s unlock)")
+        time, memory = default_argon2_cost(cpus, time=time, memory=memory)
+    notice(f"deriving key: Argon2id, {memory >> 10} MiB, time {time}")
+    header, volume_key = new_header(secret, time=time, memory=memory, cpus=cpus)
     container = os.path.join(workdir, "container.luks2")
     try:
         with open(squashfs, "rb") as plain, open(container, "wb") as out:

@@ -23,9 +23,10 @@ from runtime.errors import ContainerError, InvalidRequest, report, set_quiet
 from runtime.launch import start_container
 from runtime.request import Action, Request
 from runtime.supervise import wait_for
-from siffs.cli import output, runoptions, trust
+from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError
 from siffs.cli.exitcodes import ExitCode
+from siffs.crypt.errors import CryptError
 
 PREFIX = "instance://"
 
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     start.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the startscript")
     runoptions.container_options(start)
     trust.add_arguments(start)
+    encrypted.add_arguments(start)
     start.set_defaults(func=cmd_start)
 
     listing = what.add_parser("list", help="list running instances")
@@ -77,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_start(args: argparse.Namespace) -> None:
     set_quiet(output.verbosity() == output.Verbosity.QUIET)
     directory = state_dir()
+    _ask_key_now(args)
     try:
         refused = runoptions.refusal(args)
         if refused:
@@ -104,6 +107,20 @@ def cmd_start(args: argparse.Namespace) -> None:
         )
     if output.verbosity() != output.Verbosity.QUIET:
         print(f"INFO:    instance {args.name} started successfully", file=sys.stderr)
+
+
+def _ask_key_now(args: argparse.Namespace) -> None:
+    """Take the key options out of the environment, and ask for a passphrase the image needs now:
+    the supervisor reads no terminal (its standard input is /dev/null)."""
+    from siffs.open.decrypt import is_encrypted  # noqa: PLC0415
+    from siffs.sif import Image, SifError  # noqa: PLC0415
+
+    choice = encrypted.KeyChoice.from_args(args)
+    if not choice.ask or choice.env_passphrase is not None or choice.pem_path is not None:
+        return
+    with contextlib.suppress(SifError, OSError), Image.open(args.image) as image:
+        if any(d.is_primary_partition and is_encrypted(d) for d in image.descriptors):
+            args.key_choice = replace(choice, env_passphrase=choice.material().passphrase)
 
 
 def _supervise(args: argparse.Namespace, request: Request, directory: str, ready: int) -> NoReturn:
@@ -135,7 +152,8 @@ def _supervise(args: argparse.Namespace, request: Request, directory: str, ready
             status = wait_for(holder)
             instances.remove(directory, args.name)
     except BaseException as exc:  # told to the starter, who prints it
-        message = str(exc) if isinstance(exc, (ContainerError, CommandError, OSError)) else repr(exc)
+        known = (ContainerError, CommandError, OSError, CryptError)
+        message = str(exc) if isinstance(exc, known) else repr(exc)
         with contextlib.suppress(OSError):
             os.write(ready, message.encode())
     finally:

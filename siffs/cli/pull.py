@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from siffs.cli import output, trust
+from siffs.cli import encrypted, output, trust
 from siffs.cli.common import interrupt_on_sigterm, print_json
 from siffs.cli.progress import ProgressBar
 from siffs.cli.registry import connection_arguments, prompted_credentials
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delta.add_argument(
         "--store", metavar="URL", help="chunk store URL or directory (default: default.castr by the index)"
     )
+    encrypted.add_arguments(p)
     registry = p.add_argument_group("registries and OCI images (oras://, docker://, oci:, oci-archive:)")
     registry.add_argument("--arch", default="amd64", help="architecture to take from an index")
     registry.add_argument("--force", action="store_true", help="overwrite an existing DEST")
@@ -80,7 +81,10 @@ def cmd_pull(args: argparse.Namespace) -> None:
         keep_owners=args.keep_owners,
     )
     with ProgressBar("pulling") as progress:
-        request = pull.PullRequest(source, dest, tuple(args.seed), args.store, keys, progress, registry)
+        choice = encrypted.KeyChoice.from_args(args)
+        request = pull.PullRequest(
+            source, dest, tuple(args.seed), args.store, keys, progress, registry, choice.material
+        )
         report = stage(request)
     if args.allow_unsigned:
         output.warn(f"{dest}: signatures not verified (--allow-unsigned)")

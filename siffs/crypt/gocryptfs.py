@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
 import os
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from siffs.crypt.errors import CorruptEncryption, KeyProblem, TamperedBlock, UnsupportedEncryption
 from siffs.crypt.keys import NO_KEY, WRONG_KEY, KeyMaterial, secret_from_message
 from siffs.crypt.luks2 import check_squashfs
+from siffs.crypt.xts import gcm_open_blocks
 from siffs.source import ByteSource
 
 CONF_NAME = b"gocryptfs.conf"
@@ -180,6 +182,50 @@ def plain_size(csize: int) -> int:
     return q * BLOCK + (r - NONCE - TAG if r else 0)
 
 
+class ExtentSource:
+    """A file its container stores verbatim in runs, read straight from the container.
+
+    The payload of an Apptainer image is one file of incompressible ciphertext, so the outer
+    SquashFS stores every block of it uncompressed, back to back, and its tail in an uncompressed
+    fragment: reading those bytes directly skips the SquashFS data path and its block cache.
+    """
+
+    def __init__(self, container: ByteSource, runs: list[tuple[int, int, int]], size: int) -> None:
+        self._container, self._runs, self.size = container, runs, size
+        self._starts = [r[0] for r in runs]
+
+    @classmethod
+    def covering(
+        cls, container: ByteSource, extents: list[tuple[int, int, int]], size: int
+    ) -> ExtentSource | None:
+        """The source when ``extents`` ((file offset, container offset, length)) cover the whole file."""
+        runs: list[tuple[int, int, int]] = []
+        at = 0
+        for offset, where, length in sorted(extents):
+            if offset != at:
+                return None
+            if runs and runs[-1][1] + runs[-1][2] == where:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + length)
+            else:
+                runs.append((offset, where, length))
+            at += length
+        return cls(container, runs, size) if at == size else None
+
+    def pread(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
+        parts = []
+        i = bisect.bisect_right(self._starts, offset) - 1
+        end = offset + size
+        while offset < end:
+            start, where, length = self._runs[i]
+            take = min(end, start + length) - offset
+            parts.append(self._container.pread(where + offset - start, take))
+            offset += take
+            i += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class GocryptfsSource:
     """The plaintext of one gocryptfs file: 4 KiB blocks decrypted and authenticated on every read."""
 
@@ -195,6 +241,7 @@ class GocryptfsSource:
             if not any(self._file_id):
                 raise CorruptEncryption("gocryptfs file ID is all zero (corrupt image)")
         self._aead = AESGCM(content_key)
+        self._key = content_key
 
     @property
     def size(self) -> int:
@@ -211,9 +258,18 @@ class GocryptfsSource:
         first, last = offset // BLOCK, (offset + size - 1) // BLOCK
         start = HEADER + first * CIPHER_BLOCK
         data = self._payload.pread(start, min(HEADER + (last + 1) * CIPHER_BLOCK, self._payload.size) - start)
-        plain = b"".join(
-            self._block(first + i, data[pos : pos + CIPHER_BLOCK])
-            for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
+        native = gcm_open_blocks(self._key, data, first, self._file_id)
+        if isinstance(native, int):
+            raise TamperedBlock(
+                f"authentication failed in encrypted block {native} (corrupt or tampered image)"
+            )
+        plain = (
+            native
+            if native is not None
+            else b"".join(
+                self._block(first + i, data[pos : pos + CIPHER_BLOCK])
+                for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
+            )
         )
         return plain[offset - first * BLOCK : offset - first * BLOCK + size]
 

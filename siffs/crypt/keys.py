@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import re
 from dataclasses import dataclass, field
 
@@ -121,3 +122,13 @@ def encrypt_message(public_pem: bytes, secret: bytes) -> bytes:
     b64 = base64.b64encode(b"\x04" + length + ciphertext).decode()
     lines = "".join(b64[i : i + 64] + "\n" for i in range(0, len(b64), 64))
     return f"-----BEGIN MESSAGE-----\n{lines}-----END MESSAGE-----\n".encode()
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def keep_out_of_core_dumps() -> None:
+    """Make this process non-dumpable before keys enter its memory (no core file, no ptrace by peers)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")

@@ -549,9 +549,62 @@ METADATA_SIZE = 16384
 KEYSLOTS_OFFSET = 2 * METADATA_SIZE
 DATA_OFFSET = 16 << 20
 STRIPES = 4000
-#: cryptsetup's Argon2id cost on a small machine (its benchmark gives time 4 at the 1 GiB cap).
-DEFAULT_ARGON2 = {"time": 4, "memory": 1 << 20}
 DIGEST_ITERATIONS = 100_000
+#: cryptsetup's defaults for a new keyslot: about 2 s of unlock, at most 1 GiB (and never more than
+#: half the machine's memory, nor what is available), up to 4 threads (capped by the CPUs), and
+#: its minimums (time 4, 32 KiB).
+TARGET_UNLOCK_SECONDS = 2.0
+DEFAULT_MAX_MEMORY_KIB = 1 << 20
+MIN_ARGON2_TIME = 4
+MIN_ARGON2_MEMORY_KIB = 32
+_PROBE_MEMORY_KIB = 64 << 10
+
+
+def _memory_limit_kib() -> int:
+    """cryptsetup's cap: 1 GiB, at most half the physical memory and what is available now."""
+    limit = DEFAULT_MAX_MEMORY_KIB
+    with contextlib.suppress(OSError, ValueError):
+        fields = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                fields[name] = int(rest.split()[0])
+        limit = min(limit, fields["MemTotal"] // 2, fields.get("MemAvailable", limit))
+    return max(limit, MIN_ARGON2_MEMORY_KIB)
+
+
+def _time_argon2(time: int, memory: int, cpus: int) -> float:
+    import time as clock  # noqa: PLC0415 -- the module's ``time`` parameters shadow the name
+
+    start = clock.perf_counter()
+    derive(Kdf("argon2id", bytes(16), time=time, memory=memory, cpus=cpus), b"benchmark", 32)
+    return clock.perf_counter() - start
+
+
+def default_argon2_cost(
+    cpus: int,
+    *,
+    time: int | None = None,
+    memory: int | None = None,
+    target: float | None = None,
+    measure: Callable[[int, int, int], float] = _time_argon2,
+) -> tuple[int, int]:
+    """(time, memory KiB) for a new Argon2id keyslot, as cryptsetup's benchmark chooses them.
+
+    One short derivation measures this machine (siffs' own Argon2id, which is what unlocks the
+    image here); the memory goes to the cap unless that alone takes longer than ``target``, and the
+    time cost fills the rest. A value the user gave is kept and the other one fitted to it.
+    """
+    target = TARGET_UNLOCK_SECONDS if target is None else target
+    probe = min(_PROBE_MEMORY_KIB, memory or _PROBE_MEMORY_KIB)
+    per_unit = max(measure(MIN_ARGON2_TIME, probe, cpus), 1e-6) / (MIN_ARGON2_TIME * probe)
+    if memory is None:
+        memory = _memory_limit_kib()
+        fitted = int(target / (per_unit * (time or MIN_ARGON2_TIME)))
+        memory = max(MIN_ARGON2_MEMORY_KIB, min(memory, fitted))
+    if time is None:
+        time = min(MAX_ARGON2_TIME, max(MIN_ARGON2_TIME, int(target / (per_unit * memory))))
+    return time, memory
 
 
 def _af_split(volume_key: bytes, stripes: int, hash_name: str) -> bytes:

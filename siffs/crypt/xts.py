@@ -4,6 +4,8 @@ Every 512-byte sector has its own tweak. ``cryptography`` builds a new cipher co
 schedule) per tweak, about 5 us, more than decrypting the sector; OpenSSL itself can keep the
 key and change only the tweak. So runs go through the system's libcrypto when it loads (Debian:
 libssl3, always present), and through ``cryptography`` otherwise; both give the same bytes.
+The per-unit loop runs in C (``_xts.c``, given libcrypto's functions by address) when it was
+built, else here with two ctypes calls per unit.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib
+import os
+import threading
+from types import ModuleType
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 
 @functools.cache
-def _libcrypto() -> ctypes.CDLL | None:
+def libcrypto() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("crypto")
     try:
         lib = ctypes.CDLL(name or "libcrypto.so.3")
@@ -30,9 +36,90 @@ def _libcrypto() -> ctypes.CDLL | None:
         lib.EVP_CipherUpdate.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int,
         ]  # fmt: skip
+        lib.EVP_aes_256_gcm.restype = ctypes.c_void_p
+        lib.EVP_CIPHER_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.EVP_CipherFinal_ex.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
     except (OSError, AttributeError):
         return None
     return lib
+
+
+@functools.cache
+def native_loops() -> ModuleType | None:
+    """siffs.crypt._xts (the unit loop in C), unless not built or ``SIFFS_NO_NATIVE`` is set."""
+    if os.environ.get("SIFFS_NO_NATIVE"):
+        return None
+    try:
+        return importlib.import_module("siffs.crypt._xts")
+    except ImportError:
+        return None
+
+
+@functools.cache
+def _addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
+    """Where EVP_CipherInit_ex, _CipherUpdate, _CipherFinal_ex and _CIPHER_CTX_ctrl are, for the C loops."""
+    names = ("EVP_CipherInit_ex", "EVP_CipherUpdate", "EVP_CipherFinal_ex", "EVP_CIPHER_CTX_ctrl")
+    init, update, final, ctrl = (ctypes.cast(getattr(lib, n), ctypes.c_void_p).value or 0 for n in names)
+    return init, update, final, ctrl
+
+
+_EVP_CTRL_GCM_SET_IVLEN = 0x9
+
+
+class _Context:
+    """A keyed OpenSSL cipher context; freeing it (when dropped) wipes the key schedule."""
+
+    def __init__(self, lib: ctypes.CDLL, tag: tuple[object, ...], pointer: int) -> None:
+        self.lib, self.tag, self.pointer = lib, tag, int(pointer)
+
+    def __del__(self) -> None:
+        self.lib.EVP_CIPHER_CTX_free(self.pointer)
+
+
+_held = threading.local()
+
+
+def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> int:
+    """This thread's context keyed for ``cipher`` and ``key``, made again only when they change.
+
+    Why: creating and keying a context costs several ctypes calls and OpenSSL's implicit
+    algorithm fetch, more than decrypting a metadata block; each thread keeps the last one
+    (threads serve one image, so the key rarely changes), and it is freed with the thread.
+    """
+    tag = (cipher, key, encrypt)
+    held: _Context | None = getattr(_held, "context", None)
+    if held is not None and held.tag == tag:
+        return int(held.pointer)
+    _held.context = None
+    pointer = lib.EVP_CIPHER_CTX_new()
+    if not pointer:
+        raise MemoryError("OpenSSL could not allocate a cipher context")
+    context = _Context(lib, tag, pointer)
+    if cipher == "gcm":
+        ok = (
+            lib.EVP_CipherInit_ex(pointer, lib.EVP_aes_256_gcm(), None, None, None, int(encrypt)) == 1
+            and lib.EVP_CIPHER_CTX_ctrl(pointer, _EVP_CTRL_GCM_SET_IVLEN, 16, None) == 1
+            and lib.EVP_CipherInit_ex(pointer, None, None, key, None, int(encrypt)) == 1
+        )
+    else:
+        kind = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
+        ok = lib.EVP_CipherInit_ex(pointer, kind, None, key, None, int(encrypt)) == 1
+    if not ok:
+        raise ValueError(f"AES-{cipher.upper()} refused the key")
+    _held.context = context
+    return context.pointer
+
+
+def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -> bytes | int | None:
+    """gocryptfs' 4 KiB blocks decrypted in C: the plaintext, the number of the first block that
+    fails authentication, or None when the native loop or libcrypto is not there (the caller's
+    Python loop then does the work)."""
+    lib, native = libcrypto(), native_loops()
+    if lib is None or native is None:
+        return None
+    ctx = _context(lib, "gcm", key, False)
+    result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx, data, first_block, file_id)
+    return result
 
 
 def xts(
@@ -43,9 +130,15 @@ def xts(
     ``key`` is 32 or 64 bytes (AES-128 or AES-256, data key then tweak key); raises ValueError
     for a key the cipher refuses.
     """
-    lib = _libcrypto()
+    lib = libcrypto()
     if lib is None:
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)
+    native = native_loops()
+    if native is not None:
+        ctx = _context(lib, "xts", key, encrypt)
+        low, high = first_tweak & (2**64 - 1), first_tweak >> 64
+        result: bytes = native.units(*_addresses(lib)[:2], ctx, data, unit, low, high, tweak_step)
+        return result
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
     ctx = lib.EVP_CIPHER_CTX_new()
     if not ctx:

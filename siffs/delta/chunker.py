@@ -380,6 +380,10 @@ class _Scanner:
         return np.flatnonzero(match) + WINDOW
 
 
+#: A rolling-hash table: 256 words of 32 bits (casync's :data:`TABLE`, or one derived from a secret).
+Table = Sequence[int] | npt.NDArray[np.uint32]
+
+
 class Chunker:
     """Cuts a stream into casync chunks, holding at most ``max`` + one read in memory.
 
@@ -387,9 +391,7 @@ class Chunker:
     table keeps the rule, window and sizes but moves every boundary.
     """
 
-    def __init__(
-        self, sizes: ChunkSizes, table: Sequence[int] | None = None, *, use_native: bool = True
-    ) -> None:
+    def __init__(self, sizes: ChunkSizes, table: Table | None = None, *, use_native: bool = True) -> None:
         self.sizes = sizes.checked()
         words = np.asarray(TABLE if table is None else table, dtype=np.int64)
         if words.shape != (256,) or words.min() < 0 or words.max() > 0xFFFFFFFF:
@@ -461,7 +463,7 @@ class Chunker:
         return end if eof else None
 
 
-def chunk_file(path: str, sizes: ChunkSizes, table: Sequence[int] | None = None) -> Iterator[bytes]:
+def chunk_file(path: str, sizes: ChunkSizes, table: Table | None = None) -> Iterator[bytes]:
     """The chunks of a whole file, streamed (``table`` as for :class:`Chunker`)."""
     with open(path, "rb", buffering=0) as f:
         yield from Chunker(sizes, table).split(f.read)

@@ -106,6 +106,7 @@ class Journal:
                 if self._fd is None:
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 os.write(self._fd, self._HEAD.pack(key, len(data)) + data)
+                self.records[key] = (os.lseek(self._fd, 0, os.SEEK_CUR) - len(data), len(data))
             except OSError as exc:
                 raise describe(exc, self.path) from None
 

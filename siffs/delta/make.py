@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from siffs.delta import caibx, store
-from siffs.delta.chunker import ChunkSizes, chunk_file
+from siffs.delta.chunker import ChunkSizes, Table, chunk_file
 from siffs.delta.errors import DeltaIOError
 from siffs.delta.files import describe, write_atomic
 
@@ -40,7 +40,7 @@ def make_store(
     *,
     sha512_256: bool = True,
     progress: Progress | None = None,
-    table: Sequence[int] | None = None,
+    table: Table | None = None,
 ) -> MakeReport:
     """Chunk ``image`` into ``store_dir`` and write its index to ``index_path``.
 

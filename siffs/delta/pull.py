@@ -14,13 +14,17 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from siffs.delta import caibx, seeds, store
 from siffs.delta.caibx import BlobIndex, Chunk
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, StoreIncompleteError
-from siffs.delta.files import Journal
+from siffs.delta.files import Journal, describe
 from siffs.delta.http import HttpClient, is_url
 from siffs.delta.target import Assembly, Trust
+
+if TYPE_CHECKING:
+    from siffs.crypt.keys import KeyMaterial
 
 Progress = Callable[[int, int], None]
 
@@ -69,7 +73,7 @@ def partial_path(dest: str, kind: str) -> str:
     return os.path.join(directory, f".{name}.partial.{kind}")
 
 
-class _Remote:
+class Remote:
     """The store being pulled from: an http(s) URL or a local directory."""
 
     def __init__(self, location: str, client: HttpClient) -> None:
@@ -82,21 +86,27 @@ class _Remote:
             self.base = location
 
     def fetch(self, chunk: Chunk) -> bytes:
-        name = store.relative_path(chunk.id)
+        return self.get(store.relative_path(chunk.id), chunk.name)
+
+    def get(self, relative: str, name: str) -> bytes:
+        """The file at ``relative`` in the store (the chunk called ``name``); missing is an error."""
         if is_url(self.location):
-            resp = self.client.get(self.base + name)
+            resp = self.client.get(self.base + relative)
             if resp.status == 404:
                 raise StoreIncompleteError(
-                    f"chunk {chunk.name} is missing on {self.location} (HTTP 404): "
+                    f"chunk {name} is missing on {self.location} (HTTP 404): "
                     "the store is incomplete for this index"
                 )
             return resp.body
-        data = store.LocalStore(self.base).read(chunk.id)
-        if data is None:
+        try:
+            with open(os.path.join(self.base, relative), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
             raise StoreIncompleteError(
-                f"chunk {chunk.name} is missing in {self.location}: the store is incomplete for this index"
-            )
-        return data
+                f"chunk {name} is missing in {self.location}: the store is incomplete for this index"
+            ) from None
+        except OSError as exc:
+            raise describe(exc, os.path.join(self.base, relative)) from None
 
 
 def seed_paths(dest: str, extra: Sequence[str]) -> list[str]:
@@ -119,13 +129,32 @@ def pull(
     trust: Trust,
     progress: Progress | None = None,
     client: HttpClient | None = None,
+    material: Callable[[], KeyMaterial] | None = None,
 ) -> PullReport:
-    """Assemble ``source``'s blob at ``dest`` (see the module docstring)."""
+    """Assemble ``source``'s blob at ``dest`` (see the module docstring).
+
+    An encrypted index (``siffs delta make`` of an encrypted image) goes to
+    :mod:`siffs.delta.encrypted`, which asks ``material`` for the key.
+    """
     client = client or HttpClient()
     raw = read_source(source, client)
+    remote = Remote(store_location or default_store(source), client)
+    from siffs.delta import encrypted  # noqa: PLC0415 -- the crypto stack loads only for encrypted images
+
+    if encrypted.is_encrypted_index(raw):
+        return encrypted.pull_encrypted(
+            raw,
+            source,
+            dest,
+            seed_files=seed_files,
+            remote=remote,
+            trust=trust,
+            material=material,
+            progress=progress,
+            client=client,
+        )
     index = caibx.parse(raw, what=f"index {source}")
     report = PullReport(dest, source, index.blob_size, index_bytes=len(raw), fetched_bytes=len(raw))
-    remote = _Remote(store_location or default_store(source), client)
     opened: list[seeds.Seed] = []
     try:
         for path in seed_paths(dest, seed_files):
@@ -210,7 +239,7 @@ class _Job:
             return True
         return False
 
-    def fetch(self, remote: _Remote, missing: dict[bytes, list[Chunk]]) -> None:
+    def fetch(self, remote: Remote, missing: dict[bytes, list[Chunk]]) -> None:
         """Download the missing chunks on the connection threads; each is checked, kept in the
         partial download, and written at every offset where the index has it."""
         index = self.index

@@ -131,4 +131,7 @@ def _gocryptfs_parts(partition: ByteSource, warn: Callable[[str], None]) -> tupl
     others = len(entries) - 2
     if others:
         warn(f"the gocryptfs partition holds {others} more entries; using the first squashfs-* payload")
-    return conf_data, _FileInImage(outer, payloads[0].ino, payloads[0].size)
+    from siffs.crypt.gocryptfs import ExtentSource  # noqa: PLC0415
+
+    direct = ExtentSource.covering(partition, outer.stored_extents(payloads[0].ino), payloads[0].size)
+    return conf_data, direct or _FileInImage(outer, payloads[0].ino, payloads[0].size)

@@ -93,6 +93,29 @@ class DataReader:
             parts.append(memoryview(data)[max(offset, base) - base : min(end, base + bs) - base])
         return b"".join(parts)
 
+    def stored_extents(self, inode_ref: int, loc: FileLocation, file_size: int) -> list[tuple[int, int, int]]:
+        """(file offset, source offset, length) of each part of the file stored verbatim.
+
+        Blocks and a fragment tail flagged uncompressed are copies of the file's bytes; compressed
+        and sparse parts are left out. Whole-file tools use this to find an embedded file's bytes
+        (the ciphertext of an encrypted payload) inside the image without reading them.
+        """
+        bs = self._sb.block_size
+        found = []
+        if loc.block_count:
+            blocks = self._block_list(inode_ref, loc)
+            for i in range(loc.block_count):
+                word = blocks.sizes[i]
+                length = min(bs, file_size - i * bs)
+                if word & UNCOMPRESSED and word & SIZE_MASK == length:
+                    found.append((i * bs, blocks.starts[i], length))
+        tail = file_size - loc.block_count * bs
+        if tail > 0 and loc.fragment is not None and self._fragments is not None:
+            start, word, _ = self._fragments.get(loc.fragment)
+            if word & UNCOMPRESSED and loc.fragment_offset + tail <= word & SIZE_MASK:
+                found.append((loc.block_count * bs, start + loc.fragment_offset, tail))
+        return found
+
     def _block_list(self, inode_ref: int, loc: FileLocation) -> BlockList:
         def load() -> BlockList:
             if 4 * loc.block_count > self._max_list:

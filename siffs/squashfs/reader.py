@@ -218,6 +218,13 @@ class SquashFS:
             raise NotARegularFile(f"inode {ino} is not a regular file")
         return self._data.read(inode.ref, inode.file, inode.stat.size, offset, size)
 
+    def stored_extents(self, ino: int) -> list[tuple[int, int, int]]:
+        """(file offset, image offset, length) of the parts of regular file ``ino`` stored uncompressed."""
+        inode = self._inode(ino)
+        if inode.file is None:
+            raise NotARegularFile(f"inode {ino} is not a regular file")
+        return self._data.stored_extents(inode.ref, inode.file, inode.stat.size)
+
     def readlink(self, ino: int) -> bytes:
         """Target of symbolic link ``ino``, as stored (bytes, not necessarily UTF-8)."""
         target = self._inode(ino).target

@@ -52,6 +52,20 @@ class Bytes:
         return self.data[offset : offset + size]
 
 
+@pytest.fixture(params=["native", "python"])
+def block_loop(request, monkeypatch):
+    """Each test that takes this runs with the C block loop (when built) and with the Python loop."""
+    from siffs.crypt import xts  # noqa: PLC0415
+
+    if request.param == "python":
+        monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
+    elif xts.native_loops() is None:
+        pytest.skip("siffs.crypt._xts was not built (no C compiler): only the Python loop runs")
+    xts.native_loops.cache_clear()
+    yield request.param
+    xts.native_loops.cache_clear()
+
+
 def test_vector_unlock():
     conf = gocryptfs.parse_conf(CONF_1024)
     assert gocryptfs.master_key(conf, b"siffs-test") == MK
@@ -59,7 +73,7 @@ def test_vector_unlock():
         gocryptfs.master_key(conf, b"siffs-tesT")
 
 
-def test_vector_contents():
+def test_vector_contents(block_loop):
     assert gocryptfs.GocryptfsSource(Bytes(HELLO), CK).pread(0, 13) == b"hello, siffs\n"
     data = bytes(j % 251 for j in range(4097))
     block0 = bytes(range(0xD0, 0xE0)) + AESGCM(CK).encrypt(
@@ -132,7 +146,7 @@ def _payload_source(enc: Encrypted, tmp_path: Path) -> tuple[Path, gocryptfs.Goc
     return payload, gocryptfs.GocryptfsSource(Bytes(payload.read_bytes()), ck)
 
 
-def test_flipped_ciphertext_byte_fails_only_its_block(goc_pass, tmp_path):
+def test_flipped_ciphertext_byte_fails_only_its_block(goc_pass, tmp_path, block_loop):
     payload, good = _payload_source(goc_pass, tmp_path)
     data = bytearray(payload.read_bytes())
     data[18 + 3 * 4128 + 100] ^= 1
@@ -188,7 +202,7 @@ def test_tampered_block_is_eio_through_a_mount(goc_pass, tmp_path):
         siffs("umount", mnt, check=True)
 
 
-def test_holes_read_as_zeros(tmp_path):
+def test_holes_read_as_zeros(tmp_path, block_loop):
     """A file grown with truncate inside a gocryptfs mount has all-zero blocks: they read as zeros."""
     gocryptfs_bin = require_tool("gocryptfs")
     cipher, plain = tmp_path / "c", tmp_path / "p"
@@ -417,3 +431,56 @@ def test_fuzz_conf_parser():
             assert "\n" not in str(exc)
             continue
         assert 128 * parsed.n * parsed.r <= gocryptfs.MAX_SCRYPT_MEMORY and parsed.p <= 16
+
+
+@pytest.mark.parametrize("kind", ["goc_pass", "built"])
+def test_payload_read_straight_from_the_partition(kind, request, plain, tmp_path):
+    """The payload's verbatim runs are read from the partition, equal to the SquashFS reader's reads."""
+    from siffs.crypt.gocryptfs import ExtentSource  # noqa: PLC0415
+    from siffs.sif import Image  # noqa: PLC0415
+    from siffs.squashfs.reader import SquashFS  # noqa: PLC0415
+    from siffs.squashfs.source import FileSource  # noqa: PLC0415
+
+    if kind == "built":  # siffs' own writer, from a tree with an unpadded payload tail
+        sif = tmp_path / "built.sif"
+        env = dict(os.environ, SIFFS_ENCRYPTION_PASSPHRASE="x")
+        siffs("create", "--encrypt", "--passphrase", sif, plain, env=env, check=True)
+    else:  # written through the real gocryptfs
+        sif = request.getfixturevalue(kind).sif
+    with Image.open(sif) as image:
+        d = image.primary_partition()
+        partition = FileSource(image.fd, d.offset, d.size)
+        outer = SquashFS(partition)
+        name, st, _ = next(e for e in outer.readdir(outer.root_ino) if e[0].startswith(b"squashfs-"))
+        direct = ExtentSource.covering(partition, outer.stored_extents(st.ino), st.size)
+        assert direct is not None and direct.size == st.size
+        rng = random.Random(6)
+        for offset, size in [
+            (0, st.size),
+            (st.size - 1, 1),
+            *((rng.randrange(st.size), 200_000) for _ in range(50)),
+        ]:
+            n = min(size, st.size - offset)
+            assert direct.pread(offset, n) == outer.read(st.ino, offset, n), (name, offset, n)
+        with pytest.raises(CorruptEncryption):
+            direct.pread(st.size - 10, 11)
+    # A hole in the extents (a compressed block) means no direct source.
+    assert ExtentSource.covering(partition, [(0, 96, 10), (20, 200, 10)], 30) is None
+
+
+def test_block_loops_agree_on_a_real_payload(goc_pass, tmp_path, monkeypatch):
+    """The C loop against the Python loop (its oracle) on the real gocryptfs payload, random ranges."""
+    from siffs.crypt import xts  # noqa: PLC0415
+
+    if xts.native_loops() is None:
+        pytest.skip("siffs.crypt._xts was not built")
+    _, native = _payload_source(goc_pass, tmp_path)
+    rng = random.Random(3)
+    ranges = [(0, native.size), *((rng.randrange(native.size), rng.randrange(1, 300_000)) for _ in range(40))]
+    got = [native.pread(o, min(n, native.size - o)) for o, n in ranges]
+    monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
+    xts.native_loops.cache_clear()
+    try:
+        assert got == [native.pread(o, min(n, native.size - o)) for o, n in ranges]
+    finally:
+        xts.native_loops.cache_clear()

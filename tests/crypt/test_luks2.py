@@ -519,3 +519,52 @@ def test_verified_reads_through_decryption(luks_pass, plain, tmp_path):
         assert (mnt / "etc/passwd").read_bytes() == passwd
     finally:
         siffs("umount", mnt, check=True)
+
+
+def _meminfo_kib(name: str) -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(name + ":"))
+
+
+def test_default_argon2_cost_fills_memory_first_then_time():
+    cap = min(1 << 20, _meminfo_kib("MemTotal") // 2)
+    # A fast machine: the memory goes to the cap, the time cost fills the 2 s.
+    fast = lambda t, m, c: t * m * 1e-7  # noqa: E731 -- 0.1 us per KiB and pass
+    time, memory = luks2.default_argon2_cost(4, measure=fast)
+    assert memory <= cap and memory >= min(cap, _meminfo_kib("MemAvailable")) // 2
+    assert time == min(64, max(4, int(2.0 / (1e-7 * memory))))
+    # A slow one: time stays at cryptsetup's minimum of 4, the memory shrinks to fit 2 s.
+    slow = lambda t, m, c: t * m * 1e-6  # noqa: E731
+    assert luks2.default_argon2_cost(2, measure=slow) == (4, int(2.0 / (4 * 1e-6)))
+    # What the user gives is kept; the other value is fitted to it.
+    assert luks2.default_argon2_cost(2, memory=65536, measure=slow) == (30, 65536)
+    assert luks2.default_argon2_cost(2, time=8, measure=slow) == (8, int(2.0 / (8 * 1e-6)))
+
+
+def test_default_argon2_cost_measures_this_machine():
+    time, memory = luks2.default_argon2_cost(1, target=0.05)  # the real derivation, a tiny target
+    assert time == 4 and luks2.MIN_ARGON2_MEMORY_KIB <= memory < 64 << 10
+
+
+def test_create_without_cost_options_benchmarks(plain, tmp_path, monkeypatch):
+    """The default keyslot is measured here (tiny target so the test stays quick), and cryptsetup reads it."""
+    from siffs.cli.main import main  # noqa: PLC0415
+
+    monkeypatch.setattr(luks2, "TARGET_UNLOCK_SECONDS", 0.05)
+    monkeypatch.setenv("SIFFS_ENCRYPTION_PASSPHRASE", "cost horse")
+    sif = tmp_path / "cost.sif"
+    assert main(["-q", "create", "--encrypt", "--format", "luks2", "--passphrase", str(sif), str(plain)]) == 0
+    from siffs.sif import Image  # noqa: PLC0415
+
+    with Image.open(sif) as image:
+        d = image.primary_partition()
+        container = tmp_path / "container"
+        container.write_bytes(image.read(d))
+    kdf = luks_json(container)["keyslots"]["0"]["kdf"]
+    assert kdf["type"] == "argon2id" and kdf["time"] == 4 and kdf["memory"] < 64 << 10
+    assert kdf["cpus"] == min(4, os.cpu_count() or 1)
+    subprocess.run(
+        [require_tool("cryptsetup"), "open", "--test-passphrase", "--key-file", "-", str(container)],
+        input=b"cost horse",
+        check=True,
+    )

@@ -172,3 +172,42 @@ def test_apptainer_images_need_their_key():
 def test_pem_text_from_apptainers_variable(luks_pem):
     env = dict(os.environ, APPTAINER_ENCRYPTION_PEM_DATA=luks_pem.pem.read_text())
     assert "big.bin" in siffs("ls", luks_pem.sif, "/data", env=env, check=True).stdout.split()
+
+
+@pytest.mark.parametrize("kind", ["luks_pass", "goc_pem"])
+def test_instance_start_takes_the_key_options(kind, request, tmp_path):
+    image = request.getfixturevalue(kind)
+    env = {
+        "HOME": user_dir(tmp_path, "home"),
+        "PATH": "/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": user_dir(tmp_path, "run"),
+    }
+    key_args = image.key_args()
+    if image.pem is not None:  # the test user's own copy of the key
+        key = Path(user_dir(tmp_path, "key")) / "rsa.pem"
+        key.write_bytes(image.pem.read_bytes())
+        os.chown(key, ensure_user().pw_uid, ensure_user().pw_gid)
+        key_args = ["--pem-path", str(key)]
+    siffs_start = [sys.executable, "-m", "siffs", "instance", "start", "--allow-unsigned"]
+    start = [*siffs_start, *key_args, image.sif]
+    # No key: refused in one line, as run refuses it.
+    refused = as_user(*siffs_start, image.sif, "enc", env=env)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [
+        f"siffs: {image.sif}: image is encrypted: give --passphrase or --pem-path"
+    ]
+    # A passphrase typed on standard input is read before the supervisor leaves the terminal.
+    started = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), *start, "enc"],
+        input=(image.passphrase or b"") + b"\n",
+        capture_output=True,
+        check=False,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        inside = as_user(sys.executable, "-m", "siffs", "exec", "instance://enc", "cat", "/data/one", env=env)
+        assert inside.returncode == 0 and inside.stdout == "x", inside.stderr
+    finally:
+        stopped = as_user(sys.executable, "-m", "siffs", "instance", "stop", "enc", env=env)
+    assert stopped.returncode == 0, stopped.stderr

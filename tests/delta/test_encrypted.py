@@ -1,0 +1,327 @@
+"""Delta updates of encrypted images (LUKS2 and gocryptfs) through a real nginx.
+
+The images are built by ``siffs create --encrypt`` (the crypt tests check those against the real
+cryptsetup and gocryptfs) from two versions of a tree, signed, and published into one encrypted
+store; a copy of version 1 is then updated to version 2 with ``siffs pull``. The oracle is the
+publisher's file itself: byte for byte, with a verified signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from siffs.crypt.errors import CryptError
+from siffs.crypt.keys import KeyMaterial
+from siffs.delta import caibx, chunker
+from siffs.delta.chunker import Chunker, ChunkSizes
+from siffs.delta.encrypted import _HEAD, SEALED_SUFFIX, STORE_KEY_FILE, parse_index
+from siffs.delta.errors import DeltaError
+from siffs.delta.keyed import StoreKeys, secret_of
+from tests.delta.conftest import Nginx, SignedImages, _tree, vector
+from tests.support.images import require_tool
+from tests.support.mounts import siffs
+
+PASSPHRASE = "delta horse"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two signed versions of one encrypted image and the key options that open them."""
+
+    old: Path
+    new: Path
+    key_args: tuple[str, ...]
+    env: dict[str, str]
+    public_key: Path
+
+
+def _squashfs(tmp: Path, version: int) -> Path:
+    tree = _tree(tmp / f"tree{version}", version)
+    out = tmp / f"v{version}.squashfs"
+    options = ["-noappend", "-quiet", "-no-progress", "-all-root", "-mkfs-time", "0", "-all-time", "0"]
+    subprocess.run([require_tool("mksquashfs"), tree, out, *options], check=True)
+    return out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "ENCRYPTION" not in k}
+    return env | extra
+
+
+@pytest.fixture(scope="session", params=["luks2-pass", "luks2-pem", "gocryptfs-pass"])
+def pair(request: pytest.FixtureRequest, signed_images: SignedImages, tmp_path_factory) -> Pair:
+    kind, key = request.param.split("-")
+    tmp = tmp_path_factory.mktemp(f"enc-{request.param}")
+    env = _env(SIFFS_ENCRYPTION_PASSPHRASE=PASSPHRASE)
+    build_key: tuple[str, ...] = ("--passphrase",)
+    key_args: tuple[str, ...] = ("--passphrase",)
+    if key == "pem":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (tmp / "rsa.pem").write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        (tmp / "rsa.pub.pem").write_bytes(
+            private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        )
+        build_key, key_args, env = (
+            ("--pem-path", str(tmp / "rsa.pub.pem")),
+            ("--pem-path", str(tmp / "rsa.pem")),
+            _env(),
+        )
+    images = []
+    for version in (1, 2):
+        sif = tmp / f"{kind}-v{version}.sif"
+        cost = ("--kdf-memory", "8", "--kdf-time", "4") if kind == "luks2" else ()
+        siffs(
+            "-q", "create", "--encrypt", "--format", kind, *cost, *build_key, sif, _squashfs(tmp, version),
+            env=env, check=True,
+        )  # fmt: skip
+        siffs("-q", "sign", sif, "--key", signed_images.private_key, check=True)
+        images.append(sif)
+    return Pair(images[0], images[1], key_args, env, signed_images.public_key)
+
+
+def _publish(pair: Pair, nginx: Nginx) -> str:
+    store = nginx.root / "default.castr"
+    for sif in (pair.old, pair.new):
+        index = nginx.root / f"{sif.name}.caibx"
+        siffs(
+            "-q",
+            "delta",
+            "make",
+            sif,
+            "--store",
+            store,
+            "--index",
+            index,
+            *pair.key_args,
+            env=pair.env,
+            check=True,
+        )
+    return f"{nginx.url}/{pair.new.name}.caibx"
+
+
+def _pull(
+    pair: Pair, dest: Path, url: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return siffs(
+        "pull",
+        "--json",
+        "--key",
+        pair.public_key,
+        *extra,
+        dest,
+        url,
+        env=env if env is not None else pair.env,
+    )
+
+
+def test_update_by_delta_is_byte_identical_and_verified(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    dest = tmp_path / "mine.sif"
+    shutil.copy(pair.old, dest)
+    nginx.clear_log()
+    result = _pull(pair, dest, url, *pair.key_args)
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == pair.new.read_bytes()
+    report = json.loads(result.stdout)
+    assert report["signers"]  # the normal signature verification passed
+    assert report["reused"][str(dest)] > 0.7 * report["size"] - (16 << 20)
+    sealed = [p for _, p, _ in nginx.requests() if p.endswith(SEALED_SUFFIX)]
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    assert 0 < len(sealed) < len(index.plain.chunks) / 3  # only what the old version lacks
+    # Nothing but the seed's missing chunks: a pull without a seed fetches every sealed chunk.
+    fresh = tmp_path / "fresh.sif"
+    nginx.clear_log()
+    assert _pull(pair, fresh, url, *pair.key_args).returncode == 0
+    assert fresh.read_bytes() == pair.new.read_bytes()
+    fetched = {p for _, p, _ in nginx.requests() if p.endswith(SEALED_SUFFIX)}
+    assert len(fetched) == len({c.id for c in index.plain.chunks})
+
+
+def test_store_holds_no_plaintext_and_names_are_keyed(tmp_path, nginx: Nginx, pair: Pair):
+    _publish(pair, nginx)
+    store = nginx.root / "default.castr"
+    sealed = list(store.rglob(f"*{SEALED_SUFFIX}"))
+    plain_chunks = list(store.rglob("*.cacnk"))
+    assert sealed and (store / STORE_KEY_FILE).exists()
+    # Contents of the tree (incompressible, stored verbatim in the SquashFS) appear in no stored file.
+    probes = [vector(30000 + 997 * i, f"file{i}".encode())[1000:1064] for i in range(0, 40, 5)]
+    for path in sealed + plain_chunks:
+        data = path.read_bytes()
+        assert not any(p in data for p in probes), path
+    # Names are keyed MACs: the plain SHA-512/256 of a sealed chunk's plaintext is nowhere in the store.
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    names = {c.id for c in index.plain.chunks}
+    assert len(names) == len(
+        {p.name.split(".")[0] for p in sealed if bytes.fromhex(p.name.split(".")[0]) in names}
+    )
+
+
+def test_wrong_key_is_exit_13_with_one_line(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    dest = tmp_path / "mine.sif"
+    shutil.copy(pair.old, dest)
+    if "--pem-path" in pair.key_args:
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        wrong = tmp_path / "other.pem"
+        wrong.write_bytes(
+            other.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        result = _pull(pair, dest, url, "--pem-path", str(wrong))
+        expected = "this key cannot decrypt"
+    else:
+        result = _pull(pair, dest, url, "--passphrase", env=_env(SIFFS_ENCRYPTION_PASSPHRASE="wrong horse"))
+        expected = "wrong passphrase or key"
+    assert result.returncode == 13, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+    assert dest.read_bytes() == pair.old.read_bytes()
+    no_key = _pull(pair, dest, url, env=_env())
+    assert no_key.returncode == 13 and "give --passphrase or --pem-path" in no_key.stderr
+    assert not list(tmp_path.glob(".mine.sif.*"))  # nothing half-written left beside DEST
+
+
+def test_tampered_chunk_is_caught(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    dest = tmp_path / "mine.sif"
+    shutil.copy(pair.old, dest)
+    # A chunk of the new version that the old one lacks: the pull must fetch it.
+    old_index = parse_index((nginx.root / f"{pair.old.name}.caibx").read_bytes(), "test")
+    target = next(c for c in index.plain.chunks if c.id not in {o.id for o in old_index.plain.chunks})
+    path = nginx.root / "default.castr" / target.id.hex()[:4] / f"{target.id.hex()}{SEALED_SUFFIX}"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    result = _pull(pair, dest, url, *pair.key_args)
+    assert result.returncode == 15, result.stderr
+    assert target.id.hex() in result.stderr and "fails authentication" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert dest.read_bytes() == pair.old.read_bytes()
+
+
+def test_interrupted_pull_leaves_dest_untouched_and_resumes(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    old_index = parse_index((nginx.root / f"{pair.old.name}.caibx").read_bytes(), "test")
+    new_ids = [c.id for c in index.plain.chunks if c.id not in {o.id for o in old_index.plain.chunks}]
+    assert len(new_ids) >= 2
+    last = new_ids[-1]
+    path = nginx.root / "default.castr" / last.hex()[:4] / f"{last.hex()}{SEALED_SUFFIX}"
+    hidden = path.with_name(path.name + ".away")
+    path.rename(hidden)
+    dest = tmp_path / "mine.sif"
+    shutil.copy(pair.old, dest)
+    result = _pull(pair, dest, url, *pair.key_args)
+    assert result.returncode == 12 and "missing" in result.stderr, result.stderr
+    assert dest.read_bytes() == pair.old.read_bytes()
+    hidden.rename(path)
+    nginx.clear_log()
+    result = _pull(pair, dest, url, *pair.key_args)
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == pair.new.read_bytes()
+    fetched = [p for _, p, _ in nginx.requests() if p.endswith(SEALED_SUFFIX)]
+    assert fetched == [f"/default.castr/{last.hex()[:4]}/{last.hex()}{SEALED_SUFFIX}"]  # the rest was kept
+    assert json.loads(result.stdout)["resumed_bytes"] > 0
+
+
+def test_unsigned_result_is_refused_without_a_trusted_key(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    dest = tmp_path / "mine.sif"
+    shutil.copy(pair.old, dest)
+    stranger = tmp_path / "stranger.pem"
+    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
+
+    stranger.write_bytes(
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    result = siffs("pull", "--key", stranger, *pair.key_args, dest, url, env=pair.env)
+    assert result.returncode == 7, result.stderr
+    assert dest.read_bytes() == pair.old.read_bytes()
+
+
+def test_keyed_chunker_table():
+    data = vector(1 << 20)
+    sizes = ChunkSizes.from_average(16384)
+
+    def ends(table: np.ndarray | None) -> list[int]:
+        view, out, end = memoryview(data), [], 0
+        pos = [0]
+
+        def read(n: int) -> bytes:
+            chunk = bytes(view[pos[0] : pos[0] + n])
+            pos[0] += len(chunk)
+            return chunk
+
+        for piece in Chunker(sizes, table).split(read):
+            end += len(piece)
+            out.append(end)
+        return out
+
+    assert ends(chunker._TABLE) == ends(None)  # the parameter is the table, nothing else
+    index = caibx.parse(caibx.encode(sizes, True, []))
+    assert index.blob_size == 0
+    keyed = ends(StoreKeys.from_secret(b"k" * 32).table)
+    other = ends(StoreKeys.from_secret(b"j" * 32).table)
+    assert keyed[-1] == other[-1] == len(data)
+    assert len(set(keyed) & set(ends(None))) < len(keyed) // 4  # cut points depend on the key
+    assert keyed != other
+
+
+def test_index_parser_fuzz(tmp_path, pair: Pair):
+    """Damaged encrypted indexes and store key descriptions raise the documented errors, nothing else."""
+    index = tmp_path / "index.caibx"
+    siffs(
+        "-q", "delta", "make", pair.new, "--store", tmp_path / "store", "--index", index, *pair.key_args,
+        env=pair.env, check=True,
+    )  # fmt: skip
+    data = index.read_bytes()
+    size = _HEAD.unpack_from(data)[2]
+    meta = json.loads(data[_HEAD.size : _HEAD.size + size])
+    rng = random.Random(14)
+    odd = [None, -1, 2**80, 1e400, "x", [], {}, [[0, -5, 0, 0]], [[1, 2]], True, "zz"]
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                mutated[rng.randrange(min(len(mutated), _HEAD.size + size + 200))] = rng.randrange(256)
+            if rng.random() < 0.2:
+                mutated = mutated[: rng.randrange(len(mutated))]
+            candidate = bytes(mutated)
+        else:
+            changed = dict(meta, **{rng.choice(list(meta)): rng.choice(odd)})
+            text = json.dumps(changed).encode()
+            candidate = _HEAD.pack(b"SIFFSEIX", 1, len(text)) + text + data[_HEAD.size + size :]
+        with contextlib.suppress(DeltaError):
+            parse_index(candidate, "fuzz")
+    material = KeyMaterial(passphrase=b"x")
+    for _ in range(40):  # a valid description costs one scrypt
+        described = dict(
+            meta["store_key"],
+            **{rng.choice(["type", "salt", "n", "r", "p", "check", "message"]): rng.choice(odd)},
+        )
+        with contextlib.suppress(DeltaError, CryptError):
+            secret_of(described, material)
