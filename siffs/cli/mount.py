@@ -26,7 +26,7 @@ PASSTHROUGH = {"allow_other", "allow_root", "auto_unmount", "noexec"}
 #: Options siffs handles itself.
 OWN = {"uid", "gid", "nonempty", "cache_size"}
 #: Default ``cache_size`` in MiB.
-DEFAULT_CACHE_MIB = 8
+DEFAULT_CACHE_MIB = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,8 +122,8 @@ def cmd_mount(args: argparse.Namespace) -> None:
     mount_point = check_mount_point(args.mount_point, allow_nonempty="nonempty" in options)
     # Decompressed blocks kept (half metadata, half data). The kernel's page cache keeps file
     # contents anyway, so this only needs to cover blocks shared by neighbouring small files and
-    # hot metadata; measured daemon RSS after reading a whole rootfs: 8 MiB -> 45 MiB,
-    # 16 -> 55, 32 -> 78 (README, Performance).
+    # hot metadata; measured daemon RSS after reading a whole rootfs (bench/memory_bench.py):
+    # 2 MiB -> 34 MiB, 4 -> 39, 8 -> 46, 16 -> 55, 32 -> 78 (README, Performance).
     cache_mib = int(options.get("cache_size") or DEFAULT_CACHE_MIB)
     uid, gid = options.get("uid"), options.get("gid")
     request = MountRequest(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import signal
 import sys
@@ -30,12 +29,19 @@ from typing import TYPE_CHECKING
 from siffs.fs import registry
 from siffs.fs.errors import MountError
 
-if TYPE_CHECKING:  # the FUSE binding is imported in the daemon only
+if TYPE_CHECKING:  # the FUSE binding (and logging) is imported in the daemon only
+    import logging
+
     from pyfuse3 import Operations
 
     from siffs.fs.kernelmount import KernelMount
 
-log = logging.getLogger("siffs.fs")
+
+def _log() -> logging.Logger:
+    import logging  # noqa: PLC0415 - see TYPE_CHECKING above
+
+    return logging.getLogger("siffs.fs")
+
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
@@ -47,6 +53,8 @@ def log_path_for(mount_point: str) -> Path:
 
 
 def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = False) -> None:
+    import logging  # noqa: PLC0415 - see TYPE_CHECKING above
+
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -171,23 +179,25 @@ def _daemon_main(
             ready()  # as soon as the mount is live and recorded: the caller may go on
             _detach_stdio(log_file)
             setup_logging(log_file, to_stderr=False)
-            log.info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
+            _log().info("mounted %s at %s (verified by %s)", served.image, mount_point, served.verified_by)
             from siffs.fs.session import serve_mounted  # noqa: PLC0415 - see the module docstring
 
             serve_mounted(ops_factory(), kernel, options)
     except MountError as exc:
-        log.error("%s", exc)
+        _log().error("%s", exc)
         _report(ready_fd, str(exc))
         code = 1
     except Stopped as exc:
-        log.info("received %s while starting: unmounting", exc)
+        _log().info("received %s while starting: unmounting", exc)
     except BaseException as exc:  # the daemon must never die silently
-        log.exception("daemon failed")
+        _log().exception("daemon failed")
         _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
         code = 1
     finally:
         if probe is not None:
             code = _remove_early_mount(mount_point, probe, served) or code
+        import logging  # noqa: PLC0415 - see TYPE_CHECKING above
+
         logging.shutdown()
         os._exit(code)
 
@@ -201,7 +211,7 @@ def _remove_early_mount(mount_point: str, probe: int, served: Served) -> int:
         if not kernelmount.connection_gone(probe):
             kernelmount.unmount(mount_point)
     except MountError as exc:
-        log.error("%s", exc)
+        _log().error("%s", exc)
         code = 1
     finally:
         os.close(probe)
@@ -212,7 +222,7 @@ def _remove_early_mount(mount_point: str, probe: int, served: Served) -> int:
 def finish(mount_point: str, served: Served) -> None:
     """After the mount is gone: drop its record and, for an ephemeral mount, its mount point."""
     registry.forget(mount_point)
-    log.info("unmounted %s", mount_point)
+    _log().info("unmounted %s", mount_point)
     if served.ephemeral:
         with contextlib.suppress(OSError):
             os.rmdir(mount_point)
