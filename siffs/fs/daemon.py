@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import sys
@@ -152,6 +153,7 @@ def _daemon_main(
     kernel: KernelMount | None,
 ) -> None:
     code = 0
+    _close_inherited(keep={ready_fd} | ({kernel.fd} if kernel is not None else set()))
     # A descriptor of our own on the early mount's connection: libfuse closes its copy on the way
     # out, and this one still tells whether the kernel has dropped the mount.
     probe = None if kernel is None else os.dup(kernel.fd)
@@ -200,6 +202,25 @@ def _daemon_main(
 
         logging.shutdown()
         os._exit(code)
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """Close what the command inherited from its own caller (a lock, a pipe), but keep ``keep``.
+
+    The daemon outlives the command by hours: an inherited descriptor would hold a lock its
+    owner believes released, or keep a pipe's reader from ever seeing its end. Python opens its
+    own files close-on-exec, so a descriptor without that flag came from outside (or is one of
+    ``keep``); the image files the daemon serves are siffs' own and stay open.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                inherited = not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            except OSError:
+                continue  # the directory's own descriptor, closed already
+            if inherited:
+                os.close(fd)
 
 
 def _remove_early_mount(mount_point: str, probe: int, served: Served) -> int:

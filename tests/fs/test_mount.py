@@ -214,6 +214,26 @@ def test_signals_unmount_cleanly(image, tmp_path):
         assert not daemons_for(mnt)
 
 
+@pytest.mark.parametrize("early", ["1", "0"])
+def test_the_daemon_keeps_nothing_its_caller_gave_it(image, tmp_path, early):
+    """A pipe (or a lock) the caller of ``siffs mount`` holds is closed in the long-lived daemon:
+    the pipe's reader sees its end as soon as the command has returned."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    read_end, write_end = os.pipe()
+    argv = [sys.executable, "-m", "siffs", "mount", "--allow-unsigned", str(image), str(mnt)]
+    env = dict(os.environ, SIFFS_EARLY_MOUNT=early)
+    try:
+        done = subprocess.run(argv, check=False, pass_fds=(write_end,), env=env, capture_output=True)
+        os.close(write_end)
+        assert done.returncode == 0, done.stderr.decode()
+        os.set_blocking(read_end, False)
+        assert os.read(read_end, 1) == b""  # end of file: nobody holds the write end any more
+    finally:
+        os.close(read_end)
+        siffs("umount", mnt)
+
+
 def test_umount_recovers_after_kill_9(image, tmp_path):
     mnt = tmp_path / "killed"
     mnt.mkdir()
