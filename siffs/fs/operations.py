@@ -37,6 +37,10 @@ _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
 #: Directory entries kept ready-made for readdir when the kernel cannot cache listings (stock
 #: pyfuse3: every readdir reaches the daemon; answering from a prepared list halves its cost).
 LISTING_CACHE_ENTRIES = 65536
+#: How long an idle receive loop waits in poll(2) for the next request before parking in the
+#: event loop (patched binding): long enough to span a reader's think time between requests,
+#: short enough that an idle daemon soon sleeps where other tasks can run.
+POLL_MS = 50
 
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
 
@@ -162,6 +166,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.enable_no_open = self.features.no_open
         self.enable_no_opendir = self.features.no_opendir
         self.receive_before_poll = self.features.receive_first
+        self.receive_poll_ms = POLL_MS if self.features.poll_wait else 0
         # When the kernel caches listings, a directory is read once per mount (or after the
         # kernel dropped it under memory pressure): keeping listings here too would only cost memory.
         self._kernel_keeps_listings = self.features.no_opendir or self.features.cache_dir
