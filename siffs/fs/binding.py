@@ -33,7 +33,7 @@ class Features:
     no_opendir: bool = False
     #: The receive loop reads queued requests before polling: 2 system calls per request, not 5.
     receive_first: bool = False
-    #: With receive_first, an idle loop waits for the next request in poll(2) outside the
+    #: With receive_first (implied), an idle loop waits for the next request in poll(2) outside the
     #: event loop before parking in trio (a lock, an epoll registration and a scheduler pass
     #: per request, more than a cheap request costs): one reader at a time is served faster.
     poll_wait: bool = False

@@ -165,7 +165,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.enable_cache_symlinks = self.features.cache_symlinks
         self.enable_no_open = self.features.no_open
         self.enable_no_opendir = self.features.no_opendir
-        self.receive_before_poll = self.features.receive_first
+        # The poll wait is part of the non-blocking receive loop: asking for it asks for both.
+        self.receive_before_poll = self.features.receive_first or self.features.poll_wait
         self.receive_poll_ms = POLL_MS if self.features.poll_wait else 0
         # When the kernel caches listings, a directory is read once per mount (or after the
         # kernel dropped it under memory pressure): keeping listings here too would only cost memory.
