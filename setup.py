@@ -9,7 +9,9 @@ native module, next to the Python code that is its fallback and its oracle in th
 from setuptools import Extension, setup
 
 #: (importable module name, C sources). Add one entry per native module.
-NATIVE: list[tuple[str, list[str]]] = []
+NATIVE: list[tuple[str, list[str]]] = [
+    ("siffs.squashfs._directory", ["siffs/squashfs/_directory.c"]),
+]
 
 setup(
     ext_modules=[
