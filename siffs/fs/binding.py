@@ -33,6 +33,10 @@ class Features:
     no_opendir: bool = False
     #: The receive loop reads queued requests before polling: 2 system calls per request, not 5.
     receive_first: bool = False
+    #: With receive_first (implied), an idle loop waits for the next request in poll(2) outside the
+    #: event loop before parking in trio (a lock, an epoll registration and a scheduler pass
+    #: per request, more than a cheap request costs): one reader at a time is served faster.
+    poll_wait: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -48,6 +52,7 @@ def available() -> Features:
         no_open=hasattr(ops, "enable_no_open"),
         no_opendir=hasattr(ops, "enable_no_opendir"),
         receive_first=hasattr(ops, "receive_before_poll"),
+        poll_wait=hasattr(ops, "receive_poll_ms"),
     )
 
 

@@ -37,6 +37,10 @@ _DOT_COOKIE, _DOTDOT_COOKIE = 1, 2
 #: Directory entries kept ready-made for readdir when the kernel cannot cache listings (stock
 #: pyfuse3: every readdir reaches the daemon; answering from a prepared list halves its cost).
 LISTING_CACHE_ENTRIES = 65536
+#: How long an idle receive loop waits in poll(2) for the next request before parking in the
+#: event loop (patched binding): long enough to span a reader's think time between requests,
+#: short enough that an idle daemon soon sleeps where other tasks can run.
+POLL_MS = 50
 
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
 
@@ -161,7 +165,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.enable_cache_symlinks = self.features.cache_symlinks
         self.enable_no_open = self.features.no_open
         self.enable_no_opendir = self.features.no_opendir
-        self.receive_before_poll = self.features.receive_first
+        # The poll wait is part of the non-blocking receive loop: asking for it asks for both.
+        self.receive_before_poll = self.features.receive_first or self.features.poll_wait
+        self.receive_poll_ms = POLL_MS if self.features.poll_wait else 0
         # When the kernel caches listings, a directory is read once per mount (or after the
         # kernel dropped it under memory pressure): keeping listings here too would only cost memory.
         self._kernel_keeps_listings = self.features.no_opendir or self.features.cache_dir

@@ -17,9 +17,11 @@ scanned whole for one name.
 from __future__ import annotations
 
 import bisect
+import importlib
 import itertools
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from siffs.squashfs import metadata
@@ -27,6 +29,12 @@ from siffs.squashfs.cache import LruCache
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.inode import DirLocation
 from siffs.squashfs.metadata import MetadataReader
+
+#: (data, linear offset, listing length) -> (names, refs, starts, cookies), or None to leave the
+#: segment to the Python parser (see _directory.c).
+NativeParser = Callable[
+    [bytes, int, int], tuple[tuple[bytes, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None
+]
 
 _HEADER = struct.Struct("<IIi")  # count - 1, inode-table block, base inode number
 _ENTRY = struct.Struct("<HhHH")  # offset in that block, inode number delta, type, name size - 1
@@ -37,6 +45,22 @@ MAX_NAME = 256
 #: The stored directory size counts 3 bytes more than the listing (the kernel's "." and ".."
 #: positions); cookies use the same shift, so they never collide with 0, 1 and 2.
 SIZE_BIAS = 3
+#: Segments up to this size are copied out whole and parsed by the native parser; a packer's
+#: segments are about one metadata block (a basic directory's whole listing is at most 64 KiB).
+#: Longer ones, which only a damaged or unusual image has, stay with the streaming Python parser.
+NATIVE_SEGMENT_MAX = 1 << 16
+
+
+def _native_parser() -> NativeParser | None:
+    """siffs.squashfs._directory.parse_segment, unless not built or SIFFS_NO_NATIVE=1."""
+    if os.environ.get("SIFFS_NO_NATIVE") == "1":
+        return None
+    try:
+        native = importlib.import_module("siffs.squashfs._directory")
+    except ImportError:
+        return None
+    parse: NativeParser = native.parse_segment
+    return parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,10 @@ class Listing:
             linear = self._index.offsets[i]
             pos, offset = self._table + self._index.blocks[i], (self._loc.offset + linear) % metadata.SIZE
         end = self._index.offsets[i + 1] if i + 1 < len(self._index.offsets) else self._length
+        if native_parse is not None and 0 < end - linear <= NATIVE_SEGMENT_MAX:
+            parsed = native_parse(self._meta.cursor(pos, offset).read(end - linear), linear, self._length)
+            if parsed is not None:
+                return Segment(*parsed)
         names: list[bytes] = []
         refs: list[int] = []
         starts: list[int] = []
@@ -165,3 +193,7 @@ class Listing:
                 linear += _ENTRY.size + name_size + 1
                 cookies.append(linear + SIZE_BIAS)
         return Segment(tuple(names), tuple(refs), tuple(starts), tuple(cookies))
+
+
+#: The native segment parser, or None: the Python loop in Listing._parse then does all the work.
+native_parse = _native_parser()

@@ -49,6 +49,13 @@ R = TypeVar("R")
 _INODE_COST = 400
 _ID_RECORD = struct.Struct("<I")
 _EXPORT_RECORD = struct.Struct("<Q")
+#: An inode reference has 48 bits (block start << 16 | offset in the block). The bits above it,
+#: in the table of known inodes, say what an xattr request needs (none, unsupported, or the
+#: attribute set's index + _XATTR_BASE): xattr requests, which the kernel never caches, then
+#: need no inode decoded, even after the inode left the cache.
+_REF_BITS = 48
+_REF_MASK = (1 << _REF_BITS) - 1
+_NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +98,9 @@ class SquashFS:
             self._export = LookupTable(meta, sb.export_table, sb.inode_count, _EXPORT_RECORD, "export")
         self._xattrs = XattrTable(meta, sb, self._meta_cache)
         self._data = DataReader(meta, sb, fragments, self._meta_cache, self._data_cache)
-        # inode number -> on-disk reference, learned from lookups and listings. Plain dict
-        # reads and writes are atomic under the GIL, and a race only stores the same value.
+        # inode number -> on-disk reference and xattr code (see _REF_BITS), learned from lookups
+        # and listings. Plain dict reads and writes are atomic under the GIL, and a race only
+        # stores the same value.
         self._refs: dict[int, int] = {}
         root = self._inode_at(sb.root_inode_ref)
         if root.dir is None:
@@ -140,18 +148,29 @@ class SquashFS:
     # --- inodes ---------------------------------------------------------------------------
 
     def _inode_at(self, ref: int) -> Inode:
+        if ref >> _REF_BITS:
+            raise CorruptImage(f"inode reference {ref:#x} has more than 48 bits; the image is damaged")
         inode = self._meta_cache.get_or_load(
             ("i", ref),
             lambda: read_inode(self._meta, self.superblock, self._ids, self._xattrs, ref),
             _inode_cost,
         )
-        self._refs.setdefault(inode.stat.ino, ref)
+        if inode.stat.ino not in self._refs:
+            self._refs[inode.stat.ino] = ref | self._xattr_code(inode) << _REF_BITS
         return inode
 
+    def _xattr_code(self, inode: Inode) -> int:
+        """What listxattr answers for ``inode``, in the form kept beside its reference."""
+        if self.superblock.xattr_table == NO_TABLE and (
+            inode.extended or inode.dir is not None or inode.target is not None
+        ):
+            return _XATTRS_UNSUPPORTED
+        return _NO_XATTRS if inode.xattr is None else _XATTR_BASE + inode.xattr
+
     def _ref(self, ino: int) -> int:
-        ref = self._refs.get(ino)
-        if ref is not None:
-            return ref
+        known = self._refs.get(ino)
+        if known is not None:
+            return known & _REF_MASK
         if self._export is None or not 1 <= ino <= self.superblock.inode_count:
             raise NotFound(f"inode {ino} is not known yet; reach it by lookup or readdir first")
         ref = int(self._export.get(ino - 1)[0])
@@ -239,19 +258,27 @@ class SquashFS:
         xattr operations (directories, symlinks, every extended inode) and an empty list for the
         others (basic files, devices, FIFOs, sockets): so does this, with ``XattrsUnsupported``.
         """
-        inode = self._inode(ino)
-        if self.superblock.xattr_table == NO_TABLE and (
-            inode.extended or inode.dir is not None or inode.target is not None
-        ):
+        code = self._xattr_code_of(ino)
+        if code == _XATTRS_UNSUPPORTED:
             raise XattrsUnsupported(f"the image has no extended attributes (inode {ino})")
-        return [name for name, _ in self._xattrs.pairs(inode.xattr)]
+        return [name for name, _ in self._xattrs.pairs(None if code == _NO_XATTRS else code - _XATTR_BASE)]
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         """Value of extended attribute ``name``; ``NoSuchAttribute`` if the inode has none of that name."""
-        for key, value in self._xattrs.pairs(self._inode(ino).xattr):
-            if key == name:
-                return value
+        code = self._xattr_code_of(ino)
+        if code >= _XATTR_BASE:
+            for key, value in self._xattrs.pairs(code - _XATTR_BASE):
+                if key == name:
+                    return value
         raise NoSuchAttribute(f"inode {ino} has no extended attribute {name!r}")
+
+    def _xattr_code_of(self, ino: int) -> int:
+        """The xattr code of inode ``ino``, decoding the inode only if it was never seen."""
+        known = self._refs.get(ino)
+        if known is None:
+            self._inode(ino)  # learns it (or raises NotFound / CorruptImage)
+            known = self._refs[ino]
+        return known >> _REF_BITS
 
     def statfs(self) -> FsStats:
         """Filesystem figures, as ``statfs`` on the kernel mount shows them."""

@@ -14,6 +14,8 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 
 from siffs.fs import binding
 from siffs.sif import Image
-from tests.support.mounts import kernel_mount, siffs, siffs_mount
+from tests.support.mounts import daemons_for, is_mounted, kernel_mount, siffs, siffs_mount
 from tests.support.trees import assert_same_tree, snapshot
 
 HAVE = binding.available()
@@ -61,6 +63,40 @@ def test_same_tree_with_each_feature_set(features, image, tmp_path, monkeypatch)
         warm = snapshot(m)  # now from whatever the kernel was allowed to cache
     assert_same_tree(cold, expected)
     assert_same_tree(warm, expected)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_a_busy_receive_loop(sig, image, tmp_path):
+    # A reader keeps the daemon's loop answering one request after another, so the signal
+    # arrives while the loop waits in poll(2) outside the event loop (patch 0006) or is parked
+    # in trio (stock): either way the daemon unmounts and exits.
+    with siffs_mount(image, tmp_path / "mnt") as m:
+        pid = _daemon_pid(m)
+        stop = threading.Event()
+        answered = []
+
+        def ask() -> None:
+            while not stop.is_set():
+                try:
+                    os.listxattr(m / "data" / "one", follow_symlinks=False)
+                except OSError:
+                    return  # unmounted under the reader
+                answered.append(1)
+
+        reader = threading.Thread(target=ask)
+        reader.start()
+        try:
+            while len(answered) < 200:
+                time.sleep(0.01)
+            os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while (is_mounted(m) or daemons_for(m)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            reader.join(timeout=30)
+        assert not is_mounted(m)
+        assert not daemons_for(m)
 
 
 def _daemon_pid(mount_point: Path) -> int:

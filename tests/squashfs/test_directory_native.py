@@ -1,0 +1,90 @@
+"""The native directory-segment parser (siffs/squashfs/_directory.c) against the Python parser.
+
+The Python parser is the oracle: every directory of the corpus images must list and look up
+the same with and without the native one, and so must damaged images (the same entries or the
+same error), since the native parser hands anything malformed back to the Python one.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from siffs.squashfs import SquashFS, SquashfsError, directory, walk
+from siffs.squashfs.superblock import SIZE, Superblock
+from tests.support.squashfs_corpus import SPECS
+
+pytestmark = pytest.mark.skipif(
+    directory.native_parse is None, reason="native parser not built (pip install -e . builds it)"
+)
+
+MAIN = [name for name, spec in SPECS.items() if spec.tree == "main"]
+Outcome = list[tuple[bytes, tuple[tuple[bytes, int, int, int | None], ...]]] | tuple[str, str]
+
+
+def listings(image: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> Outcome:
+    """Every directory's (name, inode, cookie, inode found by lookup) entries; or the error."""
+    monkeypatch.setattr(directory, "native_parse", directory.native_parse if native else None)
+    out = []
+    try:
+        with SquashFS.open(image) as fs:  # a new reader: every segment parsed afresh
+            for path, st in walk(fs):
+                if st.mode & 0o170000 != 0o040000:
+                    continue
+                entries = []
+                for name, a, cookie in fs.readdir(st.ino):
+                    found = fs.lookup(st.ino, name)
+                    entries.append((name, a.ino, cookie, None if found is None else found.ino))
+                out.append((path, tuple(entries)))
+    except SquashfsError as e:
+        return (type(e).__name__, str(e))
+    return out
+
+
+@pytest.mark.parametrize("name", [*MAIN, "mk-bigdir"])
+def test_same_listings_as_the_python_parser(name, corpus, monkeypatch):
+    image = corpus.image(name)
+    native = listings(image, monkeypatch, native=True)
+    assert isinstance(native, list) and sum(len(entries) for _, entries in native) > 2500
+    assert all(ino == found for _, entries in native for _, ino, _, found in entries)
+    assert native == listings(image, monkeypatch, native=False)
+
+
+def test_same_answers_on_damaged_directory_tables(corpus, monkeypatch, tmp_path):
+    pristine = corpus.image("mk-gzip-4k-raw").read_bytes()  # metadata stored uncompressed
+    sb = Superblock.parse(pristine[:SIZE], len(pristine))
+    rng = random.Random(17)
+    damaged = tmp_path / "damaged.sqfs"
+    differing_outcomes = set()
+    for _ in range(60):
+        data = bytearray(pristine)
+        for _ in range(rng.randint(1, 8)):  # bytes of the directory table (compressed blocks)
+            data[rng.randrange(sb.directory_table, sb.fragment_table)] ^= 1 << rng.randrange(8)
+        damaged.write_bytes(data)
+        native = listings(damaged, monkeypatch, native=True)
+        assert native == listings(damaged, monkeypatch, native=False)
+        differing_outcomes.add(repr(native)[:200])
+    assert len(differing_outcomes) > 5  # the damage reached the parsers in many different ways
+
+
+def test_malformed_segments_are_left_to_the_python_parser():
+    parse = directory.native_parse
+    assert parse is not None
+    entry = (0).to_bytes(4, "little") + (7).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    entry += (0x20).to_bytes(2, "little") + (0).to_bytes(2, "little") * 2 + (2).to_bytes(2, "little") + b"abc"
+    assert parse(entry, 0, 100) == ((b"abc",), (7 << 16 | 0x20,), (12,), (26,))
+    assert parse(entry[:-1], 0, 100) is None  # the name runs past the segment
+    assert parse(entry, 0, 12) is None  # the listing is shorter than its entries
+    too_many = (256).to_bytes(4, "little") + entry[4:]
+    assert parse(too_many, 0, 100) is None  # 257 entries in one run
+
+
+def test_no_native_switch():
+    code = "from siffs.squashfs import directory; print(directory.native_parse is None)"
+    env = {"SIFFS_NO_NATIVE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
