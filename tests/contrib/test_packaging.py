@@ -85,3 +85,17 @@ def test_pipx_install(clone, tmp_path, corpus, kernel):
             subprocess.run(["umount", mnt], check=True)
     with kernel("mk-lzo") as k:
         assert_same_tree(actual, snapshot(k))
+
+
+def test_no_merge_conflict_left_in_the_repository():
+    """A conflict committed by mistake (one sat in the README for a whole session) fails here."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    marked = []
+    for name in files.decode().split("\0"):
+        path = REPO / name
+        if not name or not path.is_file() or path.suffix in (".sif", ".img", ".squashfs", ".gz"):
+            continue
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if line.startswith((b"<<<<<<< ", b">>>>>>> ")) or line == b"=======":
+                marked.append(f"{name}:{number}")
+    assert not marked, marked
