@@ -17,11 +17,12 @@ allocation past the memory limit is a bug (``tests/fuzz/run.py`` sets the limits
 The OpenPGP packets inside the armor are GnuPG's to parse (siffs hands them over whole),
 so they are not a target here; GnuPG has its own fuzzing (OSS-Fuzz).
 
-Targets still to plug in, once their parser is in this tree (same shape: a function of
-bytes, the layer's error hierarchy as ``expected``, seeds from ``tests/fuzz/seeds.py``):
+A target still to plug in (same shape: a function of bytes, the layer's error hierarchy as
+``expected``, seeds from ``tests/fuzz/seeds.py``); its parser is fuzzed meanwhile by the random
+loops of ``tests/crypt``:
 
-* ``luks2``: the LUKS2 header parser of ``siffs/crypt/luks2`` (branch h6-crypt:
-  ``read_header(source)``: binary headers, JSON area, keyslots, segments, digests). Entry:
+* ``luks2``: the LUKS2 header parser of ``siffs/crypt/luks2``
+  (``read_header(source)``: binary headers, JSON area, keyslots, segments, digests). Entry:
   ``Target("luks2", lambda data: luks2.read_header(BytesSource(data)), (CryptError, CorruptImage))``
   (``BytesSource`` from ``tests.squashfs.fuzz`` raises ``CorruptImage`` outside the data), and
   in ``seeds.py`` a ``cryptsetup luksFormat --type luks2`` header of a small file (argon2id and
