@@ -41,6 +41,7 @@ from siffs.delta.errors import DeltaError, DeltaIOError, DigestMismatchError, In
 from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient
 from siffs.delta.keyed import StoreKeys, new_description, secret_of
+from siffs.delta.make import MakeReport
 from siffs.delta.plaintext import (
     GOCRYPTFS,
     KINDS,
@@ -247,13 +248,9 @@ def _runs(size: int, step: int = _READ) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
-class MakeReport:
-    index_path: str
-    store: str
-    blob_size: int
-    chunks: int
-    new_chunks: int
-    stored_bytes: int
+class EncryptedMakeReport(MakeReport):
+    """A plain store's report, plus the encryption kind and how many chunks hold plaintext."""
+
     kind: str
     plaintext_chunks: int
 
@@ -287,7 +284,7 @@ def make_encrypted(
     *,
     progress: Progress | None = None,
     notice: Callable[[str], None] = lambda _: None,
-) -> MakeReport:
+) -> EncryptedMakeReport:
     """Publish encrypted ``image``: its rest into the casync store, its plaintext sealed, one index."""
     try:
         os.makedirs(store_dir, exist_ok=True)
@@ -347,7 +344,9 @@ def make_encrypted(
         opened.close()
     write_atomic(index_path, index.encode())
     chunks = len(rest_items) + len(plain_items)
-    return MakeReport(index_path, store_dir, size, chunks, counts[0], counts[1], index.kind, len(plain_items))
+    return EncryptedMakeReport(
+        index_path, store_dir, size, chunks, counts[0], counts[1], index.kind, len(plain_items)
+    )
 
 
 # -- pulling -------------------------------------------------------------------------------------

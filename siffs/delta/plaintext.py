@@ -29,8 +29,10 @@ from siffs.crypt.errors import CorruptEncryption
 from siffs.crypt.keys import KeyMaterial, secret_from_message
 from siffs.crypt.xts import xts
 from siffs.delta.errors import UnsupportedFormatError
+from siffs.open.decrypt import FileInImage
+from siffs.open.decrypt import key_message as linked_message
 from siffs.sif import Descriptor, Image
-from siffs.sif.types import FormatType, FsType, MessageType
+from siffs.sif.types import FsType
 from siffs.source import ByteSource
 from siffs.squashfs.errors import SquashfsError
 from siffs.squashfs.reader import SquashFS
@@ -45,36 +47,14 @@ _RUN = 1 << 20
 
 def key_message(image: Image, d: Descriptor) -> bytes | None:
     """The Cryptographic Message (PEM, RSA-OAEP) linked to partition ``d``, or None (passphrase image)."""
-    for m in image.descriptors:
-        info, link = m.crypt_message, m.link
-        if (
-            info is not None
-            and link is not None
-            and not link.is_group
-            and link.target == d.id
-            and (info.format_type, info.message_type) == (FormatType.PEM, MessageType.RSA_OAEP)
-        ):
-            return image.read(m)
-    return None
+    message = linked_message(image, d)
+    return None if message is None else image.read(message)
 
 
 def encrypted_partition(image: Image) -> Descriptor | None:
     """The primary partition when it is encrypted (fs type 5 or 6), else None."""
     d = image.primary_partition()
     return d if d.partition is not None and d.partition.fs_type in KINDS else None
-
-
-class _FileInImage:
-    """A regular file of a SquashFS as a byte source (the gocryptfs payload in the outer image)."""
-
-    def __init__(self, tree: SquashFS, ino: int, size: int) -> None:
-        self._tree, self._ino, self.size = tree, ino, size
-
-    def pread(self, offset: int, size: int) -> bytes:
-        data = self._tree.read(self._ino, offset, size)
-        if len(data) != size:
-            raise CorruptEncryption(f"the encrypted payload ends before byte {offset + size} (damaged image)")
-        return data
 
 
 @dataclass
@@ -105,7 +85,7 @@ def outer_parts(partition: ByteSource) -> Outer:
         direct = gocryptfs.ExtentSource.covering(partition, extents, payload.size)
         return Outer(
             tree.read(conf.ino, 0, conf.size),
-            direct or _FileInImage(tree, payload.ino, payload.size),
+            direct or FileInImage(tree, payload.ino, payload.size),
             extents,
         )
     except SquashfsError as exc:

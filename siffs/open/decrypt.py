@@ -61,7 +61,7 @@ def decrypted(image: Image, d: Descriptor, sources: SourceFactory, hooks: Hooks)
     return open_gocryptfs(conf, payload, hooks.unlock(), message, notice=hooks.notice)
 
 
-class _FileInImage:
+class FileInImage:
     """One regular file of a SquashFS as a byte source (the gocryptfs payload inside the outer image)."""
 
     def __init__(self, tree: SquashFS, ino: int, size: int) -> None:
@@ -134,4 +134,4 @@ def _gocryptfs_parts(partition: ByteSource, warn: Callable[[str], None]) -> tupl
     from siffs.crypt.gocryptfs import ExtentSource  # noqa: PLC0415
 
     direct = ExtentSource.covering(partition, outer.stored_extents(payloads[0].ino), payloads[0].size)
-    return conf_data, direct or _FileInImage(outer, payloads[0].ino, payloads[0].size)
+    return conf_data, direct or FileInImage(outer, payloads[0].ino, payloads[0].size)
