@@ -31,8 +31,8 @@ from delta_bench import (  # the delta bench's trees, nginx and helpers
     fresh_env,
     log,
     pct,
-    primary_offset,
     timed,
+    unpacked,
     variant,
 )
 
@@ -71,13 +71,7 @@ def main() -> None:
     work, trees = Path(a.work), Path(a.delta_work)
     work.mkdir(parents=True, exist_ok=True)
     trees.mkdir(parents=True, exist_ok=True)
-    tree1 = trees / "tree-v1"
-    if not tree1.exists():
-        log(f"unsquashfs {a.image}")
-        subprocess.run(
-            ["unsquashfs", "-q", "-n", "-d", str(tree1), "-o", str(primary_offset(a.image)), a.image],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+    tree1 = unpacked(a.image, trees / "tree-v1")
     tree2 = variant(tree1, trees / "tree-localised-reverse", "localised", "reverse")
     env = {k: v for k, v in os.environ.items() if "ENCRYPTION" not in k} | {
         "SIFFS_ENCRYPTION_PASSPHRASE": PASSPHRASE

@@ -65,6 +65,17 @@ def primary_offset(sif: str) -> int:
         return image.primary_partition().offset
 
 
+def unpacked(image: str, tree: Path) -> Path:
+    """The tree of ``image``'s primary partition at ``tree`` (unpacked once, kept for later runs)."""
+    if not tree.exists():
+        log(f"unsquashfs {image}")
+        subprocess.run(
+            ["unsquashfs", "-q", "-n", "-d", str(tree), "-o", str(primary_offset(image)), image],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return tree
+
+
 def build_sif(tree: Path, out: Path, comp: str) -> Path:
     squash = out.with_suffix(".squashfs")
     if not out.exists():
@@ -266,13 +277,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    tree1 = work / "tree-v1"
-    if not tree1.exists():
-        log(f"unsquashfs {a.image}")
-        subprocess.run(
-            ["unsquashfs", "-q", "-n", "-d", str(tree1), "-o", str(primary_offset(a.image)), a.image],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+    tree1 = unpacked(a.image, work / "tree-v1")
     e, comp = a.edit, a.comp
     suffix = "" if comp == "zstd" else f"-{comp}"  # zstd: the names of earlier runs
     v1 = build_sif(tree1, work / f"v1{suffix}.sif", comp)
