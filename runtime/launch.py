@@ -36,7 +36,7 @@ from runtime.layout import Layout, plan
 from runtime.metadata import APPS_DIR
 from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
 from runtime.passwd import Identity
-from runtime.paths import host_path, resolve_in
+from runtime.paths import host_path, real_path, resolve_in
 from runtime.request import Request
 from runtime.supervise import linger, restore_signals, wait_for
 
@@ -78,7 +78,7 @@ def env_options(items: list[str]) -> list[tuple[str, str]]:
 
 def prepare(request: Request) -> Prepared:
     """Check and compute everything that can fail cheaply; nothing is mounted yet."""
-    root = os.path.abspath(request.root)
+    root = real_path(request.root)
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")

@@ -22,7 +22,7 @@ from runtime.environment import LIBS_DIR
 from runtime.errors import InvalidRequest
 from runtime.nvidia import NvidiaFiles
 from runtime.passwd import Identity, group_text, passwd_text
-from runtime.paths import host_path, normalise, resolve_in
+from runtime.paths import host_path, normalise, real_path, resolve_in
 from runtime.request import OverlayImage, Request
 
 Kind = Literal["dir", "file"]
@@ -194,7 +194,7 @@ def _checked(spec: str, source: str, dest: str, readonly: bool) -> tuple[str, st
         raise InvalidRequest(f"invalid bind {spec!r}: the destination must be an absolute path")
     if not os.path.exists(source):
         raise InvalidRequest(f"bind source {source} does not exist")
-    return os.path.abspath(source), dest, readonly
+    return real_path(source), dest, readonly
 
 
 def plan(request: Request, who: Identity, gpu: NvidiaFiles) -> Layout:
@@ -279,7 +279,7 @@ def _home(request: Request, who: Identity) -> tuple[str | None, str]:
     """
     if request.home:
         source, _, dest = request.home.partition(":")
-        source = os.path.abspath(source)
+        source = real_path(source)
         if not os.path.isdir(source):
             raise InvalidRequest(f"--home: {source} is not a directory")
         return source, normalise(dest or source)
@@ -316,7 +316,7 @@ def _overlays(layout: Layout, specs: Sequence[str], images: Sequence[OverlayImag
         _add_image(layout, image, image.path)
     for spec in specs:
         path, _, mode = spec.rpartition(":") if spec.endswith((":ro", ":rw")) else (spec, "", "rw")
-        path = os.path.abspath(path)
+        path = real_path(path)
         if not os.path.exists(path):
             raise InvalidRequest(f"--overlay {spec}: {path} does not exist")
         if not os.path.isdir(path):
@@ -361,7 +361,7 @@ def _work_subdir(workdir: str, name: str, mode: int, option: str = "--workdir") 
     """``WORKDIR/name``, created with ``mode`` if missing (on the host, where it outlives the container)."""
     if not os.path.isdir(workdir):
         raise InvalidRequest(f"{option} {workdir}: not a directory")
-    path = os.path.join(os.path.abspath(workdir), name)
+    path = os.path.join(real_path(workdir), name)
     try:
         os.makedirs(path, exist_ok=True)
         if not os.path.isdir(path):

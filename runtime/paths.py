@@ -63,3 +63,13 @@ def resolve_in(root: str, path: str) -> str:
 def host_path(root: str, container_path: str) -> str:
     """Where a resolved container path lives in the tree on the host."""
     return os.path.join(root, container_path.lstrip("/"))
+
+
+def real_path(path: str) -> str:
+    """``path`` with every symlink resolved, as the container's set-up must name it.
+
+    The set-up sees the host under a prefix (``/host`` of its own root), where a symlink with an
+    absolute target (``/var/run``, a CVMFS or home-directory link) would point into the new root
+    instead of the host: resolved here, on the host side, it never has to be followed there.
+    """
+    return os.path.realpath(path)

@@ -23,6 +23,7 @@ from runtime import bundle, envfile, fuselayers, metadata
 from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
 from runtime.launch import env_options, exec_container, run_container
+from runtime.paths import real_path
 from runtime.request import OverlayImage, Request
 from siffs.cli import encrypted, output, runoptions, trust
 from siffs.cli.common import CommandError, exit_code_for
@@ -259,7 +260,7 @@ def _overlay_partitions(image: str, writable: bool, overlays: bool) -> list[Over
     """
     with Image.open(image) as sif:
         found = [
-            OverlayImage(os.path.abspath(image), d.offset, d.size)
+            OverlayImage(real_path(image), d.offset, d.size)
             for d in sif.descriptors
             if (part := d.partition) is not None
             and (part.fs_type, part.part_type) == (FsType.EXT3, PartType.OVERLAY)

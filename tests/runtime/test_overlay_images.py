@@ -299,3 +299,24 @@ def test_root_mapped_fakeroot_cannot_write_a_users_image(siffs, tree, images):
     assert result.stderr.splitlines()[-1].startswith("FATAL: fuse-overlayfs could not mount the overlay")
     assert "--fakeroot without /etc/subuid ranges cannot write a user's image" in result.stderr
     assert _helpers_left() == []
+
+
+def test_paths_through_absolute_symlinks(siffs, tree, images):
+    """The container's set-up sees the host under a prefix, where an absolute symlink (as a CVMFS or
+    a /var/run link is) would point elsewhere: the image, an overlay image, a bind source and the
+    home reached through such links still work."""
+    image = _ext3(images / "linked.img", {"/from-link": "through a link\n"})
+    data = images / "linked-data"
+    data.mkdir(exist_ok=True)
+    (data / "note.txt").write_text("bound through a link\n")
+    os.chmod(data / "note.txt", 0o644)
+    links = images / "links"
+    links.mkdir(exist_ok=True)
+    for name, target in (("image.img", image), ("data", data), ("tree", tree)):
+        link = links / name
+        if not link.is_symlink():
+            link.symlink_to(target.resolve())  # absolute targets
+    script = "cat /from-link /mnt/note.txt"
+    out = _run(siffs, "--overlay", f"{links}/image.img:ro", "-B", f"{links}/data:/mnt", links / "tree",
+               "/bin/sh", "-c", script)  # fmt: skip
+    assert out == "through a link\nbound through a link\n"
