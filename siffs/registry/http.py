@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -92,6 +93,9 @@ class Session:
     _tokens: dict[tuple[str, str, frozenset[str]], _Token] = field(default_factory=dict)
     _auth: str | None = None  # the Authorization header that last worked
     traffic: Traffic = field(default_factory=Traffic)
+    #: Every socket a request used: a response that closes its connection (HTTP/1.0, "Connection:
+    #: close") keeps its socket after http.client forgets it, and ``close`` must reach that too.
+    _sockets: weakref.WeakSet[socket.socket] = field(default_factory=weakref.WeakSet)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -111,12 +115,12 @@ class Session:
         return self._connections[key]
 
     def close(self) -> None:
+        # shutdown first: it wakes a thread blocked reading a body (a download cut short by an
+        # interrupt), which holds the response's buffer lock that closing it would wait for.
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for conn in self._connections.values():
-            # shutdown first: it wakes a thread blocked reading a body (a download cut short by an
-            # interrupt), which holds the response's buffer lock that close() would wait for.
-            if conn.sock is not None:
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
             conn.close()
         self._connections.clear()
 
@@ -154,10 +158,12 @@ class Session:
         all_headers = {"User-Agent": USER_AGENT, **headers}
         try:
             conn.request(method, target, body=body, headers=all_headers)
+            self._sockets.add(conn.sock)
             raw = conn.getresponse()
         except (OSError, http.client.HTTPException):
             conn.close()  # a kept-alive connection the server closed: one fresh try
             conn.request(method, target, body=body, headers=all_headers)
+            self._sockets.add(conn.sock)
             raw = conn.getresponse()
         if parts.scheme == "http" and raw.status == 400:
             text = raw.read(200)
