@@ -82,9 +82,20 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+#: ``write_bytes`` hands the data to the pipe in pieces of this size.
+_PIECE = 1 << 16
+
+
 def write_bytes(data: bytes) -> None:
+    """Binary data to standard output, in pieces, so that Ctrl-C stops it within one piece.
+
+    Python looks at a signal between system calls only when one fails with EINTR; a signal that
+    lands between two writes of one large buffer goes unnoticed until the whole buffer is out.
+    """
     sys.stdout.flush()
-    sys.stdout.buffer.write(data)
+    view = memoryview(data)
+    for start in range(0, len(view), _PIECE):
+        sys.stdout.buffer.write(view[start : start + _PIECE])
 
 
 def interrupt_on_sigterm() -> None:
