@@ -17,7 +17,7 @@ from siffs.cli.main import build_parser
 from siffs.cli.manpage import exit_code_descriptions, pages
 from tests.contrib.conftest import CONTRIB, SIFFS_BIN
 from tests.support.images import require_tool
-from tests.support.mounts import siffs
+from tests.support.mounts import as_at_a_terminal, siffs
 
 MAN = CONTRIB / "man"
 
@@ -83,7 +83,9 @@ def test_help_and_man_page_list_every_exit_code():
 def test_ctrl_c_exits_130_with_one_line(signed_image):
     """A real SIGINT to a real siffs blocked writing a partition into a pipe nobody reads."""
     with subprocess.Popen(
-        [SIFFS_BIN, "dump", "1", signed_image], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        as_at_a_terminal([SIFFS_BIN, "dump", "1", str(signed_image)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as proc:
         assert proc.stdout is not None
         assert len(proc.stdout.read(4096)) == 4096  # it is dumping; the full pipe now holds it

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from siffs.cli.exitcodes import ExitCode
-from tests.support.mounts import siffs
+from tests.support.mounts import as_at_a_terminal, siffs
 from tests.support.registry import scripted_registry
 
 OCI = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
@@ -95,7 +95,7 @@ def test_interrupted_pull_leaves_nothing(sig, home, tmp_path):
             out,
             f"oras://{host}/a/b:1",
         ]
-        proc = subprocess.Popen(argv, env=home, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(as_at_a_terminal(argv), env=home, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not any("blobs" in line for line in seen) and time.monotonic() < deadline:
             time.sleep(0.05)

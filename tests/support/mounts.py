@@ -108,3 +108,17 @@ def siffs_mount(
         deadline = time.monotonic() + 10
         while daemons_for(mount_point) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def as_at_a_terminal(argv: list[str]) -> list[str]:
+    """``argv`` for a command a test interrupts with SIGINT, as Ctrl-C at a terminal does.
+
+    A shell starts background jobs with SIGINT ignored, exec keeps it ignored, and Python then
+    leaves it so: a test run started with ``&`` would see its SIGINT do nothing. The command is
+    started through a one-line shim that gives SIGINT its default action first.
+    """
+    shim = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", shim, *argv]
