@@ -11,14 +11,13 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.crypt.conftest import Encrypted
-from tests.support.mounts import daemons_for, is_mounted, siffs
+from tests.support.mounts import daemons_for, is_mounted, siffs, umount_and_wait
 from tests.support.shared import REPO, SHARED
 from tests.support.trees import assert_same_tree
 from tests.support.users import TEST_USER, ensure_user, user_dir
@@ -47,10 +46,7 @@ def user_mount(enc: Encrypted, mnt: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        siffs("umount", mnt, user=TEST_USER)
-        deadline = time.monotonic() + 10
-        while daemons_for(mnt) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        umount_and_wait(mnt, TEST_USER)
 
 
 def user_snapshot(root: Path) -> dict:

@@ -104,10 +104,15 @@ def siffs_mount(
     try:
         yield mount_point
     finally:
-        siffs("umount", mount_point, user=user)
-        deadline = time.monotonic() + 10
-        while daemons_for(mount_point) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        umount_and_wait(mount_point, user)
+
+
+def umount_and_wait(mount_point: Path, user: str | None = None) -> None:
+    """``siffs umount``, then wait (up to 10 s) until the mount's daemon has exited."""
+    siffs("umount", mount_point, user=user)
+    deadline = time.monotonic() + 10
+    while daemons_for(mount_point) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def as_at_a_terminal(argv: list[str]) -> list[str]:
