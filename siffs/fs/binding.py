@@ -37,6 +37,9 @@ class Features:
     #: event loop before parking in trio (a lock, an epoll registration and a scheduler pass
     #: per request, more than a cheap request costs): one reader at a time is served faster.
     poll_wait: bool = False
+    #: ``pyfuse3.main_sync``: serve in the main thread without an event loop, so the daemon never
+    #: imports trio (most of its start-up time) and a request costs no scheduler pass.
+    sync_loop: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -53,6 +56,7 @@ def available() -> Features:
         no_opendir=hasattr(ops, "enable_no_opendir"),
         receive_first=hasattr(ops, "receive_before_poll"),
         poll_wait=hasattr(ops, "receive_poll_ms"),
+        sync_loop=hasattr(pyfuse3, "main_sync"),
     )
 
 

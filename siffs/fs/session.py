@@ -1,8 +1,11 @@
-"""Serve a mounted FUSE session with pyfuse3 and trio, until unmounted or signalled.
+"""Serve a mounted FUSE session with pyfuse3, until unmounted or signalled.
 
-This is the only module of the daemon that imports the FUSE binding and trio (more than half
-of a mount's start-up time), so ``siffs.fs.daemon`` imports it in the daemon only, after the
-mount exists where the early mount is available (``siffs.fs.kernelmount``).
+This is the only module of the daemon that imports the FUSE binding, so ``siffs.fs.daemon``
+imports it in the daemon only, after the mount exists where the early mount is available
+(``siffs.fs.kernelmount``). The patched binding serves without an event loop
+(``pyfuse3.main_sync``: siffs' handlers never suspend); stock pyfuse3 needs trio, imported
+only then, because importing it takes longer than everything else the daemon does before
+its first request.
 
 SIGTERM, SIGINT and SIGHUP end the session and unmount cleanly (without handlers they
 would kill the daemon and leave a dead mount behind); an external ``fusermount3 -u`` ends
@@ -18,29 +21,44 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyfuse3
-import trio
 
-from siffs.fs import kernelmount, operations, registry
+from siffs.fs import binding, kernelmount, operations, registry
 from siffs.fs.daemon import SIGNALS, Served, finish, not_dumpable
 from siffs.fs.errors import MountError
 
 log = logging.getLogger("siffs.fs")
 
 
-async def _session() -> None:
-    """Serve requests until unmounted or signalled."""
-    async with trio.open_nursery() as nursery:
+def _terminate(signum: int) -> None:
+    log.info("received %s: unmounting", signal.Signals(signum).name)
+    pyfuse3.terminate()
 
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(*SIGNALS) as signals:
-                async for signum in signals:
-                    log.info("received %s: unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
 
-        nursery.start_soon(watch_signals)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
+def _serve_sync() -> None:
+    """Serve in this thread; pyfuse3 delivers signals between requests, where they end the loop."""
+    for signum in SIGNALS:
+        signal.signal(signum, lambda signum, _frame: _terminate(signum))
+    pyfuse3.main_sync()
+
+
+def _serve_trio() -> None:
+    """Serve with stock pyfuse3's event loop; a stop signal ends it the same way."""
+    import trio  # noqa: PLC0415 - stock binding only (see the module docstring)
+
+    async def session() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(*SIGNALS) as signals:
+                    async for signum in signals:
+                        _terminate(signum)
+                        return
+
+            nursery.start_soon(watch_signals)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    trio.run(session)
 
 
 def _fuse_complaint(log_file: Path | None) -> str | None:
@@ -95,7 +113,10 @@ def serve_mounted(ops: pyfuse3.Operations, kernel: kernelmount.KernelMount, opti
 
 def _run(mount_point: str) -> None:
     operations.internal_errors.listener = lambda count: registry.count_internal_errors(mount_point, count)
-    trio.run(_session)
+    if binding.selected().sync_loop:
+        _serve_sync()
+    else:
+        _serve_trio()
 
 
 def run_foreground(

@@ -65,15 +65,27 @@ def test_same_tree_with_each_feature_set(features, image, tmp_path, monkeypatch)
     assert_same_tree(warm, expected)
 
 
+#: The event-loop path on a patched build: every feature but the loop without trio (0007).
+WITH_TRIO = ",".join(name for name in binding.Features.names() if name != "sync_loop")
+
+
+@pytest.mark.parametrize("loop", ["sync", "trio"])
+@pytest.mark.parametrize("busy", [True, False], ids=["busy", "idle"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_a_busy_receive_loop(sig, image, tmp_path):
-    # A reader keeps the daemon's loop answering one request after another, so the signal
-    # arrives while the loop waits in poll(2) outside the event loop (patch 0006) or is parked
-    # in trio (stock): either way the daemon unmounts and exits.
+def test_signal_ends_the_receive_loop(sig, busy, loop, image, tmp_path, monkeypatch):
+    # Busy: a reader keeps the daemon's loop answering one request after another, so the signal
+    # arrives while a request is served (blocked there by main_sync, patch 0007, and delivered
+    # between requests), in its ppoll(2), or while the trio loop waits in poll(2) (0006) or is
+    # parked in trio (stock). Idle: the loop waits for a request. Either way the daemon
+    # unmounts and exits.
+    if loop == "sync" and not HAVE.sync_loop:
+        pytest.skip("stock pyfuse3 has no main_sync (contrib/build-pyfuse3.sh)")
+    if loop == "trio":
+        monkeypatch.setenv(binding.ENV, WITH_TRIO)
     with siffs_mount(image, tmp_path / "mnt") as m:
         pid = _daemon_pid(m)
         stop = threading.Event()
-        answered = []
+        answered = [] if busy else [1] * 200
 
         def ask() -> None:
             while not stop.is_set():
@@ -83,7 +95,7 @@ def test_signal_ends_a_busy_receive_loop(sig, image, tmp_path):
                     return  # unmounted under the reader
                 answered.append(1)
 
-        reader = threading.Thread(target=ask)
+        reader = threading.Thread(target=ask if busy else stop.wait)
         reader.start()
         try:
             while len(answered) < 200:
@@ -97,6 +109,21 @@ def test_signal_ends_a_busy_receive_loop(sig, image, tmp_path):
             reader.join(timeout=30)
         assert not is_mounted(m)
         assert not daemons_for(m)
+
+
+def test_patched_daemon_never_imports_trio(image, tmp_path, monkeypatch):
+    # With main_sync (0007) the daemon serves without an event loop, so trio, most of its
+    # start-up time, is never imported: here a trio that cannot be imported stops any daemon
+    # (or command) that tries.
+    if not HAVE.sync_loop:
+        pytest.skip("stock pyfuse3 needs trio (contrib/build-pyfuse3.sh)")
+    poison = tmp_path / "poison"
+    poison.mkdir()
+    (poison / "trio.py").write_text("raise ImportError('trio imported')\n")
+    monkeypatch.setenv("PYTHONPATH", str(poison))
+    with siffs_mount(image, tmp_path / "mnt") as m:
+        assert os.listxattr(m / "data" / "one", follow_symlinks=False) is not None
+        assert (m / "data" / "one").read_bytes() == b"x"
 
 
 def _daemon_pid(mount_point: Path) -> int:
