@@ -36,9 +36,12 @@ def _terminate(signum: int) -> None:
 
 def _serve_sync() -> None:
     """Serve in this thread; pyfuse3 delivers signals between requests, where they end the loop."""
-    for signum in SIGNALS:
-        signal.signal(signum, lambda signum, _frame: _terminate(signum))
-    pyfuse3.main_sync()
+    before = {signum: signal.signal(signum, lambda signum, _frame: _terminate(signum)) for signum in SIGNALS}
+    try:
+        pyfuse3.main_sync()
+    finally:  # as trio's signal receiver does: the session is closed after this
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _serve_trio() -> None:
