@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -73,3 +74,41 @@ def test_version_loads_no_command_group():
     assert done.stdout.startswith("siffs ")
     loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
     assert not {"trio", "pyfuse3", "cryptography", "siffs.cli.mount", "siffs.cli.verify"} & loaded
+
+
+@pytest.mark.parametrize("words", [["--version"], ["--help"], ["list", "--help"]])
+def test_a_reader_that_goes_away_gets_no_traceback(words):
+    # argparse prints --help and --version itself, before a command runs: the pipe's reader
+    # is gone before siffs writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "siffs", *words], stdout=write_end, stderr=subprocess.PIPE, check=False
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == b""
+    assert done.returncode == 0
+
+
+def test_the_command_exits_fast_with_its_status_and_everything_flushed(tmp_path):
+    # entry() ends the process without interpreter teardown: buffered output, exit handlers
+    # (logging's) and the status a command ends with (SystemExit, as exec's container status)
+    # must all survive that.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "import siffs.cli.main as m\n"
+        "atexit.register(lambda: open(sys.argv[1], 'w').write('ran'))\n"
+        "def fake(argv=None):\n"
+        "    sys.stdout.write('x' * 100000)\n"
+        "    raise SystemExit(7)\n"
+        "m.main = fake\n"
+        "m.entry()\n"
+    )
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True, check=False)
+    assert done.returncode == 7
+    assert done.stdout == b"x" * 100000
+    assert marker.read_text() == "ran"
