@@ -6,13 +6,16 @@
 Without IMAGE, builds the README's 1 MB busybox example image in a temporary directory
 (contrib/example/mkrootfs.py, mksquashfs, ``siffs create``). Each run, in turn:
 
-* ``python3 -c pass`` and ``python3 -c 'import trio, pyfuse3'``: the interpreter and the FUSE
-  stack's imports, the floor under any Python daemon;
+* ``python3 -c pass``, ``python3 -c 'import trio, pyfuse3'`` and ``import pyfuse3`` alone: the
+  interpreter and the FUSE stack's imports, the floor under any Python daemon (the patched
+  pyfuse3 imports trio only for its event loop, which siffs does not use);
 * ``squashfuse_ll`` mounting the same partition (then ``fusermount3 -u``, not timed);
 * ``siffs mount`` (then ``siffs umount``, not timed);
 * ``siffs run IMAGE true`` (mount, run the runscript in the container, unmount);
 * both siffs commands again with ``SIFFS_EARLY_MOUNT=0``: the daemon mounts after importing
-  pyfuse3 and trio, as before the early mount (``siffs.fs.kernelmount``).
+  pyfuse3, as before the early mount (``siffs.fs.kernelmount``);
+* ``siffs run`` with the daemon on trio's event loop (every pyfuse3 patch but 0007's
+  ``main_sync``): what serving without trio saves.
 
 Prints the median and the spread of each, and the 1-minute load average: compare figures of one
 run only (the ratios), the machine may be shared.
@@ -33,9 +36,12 @@ from pathlib import Path
 here = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(here))
 
+from siffs.fs import binding  # noqa: E402
 from siffs.sif import Image  # noqa: E402
 
 PY = str(here / ".venv/bin/python")
+#: Every pyfuse3 patch but 0007: the daemon imports trio and serves in its event loop.
+TRIO_LOOP = ",".join(name for name in binding.Features.names() if name != "sync_loop")
 SIFFS = str(here / ".venv/bin/siffs")
 
 
@@ -54,9 +60,11 @@ def build_example(work: Path) -> Path:
 
 
 def timed(cmd: list[str]) -> float:
+    """Seconds from exec to exit; leading ``NAME=value`` words set the environment, as in sh."""
     env = dict(os.environ)
-    if cmd[0] == "SIFFS_EARLY_MOUNT=0":
-        env["SIFFS_EARLY_MOUNT"], cmd = "0", cmd[1:]
+    while "=" in cmd[0]:
+        name, value = cmd[0].split("=", 1)
+        env[name], cmd = value, cmd[1:]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t
@@ -81,6 +89,7 @@ def main() -> None:
         cases: dict[str, tuple[list[str], list[str] | None]] = {
             "python3 -c pass": ([PY, "-c", "pass"], None),
             "import trio, pyfuse3": ([PY, "-c", "import trio, pyfuse3"], None),
+            "import pyfuse3": ([PY, "-c", "import pyfuse3"], None),
             "squashfuse_ll mount": (
                 ["squashfuse_ll", "-o", f"offset={offset}", str(image), str(mnt)],
                 ["fusermount3", "-u", str(mnt)],
@@ -96,6 +105,10 @@ def main() -> None:
             ),
             "siffs run, old path": (
                 ["SIFFS_EARLY_MOUNT=0", SIFFS, "run", "--allow-unsigned", str(image), "true"],
+                None,
+            ),
+            "siffs run, trio loop": (
+                [f"{binding.ENV}={TRIO_LOOP}", SIFFS, "run", "--allow-unsigned", str(image), "true"],
                 None,
             ),
         }
