@@ -30,7 +30,8 @@ USER_AGENT = f"siffs/{__version__}"
 RETRY_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504, 522})
 ATTEMPTS = 3
 MAX_REDIRECTS = 5
-_TIMEOUT = 60.0
+#: Seconds a connection may wait for the server (to connect, or for the next bytes).
+TIMEOUT = 60.0
 
 
 @dataclass
@@ -50,6 +51,24 @@ class Response:
         if len(data) > limit:
             raise RegistryError(f"{self.url}: response larger than {limit} bytes")
         return data
+
+    def socket_body(self) -> tuple[int, bytes] | None:
+        """The body as the bare socket, for a copy that stays in the kernel (``splice``).
+
+        Returns the socket's descriptor and the body bytes http.client read with the headers
+        (they come first); after them, the next ``Content-Length`` bytes on the socket are the
+        rest of the body, and ``raw.close()`` once they are read leaves the connection reusable.
+        None when the bytes on the socket are not the body itself: https, chunked encoding, an
+        unknown length (the caller reads through ``raw`` then).
+        """
+        raw = self.raw
+        if not (isinstance(raw, http.client.HTTPResponse) and self.url.startswith("http://")):
+            return None
+        if raw.chunked or not raw.length or raw.fp is None:
+            return None
+        buffered = raw.fp.peek()[: raw.length]  # what is buffered (a first read when nothing is)
+        raw.fp.read(len(buffered))  # taken from the buffer: no read from the socket
+        return raw.fp.fileno(), buffered
 
     def error_text(self) -> str:
         """``CODE: message`` of a registry error body (at most 200 characters), or the status."""
@@ -107,10 +126,10 @@ class Session:
         if key not in self._connections:
             if scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    netloc, timeout=_TIMEOUT, context=self._context()
+                    netloc, timeout=TIMEOUT, context=self._context()
                 )
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=_TIMEOUT)
+                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
             self._connections[key] = conn
         return self._connections[key]
 
