@@ -190,7 +190,7 @@ def _receive(
 class _Pipeline:
     """What the reader, writer and hashing threads of ``_receive`` share."""
 
-    def __init__(self, raw: IO[bytes], out: IO[bytes], have: int, size: int) -> None:
+    def __init__(self, raw: http.client.HTTPResponse, out: IO[bytes], have: int, size: int) -> None:
         self.raw, self.out, self.have, self.size = raw, out, have, size
         self.to_hash: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
         self.to_write: queue.Queue[bytes] = queue.Queue(maxsize=8)
@@ -205,6 +205,8 @@ class _Pipeline:
                 got += len(chunk)
                 self.to_write.put(chunk)
                 self.to_hash.put(chunk)
+            if self.raw.length:  # the connection closed short of Content-Length: resumable
+                raise http.client.IncompleteRead(b"", self.raw.length)
             self.to_hash.put(b"")
         except BaseException as exc:  # handed to the hashing thread, which raises it
             self.to_hash.put(exc)

@@ -57,18 +57,17 @@ class Response:
 
         Returns the socket's descriptor and the body bytes http.client read with the headers
         (they come first); after them, the next ``Content-Length`` bytes on the socket are the
-        rest of the body, and ``raw.close()`` once they are read leaves the connection reusable.
-        None when the bytes on the socket are not the body itself: https, chunked encoding, an
-        unknown length (the caller reads through ``raw`` then).
+        rest of the body, and ``raw.close()`` once they are read leaves the connection reusable
+        (it drops this response's buffer; the next response reads the socket afresh). None when
+        the bytes on the socket are not the body itself: https, chunked encoding, an unknown
+        length (the caller reads through ``raw`` then).
         """
         raw = self.raw
         if not (isinstance(raw, http.client.HTTPResponse) and self.url.startswith("http://")):
             return None
         if raw.chunked or not raw.length or raw.fp is None:
             return None
-        buffered = raw.fp.peek()[: raw.length]  # what is buffered (a first read when nothing is)
-        raw.fp.read(len(buffered))  # taken from the buffer: no read from the socket
-        return raw.fp.fileno(), buffered
+        return raw.fp.fileno(), raw.fp.peek()[: raw.length]  # what is buffered (a first read if nothing is)
 
     def error_text(self) -> str:
         """``CODE: message`` of a registry error body (at most 200 characters), or the status."""
