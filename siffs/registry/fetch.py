@@ -283,14 +283,14 @@ def _splice(
     pass over the bytes; this thread waits for the socket in ``poll`` (signals get in).
     """
     fd = out.fileno()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE)
     trail = _Trail(fd, have, h)
     workers = [threading.Thread(target=work, daemon=True) for work in (trail.hash, trail.sync)]
     for worker in workers:
         worker.start()
-    r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE)
         pos = have
         try:
             while buffered:
@@ -300,10 +300,8 @@ def _splice(
             raise _WriteError(exc) from None
         ready = select.poll()
         ready.register(sock, select.POLLIN)
+        trail.wrote(pos)
         while pos < size:
-            trail.wrote(pos)
-            if progress:
-                progress(pos, size)
             try:
                 got = os.splice(sock, w, min(_PIPE, size - pos), flags=os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
@@ -318,6 +316,9 @@ def _splice(
                     pos, got = pos + done, got - done
             except OSError as exc:
                 raise _WriteError(exc) from None
+            trail.wrote(pos)
+            if progress:
+                progress(pos, size)
         trail.wrote(pos, last=True)
         while workers[0].is_alive():
             workers[0].join(timeout=0.1)  # a timeout lets signals in
