@@ -200,6 +200,9 @@ def main() -> None:
         work = Path(tmp)
         env = dict(os.environ, HOME=str(work / "home"), XDG_CONFIG_HOME=str(work / "config"),
                    XDG_CACHE_HOME=str(work / "cache"))  # fmt: skip
+        # siffs runs with its bytecode cached, as an installed package has it (``siffs push``, the
+        # first command, writes the cache); without, each run compiles ~60 modules (~0.04 s).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         with registry(work / "registry") as reg:
             rows = oras_rows(reg.host, args.sif, work, args.runs, env)
             if not args.oras_only:
