@@ -373,10 +373,14 @@ class _Trail:
             self.failures.append(_WriteError(exc))
 
     def sync(self) -> None:
+        """Flush every ``_SYNC_EVERY`` bytes, and once more after the last write: that flush runs
+        while the hash catches up, and leaves the caller's fsync little to wait for."""
         try:
-            while (end := self._wait(self.synced, _SYNC_EVERY)) and not self.last:
+            while end := self._wait(self.synced, _SYNC_EVERY):
                 os.fdatasync(self.fd)
                 self.synced = end
+                if self.last:
+                    return
         except OSError as exc:
             self.failures.append(_WriteError(exc))
 
