@@ -6,7 +6,7 @@ skopeo + umoci + mksquashfs pipeline, on the same loopback registry, in one run.
 Starts Debian's docker-registry on a free loopback port (no auth, storage in a temp directory).
 ``--sif`` (default: the harness' bigfile-gzip.sif, ~480 MB) is pushed with ``siffs push``; then,
 per run, curl fetches the blob to a file (alone; with the file fsynced; with coreutils' sha256sum
-on the stream or on the file), and ``siffs pull --disable-cache --allow-unsigned`` fetches,
+or OpenSSL on the stream or on the file), and ``siffs pull --disable-cache --allow-unsigned`` fetches,
 verifies and writes it (spliced, and with ``SIFFS_NO_SPLICE=1``); the floor under siffs' time is
 printed too: hashing the blob in this process, and the interpreter starting ``siffs pull``. With
 ``--oras-only`` that is all. Otherwise ``--rootfs`` (default: rootfs-zstd.sif) is unpacked and pushed
@@ -64,13 +64,16 @@ def oras_rows(host: str, sif: Path, work: Path, runs: int, env: dict[str, str]) 
     out = work / "blob.sif"
     # Each peer as a shell line ($1 = output file, $2 = URL): curl alone, curl with the result
     # made durable (as siffs makes its result: fsync before the rename), and curl with the
-    # SHA-256 check siffs does (streamed through sha256sum, or of the written file).
+    # SHA-256 check siffs does (streamed, or of the written file; the first without a file).
     peers = {
         "curl": 'curl -sfL -o "$1" "$2"',
         "curl+fsync": 'curl -sfL -o "$1" "$2" && sync "$1"',
         "curl|sha256sum": 'curl -sfL "$2" | sha256sum >/dev/null',  # no file written
         "curl|tee|sha256": 'curl -sfL "$2" | tee "$1" | sha256sum >/dev/null',
         "curl;sha256sum": 'curl -sfL -o "$1" "$2" && sha256sum "$1" >/dev/null',
+        # coreutils' sha256sum has no SHA-NI code; OpenSSL's (siffs' through hashlib) has.
+        "curl|openssl": 'curl -sfL "$2" | tee "$1" | openssl dgst -sha256 >/dev/null',
+        "curl;openssl": 'curl -sfL -o "$1" "$2" && openssl dgst -sha256 "$1" >/dev/null',
     }
     names = [*peers, "siffs", "siffs no splice", "sha256 alone", "siffs start"]
     times: dict[str, list[float]] = {name: [] for name in names}
