@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def path(request, monkeypatch) -> Route:
         monkeypatch.setenv("SIFFS_NO_SPLICE", "1")
     real = fetch._splice
 
-    def spy(sock, buffered, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def spy(sock: int, buffered: bytes, *args: Any, **kwargs: Any) -> int:
         seen.calls.append((kwargs["have"], len(buffered)))
         return real(sock, buffered, *args, **kwargs)
 
@@ -62,9 +63,9 @@ def _data(size: int, seed: int) -> bytes:
     return hashlib.shake_256(f"{size} {seed}".encode()).digest(size)
 
 
-def _upload(host: str, data: bytes) -> Blob:
+def _upload(host: str, data: bytes, ca_file: str | None = None) -> Blob:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    session = Session(host, local=True)
+    session = Session(host, local=True, ca_file=ca_file)
     try:
         opened = session.request("POST", "/v2/t/blobs/uploads/", scope="", body=b"", ok=frozenset({202}))
         opened.raw.read()
@@ -96,6 +97,19 @@ def test_the_blob_arrives_whole_and_the_connection_serves_on(kind, path, direct,
     assert session.traffic.fetched_bytes == len(first) + len(second)
     assert not list((tmp_path / "store" / "tmp").iterdir())
     assert [have for have, _ in path.calls] == ([0, 0] if path.splice else [])
+
+
+def test_https_bodies_are_read_through_the_pipeline(path, tls, tmp_path):
+    """TLS bytes on the socket are not the body: never spliced, whatever the setting."""
+    reg, ca = tls
+    data = _data(1 << 20, 7)
+    wanted = _upload(reg.host, data, str(ca))
+    session = Session(reg.host, local=True, ca_file=str(ca))
+    try:
+        assert _fetch(session, wanted, tmp_path / "store").read_bytes() == data
+    finally:
+        session.close()
+    assert path.calls == []
 
 
 def test_a_partial_download_resumes_with_a_range_request(path, direct, tmp_path):
@@ -179,6 +193,21 @@ def test_body_bytes_buffered_with_the_headers_come_first(size, first, path, tmp_
         assert path.calls == [(0, first)]
     else:  # nothing buffered yet: the first read waits for the body and takes what it can
         assert len(path.calls) == 1 and 0 < path.calls[0][1] <= 1 << 16
+
+
+def test_a_length_other_than_the_blobs_is_caught(path, tmp_path):
+    """The server announces and sends one byte less than the manifest says: read through the
+    pipeline (splicing needs the announced length to be the blob's), and refused."""
+    data = _data(1 << 20, 8)
+    wanted = Blob("sha256:" + hashlib.sha256(data + b"x").hexdigest(), len(data) + 1)
+    with _two_sends(data, 5000) as host:
+        session = Session(host, insecure=True)
+        try:
+            with pytest.raises(DigestError, match=f"has {len(data)} bytes, not {len(data) + 1} "):
+                _fetch(session, wanted, tmp_path / "store")
+        finally:
+            session.close()
+    assert path.calls == []
 
 
 def test_a_body_cut_short_can_be_resumed(path, tmp_path):
