@@ -30,7 +30,8 @@ USER_AGENT = f"siffs/{__version__}"
 RETRY_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504, 522})
 ATTEMPTS = 3
 MAX_REDIRECTS = 5
-_TIMEOUT = 60.0
+#: Seconds a connection may wait for the server (to connect, or for the next bytes).
+TIMEOUT = 60.0
 
 
 @dataclass
@@ -50,6 +51,23 @@ class Response:
         if len(data) > limit:
             raise RegistryError(f"{self.url}: response larger than {limit} bytes")
         return data
+
+    def socket_body(self) -> tuple[int, bytes] | None:
+        """The body as the bare socket, for a copy that stays in the kernel (``splice``).
+
+        Returns the socket's descriptor and the body bytes http.client read with the headers
+        (they come first); after them, the next ``Content-Length`` bytes on the socket are the
+        rest of the body, and ``raw.close()`` once they are read leaves the connection reusable
+        (it drops this response's buffer; the next response reads the socket afresh). None when
+        the bytes on the socket are not the body itself: https, chunked encoding, an unknown
+        length (the caller reads through ``raw`` then).
+        """
+        raw = self.raw
+        if not (isinstance(raw, http.client.HTTPResponse) and self.url.startswith("http://")):
+            return None
+        if raw.chunked or not raw.length or raw.fp is None:
+            return None
+        return raw.fp.fileno(), raw.fp.peek()[: raw.length]  # what is buffered (a first read if nothing is)
 
     def error_text(self) -> str:
         """``CODE: message`` of a registry error body (at most 200 characters), or the status."""
@@ -107,10 +125,10 @@ class Session:
         if key not in self._connections:
             if scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    netloc, timeout=_TIMEOUT, context=self._context()
+                    netloc, timeout=TIMEOUT, context=self._context()
                 )
             else:
-                conn = http.client.HTTPConnection(netloc, timeout=_TIMEOUT)
+                conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
             self._connections[key] = conn
         return self._connections[key]
 
@@ -133,6 +151,8 @@ class Session:
     def _probe(self) -> str:
         if self.insecure and not self.local:
             return "http"
+        if self.local and not self._speaks_tls():
+            return "http"
         try:
             self._send_once("GET", f"https://{self.host}/v2/", {}, None).raw.read()
             return "https"
@@ -147,6 +167,24 @@ class Session:
             if self.insecure or self.local:
                 return "http"
             raise NetworkError(f"cannot connect to {self.host}: {_reason(exc)}") from None
+
+    def _speaks_tls(self) -> bool:
+        """Whether the host completes a TLS handshake at all, asked without the CA store.
+
+        Loading the store takes ~30 ms (a tenth of a 500 MB pull from a loopback registry); a
+        local registry that speaks plain http is known without it. When the handshake succeeds,
+        the verifying probe follows as for any host.
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        parts = urllib.parse.urlsplit(f"https://{self.host}")
+        name = parts.hostname or self.host
+        try:
+            with socket.create_connection((name, parts.port or 443), timeout=TIMEOUT) as raw, \
+                    context.wrap_socket(raw, server_hostname=name):  # fmt: skip
+                return True
+        except (ssl.SSLError, OSError):
+            return False
 
     # -- one exchange ------------------------------------------------------------------------
 

@@ -71,9 +71,11 @@ def test_error_rows(case, scheme, home, tmp_path):
     assert not (tmp_path / "x.sif").exists()
 
 
+@pytest.mark.parametrize("no_splice", ["", "1"], ids=["splice", "pipeline"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_interrupted_pull_leaves_nothing(sig, home, tmp_path):
-    """Killed mid-download: exit 130, the old file untouched, no temporary file beside it."""
+def test_interrupted_pull_leaves_nothing(sig, home, tmp_path, no_splice):
+    """Killed mid-download (spliced, or through the pipeline): exit 130, the old file untouched, no
+    temporary file beside it."""
     import signal  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
@@ -95,7 +97,8 @@ def test_interrupted_pull_leaves_nothing(sig, home, tmp_path):
             out,
             f"oras://{host}/a/b:1",
         ]
-        proc = subprocess.Popen(as_at_a_terminal(argv), env=home, stderr=subprocess.PIPE, text=True)
+        env = {**home, "SIFFS_NO_SPLICE": no_splice}
+        proc = subprocess.Popen(as_at_a_terminal(argv), env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not any("blobs" in line for line in seen) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -195,9 +195,12 @@ def test_manifest_readable_by_plain_http(plain, sif_image):
     assert get(f"http://{plain.host}/v2/tools/static/blobs/{digest}") == sif_image.read_bytes()
 
 
-def test_a_full_disk_is_a_local_error_and_leaves_nothing(plain, sif_image, home, tmp_path):
-    """The blob is written by a thread of its own; its ENOSPC is reported as such, not as the network's."""
+@pytest.mark.parametrize("no_splice", ["", "1"], ids=["splice", "pipeline"])
+def test_a_full_disk_is_a_local_error_and_leaves_nothing(plain, sif_image, home, tmp_path, no_splice):
+    """The blob is written by a thread of its own or spliced; its ENOSPC is reported as such, not as
+    the network's."""
     require_root()
+    home = {**home, "SIFFS_NO_SPLICE": no_splice}
     size_kib = sif_image.stat().st_size // 1024
     target = f"oras://{plain.host}/tools/fulldisk:1"
     siffs("push", sif_image, target, env=home, check=True)
