@@ -12,7 +12,6 @@ reads every other image; a missing one raises ``MissingCodec`` naming the pip pa
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import lzma
 import struct
 import threading
@@ -196,18 +195,11 @@ class ZstdCodec(Codec):
 
     def __init__(self, options: Mapping[str, int]) -> None:
         super().__init__(options)
-        # Importing zstandard takes ~10 ms, more than the rest of opening an image: a command
-        # that opens one without reading a block (``siffs mount`` hands reading to its daemon)
-        # only checks that it is there; the first block imports it.
-        if importlib.util.find_spec("zstandard") is None:
-            _import("zstandard", "zstandard", self.name)  # raises MissingCodec
-        self._zstd: ModuleType | None = None
+        self._zstd = _import("zstandard", "zstandard", self.name)
         self._local = threading.local()
 
     def decompress(self, data: bytes, bound: int) -> bytes:
         zstd = self._zstd
-        if zstd is None:
-            zstd = self._zstd = _import("zstandard", "zstandard", self.name)
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstd.ZstdDecompressor()

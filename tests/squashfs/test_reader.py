@@ -10,7 +10,6 @@ import os
 import random
 import stat
 import struct
-import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -305,20 +304,6 @@ def test_missing_binding_names_the_package(monkeypatch, corpus):
     monkeypatch.setattr(codecs.importlib, "import_module", no_lzo)
     with pytest.raises(MissingCodec, match="pip install lzallright"):
         SquashFS.open(str(corpus.image("mk-lzo")))
-
-
-def test_missing_zstandard_is_named_when_the_image_is_opened(monkeypatch):
-    # zstandard is imported at the first block (its import costs more than opening an image),
-    # but a missing one is still reported when the image is opened, not at some later read.
-    monkeypatch.setitem(sys.modules, "zstandard", None)  # what an uninstalled module looks like
-    with pytest.raises(MissingCodec, match="pip install zstandard"):
-        codecs.make_codec(codecs.ZSTD, None, 1 << 17)
-
-
-def test_zstandard_is_imported_at_the_first_block():
-    codec = codecs.make_codec(codecs.ZSTD, None, 1 << 17)
-    block = zstandard.ZstdCompressor().compress(b"siffs" * 1000)
-    assert codec.decompress(block, 1 << 17) == b"siffs" * 1000
 
 
 def bombs(bound: int) -> dict[int, bytes]:
