@@ -13,7 +13,10 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from siffs.delta.keyed import StoreKeys, secret_of
 from tests.delta.conftest import Nginx, SignedImages, _tree, vector
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
+from tests.support.shared import REPO
+from tests.support.users import TEST_USER, ensure_user, user_dir
 
 PASSPHRASE = "delta horse"
 
@@ -325,3 +330,112 @@ def test_index_parser_fuzz(tmp_path, pair: Pair):
         )
         with contextlib.suppress(DeltaError, CryptError):
             secret_of(described, material)
+
+
+# -- processes holding keys are not dumpable --------------------------------------------------------
+
+
+def _as_test_user(argv: list[object], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``argv`` started directly as the unprivileged test user (its own pid, no runuser between)."""
+    entry = ensure_user()
+    return subprocess.Popen(
+        [str(a) for a in argv],
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _assert_not_dumpable(process: subprocess.Popen[bytes]) -> None:
+    """A dumpable process's /proc files belong to its user; PR_SET_DUMPABLE 0 hands them to root."""
+    assert process.poll() is None, process.communicate()
+    uids = next(
+        line
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    )
+    assert uids.split()[1:] == [str(ensure_user().pw_uid)] * 4  # it runs as the user, all four uids
+    for name in ("mem", "environ", "maps"):
+        assert os.stat(f"/proc/{process.pid}/{name}").st_uid == 0, name
+    peek = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "head", "-c1", f"/proc/{process.pid}/environ"],
+        capture_output=True,
+        check=False,
+    )
+    assert peek.returncode != 0  # the same user cannot read its memory or environment either
+
+
+def _user_copy(source: Path, directory: str) -> Path:
+    copy = Path(directory) / source.name
+    shutil.copy(source, copy)
+    os.chown(copy, ensure_user().pw_uid, ensure_user().pw_gid)
+    return copy
+
+
+def _user_env(tmp_path: Path, pair: Pair) -> dict[str, str]:
+    return pair.env | {"HOME": user_dir(tmp_path, "home"), "XDG_CACHE_HOME": user_dir(tmp_path, "cache")}
+
+
+def test_pull_holding_keys_is_not_dumpable(tmp_path, pair: Pair):
+    """``siffs pull`` waiting on a stalled server, keys unlocked: its memory is closed to its own user."""
+    store = tmp_path / "store"
+    index = Path(user_dir(tmp_path, "www")) / "app.caibx"
+    siffs(
+        "-q", "delta", "make", pair.new, "--store", store, "--index", index, *pair.key_args,
+        env=pair.env, check=True,
+    )  # fmt: skip
+    home = user_dir(tmp_path, "pull")
+    dest = _user_copy(pair.old, home)
+    with socket.socket() as stalled:  # accepts connections and never answers
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(16)
+        stalled.settimeout(60)
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}/store"
+        key_args = [*pair.key_args]
+        if "--pem-path" in key_args:
+            key_args[1] = str(_user_copy(Path(key_args[1]), home))
+        argv = [sys.executable, "-m", "siffs", "pull", "--allow-unsigned", *key_args]
+        process = _as_test_user([*argv, "--store", url, dest, index], _user_env(tmp_path, pair))
+        try:
+            connection, _ = stalled.accept()  # the key is checked and the rest is being fetched
+            with connection:
+                _assert_not_dumpable(process)
+        finally:
+            process.kill()
+            process.communicate()
+    assert dest.read_bytes() == pair.old.read_bytes()
+
+
+def test_delta_make_holding_keys_is_not_dumpable(tmp_path, pair: Pair):
+    """``siffs delta make`` stalled on its store's key file (a FIFO), the image unlocked: not dumpable."""
+    home = user_dir(tmp_path, "make")
+    image = _user_copy(pair.new, home)
+    store = Path(user_dir(tmp_path, "store"))
+    fifo = store / STORE_KEY_FILE
+    os.mkfifo(fifo)
+    os.chown(fifo, ensure_user().pw_uid, ensure_user().pw_gid)
+    key_args = [*pair.key_args]
+    if "--pem-path" in key_args:
+        key_args[1] = str(_user_copy(Path(key_args[1]), home))
+    argv = [sys.executable, "-m", "siffs", "-q", "delta", "make", image, "--store", store, *key_args]
+    process = _as_test_user([*argv, "--index", Path(home) / "app.caibx"], _user_env(tmp_path, pair))
+    writer = None
+    try:
+        for _ in range(600):  # until the image is open and the store's key file is being read
+            with contextlib.suppress(OSError):
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        assert writer is not None
+        _assert_not_dumpable(process)
+    finally:
+        process.kill()
+        process.communicate()
+        if writer is not None:
+            os.close(writer)
