@@ -69,7 +69,7 @@ def encrypted_variants(image: Path, kdf_memory: int) -> dict[str, Path]:
 
 
 ROOTFS = ["walk", "readall", "readall_par4", "readlink", "xattr"]
-BIGFILE = ["seq", "par4", "random"]
+BIGFILE = ["seqread", "seqread_par4", "randread"]
 KINDS = ("plain", "gocryptfs", "luks2")
 
 
