@@ -102,9 +102,11 @@ def _make_zsync(args: argparse.Namespace) -> None:
 
 def _make_encrypted(args: argparse.Namespace, index: str) -> None:
     """Publish the plaintext of an encrypted image into an encrypted store (needs its key)."""
-    from siffs.delta.chunker import ChunkSizes  # noqa: PLC0415 -- the crypto stack loads only when needed
+    from siffs.crypt.keys import keep_out_of_core_dumps  # noqa: PLC0415 -- loads only when needed
+    from siffs.delta.chunker import ChunkSizes  # noqa: PLC0415
     from siffs.delta.encrypted import make_encrypted  # noqa: PLC0415
 
+    keep_out_of_core_dumps()  # before the key is read, not only before what it unlocks
     material = encrypted.KeyChoice.from_args(args).material()
     with _bar("chunking the plaintext") as progress:
         report = make_encrypted(

@@ -4,8 +4,10 @@ Every 512-byte sector has its own tweak. ``cryptography`` builds a new cipher co
 schedule) per tweak, about 5 us, more than decrypting the sector; OpenSSL itself can keep the
 key and change only the tweak. So runs go through the system's libcrypto when it loads (Debian:
 libssl3, always present), and through ``cryptography`` otherwise; both give the same bytes.
-The per-unit loop runs in C (``_xts.c``, given libcrypto's functions by address) when it was
-built, else here with two ctypes calls per unit.
+The loop runs in C (``_xts.c``, given libcrypto's functions by address) when it was built: XTS
+spelled out as two bulk AES-ECB calls (tweaks, then data) around a whitening pass, so AES-NI
+pipelines over a whole read instead of restarting per 512-byte sector; else here with two ctypes
+calls per unit through OpenSSL's own XTS.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def libcrypto() -> ctypes.CDLL | None:
             ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int,
         ]  # fmt: skip
         lib.EVP_aes_256_gcm.restype = ctypes.c_void_p
+        lib.EVP_aes_128_ecb.restype = ctypes.c_void_p
+        lib.EVP_aes_256_ecb.restype = ctypes.c_void_p
+        lib.EVP_CIPHER_CTX_set_padding.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.EVP_CIPHER_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         lib.EVP_CipherFinal_ex.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
     except (OSError, AttributeError):
@@ -77,20 +82,28 @@ class _Context:
 
 
 _held = threading.local()
+#: Contexts one thread keeps: the XTS pair (data and tweak keys) and a GCM one, and a spare.
+_KEPT = 4
 
 
-def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> int:
+def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> _Context:
     """This thread's context keyed for ``cipher`` and ``key``, made again only when they change.
 
+    The caller holds the returned object while OpenSSL uses its pointer: making another context
+    may drop this one from the thread's set, and only the caller's reference then keeps it alive.
+
     Why: creating and keying a context costs several ctypes calls and OpenSSL's implicit
-    algorithm fetch, more than decrypting a metadata block; each thread keeps the last one
-    (threads serve one image, so the key rarely changes), and it is freed with the thread.
+    algorithm fetch, more than decrypting a metadata block; each thread keeps its last few
+    (threads serve one image, so the keys rarely change), and they are freed with the thread.
     """
     tag = (cipher, key, encrypt)
-    held: _Context | None = getattr(_held, "context", None)
-    if held is not None and held.tag == tag:
-        return int(held.pointer)
-    _held.context = None
+    held: dict[tuple[object, ...], _Context] = getattr(_held, "contexts", None) or {}
+    _held.contexts = held
+    found = held.get(tag)
+    if found is not None:
+        return found
+    if len(held) >= _KEPT:
+        held.clear()
     pointer = lib.EVP_CIPHER_CTX_new()
     if not pointer:
         raise MemoryError("OpenSSL could not allocate a cipher context")
@@ -101,13 +114,32 @@ def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> int:
             and lib.EVP_CIPHER_CTX_ctrl(pointer, _EVP_CTRL_GCM_SET_IVLEN, 16, None) == 1
             and lib.EVP_CipherInit_ex(pointer, None, None, key, None, int(encrypt)) == 1
         )
-    else:
-        kind = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
-        ok = lib.EVP_CipherInit_ex(pointer, kind, None, key, None, int(encrypt)) == 1
+    else:  # "ecb": one half of an XTS key, no padding (whole blocks only)
+        kind = lib.EVP_aes_256_ecb() if len(key) == 32 else lib.EVP_aes_128_ecb()
+        ok = (
+            lib.EVP_CipherInit_ex(pointer, kind, None, key, None, int(encrypt)) == 1
+            and lib.EVP_CIPHER_CTX_set_padding(pointer, 0) == 1
+        )
     if not ok:
         raise ValueError(f"AES-{cipher.upper()} refused the key")
-    _held.context = context
-    return context.pointer
+    held[tag] = context
+    return context
+
+
+def _xts_contexts(lib: ctypes.CDLL, key: bytes, encrypt: bool) -> tuple[_Context, _Context]:
+    """This thread's ECB contexts for an XTS key: data key in ``encrypt``'s direction, tweak key encrypting.
+
+    Kept as one pair (one comparison per call: small metadata reads are frequent).
+    """
+    kept = getattr(_held, "xts", None)
+    if kept is not None and kept[0] == key and kept[1] == encrypt:
+        return kept[2], kept[3]
+    half = len(key) // 2
+    if len(key) not in (32, 64) or (encrypt and key[:half] == key[half:]):
+        raise ValueError("AES-XTS refused the key")  # as OpenSSL's XTS refuses it
+    pair = _context(lib, "ecb", key[:half], encrypt), _context(lib, "ecb", key[half:], True)
+    _held.xts = (key, encrypt, *pair)
+    return pair
 
 
 def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -> bytes | int | None:
@@ -118,7 +150,7 @@ def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -
     if lib is None or native is None:
         return None
     ctx = _context(lib, "gcm", key, False)
-    result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx, data, first_block, file_id)
+    result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx.pointer, data, first_block, file_id)
     return result
 
 
@@ -135,9 +167,11 @@ def xts(
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)
     native = native_loops()
     if native is not None:
-        ctx = _context(lib, "xts", key, encrypt)
+        data_ctx, tweak_ctx = _xts_contexts(lib, key, encrypt)
         low, high = first_tweak & (2**64 - 1), first_tweak >> 64
-        result: bytes = native.units(*_addresses(lib)[:2], ctx, data, unit, low, high, tweak_step)
+        result: bytes = native.units(
+            _addresses(lib)[1], data_ctx.pointer, tweak_ctx.pointer, data, unit, low, high, tweak_step
+        )
         return result
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
     ctx = lib.EVP_CIPHER_CTX_new()

@@ -41,6 +41,7 @@ from siffs.delta.errors import DeltaError, DeltaIOError, DigestMismatchError, In
 from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient
 from siffs.delta.keyed import StoreKeys, new_description, secret_of
+from siffs.delta.keyedseeds import open_keyed_seed, remember_keyed
 from siffs.delta.make import MakeReport
 from siffs.delta.plaintext import (
     GOCRYPTFS,
@@ -52,6 +53,8 @@ from siffs.delta.plaintext import (
     key_message,
     luks2_sealer,
     open_image,
+    run_reader,
+    spans,
 )
 from siffs.delta.pull import PullReport, Remote, partial_path, seed_paths
 from siffs.delta.target import Assembly, Trust
@@ -66,7 +69,6 @@ _HEAD = struct.Struct("<8sII")
 #: The store's key description, shared by every version published into that store.
 STORE_KEY_FILE = "siffs-store-key.json"
 SEALED_SUFFIX = ".cacnk.sealed"
-_READ = 4 << 20
 REST, CIPHER = 0, 1
 
 
@@ -220,30 +222,6 @@ def _pieces(size: int, cipher_map: list[tuple[int, int, int]]) -> list[tuple[int
     return out
 
 
-def _reader(pread: Callable[[int, int], bytes], runs: list[tuple[int, int]]) -> Callable[[int], bytes]:
-    """``read(n)`` over the concatenation of ``runs`` ((offset, length)) of ``pread``'s source."""
-    parts = iter(runs)
-    state = [0, 0]  # offset, bytes left in the current run
-
-    def read(n: int) -> bytes:
-        while state[1] == 0:
-            nxt = next(parts, None)
-            if nxt is None:
-                return b""
-            state[0], state[1] = nxt
-        take = min(n, state[1])
-        data = pread(state[0], take)
-        state[0] += take
-        state[1] -= take
-        return data
-
-    return read
-
-
-def _runs(size: int, step: int = _READ) -> list[tuple[int, int]]:
-    return [(o, min(step, size - o)) for o in range(0, size, step)]
-
-
 # -- publishing ----------------------------------------------------------------------------------
 
 
@@ -306,7 +284,7 @@ def make_encrypted(
 
         rest_runs = [(off, n) for off, n, kind, _ in pieces if kind == REST]
         rest_items, done = [], 0
-        for data in Chunker(sizes).split(_reader(pread, rest_runs)):
+        for data in Chunker(sizes).split(run_reader(pread, rest_runs)):
             done += len(data)
             chunk_id = hashlib.new("sha512_256", data).digest()
             rest_items.append((done, chunk_id))
@@ -314,7 +292,8 @@ def make_encrypted(
                 counts[0] += 1
                 counts[1] += len(frame)
         plain_items, done = [], 0
-        for data in Chunker(sizes, keys.table).split(_reader(opened.plain.pread, _runs(opened.plain.size))):
+        plaintext = run_reader(opened.plain.pread, spans(opened.plain.size))
+        for data in Chunker(sizes, keys.table).split(plaintext):
             done += len(data)
             name = keys.name(data)
             plain_items.append((done, name))
@@ -324,7 +303,7 @@ def make_encrypted(
             if progress is not None:
                 progress(done, total)
         digest = hashlib.sha256()
-        for offset, n in _runs(size):
+        for offset, n in spans(size):
             digest.update(pread(offset, n))
         index = EncryptedIndex(
             opened.kind,
@@ -356,7 +335,7 @@ def make_encrypted(
 class _Seed:
     opened: Opened
     path: str
-    chunks: dict[bytes, Chunk]
+    chunks: dict[bytes, Chunk]  #: the wanted chunks it holds, by name
 
 
 def pull_encrypted(
@@ -391,6 +370,7 @@ def pull_encrypted(
         job.write_plain(sealer)
         job.journal.close()
         report.signers = assembly.commit(trust, job.check_digest)
+        remember_keyed(dest, keys, index.plain)  # the next update needs no cut of it
     except BaseException:
         job.journal.close()
         assembly.discard()
@@ -470,26 +450,24 @@ class _Pull:
         )
 
     def open_seeds(self, paths: list[str]) -> None:
-        """Each usable seed's plaintext, cut with the store's keyed chunker; unusable seeds are skipped."""
+        """Each usable seed (encrypted of either kind, or plain) and the wanted chunks its plaintext holds.
+
+        Unusable seeds are skipped with a warning; the cut of each comes from the seed cache when it can.
+        """
         wanted = {c.id for c in self.index.plain.chunks}
         for path in paths:
             try:
-                opened = open_image(path, self.key)
+                found = open_keyed_seed(path, self.key, self.keys, self.index.plain.sizes, self.progress)
             except (CryptError, SifError, SquashfsError, DeltaError, OSError) as exc:
                 self.report.warnings.append(f"seed {path} not used: {exc}")
                 continue
-            seed = _Seed(opened, path, {})
+            seed = _Seed(found.opened, path, {})
             self.seeds.append(seed)
             self.report.reused[path] = 0
-            offset = 0
-            read = _reader(opened.plain.pread, _runs(opened.plain.size))
-            for data in Chunker(self.index.plain.sizes, self.keys.table).split(read):
-                name = self.keys.name(data)
-                if name in wanted:
-                    seed.chunks.setdefault(name, Chunk(offset, len(data), name))
-                offset += len(data)
-                if self.progress is not None:
-                    self.progress(offset, opened.plain.size)
+            self.report.chunked_bytes += found.chunked
+            for chunk in found.index.chunks:
+                if chunk.id in wanted:
+                    seed.chunks.setdefault(chunk.id, chunk)
 
     def fetch_missing(self) -> None:
         """Fetch, authenticate and keep (sealed) every chunk no seed and no earlier attempt has."""
@@ -545,7 +523,7 @@ class _Pull:
 
     def check_digest(self) -> None:
         digest = hashlib.sha256()
-        for offset, n in _runs(self.index.image_size):
+        for offset, n in spans(self.index.image_size):
             digest.update(self.assembly.read(offset, n))
         if digest.digest() != self.index.sha256:
             raise DigestMismatchError(

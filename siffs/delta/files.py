@@ -35,11 +35,11 @@ def temp_name(path: str, tag: str = "tmp") -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[int]:
+def atomic_output(path: str, mode: int = 0o644) -> Iterator[int]:
     """A file descriptor to write ``path``'s new content into; renamed over ``path`` only on success."""
     tmp = temp_name(path)
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
     except OSError as exc:
         raise describe(exc, path) from None
     try:
@@ -60,9 +60,9 @@ def atomic_output(path: str) -> Iterator[int]:
         raise
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write a small file crash-safely."""
-    with atomic_output(path) as fd:
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write a small file crash-safely (``mode``: 0o600 for what only its owner may read)."""
+    with atomic_output(path, mode) as fd:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

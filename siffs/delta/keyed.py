@@ -10,7 +10,10 @@ secret per store gives, through HKDF-SHA256 with distinct labels:
 * the chunk-encryption key: AES-256-GCM with the name's first 12 bytes as nonce and the name as
   associated data (deterministic, so re-publishing writes identical files; a nonce repeats only
   with the same plaintext, which the name already says);
-* a check value, published with the store, that tells a wrong key before anything is fetched.
+* a check value, published with the store, that tells a wrong key before anything is fetched;
+* for the client's seed-index cache: an identity of the keyed chunker (one-way, names the cache
+  entry) and a key that seals the entry (chunk names and plaintext offsets are derived from
+  secrets, so they never sit in the cache in the clear).
 
 The secret comes from the passphrase (scrypt with a salt published with the store) or, for images
 encrypted to an RSA key, is random and wrapped to that key in a Cryptographic Message. Either way
@@ -72,11 +75,34 @@ class StoreKeys:
     table: npt.NDArray[np.uint32] = field(repr=False)
     _name_key: bytes = field(repr=False)
     _aead: AESGCM = field(repr=False)
+    #: Names the keyed chunker in the seed cache's keys; one-way, reveals nothing of the secret.
+    chunker_id: bytes = field(repr=False)
+    _cache_aead: AESGCM = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> StoreKeys:
         table = np.frombuffer(_hkdf(secret, "chunker table", 1024), dtype="<u4").astype(np.uint32)
-        return cls(table, _hkdf(secret, "chunk names"), AESGCM(_hkdf(secret, "chunk encryption")))
+        return cls(
+            table,
+            _hkdf(secret, "chunk names"),
+            AESGCM(_hkdf(secret, "chunk encryption")),
+            _hkdf(secret, "seed cache identity", 16),
+            AESGCM(_hkdf(secret, "seed index cache")),
+        )
+
+    def seal_cached(self, context: bytes, data: bytes) -> bytes:
+        """A seed-index cache entry: random nonce, AES-256-GCM, bound to ``context`` (what it describes)."""
+        nonce = os.urandom(12)
+        return nonce + self._cache_aead.encrypt(nonce, data, context)
+
+    def open_cached(self, context: bytes, sealed: bytes) -> bytes | None:
+        """A cache entry's content, or None when it is damaged, another store's or another file's."""
+        if len(sealed) < 12 + TAG_SIZE:
+            return None
+        try:
+            return self._cache_aead.decrypt(sealed[:12], sealed[12:], context)
+        except InvalidTag:
+            return None
 
     def name(self, plaintext: bytes | memoryview) -> bytes:
         """A chunk's name: the keyed MAC of its plaintext."""

@@ -40,9 +40,13 @@ from siffs.squashfs.source import FileSource
 
 LUKS2 = "luks2"
 GOCRYPTFS = "gocryptfs"
+#: A seed's unencrypted SquashFS partition (never a kind of index).
+PLAIN = "plain"
 KINDS: dict[int, str] = {FsType.ENCRYPTED_SQUASHFS: LUKS2, FsType.GOCRYPTFS_SQUASHFS: GOCRYPTFS}
 #: Plaintext encrypted per call: whole units, large enough to amortise the call.
 _RUN = 1 << 20
+#: Bytes per sequential read of a plaintext or an image.
+_READ = 4 << 20
 
 
 def key_message(image: Image, d: Descriptor) -> bytes | None:
@@ -126,16 +130,27 @@ class Opened:
         self.image.close()
 
 
-def open_image(path: str, material: KeyMaterial, *, notice: Callable[[str], None] = lambda _: None) -> Opened:
+def open_image(
+    path: str,
+    material: KeyMaterial,
+    *,
+    notice: Callable[[str], None] = lambda _: None,
+    plain_too: bool = False,
+) -> Opened:
     """Open the encrypted SIF ``path`` with ``material``: every check of the open pipeline but signatures.
 
     The publisher owns the image, and a seed's chunks are checked against the index's names, so
     nothing here needs the trust policy; the assembled result is verified before it is used.
+    ``plain_too`` (seeds): an unencrypted SquashFS partition is its own plaintext, so a plain SIF
+    of the same content seeds an encrypted pull as well as the encrypted one does.
     """
     image = Image.open(path)
     try:
         d = encrypted_partition(image)
         if d is None:
+            primary = image.primary_partition()
+            if plain_too and primary.partition is not None and primary.partition.fs_type == FsType.SQUASHFS:
+                return Opened(image, PLAIN, FileSource(image.fd, primary.offset, primary.size), 0, [])
             raise UnsupportedFormatError(f"{path}: the primary partition is not encrypted (fs type 5 or 6)")
         assert d.partition is not None
         source = FileSource(image.fd, d.offset, d.size)
@@ -269,3 +284,28 @@ def outer_conf(partition: ByteSource) -> bytes:
         return tree.read(conf.ino, 0, conf.size)
     except SquashfsError as exc:
         raise CorruptEncryption(f"gocryptfs partition is not a squashfs ({exc})") from exc
+
+
+def run_reader(pread: Callable[[int, int], bytes], runs: list[tuple[int, int]]) -> Callable[[int], bytes]:
+    """``read(n)`` over the concatenation of ``runs`` ((offset, length)) of ``pread``'s source."""
+    parts = iter(runs)
+    state = [0, 0]  # offset, bytes left in the current run
+
+    def read(n: int) -> bytes:
+        while state[1] == 0:
+            nxt = next(parts, None)
+            if nxt is None:
+                return b""
+            state[0], state[1] = nxt
+        take = min(n, state[1])
+        data = pread(state[0], take)
+        state[0] += take
+        state[1] -= take
+        return data
+
+    return read
+
+
+def spans(size: int, step: int = _READ) -> list[tuple[int, int]]:
+    """(offset, length) pieces of ``step`` bytes covering ``size``: the unit of sequential reads."""
+    return [(o, min(step, size - o)) for o in range(0, size, step)]

@@ -42,6 +42,7 @@ class PullReport:
     fetched_items: int = 0  #: chunks (casync) or ranges (zsync) downloaded
     resumed_bytes: int = 0  #: taken from the partial-download area of an interrupted pull
     reused: dict[str, int] = field(default_factory=dict)  #: bytes copied from each seed
+    chunked_bytes: int = 0  #: seed bytes read and cut by this run (0: every seed's cut was cached)
     signers: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -160,6 +161,7 @@ def pull(
         for path in seed_paths(dest, seed_files):
             opened.append(seeds.open_seed(path, index, progress=progress))
             report.reused[path] = 0
+            report.chunked_bytes += opened[-1].chunked
         assembly = Assembly(dest, index.blob_size)
         try:
             job = _Job(index, assembly, Journal(partial_path(dest, "casync")), report, progress)

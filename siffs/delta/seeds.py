@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from siffs.delta import caibx
 from siffs.delta.caibx import BlobIndex, Chunk
@@ -27,14 +28,23 @@ from siffs.integrity.xdg import cache_dir, private_dir
 Progress = Callable[[int, int], None]
 
 
-def _cache_path(identity: ImageIdentity, path: str, index: BlobIndex) -> str:
-    s = index.sizes
+def cache_directory() -> Path:
+    return cache_dir() / "delta" / "seeds"
+
+
+def cache_entry(identity: ImageIdentity, path: str, parameters: str, suffix: str) -> str:
+    """The cache file for ``path`` as ``identity`` describes it, cut with ``parameters``."""
     key = (
         f"{os.path.realpath(path)}\0{identity.device}\0{identity.inode}\0{identity.size}\0"
-        f"{identity.mtime_ns}\0{identity.ctime_ns}\0{s.min}:{s.avg}:{s.max}\0{index.digest_name}"
+        f"{identity.mtime_ns}\0{identity.ctime_ns}\0{parameters}"
     )
     name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    return str(cache_dir() / "delta" / "seeds" / f"{name}.caibx")
+    return str(cache_directory() / f"{name}{suffix}")
+
+
+def _cache_path(identity: ImageIdentity, path: str, index: BlobIndex) -> str:
+    s = index.sizes
+    return cache_entry(identity, path, f"{s.min}:{s.avg}:{s.max}\0{index.digest_name}", ".caibx")
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Seed:
     fd: int
     chunks: dict[bytes, Chunk] = field(default_factory=dict)
     cache_entry: str | None = None
+    chunked: int = 0  #: bytes read to cut it (0: its cut came from the cache)
 
     def read(self, chunk: Chunk) -> bytes:
         try:
@@ -83,20 +94,20 @@ def open_seed(path: str, like: BlobIndex, *, progress: Progress | None = None) -
     try:
         identity = ImageIdentity.of(fd)
         entry = _cache_path(identity, path, like)
-        index = None
+        index, chunked = None, 0
         with contextlib.suppress(OSError, DeltaError):
             cached = caibx.read(entry)
             if cached.blob_size == identity.size and cached.sizes == like.sizes:
                 index = cached
         if index is None:
             try:
-                index = _chunk_seed(fd, like, identity.size, progress)
+                index, chunked = _chunk_seed(fd, like, identity.size, progress), identity.size
             except OSError as exc:
                 raise DeltaIOError(f"seed {path}: {exc.strerror}") from None
             with contextlib.suppress(OSError, DeltaError):
-                private_dir(cache_dir() / "delta" / "seeds")
+                private_dir(cache_directory())
                 write_atomic(entry, caibx.to_bytes(index))
-        seed = Seed(path, fd, {}, entry)
+        seed = Seed(path, fd, {}, entry, chunked)
         for chunk in index.chunks:
             seed.chunks.setdefault(chunk.id, chunk)
         return seed
@@ -113,5 +124,5 @@ def remember(path: str, index: BlobIndex) -> None:
             identity = ImageIdentity.of(fd)
         finally:
             os.close(fd)
-        private_dir(cache_dir() / "delta" / "seeds")
+        private_dir(cache_directory())
         write_atomic(_cache_path(identity, path, index), caibx.to_bytes(index))

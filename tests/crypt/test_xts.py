@@ -65,3 +65,21 @@ def test_kept_contexts_follow_key_direction_and_thread():
     assert all(check(i) for i in range(12))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert all(pool.map(check, range(64)))
+
+
+@pytest.mark.parametrize("units", [1, 256, 257, 600])
+def test_native_runs_of_any_length(units):
+    """Runs below, at and above the C loop's on-stack tweak buffer (256 units) give XTS's bytes."""
+    if xts.native_loops() is None:
+        pytest.skip("siffs.crypt._xts was not built")
+    key, data = os.urandom(64), os.urandom(512 * units)
+    for encrypt in (False, True):
+        expected = xts.xts_portable(key, data, 512, 2**64 - 100, 1, encrypt=encrypt)
+        assert xts.xts(key, data, 512, 2**64 - 100, 1, encrypt=encrypt) == expected
+
+
+def test_xts_refuses_equal_key_halves_for_encryption():
+    """As OpenSSL's XTS (and cryptography) refuse it: equal data and tweak keys weaken XTS."""
+    key = os.urandom(32) * 2
+    with pytest.raises(ValueError, match="refused the key"):
+        xts.xts(key, bytes(512), 512, 0, 1, encrypt=True)

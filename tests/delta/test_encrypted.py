@@ -13,7 +13,10 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from siffs.delta.keyed import StoreKeys, secret_of
 from tests.delta.conftest import Nginx, SignedImages, _tree, vector
 from tests.support.images import require_tool
 from tests.support.mounts import siffs
+from tests.support.shared import REPO
+from tests.support.users import TEST_USER, ensure_user, user_dir
 
 PASSPHRASE = "delta horse"
 
@@ -45,6 +50,8 @@ class Pair:
     key_args: tuple[str, ...]
     env: dict[str, str]
     public_key: Path
+    plain_old: Path  #: version 1 as a plain SIF (the same SquashFS)
+    other_old: Path  #: version 1 encrypted in the other format with the same key
 
 
 def _squashfs(tmp: Path, version: int) -> Path:
@@ -85,16 +92,22 @@ def pair(request: pytest.FixtureRequest, signed_images: SignedImages, tmp_path_f
             _env(),
         )
     images = []
-    for version in (1, 2):
-        sif = tmp / f"{kind}-v{version}.sif"
-        cost = ("--kdf-memory", "8", "--kdf-time", "4") if kind == "luks2" else ()
+    other = "gocryptfs" if kind == "luks2" else "luks2"
+    for version, format_ in ((1, kind), (2, kind), (1, other)):
+        sif = tmp / f"{format_}-v{version}.sif"
+        cost = ("--kdf-memory", "8", "--kdf-time", "4") if format_ == "luks2" else ()
+        squashfs = tmp / f"v{version}.squashfs"
+        if not squashfs.exists():
+            _squashfs(tmp, version)
         siffs(
-            "-q", "create", "--encrypt", "--format", kind, *cost, *build_key, sif, _squashfs(tmp, version),
+            "-q", "create", "--encrypt", "--format", format_, *cost, *build_key, sif, squashfs,
             env=env, check=True,
         )  # fmt: skip
         siffs("-q", "sign", sif, "--key", signed_images.private_key, check=True)
         images.append(sif)
-    return Pair(images[0], images[1], key_args, env, signed_images.public_key)
+    plain = tmp / "plain-v1.sif"
+    siffs("-q", "create", plain, tmp / "v1.squashfs", check=True)
+    return Pair(images[0], images[1], key_args, env, signed_images.public_key, plain, images[2])
 
 
 def _publish(pair: Pair, nginx: Nginx) -> str:
@@ -325,3 +338,191 @@ def test_index_parser_fuzz(tmp_path, pair: Pair):
         )
         with contextlib.suppress(DeltaError, CryptError):
             secret_of(described, material)
+
+
+# -- processes holding keys are not dumpable --------------------------------------------------------
+
+
+def _as_test_user(argv: list[object], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``argv`` started directly as the unprivileged test user (its own pid, no runuser between)."""
+    entry = ensure_user()
+    return subprocess.Popen(
+        [str(a) for a in argv],
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=[],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _assert_not_dumpable(process: subprocess.Popen[bytes]) -> None:
+    """A dumpable process's /proc files belong to its user; PR_SET_DUMPABLE 0 hands them to root."""
+    assert process.poll() is None, process.communicate()
+    uids = next(
+        line
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        if line.startswith("Uid:")
+    )
+    assert uids.split()[1:] == [str(ensure_user().pw_uid)] * 4  # it runs as the user, all four uids
+    for name in ("mem", "environ", "maps"):
+        assert os.stat(f"/proc/{process.pid}/{name}").st_uid == 0, name
+    peek = subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "head", "-c1", f"/proc/{process.pid}/environ"],
+        capture_output=True,
+        check=False,
+    )
+    assert peek.returncode != 0  # the same user cannot read its memory or environment either
+
+
+def _user_copy(source: Path, directory: str) -> Path:
+    copy = Path(directory) / source.name
+    shutil.copy(source, copy)
+    os.chown(copy, ensure_user().pw_uid, ensure_user().pw_gid)
+    return copy
+
+
+def _user_env(tmp_path: Path, pair: Pair) -> dict[str, str]:
+    return pair.env | {"HOME": user_dir(tmp_path, "home"), "XDG_CACHE_HOME": user_dir(tmp_path, "cache")}
+
+
+def test_pull_holding_keys_is_not_dumpable(tmp_path, pair: Pair):
+    """``siffs pull`` waiting on a stalled server, keys unlocked: its memory is closed to its own user."""
+    store = tmp_path / "store"
+    index = Path(user_dir(tmp_path, "www")) / "app.caibx"
+    siffs(
+        "-q", "delta", "make", pair.new, "--store", store, "--index", index, *pair.key_args,
+        env=pair.env, check=True,
+    )  # fmt: skip
+    home = user_dir(tmp_path, "pull")
+    dest = _user_copy(pair.old, home)
+    with socket.socket() as stalled:  # accepts connections and never answers
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(16)
+        stalled.settimeout(60)
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}/store"
+        key_args = [*pair.key_args]
+        if "--pem-path" in key_args:
+            key_args[1] = str(_user_copy(Path(key_args[1]), home))
+        argv = [sys.executable, "-m", "siffs", "pull", "--allow-unsigned", *key_args]
+        process = _as_test_user([*argv, "--store", url, dest, index], _user_env(tmp_path, pair))
+        try:
+            connection, _ = stalled.accept()  # the key is checked and the rest is being fetched
+            with connection:
+                _assert_not_dumpable(process)
+        finally:
+            process.kill()
+            process.communicate()
+    assert dest.read_bytes() == pair.old.read_bytes()
+
+
+def test_delta_make_holding_keys_is_not_dumpable(tmp_path, pair: Pair):
+    """``siffs delta make`` stalled on its store's key file (a FIFO), the image unlocked: not dumpable."""
+    home = user_dir(tmp_path, "make")
+    image = _user_copy(pair.new, home)
+    store = Path(user_dir(tmp_path, "store"))
+    fifo = store / STORE_KEY_FILE
+    os.mkfifo(fifo)
+    os.chown(fifo, ensure_user().pw_uid, ensure_user().pw_gid)
+    key_args = [*pair.key_args]
+    if "--pem-path" in key_args:
+        key_args[1] = str(_user_copy(Path(key_args[1]), home))
+    argv = [sys.executable, "-m", "siffs", "-q", "delta", "make", image, "--store", store, *key_args]
+    process = _as_test_user([*argv, "--index", Path(home) / "app.caibx"], _user_env(tmp_path, pair))
+    writer = None
+    try:
+        for _ in range(600):  # until the image is open and the store's key file is being read
+            with contextlib.suppress(OSError):
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        assert writer is not None
+        _assert_not_dumpable(process)
+    finally:
+        process.kill()
+        process.communicate()
+        if writer is not None:
+            os.close(writer)
+
+
+# -- seeds of every kind, and the sealed cache of their cut ------------------------------------------
+
+
+def _sealed_fetched(nginx: Nginx) -> int:
+    return len([p for _, p, _ in nginx.requests() if p.endswith(SEALED_SUFFIX)])
+
+
+def test_plain_and_other_kind_seeds(tmp_path, nginx: Nginx, pair: Pair):
+    """A plain SIF of the old version, or the old version in the other format, seeds as well as it."""
+    url = _publish(pair, nginx)
+    env = pair.env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    fetched = {}
+    for name, seed in (("same", pair.old), ("plain", pair.plain_old), ("other", pair.other_old)):
+        dest = tmp_path / f"{name}.sif"
+        nginx.clear_log()
+        result = _pull(pair, dest, url, *pair.key_args, "--seed", str(seed), env=env)
+        assert result.returncode == 0, result.stderr
+        assert dest.read_bytes() == pair.new.read_bytes()
+        report = json.loads(result.stdout)
+        assert report["signers"] and not report["warnings"], report
+        assert report["reused"][str(seed)] > 0.7 * index.plain.blob_size, report
+        fetched[name] = (_sealed_fetched(nginx), report["fetched_bytes"])
+    assert fetched["same"][0] < len({c.id for c in index.plain.chunks}) / 3
+    # The plaintexts agree but for the container's padding after the SquashFS: one chunk at most.
+    for name in ("plain", "other"):
+        assert fetched[name][0] <= fetched["same"][0] + 1, fetched
+        assert fetched[name][1] <= fetched["same"][1] + 2 * index.plain.sizes.max, fetched
+
+
+def test_seed_cut_is_cached_sealed(tmp_path, nginx: Nginx, pair: Pair):
+    url = _publish(pair, nginx)
+    cache = tmp_path / "cache"
+    env = pair.env | {"XDG_CACHE_HOME": str(cache)}
+
+    def pull(dest: Path, seed: Path) -> dict:
+        result = _pull(pair, dest, url, *pair.key_args, "--seed", str(seed), env=env)
+        assert result.returncode == 0, result.stderr
+        assert dest.read_bytes() == pair.new.read_bytes()
+        return json.loads(result.stdout)
+
+    first = pull(tmp_path / "a.sif", pair.old)
+    assert first["chunked_bytes"] > 0
+    second = pull(tmp_path / "b.sif", pair.old)
+    assert second["chunked_bytes"] == 0  # the seed was not cut again
+    assert second["reused"] == {str(pair.old): first["reused"][str(pair.old)]}
+    entries = sorted((cache / "siffs/delta/seeds").glob("*.sealed"))
+    assert len(entries) == 3  # the seed, and each pulled image remembered as the next seed
+    assert pull(tmp_path / "c.sif", tmp_path / "a.sif")["chunked_bytes"] == 0
+    # Nothing secret in the cache: no plaintext, no chunk name, no key, no secret; private files.
+    index = parse_index((nginx.root / f"{pair.new.name}.caibx").read_bytes(), "test")
+    probes = [vector(30000 + 997 * i, f"file{i}".encode())[1000:1064] for i in range(0, 40, 5)]
+    names = [c.id for c in index.plain.chunks]
+    pem = "--pem-path" in pair.key_args
+    material = (
+        KeyMaterial(pem=Path(pair.key_args[1]).read_bytes()) if pem else KeyMaterial(PASSPHRASE.encode())
+    )
+    secret = secret_of(index.store_key, material)
+    secrets = [PASSPHRASE.encode(), secret, StoreKeys.from_secret(secret).chunker_id]
+    for path in cache.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o077 == 0, path
+            data = path.read_bytes()
+            assert not any(p in data for p in probes + names + secrets), path
+    # A damaged entry is ignored and rebuilt; so is a stale one (the seed's identity changed).
+    for entry in entries:
+        damaged = bytearray(entry.read_bytes())
+        damaged[len(damaged) // 2] ^= 1
+        entry.write_bytes(bytes(damaged))
+    assert pull(tmp_path / "d.sif", pair.old)["chunked_bytes"] > 0
+    assert pull(tmp_path / "e.sif", pair.old)["chunked_bytes"] == 0  # rebuilt
+    stat = pair.old.stat()
+    os.utime(pair.old, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        assert pull(tmp_path / "f.sif", pair.old)["chunked_bytes"] > 0
+    finally:
+        os.utime(pair.old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
