@@ -22,6 +22,7 @@ class Cache:
 
 def _caches() -> list[Cache]:
     """Every cache siffs keeps, with its directory and default size limit."""
+    from siffs.delta import seeds  # noqa: PLC0415
     from siffs.integrity import blockcache  # noqa: PLC0415 -- only the command that lists caches needs it
     from siffs.registry import cache as registry  # noqa: PLC0415
 
@@ -37,6 +38,12 @@ def _caches() -> list[Cache]:
             "verified blobs pulled from registries: a repeated or interrupted pull fetches nothing twice",
             registry.blob_directory,
             registry.LIMIT_MIB,
+        ),
+        Cache(
+            "seeds",
+            "how delta seeds are cut (encrypted images' sealed): a seed is read in full once",
+            seeds.cache_directory,
+            seeds.LIMIT_MIB,
         ),
     ]
 

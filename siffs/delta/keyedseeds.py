@@ -33,14 +33,12 @@ from siffs.delta.errors import DeltaError
 from siffs.delta.files import write_atomic
 from siffs.delta.keyed import StoreKeys
 from siffs.delta.plaintext import Opened, open_image, run_reader, spans
-from siffs.delta.seeds import cache_directory, cache_entry
+from siffs.delta.seeds import LIMIT_MIB, cache_directory, cache_entry
 from siffs.integrity.blockcache import ImageIdentity
 from siffs.integrity.xdg import private_dir
 from siffs.sif import Image, SifError
 
 Progress = Callable[[int, int], None]
-#: The seed cache's size limit (shared with plain seeds' entries), least recently used pruned first.
-LIMIT_MIB = 256
 
 
 @dataclass

@@ -28,6 +28,10 @@ from siffs.integrity.xdg import cache_dir, private_dir
 Progress = Callable[[int, int], None]
 
 
+#: The seed cache's size limit, least recently used entries pruned first (``siffs cache`` lists it).
+LIMIT_MIB = 256
+
+
 def cache_directory() -> Path:
     return cache_dir() / "delta" / "seeds"
 
