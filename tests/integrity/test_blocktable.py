@@ -175,7 +175,8 @@ def test_cache_list_and_clean(signed_image, tmp_path):
     assert not list((tmp_path / "cache" / "siffs" / "blocktables").iterdir())
     unknown = siffs("cache", "clean", "nope", env=env)
     assert unknown.returncode == 2
-    assert unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables, registry\n"
+    assert unknown.stderr == "siffs: no cache named 'nope'; caches: blocktables, registry, seeds\n"
+    assert [c["name"] for c in listed] == ["blocktables", "registry", "seeds"]
 
 
 def test_out_of_range_reads_raise_as_the_byte_source_protocol_says(signed_image, keys):
