@@ -18,9 +18,10 @@ def _xattrs(path: str) -> dict[str, bytes] | str:
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
 
 
-def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
+def facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
+    """(inode number, what lstat, readlink, the xattr calls and optionally the data say of ``path``)."""
     st = os.lstat(path)
-    facts: dict[str, Any] = {
+    out: dict[str, Any] = {
         "mode": st.st_mode,
         "uid": st.st_uid,
         "gid": st.st_gid,
@@ -33,23 +34,23 @@ def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
         "xattrs": _xattrs(path),
     }
     if stat.S_ISLNK(st.st_mode):
-        facts["target"] = os.readlink(path)
+        out["target"] = os.readlink(path)
     elif stat.S_ISREG(st.st_mode) and with_data:
         with open(path, "rb") as f:
-            facts["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
-    return st.st_ino, facts
+            out["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+    return st.st_ino, out
 
 
 def snapshot(root: Path, *, with_data: bool = True) -> dict[str, Any]:
     """Every path's lstat fields, data digest, link target and xattrs; inode identity as groups."""
-    ino, facts = _facts(str(root), with_data)
-    entries = {"/": facts}
+    ino, root_facts = facts(str(root), with_data)
+    entries = {"/": root_facts}
     by_inode: dict[int, list[str]] = {ino: ["/"]}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             path = os.path.join(dirpath, name)
             rel = "/" + os.path.relpath(path, root)
-            ino, entries[rel] = _facts(path, with_data)
+            ino, entries[rel] = facts(path, with_data)
             by_inode.setdefault(ino, []).append(rel)
     links = sorted(sorted(paths) for paths in by_inode.values() if len(paths) > 1)
     return {"entries": entries, "hard_links": links}
