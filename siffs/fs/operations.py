@@ -2,8 +2,12 @@
 
 The image is immutable, which licenses the kernel to cache everything: entries and
 attributes get effectively infinite timeouts, unknown names are cached as negative
-entries, and files keep their page cache across opens. Every FUSE request costs tens of
-microseconds in pyfuse3 + trio, so requests the kernel never has to send are the cheapest.
+entries, and files keep their page cache across opens. Every FUSE request that reaches a
+handler costs tens of microseconds in the interpreter, so requests the kernel never has to
+send are the cheapest. The same contract licenses the next cheapest: on the patched binding
+(patch 0008) answers already computed (entries, link targets, xattrs, which the kernel never
+caches, and whole directories once a share of their names was asked for) are kept in pyfuse3's
+reply table and sent by its C callbacks without entering Python.
 
 Inode numbers are the image's own, except that FUSE insists on 1 for the root: the root
 and inode 1 swap numbers (an involution, so the same map converts both ways).
