@@ -40,9 +40,6 @@ class Features:
     #: ``pyfuse3.main_sync``: serve in the main thread without an event loop, so the daemon never
     #: imports trio (most of its start-up time) and a request costs no scheduler pass.
     sync_loop: bool = False
-    #: ``pyfuse3.ReplyTable``: answers the daemon already computed (entries, attributes, link
-    #: targets, xattrs) are sent by the binding in C, without a handler call.
-    reply_table: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -60,7 +57,6 @@ def available() -> Features:
         receive_first=hasattr(ops, "receive_before_poll"),
         poll_wait=hasattr(ops, "receive_poll_ms"),
         sync_loop=hasattr(pyfuse3, "main_sync"),
-        reply_table=hasattr(pyfuse3, "ReplyTable"),
     )
 
 

@@ -2,12 +2,8 @@
 
 The image is immutable, which licenses the kernel to cache everything: entries and
 attributes get effectively infinite timeouts, unknown names are cached as negative
-entries, and files keep their page cache across opens. Every FUSE request that reaches a
-handler costs tens of microseconds in the interpreter, so requests the kernel never has to
-send are the cheapest. The same contract licenses the next cheapest: on the patched binding
-(patch 0008) answers already computed (entries, link targets, xattrs, which the kernel never
-caches, and whole directories once a share of their names was asked for) are kept in pyfuse3's
-reply table and sent by its C callbacks without entering Python.
+entries, and files keep their page cache across opens. Every FUSE request costs tens of
+microseconds in pyfuse3 + trio, so requests the kernel never has to send are the cheapest.
 
 Inode numbers are the image's own, except that FUSE insists on 1 for the root: the root
 and inode 1 swap numbers (an involution, so the same map converts both ways).
@@ -45,18 +41,6 @@ LISTING_CACHE_ENTRIES = 65536
 #: event loop (patched binding): long enough to span a reader's think time between requests,
 #: short enough that an idle daemon soon sleeps where other tasks can run.
 POLL_MS = 50
-#: What one stored answer of the binding's reply table costs in the daemon, roughly (an
-#: EntryAttributes object, a dict slot, the name): the table is bounded by the cache size.
-REPLY_COST = 256
-#: A directory's lookups are all stored (and names it lacks answered as absent) once the daemon
-#: has been asked about this share of its entries: a walk over it then costs one request per
-#: entry in C, while a job that needs a few names of a large directory pays nothing extra.
-COMPLETE_SHARE = 8
-#: About what one entry takes in a stored directory listing (header share, fixed part, name):
-#: the listing size in the directory inode then estimates its entry count.
-LISTING_BYTES_PER_ENTRY = 20
-#: xattr names listed to privileged callers only, as the kernel does.
-PRIVILEGED_XATTRS = (b"trusted.",)
 
 Listing = list[tuple[bytes, pyfuse3.EntryAttributes, int]]
 
@@ -169,11 +153,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self,
-        tree: Tree,
-        ownership: Ownership = Ownership(),
-        features: binding.Features | None = None,
-        reply_bytes: int = 4 << 20,
+        self, tree: Tree, ownership: Ownership = Ownership(), features: binding.Features | None = None
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -198,15 +178,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._listed_entries = 0
         self._too_large: set[int] = set()
-        # Answers the patched binding sends itself (patch 0008); ``reply_table`` is what pyfuse3
-        # reads at init. Bounded by ``reply_bytes``: when full, it is emptied and refills.
-        self._replies: pyfuse3.ReplyTable | None = None
-        if self.features.reply_table:
-            self._replies = pyfuse3.ReplyTable(negative_timeout=FOREVER, name_max=self._name_max)
-            self.reply_table = self._replies
-        self._reply_budget = max(reply_bytes // REPLY_COST, 64)
-        self._lookups: dict[int, int] = {}  # Python-served lookups per directory, until complete
-        self._emptied = 0  # times the table was emptied
 
     # -- numbering and attributes -------------------------------------------------------
 
@@ -257,8 +228,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
                 a = self.tree.getattr(self._parents.get(parent, self._root))
             else:
                 found = self.tree.lookup(parent, name)
-                if self._replies is not None:
-                    self._count_lookup(parent_inode, parent)
                 if found is None:
                     return self._negative()
                 a = found
@@ -266,20 +235,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
                     self._parents[a.ino] = parent
         except Exception as exc:
             raise fuse_error(exc, f"lookup {name!r} in inode {parent}") from exc
-        e = self._entry(a)
-        if self._replies is not None and name not in (b".", b".."):
-            self._remember(parent_inode, name, a, e)
-        return e
+        return self._entry(a)
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         try:
-            e = self._entry(self.tree.getattr(self._swap(inode)))
+            return self._entry(self.tree.getattr(self._swap(inode)))
         except Exception as exc:
             raise fuse_error(exc, f"getattr inode {inode}") from exc
-        table = self._table()
-        if table is not None:
-            table.set_attr(inode, e)
-        return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # The reader keeps what it learned about inodes; the image never changes, so there is
@@ -288,13 +250,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         try:
-            target = self.tree.readlink(self._swap(inode))
+            return self.tree.readlink(self._swap(inode))
         except Exception as exc:
             raise fuse_error(exc, f"readlink inode {inode}") from exc
-        table = self._table()
-        if table is not None and b"\0" not in target:
-            table.set_link(inode, target)
-        return target
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         # default_permissions makes the kernel check modes; writes are refused by "ro".
@@ -310,76 +268,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 0
         s.f_namemax = fig.name_max
         return s
-
-    # -- answers the binding gives itself (pyfuse3 patch 0008) ----------------------------
-
-    def _table(self) -> pyfuse3.ReplyTable | None:
-        """The reply table, with room for more (emptied when full: it refills as asked), if any."""
-        replies = self._replies
-        if replies is not None and len(replies) >= self._reply_budget:
-            self._empty()
-        return replies
-
-    def _empty(self) -> None:
-        assert self._replies is not None
-        self._replies.clear()
-        self._lookups.clear()
-        self._emptied += 1
-
-    def _remember(self, parent_inode: int, name: bytes, a: Attributes, e: pyfuse3.EntryAttributes) -> None:
-        """Store what the kernel may ask next about entry ``name``: the entry, a link's target and
-        the xattrs (which the kernel never caches). The lookup already succeeded: a failure here
-        only leaves the question to the handlers, which report it when it is asked."""
-        replies = self._table()
-        assert replies is not None
-        replies.set_entry(parent_inode, name, e)
-        try:
-            if stat.S_ISLNK(a.mode):
-                target = self.tree.readlink(a.ino)
-                if b"\0" not in target:
-                    replies.set_link(e.st_ino, target)
-            self._remember_xattrs(a.ino, e.st_ino)
-        except Exception:  # see the docstring: the handler will answer
-            pass
-
-    def _remember_xattrs(self, ino: int, inode: int) -> None:
-        """Store listxattr's and getxattr's answers for reader inode ``ino`` (FUSE ``inode``)."""
-        try:
-            names = self.tree.listxattr(ino)
-        except Exception as exc:
-            if getattr(exc, "errno", None) == errno.EOPNOTSUPP:
-                return  # an image without xattrs: the handler answers EOPNOTSUPP (rare requests)
-            raise
-        values = {n: self.tree.getxattr(ino, n) for n in names}
-        table = self._table()
-        assert table is not None
-        table.set_xattrs(inode, values, PRIVILEGED_XATTRS)
-
-    def _count_lookup(self, parent_inode: int, parent: int) -> None:
-        """Store every entry of directory ``parent`` once it was asked about a share of them."""
-        count = self._lookups.get(parent, 0) + 1
-        self._lookups[parent] = count
-        if count < 2:
-            return
-        entries = self.tree.getattr(parent).size // LISTING_BYTES_PER_ENTRY
-        if count < entries // COMPLETE_SHARE or entries * 3 > self._reply_budget:
-            return
-        del self._lookups[parent]
-        # Make room first, so that emptying a full table does not drop this directory's answers.
-        if self._replies is not None and len(self._replies) + entries * 3 >= self._reply_budget:
-            self._empty()
-        emptied = self._emptied
-        try:
-            for name, a, _ in self.tree.readdir(parent):
-                if stat.S_ISDIR(a.mode):
-                    self._parents[a.ino] = parent
-                self._remember(parent_inode, name, a, self._entry(a))
-        except Exception:  # a damaged entry: its own lookup reports it, the directory stays open
-            return
-        # Emptied along the way (more entries than the listing size suggested): some names were
-        # dropped, and "complete" would answer them as absent.
-        if self._replies is not None and self._emptied == emptied:
-            self._replies.set_complete(parent_inode)
 
     # -- directories ----------------------------------------------------------------------
 
@@ -472,8 +360,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         try:
             names = self.tree.listxattr(self._swap(inode))
-            if self._replies is not None:
-                self._remember_xattrs(self._swap(inode), inode)
         except Exception as exc:
             raise fuse_error(exc, f"listxattr inode {inode}") from exc
         if ctx.uid != 0:  # as the kernel: trusted.* is listed only for CAP_SYS_ADMIN (root here)
@@ -482,8 +368,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         try:
-            if self._replies is not None:
-                self._remember_xattrs(self._swap(inode), inode)
             return self.tree.getxattr(self._swap(inode), name)
         except Exception as exc:  # NoSuchAttribute carries ENODATA (= ENOATTR)
             raise fuse_error(exc, f"getxattr inode {inode}") from exc

@@ -81,8 +81,7 @@ def mount(request: MountRequest, hooks: Hooks = SILENT) -> int | None:
         def make_ops() -> ReadOnlyOperations:  # in the daemon
             from siffs.fs.operations import Ownership, ReadOnlyOperations  # noqa: PLC0415
 
-            owner = Ownership(uid=request.uid, gid=request.gid)
-            return ReadOnlyOperations(tree, owner, reply_bytes=request.image.cache_bytes)
+            return ReadOnlyOperations(tree, Ownership(uid=request.uid, gid=request.gid))
 
         provenance = opened.provenance
         served = daemon.Served(provenance.image, provenance.verified_by, request.ephemeral, request.secret)

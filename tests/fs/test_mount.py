@@ -98,6 +98,28 @@ def test_read_only_and_errnos(verified_image, signing_key, tmp_path):
         assert listing[:2] == [b".", b".."]
 
 
+def test_name_too_long_as_the_kernel_says(image, tmp_path):
+    # squashfs refuses names over 256 bytes before searching; FUSE itself allows 1024.
+    with Image.open(image) as img:
+        offset = img.primary_partition().offset
+    names = ["n" * 256, "n" * 257, "n" * 1024]
+
+    def errnos(root: Path) -> list[int]:
+        found = []
+        for name in names:
+            with pytest.raises(OSError) as info:
+                os.lstat(root / "data" / name)
+            found.append(info.value.errno)
+        return found
+
+    with kernel_mount(image, tmp_path / "kernel", offset) as k:
+        expected = errnos(k)
+    assert expected == [errno.ENOENT, errno.ENAMETOOLONG, errno.ENAMETOOLONG]
+    with siffs_mount(image, tmp_path / "fuse") as m:
+        assert errnos(m) == expected
+        assert errnos(m) == expected  # and again, once the kernel may have cached an answer
+
+
 def as_user(*cmd: object) -> str:
     """Run ``cmd`` as the test user: without allow_other, only the mounting user sees a FUSE mount."""
     return subprocess.run(

@@ -18,10 +18,9 @@ def _xattrs(path: str) -> dict[str, bytes] | str:
     return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
 
 
-def facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
-    """(inode number, what lstat, readlink, the xattr calls and optionally the data say of ``path``)."""
+def _facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
     st = os.lstat(path)
-    out: dict[str, Any] = {
+    facts: dict[str, Any] = {
         "mode": st.st_mode,
         "uid": st.st_uid,
         "gid": st.st_gid,
@@ -34,23 +33,23 @@ def facts(path: str, with_data: bool) -> tuple[int, dict[str, Any]]:
         "xattrs": _xattrs(path),
     }
     if stat.S_ISLNK(st.st_mode):
-        out["target"] = os.readlink(path)
+        facts["target"] = os.readlink(path)
     elif stat.S_ISREG(st.st_mode) and with_data:
         with open(path, "rb") as f:
-            out["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
-    return st.st_ino, out
+            facts["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+    return st.st_ino, facts
 
 
 def snapshot(root: Path, *, with_data: bool = True) -> dict[str, Any]:
     """Every path's lstat fields, data digest, link target and xattrs; inode identity as groups."""
-    ino, root_facts = facts(str(root), with_data)
-    entries = {"/": root_facts}
+    ino, facts = _facts(str(root), with_data)
+    entries = {"/": facts}
     by_inode: dict[int, list[str]] = {ino: ["/"]}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [*dirnames, *filenames]:
             path = os.path.join(dirpath, name)
             rel = "/" + os.path.relpath(path, root)
-            ino, entries[rel] = facts(path, with_data)
+            ino, entries[rel] = _facts(path, with_data)
             by_inode.setdefault(ino, []).append(rel)
     links = sorted(sorted(paths) for paths in by_inode.values() if len(paths) > 1)
     return {"entries": entries, "hard_links": links}
