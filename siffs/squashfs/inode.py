@@ -1,5 +1,10 @@
 """Inodes: the 14 on-disk inode types decoded into one attribute record plus where the content is.
 
+The records are named tuples, immutable like the image (decoded inodes are cached and shared
+between threads): a frozen dataclass sets each field through ``object.__setattr__``, and
+building the three records of an inode that way cost more than decoding it (2.5 µs per record
+against 0.3 µs for a tuple; a cold walk decodes every inode once).
+
 Attributes follow the kernel driver field for field, because the kernel is the oracle:
 the mode keeps only the permission bits of the stored mode and takes the type from the
 inode type; directory sizes are the stored listing size (3 bytes more than the listing);
@@ -14,7 +19,7 @@ import os
 import stat
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.metadata import MetadataReader
@@ -49,8 +54,7 @@ _IPC = struct.Struct("<I")
 _XATTR = struct.Struct("<I")
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(NamedTuple):
     """What ``lstat`` shows for an inode of the image (``blocks`` in 512-byte units, as the kernel)."""
 
     ino: int
@@ -64,8 +68,7 @@ class Stat:
     blocks: int
 
 
-@dataclass(frozen=True, slots=True)
-class DirLocation:
+class DirLocation(NamedTuple):
     """Where a directory's listing is: ``block`` relative to the directory table, ``offset`` in it.
 
     ``size`` is the stored size, 3 more than the listing; ``index_at`` is the metadata position
@@ -80,8 +83,7 @@ class DirLocation:
     index_at: tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class FileLocation:
+class FileLocation(NamedTuple):
     """Where a regular file's data is: ``block_count`` full-size-or-last blocks from ``blocks_start``
     (on-disk sizes listed at metadata position ``sizes_at``), then an optional fragment tail."""
 
@@ -92,8 +94,7 @@ class FileLocation:
     fragment_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Inode:
+class Inode(NamedTuple):
     """A decoded inode: attributes, where it is (``ref``), xattr index (None if none) and what
     its type carries."""
 
