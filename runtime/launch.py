@@ -34,10 +34,10 @@ from runtime.envscripts import evaluate, find_shell
 from runtime.errors import ContainerError, InvalidRequest, NamespacesUnavailable, NoRunscript, report, warn
 from runtime.layout import Layout, plan
 from runtime.metadata import APPS_DIR
-from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
+from runtime.nvidia import ROCM, NvidiaFiles, combine, resolve
 from runtime.passwd import Identity
 from runtime.paths import host_path, real_path, resolve_in
-from runtime.request import Request
+from runtime.request import NvidiaSources, Request
 from runtime.supervise import linger, restore_signals, wait_for
 
 _HOST_NAME_MAX = 64

@@ -20,8 +20,8 @@ from typing import Any
 
 from runtime import nvliblist, rocmliblist
 from runtime.elf import Target, host_target, read_target
+from runtime.request import NvidiaSources
 
-PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
 _CACHE_LINE = re.compile(r"^\s*(\S+)\s+\((.*)\)\s+=>\s+(.+?)\s*$")
 _FALLBACK_LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
 
@@ -57,17 +57,6 @@ ROCM = Vendor(
     "ROCm driver",
     "libhsa-runtime64, libamdhip64 or libhsakmt",
 )
-
-
-@dataclass(frozen=True)
-class NvidiaSources:
-    """Where the driver is looked for; the defaults are the real host's (``liblist`` empty: the vendor's)."""
-
-    liblist: str = ""
-    path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
-    device_dir: str = "/dev"
-    persistenced_socket: str = PERSISTENCED_SOCKET
-    target: Target | None = None
 
 
 @dataclass
