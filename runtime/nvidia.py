@@ -15,11 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runtime import nvliblist, rocmliblist
 from runtime.elf import Target, host_target, read_target
+from runtime.layout import NvidiaFiles
 from runtime.request import NvidiaSources
 
 _CACHE_LINE = re.compile(r"^\s*(\S+)\s+\((.*)\)\s+=>\s+(.+?)\s*$")
@@ -57,17 +58,6 @@ ROCM = Vendor(
     "ROCm driver",
     "libhsa-runtime64, libamdhip64 or libhsakmt",
 )
-
-
-@dataclass
-class NvidiaFiles:
-    """What to bind: libraries (cache path, name in the libs dir), programs, data files, devices."""
-
-    libraries: list[tuple[str, str]] = field(default_factory=list)
-    programs: list[tuple[str, str]] = field(default_factory=list)
-    data_files: list[str] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def linker_cache(path: str) -> list[tuple[str, str]]:

@@ -125,6 +125,8 @@ class Link:
 
 @dataclass(frozen=True)
 class PartitionInfo:
+    """A partition descriptor's extra fields: filesystem, role (primary, overlay...) and architecture."""
+
     fs_type: int
     part_type: int
     arch: bytes
@@ -136,6 +138,8 @@ class PartitionInfo:
 
 @dataclass(frozen=True)
 class SignatureInfo:
+    """A signature descriptor's extra fields: the hash it signs with and the signer's key."""
+
     hash_type: int
     entity: bytes
 
@@ -147,6 +151,8 @@ class SignatureInfo:
 
 @dataclass(frozen=True)
 class CryptMessageInfo:
+    """An encrypted-message descriptor's extra fields: its format and message type."""
+
     format_type: int
     message_type: int
 
