@@ -196,12 +196,19 @@ def _daemon_main(
         _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
         code = 1
     finally:
-        if probe is not None:
-            code = _remove_early_mount(mount_point, probe, served) or code
-        import logging  # noqa: PLC0415 - see TYPE_CHECKING above
+        # Cleaning up must not be cut short: a stop signal now (a ``siffs run`` whose command has
+        # unmounted and exits sends its death signal, a second Ctrl-C) would raise ``Stopped`` out
+        # of this block and unwind this forked copy through the command's own frames.
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            if probe is not None:
+                code = _remove_early_mount(mount_point, probe, served) or code
+            import logging  # noqa: PLC0415 - see TYPE_CHECKING above
 
-        logging.shutdown()
-        os._exit(code)
+            logging.shutdown()
+        finally:
+            os._exit(code)
 
 
 def _close_inherited(keep: set[int]) -> None:
