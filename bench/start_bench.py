@@ -25,14 +25,15 @@ Without IMAGE, builds the README's 1 MB busybox example image in a temporary dir
   ``siffs exec`` rows again with ``PYTHONPATH=DIR``: the same interpreter and pyfuse3 running the older code,
   so a change is measured against it in one run.
 
-Prints the median and the spread of each, and the 1-minute load average: compare figures of one
-run only (the ratios), the machine may be shared.
+Prints the median and the spread of each, the median CPU time (``timed``), and the 1-minute load
+average: compare figures of one run only (the ratios), the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,15 +70,24 @@ def build_example(work: Path) -> Path:
     return sif
 
 
-def timed(cmd: list[str]) -> float:
-    """Seconds from exec to exit; leading ``NAME=value`` words set the environment, as in sh."""
+def _cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds from exec to exit, and the CPU seconds of the command and of every process it waited
+    for (not the mount daemon, which outlives it); leading ``NAME=value`` words set the environment.
+
+    On a shared machine the CPU figure moves far less than the wall-clock one, so it tells whether
+    a change removed work or only moved it (a daemon's imports overlapping the command's)."""
     env = dict(os.environ)
     while "=" in cmd[0]:
         name, value = cmd[0].split("=", 1)
         env[name], cmd = value, cmd[1:]
-    t = time.perf_counter()
+    cpu, t = _cpu(), time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu() - cpu
 
 
 def main() -> None:
@@ -138,10 +148,13 @@ def main() -> None:
         if not shutil.which("squashfuse_ll"):
             del cases["squashfuse_ll mount"]
         times: dict[str, list[float]] = {name: [] for name in cases}
+        cpus: dict[str, list[float]] = {name: [] for name in cases}
         load = os.getloadavg()[0]
         for _ in range(args.runs):
             for name, (cmd, undo) in cases.items():
-                times[name].append(timed(cmd))
+                wall, cpu = timed(cmd)
+                times[name].append(wall)
+                cpus[name].append(cpu)
                 if undo:
                     subprocess.run(undo, check=True)
     finally:
@@ -149,7 +162,11 @@ def main() -> None:
     print(f"{image}: {args.runs} runs, load average {load:.2f} before, {os.getloadavg()[0]:.2f} after")
     for name, ts in times.items():
         ms = sorted(t * 1000 for t in ts)
-        print(f"{name:<32} median {statistics.median(ms):7.1f} ms   min {ms[0]:7.1f}   max {ms[-1]:7.1f}")
+        cpu = statistics.median(cpus[name]) * 1000
+        print(
+            f"{name:<32} median {statistics.median(ms):7.1f} ms   min {ms[0]:7.1f}   max {ms[-1]:7.1f}"
+            f"   cpu {cpu:7.1f}"
+        )
 
 
 if __name__ == "__main__":
