@@ -196,11 +196,7 @@ def _daemon_main(
         _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
         code = 1
     finally:
-        # Cleaning up must not be cut short: a stop signal now (a ``siffs run`` whose command has
-        # unmounted and exits sends its death signal, a second Ctrl-C) would raise ``Stopped`` out
-        # of this block and unwind this forked copy through the command's own frames.
-        for signum in SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+        ignore_stop_signals()
         try:
             if probe is not None:
                 code = _remove_early_mount(mount_point, probe, served) or code
@@ -254,6 +250,15 @@ def finish(mount_point: str, served: Served) -> None:
     if served.ephemeral:
         with contextlib.suppress(OSError):
             os.rmdir(mount_point)
+
+
+def ignore_stop_signals() -> None:
+    """Let nothing cut the cleanup short: a stop signal during it (a ``siffs run`` that has just
+    unmounted exits, and its death signal arrives; a second Ctrl-C) would kill the daemon before it
+    forgets its record and removes its mount point, or raise ``Stopped`` out of a ``finally`` block
+    and unwind this forked copy through the command's own frames. The daemon exits right after."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _stop_on_signals() -> None:

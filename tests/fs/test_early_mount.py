@@ -130,10 +130,12 @@ def test_old_path_does_not_mount_before_the_binding(image, tmp_path):
     assert not daemons_for(mnt)
 
 
-def test_a_stop_signal_during_the_cleanup_does_not_cut_it_short(image, tmp_path):
+@pytest.mark.parametrize("early", ["1", "0"], ids=["early-mount", "old-path"])
+def test_a_stop_signal_during_the_cleanup_does_not_cut_it_short(image, tmp_path, early):
     """A stop signal while the daemon cleans up (``siffs run``'s command exits right after unmounting,
-    and its death signal reaches the daemon then) is ignored: the record and log are finished, and the
-    forked daemon never unwinds into the command's own code."""
+    and its death signal reaches the daemon then) is ignored: the record and log are finished, the
+    forked daemon never unwinds into the command's own code (early mount) nor dies half-way (old
+    path, where the session had put back the default action)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     escaped = tmp_path / "escaped"
@@ -156,7 +158,8 @@ def test_a_stop_signal_during_the_cleanup_does_not_cut_it_short(image, tmp_path)
         "        os._exit(3)\n"
         "sys.exit(code)\n"
     )
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), SIFFS_EARLY_MOUNT=early)
+    env.pop("XDG_RUNTIME_DIR", None)  # records under the state directory, which the test owns
     argv = [sys.executable, str(script), str(image), str(mnt), str(escaped)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
@@ -167,4 +170,6 @@ def test_a_stop_signal_during_the_cleanup_does_not_cut_it_short(image, tmp_path)
     assert not escaped.exists(), escaped.read_text()
     log = _log_of(mnt, env)
     assert "unmounted" in log and "Traceback" not in log
-    assert not json.loads(siffs("mounts", "--json", env=env).stdout)
+    rows = json.loads(siffs("mounts", "--json", env=env).stdout)
+    assert not [r for r in rows if r["mount_point"] == str(mnt)]
+    assert not list((tmp_path / "state" / "siffs" / "mounts").iterdir())  # the record is gone
