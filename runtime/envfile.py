@@ -70,6 +70,8 @@ class _Refused(Exception):
 
 @dataclass
 class _Shell:
+    """The state of one ``--env-file`` evaluation: the text, where the parser is, the variables."""
+
     text: str
     host: Mapping[str, str]
     args: list[str]

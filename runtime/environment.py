@@ -70,12 +70,16 @@ def forwarded_host(environ: Mapping[str, str], cleanenv: bool, no_env: Iterable[
 
 @dataclass(frozen=True)
 class Assign:
+    """An override that sets ``name`` to ``value`` after the image's scripts."""
+
     name: str
     value: str
 
 
 @dataclass(frozen=True)
 class PathEdit:
+    """An override of PATH: prepend, append or replace it with ``value``."""
+
     mode: PathMode
     value: str
 

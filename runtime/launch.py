@@ -13,12 +13,11 @@ import re
 import signal
 import socket
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from runtime import actions, envfile, fuselayers, libc, namespaces, rootfs, subid
+from runtime import actions, fuselayers, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
 from runtime.environment import (
     IDENTITY_PREFIXES,
@@ -32,12 +31,11 @@ from runtime.environment import (
 )
 from runtime.envscripts import evaluate, find_shell
 from runtime.errors import ContainerError, InvalidRequest, NamespacesUnavailable, NoRunscript, report, warn
-from runtime.layout import Layout, plan
+from runtime.layout import Layout, NvidiaFiles, plan
 from runtime.metadata import APPS_DIR
-from runtime.nvidia import ROCM, NvidiaFiles, NvidiaSources, combine, resolve
 from runtime.passwd import Identity
 from runtime.paths import host_path, real_path, resolve_in
-from runtime.request import Request
+from runtime.request import NvidiaSources, Request
 from runtime.supervise import linger, restore_signals, wait_for
 
 _HOST_NAME_MAX = 64
@@ -93,15 +91,21 @@ def prepare(request: Request) -> Prepared:
         raise InvalidRequest(f"--hostname {request.hostname!r}: 1 to {_HOST_NAME_MAX} bytes")
     # As Apptainer: env files see the host environment plus APPTAINER_IMAGE, and the arguments.
     file_scope = {**request.environ, "APPTAINER_IMAGE": request.container or root}
-    overrides = collect_overrides(
-        request.environ,
-        [envfile.load(p, file_scope, request.args) for p in request.env_files],
-        env_options(request.env),
-    )
+    files = []
+    if request.env_files:  # the parser and the GPU search are imported only where used (start time)
+        from runtime import envfile  # noqa: PLC0415
+
+        files = [envfile.load(p, file_scope, request.args) for p in request.env_files]
+    overrides = collect_overrides(request.environ, files, env_options(request.env))
     injection_script(overrides, evaluate=not request.no_eval)  # refuses now what would break the start
-    gpu = resolve(request.nv_sources or NvidiaSources()) if request.nv else NvidiaFiles()
-    if request.rocm:
-        gpu = combine(gpu, resolve(request.rocm_sources or NvidiaSources(), ROCM))
+    gpu = NvidiaFiles()
+    if request.nv or request.rocm:
+        from runtime import nvidia  # noqa: PLC0415
+
+        if request.nv:
+            gpu = nvidia.resolve(request.nv_sources or NvidiaSources())
+        if request.rocm:
+            gpu = nvidia.combine(gpu, nvidia.resolve(request.rocm_sources or NvidiaSources(), nvidia.ROCM))
     layout = plan(request, Identity.of_caller(), gpu)
     ranges = subid.caller_mapping() if request.fakeroot and not request.ignore_subuid else None
     if request.fakeroot and ranges is None:
@@ -193,6 +197,8 @@ def _in_child(body: Callable[[], object]) -> NoReturn:
         report(exc)
         status = exc.exit_status
     except BaseException:
+        import traceback  # noqa: PLC0415 - a bug's path only
+
         traceback.print_exc()
     finally:
         sys.stdout.flush()

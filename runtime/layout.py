@@ -20,7 +20,6 @@ from typing import Literal
 from runtime import fuselayers
 from runtime.environment import LIBS_DIR
 from runtime.errors import InvalidRequest
-from runtime.nvidia import NvidiaFiles
 from runtime.passwd import Identity, group_text, passwd_text
 from runtime.paths import host_path, normalise, real_path, resolve_in
 from runtime.request import OverlayImage, Request
@@ -44,6 +43,8 @@ class Bind:
 
 @dataclass(frozen=True)
 class Tmpfs:
+    """An empty in-memory filesystem on ``dest`` (``/tmp`` with ``--contain``...)."""
+
     dest: str
     mode: int
 
@@ -82,6 +83,18 @@ class LibraryDir:
 
 
 Step = Bind | Tmpfs | Proc | MinimalDev | Generated | LibraryDir
+
+
+@dataclass
+class NvidiaFiles:
+    """What ``--nv``/``--rocm`` bind: libraries (cache path, name in the libs dir), programs, data
+    files, devices. Found by ``runtime.nvidia``, which a container without them never imports."""
+
+    libraries: list[tuple[str, str]] = field(default_factory=list)
+    programs: list[tuple[str, str]] = field(default_factory=list)
+    data_files: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

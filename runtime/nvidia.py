@@ -15,13 +15,14 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runtime import nvliblist, rocmliblist
 from runtime.elf import Target, host_target, read_target
+from runtime.layout import NvidiaFiles
+from runtime.request import NvidiaSources
 
-PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
 _CACHE_LINE = re.compile(r"^\s*(\S+)\s+\((.*)\)\s+=>\s+(.+?)\s*$")
 _FALLBACK_LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
 
@@ -57,28 +58,6 @@ ROCM = Vendor(
     "ROCm driver",
     "libhsa-runtime64, libamdhip64 or libhsakmt",
 )
-
-
-@dataclass(frozen=True)
-class NvidiaSources:
-    """Where the driver is looked for; the defaults are the real host's (``liblist`` empty: the vendor's)."""
-
-    liblist: str = ""
-    path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
-    device_dir: str = "/dev"
-    persistenced_socket: str = PERSISTENCED_SOCKET
-    target: Target | None = None
-
-
-@dataclass
-class NvidiaFiles:
-    """What to bind: libraries (cache path, name in the libs dir), programs, data files, devices."""
-
-    libraries: list[tuple[str, str]] = field(default_factory=list)
-    programs: list[tuple[str, str]] = field(default_factory=list)
-    data_files: list[str] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def linker_cache(path: str) -> list[tuple[str, str]]:

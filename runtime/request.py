@@ -5,11 +5,26 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from runtime.nvidia import NvidiaSources
+if TYPE_CHECKING:
+    from runtime.elf import Target
 
 Action = Literal["run", "exec", "shell", "test", "start"]
+PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
+
+
+@dataclass(frozen=True)
+class NvidiaSources:
+    """Where ``--nv``/``--rocm`` look for the driver (``runtime.nvidia``); the defaults are the
+    real host's (``liblist`` empty: the vendor's). Defined here, not with the search, so that
+    building a request does not import the search (``siffs run`` imports it after the mount)."""
+
+    liblist: str = ""
+    path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
+    device_dir: str = "/dev"
+    persistenced_socket: str = PERSISTENCED_SOCKET
+    target: Target | None = None
 
 
 @dataclass(frozen=True)

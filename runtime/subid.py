@@ -24,6 +24,8 @@ RANGE_SIZE = 65536
 
 @dataclass(frozen=True)
 class Range:
+    """One line of /etc/subuid or /etc/subgid for the caller: ``count`` ids from ``start``."""
+
     start: int
     count: int
 

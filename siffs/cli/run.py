@@ -5,6 +5,10 @@ A directory is handed to ``runtime`` as it is. A SIF file is verified and mounte
 child and this process stays to unmount. run/exec/shell/test follow Apptainer's exit codes
 (runtime.md §12.3): the command's own status, 128+N for signal N, and 255 with one ``FATAL:``
 line for anything that kept the command from starting.
+
+The runtime's modules are imported where they are used, the container's (``runtime.launch``)
+only once the image is mounted: the mount daemon forked by then imports its FUSE binding on the
+other core while this process imports the runtime, instead of one after the other.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import NoReturn
 
-from runtime import bundle, envfile, fuselayers, metadata
-from runtime.environment import collect_overrides, forwarded_host
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
-from runtime.launch import env_options, exec_container, run_container
 from runtime.paths import real_path
 from runtime.request import OverlayImage, Request
 from siffs.cli import encrypted, output, runoptions, trust
@@ -116,9 +117,14 @@ def cmd_action(args: argparse.Namespace) -> NoReturn:
             raise InvalidRequest(refused)
         request = runoptions.request(args, args.action)
         if not needs_mounts(request, args.image):
+            from runtime.launch import exec_container  # noqa: PLC0415 - see the module docstring
+
             exec_container(request)  # a directory, or a missing target the runtime reports
         with contextlib.ExitStack() as stack:
-            status = run_container(with_images(stack, request, args))
+            request = with_images(stack, request, args)
+            from runtime.launch import run_container  # noqa: PLC0415 - after the mount: see the module docstring
+
+            status = run_container(request)
     except ContainerError as exc:
         report(exc)
         sys.exit(exc.exit_status)
@@ -248,8 +254,10 @@ def _overlay_path(spec: str) -> str:
 
 
 def _is_squashfs(spec: str) -> bool:
+    from runtime.fuselayers import image_kind  # noqa: PLC0415 - only for --overlay
+
     path = _overlay_path(spec)
-    return os.path.isfile(path) and fuselayers.image_kind(path) == "squashfs"
+    return os.path.isfile(path) and image_kind(path) == "squashfs"
 
 
 def _overlay_partitions(image: str, writable: bool, overlays: bool) -> list[OverlayImage]:
@@ -285,6 +293,8 @@ def _overlay_partitions(image: str, writable: bool, overlays: bool) -> list[Over
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     """Print as ``apptainer inspect`` does: sorted ``key: value`` labels, files without trailing newlines."""
+    from runtime import metadata  # noqa: PLC0415 - see the module docstring
+
     _fetch_remote(args)
     with _tree(args) as root:
         if not os.path.isdir(root):
@@ -308,6 +318,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _inspect(root: str, what: str, app: str) -> dict[str, str] | list[str] | str:
+    from runtime import metadata  # noqa: PLC0415 - see the module docstring
+
     if what == "apps":
         return metadata.apps(root)
     if what == "labels":
@@ -325,6 +337,10 @@ def _inspect(root: str, what: str, app: str) -> dict[str, str] | list[str] | str
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
+    from runtime import bundle, envfile  # noqa: PLC0415 - see the module docstring
+    from runtime.environment import collect_overrides, forwarded_host  # noqa: PLC0415
+    from runtime.launch import env_options  # noqa: PLC0415
+
     _quiet_runtime()
     encrypted.KeyChoice.from_args(args)  # takes the passphrase out of the environment in config.json
     tree = args.image

@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from runtime import envfile
 from runtime.errors import InvalidRequest
-from runtime.nvidia import NvidiaSources
-from runtime.request import Action, Request
+from runtime.request import Action, NvidiaSources, Request
 
 _ROOT_ONLY = "needs root or a setuid installation; siffs runs unprivileged"
 _CGROUPS = (
@@ -235,6 +233,8 @@ def request(args: argparse.Namespace, action: Action) -> Request:
     if args.nv:
         sources = NvidiaSources(device_dir=os.environ.get("SIFFS_NV_DEVICE_DIR", "/dev"))
         if args.nvliblist:
+            from runtime import envfile  # noqa: PLC0415 - only here: siffs.cli.run's docstring
+
             sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
     rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
     if args.network not in (None, "none"):

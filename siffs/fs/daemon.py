@@ -196,12 +196,15 @@ def _daemon_main(
         _report(ready_fd, f"the mount daemon failed: {type(exc).__name__}: {exc}; see {log_file}")
         code = 1
     finally:
-        if probe is not None:
-            code = _remove_early_mount(mount_point, probe, served) or code
-        import logging  # noqa: PLC0415 - see TYPE_CHECKING above
+        ignore_stop_signals()
+        try:
+            if probe is not None:
+                code = _remove_early_mount(mount_point, probe, served) or code
+            import logging  # noqa: PLC0415 - see TYPE_CHECKING above
 
-        logging.shutdown()
-        os._exit(code)
+            logging.shutdown()
+        finally:
+            os._exit(code)
 
 
 def _close_inherited(keep: set[int]) -> None:
@@ -247,6 +250,15 @@ def finish(mount_point: str, served: Served) -> None:
     if served.ephemeral:
         with contextlib.suppress(OSError):
             os.rmdir(mount_point)
+
+
+def ignore_stop_signals() -> None:
+    """Let nothing cut the cleanup short: a stop signal during it (a ``siffs run`` that has just
+    unmounted exits, and its death signal arrives; a second Ctrl-C) would kill the daemon before it
+    forgets its record and removes its mount point, or raise ``Stopped`` out of a ``finally`` block
+    and unwind this forked copy through the command's own frames. The daemon exits right after."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _stop_on_signals() -> None:

@@ -24,6 +24,8 @@ FS_TYPE = "fuse.siffs"
 
 @dataclass(frozen=True)
 class MountRecord:
+    """What a daemon publishes about its mount: the image, its pid, who verified it."""
+
     mount_point: str
     image: str
     pid: int

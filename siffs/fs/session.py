@@ -23,7 +23,7 @@ from pathlib import Path
 import pyfuse3
 
 from siffs.fs import binding, kernelmount, operations, registry
-from siffs.fs.daemon import SIGNALS, Served, finish, not_dumpable
+from siffs.fs.daemon import SIGNALS, Served, finish, ignore_stop_signals, not_dumpable
 from siffs.fs.errors import MountError
 
 log = logging.getLogger("siffs.fs")
@@ -96,6 +96,7 @@ def serve(
     try:
         _run(mount_point)
     finally:
+        ignore_stop_signals()
         # After an external unmount the session is gone and this is a no-op; after a
         # signal it removes the mount.
         pyfuse3.close(unmount=True)

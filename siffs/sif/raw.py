@@ -8,9 +8,8 @@ layer (which digests raw fields) share one definition of the layout.
 from __future__ import annotations
 
 import struct
-import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from siffs.sif.types import (
     ARCH_UNKNOWN,
@@ -25,6 +24,9 @@ from siffs.sif.types import (
     PartType,
     arch_name,
 )
+
+if TYPE_CHECKING:  # uuid and datetime are imported where used: reading an image needs neither
+    import uuid
 
 _HEADER = struct.Struct("<32s10s3s3s16sqqqqqqqq")
 _DESCRIPTOR = struct.Struct("<iBIIIqqqqqqq128s384s")
@@ -42,6 +44,8 @@ def format_time(seconds: int) -> str | None:
     """A SIF timestamp as Go prints ``time.Time.UTC()``; ``None`` for the unset value."""
     if seconds == UNSET_TIME:
         return None
+    from datetime import UTC, datetime  # noqa: PLC0415 - see TYPE_CHECKING above
+
     try:
         when = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
@@ -99,7 +103,9 @@ class Header:
     @property
     def uuid(self) -> uuid.UUID | None:
         """The image ID, or ``None`` when all sixteen bytes are zero (no ID)."""
-        return None if self.id == bytes(16) else uuid.UUID(bytes=self.id)
+        from uuid import UUID  # noqa: PLC0415 - see TYPE_CHECKING above
+
+        return None if self.id == bytes(16) else UUID(bytes=self.id)
 
     @property
     def launch_script_text(self) -> str:
@@ -119,6 +125,8 @@ class Link:
 
 @dataclass(frozen=True)
 class PartitionInfo:
+    """A partition descriptor's extra fields: filesystem, role (primary, overlay...) and architecture."""
+
     fs_type: int
     part_type: int
     arch: bytes
@@ -130,6 +138,8 @@ class PartitionInfo:
 
 @dataclass(frozen=True)
 class SignatureInfo:
+    """A signature descriptor's extra fields: the hash it signs with and the signer's key."""
+
     hash_type: int
     entity: bytes
 
@@ -141,6 +151,8 @@ class SignatureInfo:
 
 @dataclass(frozen=True)
 class CryptMessageInfo:
+    """An encrypted-message descriptor's extra fields: its format and message type."""
+
     format_type: int
     message_type: int
 

@@ -50,6 +50,26 @@ def test_each_command_in_the_help_runs_through_the_lazy_parser(capsys):
         assert capsys.readouterr().out.startswith(f"usage: siffs {command} "), command
 
 
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["run", "--allow-unsigned", "-B", "/a:/b", "--env", "X=1", "img.sif", "true", "-v"],
+        ["-q", "exec", "--contain", "--fakeroot", "img.sif", "ls", "-l"],
+        ["inspect", "--json", "--runscript", "img.sif"],
+        ["mount", "-o", "uid=1", "-v", "img.sif", "/mnt"],
+        ["key", "list"],
+        ["instance", "start", "img.sif", "name"],
+        ["cache", "clean"],
+    ],
+)
+def test_the_parser_of_one_command_parses_as_the_full_parser(words):
+    """``build_parser(argv)`` builds only ``argv``'s command (``_OneCommand``); the result is the same."""
+    one = build_parser(words)
+    (sub,) = [a for a in one._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == [words[0] if words[0] != "-q" else words[1]]
+    assert vars(one.parse_args(words)) == vars(build_parser().parse_args(words))
+
+
 def test_a_command_loads_only_its_own_module():
     image = IMAGES / "one-group.sif"
     code = (

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from runtime.errors import InvalidRequest
 from siffs.cli.run import _split_data_images, _split_data_mounts
+from tests.support.reference import IMAGES
 
 
 def test_data_image_binds_are_split_from_plain_binds():
@@ -27,3 +30,28 @@ def test_data_image_mounts_are_split_from_plain_mounts():
     plain, images = _split_data_mounts(specs)
     assert images == [(os.path.abspath("d.sif"), "/x", "/data")]
     assert plain == ['type=bind,src=/tmp,"dst=/a,b",ro']
+
+
+def test_the_runtime_is_imported_after_the_mount_starts():
+    """``siffs run IMAGE`` imports the container runtime only once the image is mounted, so the mount
+    daemon's start overlaps it; the SIF writer and the --nv/--env-file code are not loaded at all."""
+    code = (
+        "import sys\n"
+        "import siffs.open.mount as m\n"
+        "def probe(*args, **kwargs):\n"
+        "    print(' '.join(n for n in sys.argv[2:] if n in sys.modules))\n"
+        "    raise KeyboardInterrupt\n"  # the mount is not needed: stop there, as Ctrl-C would
+        "m.mount = probe\n"
+        "from siffs.cli.main import main\n"
+        "main(['run', '--allow-unsigned', sys.argv[1], 'true'])\n"
+    )
+    watched = ["runtime.launch", "runtime.layout", "runtime.nvidia", "runtime.envfile"]
+    watched += ["siffs.sif.write", "uuid"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(IMAGES / "one-group.sif"), *watched],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "\n"  # the probe ran, and none of them was loaded before it
+    assert "interrupted" in done.stderr

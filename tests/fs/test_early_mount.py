@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +128,48 @@ def test_old_path_does_not_mount_before_the_binding(image, tmp_path):
     assert "this pyfuse3 is broken on purpose" in result.stderr
     assert not _listed(mnt)
     assert not daemons_for(mnt)
+
+
+@pytest.mark.parametrize("early", ["1", "0"], ids=["early-mount", "old-path"])
+def test_a_stop_signal_during_the_cleanup_does_not_cut_it_short(image, tmp_path, early):
+    """A stop signal while the daemon cleans up (``siffs run``'s command exits right after unmounting,
+    and its death signal reaches the daemon then) is ignored: the record and log are finished, the
+    forked daemon never unwinds into the command's own code (early mount) nor dies half-way (old
+    path, where the session had put back the default action)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    escaped = tmp_path / "escaped"
+    script = tmp_path / "mount.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from siffs.fs import registry\n"
+        "forget = registry.forget\n"
+        "def signalled_forget(mount_point):\n"  # the signal lands in the middle of the cleanup
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    forget(mount_point)\n"
+        "registry.forget = signalled_forget\n"
+        "from siffs.cli.main import main\n"
+        "command = os.getpid()\n"
+        "try:\n"
+        "    code = main(['mount', '--allow-unsigned', sys.argv[1], sys.argv[2]])\n"
+        "finally:\n"
+        "    if os.getpid() != command:\n"
+        "        open(sys.argv[3], 'w').write(f'the daemon {os.getpid()} unwound into the command')\n"
+        "        os._exit(3)\n"
+        "sys.exit(code)\n"
+    )
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), SIFFS_EARLY_MOUNT=early)
+    env.pop("XDG_RUNTIME_DIR", None)  # records under the state directory, which the test owns
+    argv = [sys.executable, str(script), str(image), str(mnt), str(escaped)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert _listed(mnt)
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)  # the session ends: the daemon cleans up
+    _wait_gone(mnt)
+    assert not daemons_for(mnt)
+    assert not escaped.exists(), escaped.read_text()
+    log = _log_of(mnt, env)
+    assert "unmounted" in log and "Traceback" not in log
+    rows = json.loads(siffs("mounts", "--json", env=env).stdout)
+    assert not [r for r in rows if r["mount_point"] == str(mnt)]
+    assert not list((tmp_path / "state" / "siffs" / "mounts").iterdir())  # the record is gone

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 
 import pytest
 
@@ -150,3 +152,15 @@ def test_namespace_refusals_name_the_knob(tmp_path, files, err, expected):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(value + "\n")
     assert expected in explain(err, str(tmp_path))
+
+
+def test_the_launcher_leaves_the_gpu_search_and_the_env_file_parser_to_those_who_ask():
+    """``siffs run`` imports ``runtime.launch`` on every start: --nv/--rocm and --env-file code is
+    imported only by a request that uses them (``tests/runtime/test_nvidia.py`` and
+    ``test_envfile.py`` run those)."""
+    code = (
+        "import sys, runtime.launch\n"
+        "print(sorted(m for m in ('runtime.nvidia', 'runtime.envfile', 'traceback') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
