@@ -70,6 +70,29 @@ static int ecb(cipher_update_fn update, void *ctx, unsigned char *buf, Py_ssize_
     return 1;
 }
 
+/* The second whitening pass, written straight into the caller's range: out receives bytes skip ..
+ * skip + length of the whitened run (the other 16-byte blocks are computed but not stored). */
+static void whiten_range(unsigned char *out, const unsigned char *src, const unsigned char *tweaks, Py_ssize_t n,
+                         Py_ssize_t unit, Py_ssize_t skip, Py_ssize_t length) {
+    Py_ssize_t end = skip + length;
+    for (Py_ssize_t i = skip / unit; i < n && i * unit < end; i++) {
+        uint64_t lo = load64(tweaks + 16 * i), hi = load64(tweaks + 16 * i + 8);
+        for (Py_ssize_t at = i * unit; at < (i + 1) * unit; at += 16) {
+            if (at >= skip && at + 16 <= end) {
+                store64(out + at - skip, load64(src + at) ^ lo);
+                store64(out + at - skip + 8, load64(src + at + 8) ^ hi);
+            } else if (at + 16 > skip && at < end) { /* the range starts or ends inside this block */
+                unsigned char block[16];
+                store64(block, load64(src + at) ^ lo);
+                store64(block + 8, load64(src + at + 8) ^ hi);
+                Py_ssize_t from = at < skip ? skip - at : 0, to = at + 16 > end ? end - at : 16;
+                memcpy(out + at + from - skip, block + from, (size_t)(to - from));
+            }
+            gf_double(&lo, &hi);
+        }
+    }
+}
+
 /*
  * XTS as its definition reads (IEEE 1619), with AES in ECB over whole runs: every unit's tweak is
  * encrypted in one call (key 2), the data is whitened with T_i * alpha^j, en/decrypted in one call
@@ -77,28 +100,40 @@ static int ecb(cipher_update_fn update, void *ctx, unsigned char *buf, Py_ssize_
  * each tweak, which with 512-byte sectors costs as much as the AES work; two bulk ECB calls let
  * AES-NI pipeline over the whole read. Units are whole 16-byte blocks (no ciphertext stealing):
  * LUKS2 sectors and keyslot areas always are.
+ *
+ * Only bytes skip .. skip + length of the result are returned: a read starts and ends inside
+ * sectors, and the last whitening pass writes the wanted bytes straight into the returned object
+ * (no second buffer, no slice copy in Python).
  */
 static PyObject *units(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long update_addr, data_ctx, tweak_ctx, tweak_lo, tweak_hi, step;
-    Py_ssize_t unit;
+    Py_ssize_t unit, skip, length;
     Py_buffer data;
-    if (!PyArg_ParseTuple(args, "KKKy*nKKK", &update_addr, &data_ctx, &tweak_ctx, &data, &unit, &tweak_lo,
-                          &tweak_hi, &step))
+    if (!PyArg_ParseTuple(args, "KKKy*nKKKnn", &update_addr, &data_ctx, &tweak_ctx, &data, &unit, &tweak_lo,
+                          &tweak_hi, &step, &skip, &length))
         return NULL;
     if (unit <= 0 || unit > (1 << 20) || unit % 16 || data.len % unit) {
         PyBuffer_Release(&data);
         PyErr_SetString(PyExc_ValueError, "data is not a whole number of units");
         return NULL;
     }
+    if (skip < 0 || length < 0 || skip > data.len - length) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "the range asked for lies outside the data");
+        return NULL;
+    }
     Py_ssize_t n = data.len / unit;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
     unsigned char local[16 * 256]; /* the tweaks of a read up to 128 KiB need no allocation */
     unsigned char *tweaks = n <= 256 ? local : PyMem_RawMalloc((size_t)n * 16);
-    if (out == NULL || tweaks == NULL) {
+    /* The run whitened and decrypted in place; not wiped, as the plaintext the reader caches is not. */
+    unsigned char *work = PyMem_RawMalloc((size_t)data.len + 1);
+    if (out == NULL || tweaks == NULL || work == NULL) {
         Py_XDECREF(out);
         if (tweaks != local)
             PyMem_RawFree(tweaks);
+        PyMem_RawFree(work);
         PyBuffer_Release(&data);
         return PyErr_NoMemory();
     }
@@ -117,14 +152,15 @@ static PyObject *units(PyObject *self, PyObject *args) {
     }
     ok = ecb(update, (void *)(uintptr_t)tweak_ctx, tweaks, n * 16);
     if (ok) {
-        whiten(dst, src, tweaks, n, unit);
-        ok = ecb(update, (void *)(uintptr_t)data_ctx, dst, data.len);
-        whiten(dst, dst, tweaks, n, unit);
+        whiten(work, src, tweaks, n, unit);
+        ok = ecb(update, (void *)(uintptr_t)data_ctx, work, data.len);
+        whiten_range(dst, work, tweaks, n, unit, skip, length);
     }
     memset(tweaks, 0, (size_t)n * 16);
     Py_END_ALLOW_THREADS;
     if (tweaks != local)
         PyMem_RawFree(tweaks);
+    PyMem_RawFree(work);
     PyBuffer_Release(&data);
     if (!ok) {
         Py_DECREF(out);
@@ -150,15 +186,20 @@ static int all_zero(const unsigned char *p, Py_ssize_t n) {
     return 1;
 }
 
-/* gcm_blocks(init, update, final, ctrl, ctx, data, first_block, file_id) -> bytes, or the number of
- * the first block that fails authentication (an int). ``ctx`` is keyed for AES-256-GCM decryption
- * with 16-byte nonces; ``data`` holds whole cipher blocks (the last one may be short). */
+/* gcm_blocks(init, update, final, ctrl, ctx, data, first_block, file_id, skip, length) -> bytes skip ..
+ * skip + length of the plaintext, or the number of the first block that fails authentication (an
+ * int). ``ctx`` is keyed for AES-256-GCM decryption with 16-byte nonces; ``data`` holds whole cipher
+ * blocks (the last one may be short). Every block is authenticated; blocks wholly inside the range
+ * are decrypted straight into the returned object, the one or two it starts or ends inside go
+ * through a block-sized buffer (a read seldom starts on a block boundary, and slicing afterwards
+ * would copy the whole read once more). */
 static PyObject *gcm_blocks(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long init_addr, update_addr, final_addr, ctrl_addr, ctx_addr, first;
+    Py_ssize_t skip, length;
     Py_buffer data, file_id;
-    if (!PyArg_ParseTuple(args, "KKKKKy*Ky*", &init_addr, &update_addr, &final_addr, &ctrl_addr, &ctx_addr,
-                          &data, &first, &file_id))
+    if (!PyArg_ParseTuple(args, "KKKKKy*Ky*nn", &init_addr, &update_addr, &final_addr, &ctrl_addr, &ctx_addr,
+                          &data, &first, &file_id, &skip, &length))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t full = data.len / GCM_CIPHER_BLOCK, rest = data.len % GCM_CIPHER_BLOCK;
@@ -167,7 +208,11 @@ static PyObject *gcm_blocks(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t size = full * GCM_BLOCK + (rest ? rest - GCM_NONCE - GCM_TAG : 0);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (skip < 0 || length < 0 || skip > size - length) {
+        PyErr_SetString(PyExc_ValueError, "the range asked for lies outside the blocks");
+        goto done;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
     if (out == NULL)
         goto done;
     cipher_init_fn init = (cipher_init_fn)(uintptr_t)init_addr;
@@ -179,32 +224,37 @@ static PyObject *gcm_blocks(PyObject *self, PyObject *args) {
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
     long long failed = -1;
     Py_BEGIN_ALLOW_THREADS;
-    unsigned char aad[24];
+    unsigned char aad[24], edge[GCM_BLOCK];
     memcpy(aad + 8, file_id.buf, 16);
-    Py_ssize_t count = full + (rest != 0);
+    Py_ssize_t count = full + (rest != 0), end = skip + length;
     for (Py_ssize_t i = 0; i < count; i++) {
         const unsigned char *block = src + i * GCM_CIPHER_BLOCK;
-        Py_ssize_t length = i < full ? GCM_CIPHER_BLOCK : rest, n = length - GCM_NONCE - GCM_TAG;
-        unsigned char *plain = dst + i * GCM_BLOCK;
+        Py_ssize_t cipher_length = i < full ? GCM_CIPHER_BLOCK : rest, n = cipher_length - GCM_NONCE - GCM_TAG;
+        Py_ssize_t at = i * GCM_BLOCK, from = at < skip ? skip - at : 0, to = at + n > end ? end - at : n;
+        int inside = from == 0 && to == n;
+        unsigned char *plain = inside ? dst + at - skip : edge;
         uint64_t number = first + (uint64_t)i;
         if (all_zero(block, GCM_NONCE)) {
-            if (length == GCM_CIPHER_BLOCK && all_zero(block, length)) {
+            if (cipher_length == GCM_CIPHER_BLOCK && all_zero(block, cipher_length)) {
                 memset(plain, 0, GCM_BLOCK); /* a hole */
-                continue;
+            } else {
+                failed = (long long)number;
+                break;
             }
-            failed = (long long)number;
-            break;
+        } else {
+            for (int b = 0; b < 8; b++)
+                aad[b] = (unsigned char)(number >> (56 - 8 * b));
+            int written = 0, tail = 0;
+            if (init(ctx, NULL, NULL, NULL, block, 0) != 1 || update(ctx, NULL, &written, aad, 24) != 1 ||
+                update(ctx, plain, &written, block + GCM_NONCE, (int)n) != 1 ||
+                ctrl(ctx, EVP_CTRL_GCM_SET_TAG, GCM_TAG, (void *)(block + GCM_NONCE + n)) != 1 ||
+                final(ctx, plain + written, &tail) != 1) {
+                failed = (long long)number;
+                break;
+            }
         }
-        for (int b = 0; b < 8; b++)
-            aad[b] = (unsigned char)(number >> (56 - 8 * b));
-        int written = 0, tail = 0;
-        if (init(ctx, NULL, NULL, NULL, block, 0) != 1 || update(ctx, NULL, &written, aad, 24) != 1 ||
-            update(ctx, plain, &written, block + GCM_NONCE, (int)n) != 1 ||
-            ctrl(ctx, EVP_CTRL_GCM_SET_TAG, GCM_TAG, (void *)(block + GCM_NONCE + n)) != 1 ||
-            final(ctx, plain + written, &tail) != 1) {
-            failed = (long long)number;
-            break;
-        }
+        if (!inside && from < to)
+            memcpy(dst + at + from - skip, edge + from, (size_t)(to - from));
     }
     Py_END_ALLOW_THREADS;
     if (failed >= 0) {
@@ -221,9 +271,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"gcm_blocks", gcm_blocks, METH_VARARGS,
-     "gcm_blocks(init, update, final, ctrl, ctx, data, first_block, file_id) -> bytes | failing block"},
+     "gcm_blocks(init, update, final, ctrl, ctx, data, first_block, file_id, skip, length) -> bytes | failing block"},
     {"units", units, METH_VARARGS,
-     "units(update, data_ctx, tweak_ctx, data, unit, tweak_lo, tweak_hi, step) -> bytes: XTS over each unit"},
+     "units(update, data_ctx, tweak_ctx, data, unit, tweak_lo, tweak_hi, step, skip, length) -> bytes skip .. "
+     "skip + length of XTS over each unit"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -69,6 +69,10 @@ def _addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
 
 
 _EVP_CTRL_GCM_SET_IVLEN = 0x9
+#: gocryptfs' blocks, as gcm_open_blocks counts them: 4 KiB of plaintext, a 16-byte nonce and tag.
+_GCM_BLOCK = 4096
+_GCM_OVERHEAD = 32
+_GCM_CIPHER_BLOCK = _GCM_BLOCK + _GCM_OVERHEAD
 
 
 class _Context:
@@ -142,35 +146,64 @@ def _xts_contexts(lib: ctypes.CDLL, key: bytes, encrypt: bool) -> tuple[_Context
     return pair
 
 
-def gcm_open_blocks(key: bytes, data: bytes, first_block: int, file_id: bytes) -> bytes | int | None:
-    """gocryptfs' 4 KiB blocks decrypted in C: the plaintext, the number of the first block that
-    fails authentication, or None when the native loop or libcrypto is not there (the caller's
-    Python loop then does the work)."""
+def gcm_open_blocks(
+    key: bytes, data: bytes, first_block: int, file_id: bytes, *, skip: int = 0, length: int | None = None
+) -> bytes | int | None:
+    """gocryptfs' 4 KiB blocks decrypted in C: bytes ``skip`` .. ``skip + length`` of their plaintext
+    (default: all of it), the number of the first block that fails authentication, or None when
+    the native loop or libcrypto is not there (the caller's Python loop then does the work).
+    Every block of ``data`` is authenticated, also those the range leaves out."""
     lib, native = libcrypto(), native_loops()
     if lib is None or native is None:
         return None
+    if length is None:
+        full, rest = divmod(len(data), _GCM_CIPHER_BLOCK)
+        length = full * _GCM_BLOCK + max(rest - _GCM_OVERHEAD, 0) - skip
     ctx = _context(lib, "gcm", key, False)
-    result: bytes | int = native.gcm_blocks(*_addresses(lib), ctx.pointer, data, first_block, file_id)
+    result: bytes | int = native.gcm_blocks(
+        *_addresses(lib), ctx.pointer, data, first_block, file_id, skip, length
+    )
     return result
 
 
 def xts(
-    key: bytes, data: bytes, unit: int, first_tweak: int, tweak_step: int, *, encrypt: bool = False
+    key: bytes,
+    data: bytes,
+    unit: int,
+    first_tweak: int,
+    tweak_step: int,
+    *,
+    encrypt: bool = False,
+    skip: int = 0,
+    length: int | None = None,
 ) -> bytes:
-    """AES-XTS over ``data`` in ``unit``-byte pieces, piece i with tweak first + i·step (little-endian).
+    """AES-XTS over ``data`` in ``unit``-byte pieces, piece i with tweak first + i·step (little-endian);
+    bytes ``skip`` .. ``skip + length`` of the result (default: all of it).
 
     ``key`` is 32 or 64 bytes (AES-128 or AES-256, data key then tweak key); raises ValueError
-    for a key the cipher refuses.
+    for a key the cipher refuses. Why the range: a read starts and ends inside sectors, and the
+    C loop writes just the wanted bytes, where slicing afterwards would copy the read once more.
     """
+    if length is None:
+        length = len(data) - skip
     lib = libcrypto()
     if lib is None:
-        return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)
+        return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)[skip : skip + length]
     native = native_loops()
     if native is not None:
         data_ctx, tweak_ctx = _xts_contexts(lib, key, encrypt)
         low, high = first_tweak & (2**64 - 1), first_tweak >> 64
         result: bytes = native.units(
-            _addresses(lib)[1], data_ctx.pointer, tweak_ctx.pointer, data, unit, low, high, tweak_step
+            _addresses(lib)[1],
+            data_ctx.pointer,
+            tweak_ctx.pointer,
+            data,
+            unit,
+            low,
+            high,
+            tweak_step,
+            skip,
+            length,
         )
         return result
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
@@ -192,7 +225,7 @@ def xts(
                 or update(ctx, dst + i, written, src + i, unit) != 1
             ):
                 raise ValueError("AES-XTS failed on a data unit")
-        return out.raw
+        return out.raw[skip : skip + length]
     finally:
         lib.EVP_CIPHER_CTX_free(ctx)  # also wipes the key schedule
 

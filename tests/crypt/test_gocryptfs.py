@@ -484,3 +484,57 @@ def test_block_loops_agree_on_a_real_payload(goc_pass, tmp_path, monkeypatch):
         assert got == [native.pread(o, min(n, native.size - o)) for o, n in ranges]
     finally:
         xts.native_loops.cache_clear()
+
+
+def _payload_with_hole(tmp_path: Path) -> tuple[bytes, bytes, bytes]:
+    """A payload siffs' writer made (7 blocks, the last one short) with block 2 turned into a hole,
+    its content key and the plaintext it decrypts to."""
+    plain = bytearray(random.Random(5).randbytes(6 * 4096 + 1000))
+    (tmp_path / "plain").write_bytes(plain)
+    master = os.urandom(32)
+    with open(tmp_path / "plain", "rb") as src, open(tmp_path / "payload", "wb") as out:
+        gocryptfs.encrypt_file(src, out, master)
+    payload = bytearray((tmp_path / "payload").read_bytes())
+    payload[18 + 2 * 4128 : 18 + 3 * 4128] = bytes(4128)
+    plain[2 * 4096 : 3 * 4096] = bytes(4096)
+    return bytes(payload), gocryptfs._hkdf(master, gocryptfs.CONTENT_INFO), bytes(plain)
+
+
+def test_ranges_of_blocks_native_and_python(tmp_path, monkeypatch):
+    """Reads starting and ending on and inside blocks, over a hole and the short last block: the C
+    loop writing only the range asked for, and the Python loop, give the plaintext's bytes."""
+    from siffs.crypt import xts  # noqa: PLC0415
+
+    if xts.native_loops() is None:
+        pytest.skip("siffs.crypt._xts was not built")
+    payload, key, plain = _payload_with_hole(tmp_path)
+    size = len(plain)
+    ranges = [
+        (0, size), (0, 1), (1, 4095), (4095, 2), (4096, 4096), (100, 3 * 4096), (2 * 4096 - 1, 4098),
+        (2 * 4096 + 7, 10), (size - 1000, 1000), (size - 1001, 1001), (size - 1, 1), (5000, size - 5000),
+    ]  # fmt: skip
+    native = [gocryptfs.GocryptfsSource(Bytes(payload), key).pread(o, n) for o, n in ranges]
+    assert native == [plain[o : o + n] for o, n in ranges]
+    monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
+    xts.native_loops.cache_clear()
+    try:
+        assert native == [gocryptfs.GocryptfsSource(Bytes(payload), key).pread(o, n) for o, n in ranges]
+    finally:
+        xts.native_loops.cache_clear()
+
+
+def test_every_block_is_authenticated_also_outside_the_range(tmp_path):
+    """The C loop checks the tag of each block it is given, whether or not the range asked for needs it."""
+    from siffs.crypt import xts  # noqa: PLC0415
+
+    if xts.native_loops() is None:
+        pytest.skip("siffs.crypt._xts was not built")
+    payload, key, plain = _payload_with_hole(tmp_path)
+    blocks = bytearray(payload[18:])
+    file_id = payload[2:18]
+    assert xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=4096 + 5, length=100) == plain[4101:4201]
+    blocks[4 * 4128 + 50] ^= 1
+    for skip, length in ((0, 0), (4096 + 5, 100), (5 * 4096, 1000)):
+        assert xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=skip, length=length) == 4
+    with pytest.raises(ValueError, match="outside the blocks"):
+        xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=1, length=len(plain))
