@@ -71,6 +71,88 @@ static int ecb(cipher_update_fn update, void *ctx, unsigned char *buf, Py_ssize_
     return 1;
 }
 
+/* Whether ``data`` is whole units of a size XTS takes, and the range lies inside it; if not, the
+ * buffer is released and ValueError set. */
+static int whole_units(Py_buffer *data, Py_ssize_t unit, Py_ssize_t skip, Py_ssize_t length) {
+    const char *problem = NULL;
+    if (unit <= 0 || unit > (1 << 20) || unit % 16 || data->len % unit)
+        problem = "data is not a whole number of units";
+    else if (skip < 0 || length < 0 || skip > data->len - length)
+        problem = "the range asked for lies outside the data";
+    if (problem == NULL)
+        return 1;
+    PyBuffer_Release(data);
+    PyErr_SetString(PyExc_ValueError, problem);
+    return 0;
+}
+
+typedef unsigned int (*gcry_crypt_fn)(void *handle, void *out, size_t out_length, const void *in, size_t in_length);
+typedef unsigned int (*gcry_buffer_fn)(void *handle, const void *buffer, size_t length);
+
+/*
+ * units_gcrypt(setiv, crypt, handle, data, unit, tweak_lo, tweak_hi, step, skip, length): the same
+ * as units through libgcrypt's own XTS (a handle keyed with both halves; ``crypt`` is
+ * gcry_cipher_decrypt or _encrypt), one call per unit after setting its tweak. Why: libgcrypt's
+ * XTS pipelines the 16-byte blocks of a unit itself and re-keys nothing per tweak, so a 512-byte
+ * sector costs less than the two ECB passes and whitening above (4 against 3 GB/s here).
+ */
+static PyObject *units_gcrypt(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long setiv_addr, crypt_addr, handle_addr, tweak_lo, tweak_hi, step;
+    Py_ssize_t unit, skip, length;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "KKKy*nKKKnn", &setiv_addr, &crypt_addr, &handle_addr, &data, &unit, &tweak_lo,
+                          &tweak_hi, &step, &skip, &length))
+        return NULL;
+    if (!whole_units(&data, unit, skip, length))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    unsigned char local[4096];
+    unsigned char *edge = unit <= 4096 ? local : PyMem_RawMalloc((size_t)unit);
+    if (out == NULL || edge == NULL) {
+        Py_XDECREF(out);
+        if (edge != local)
+            PyMem_RawFree(edge);
+        PyBuffer_Release(&data);
+        return PyErr_NoMemory();
+    }
+    gcry_buffer_fn setiv = (gcry_buffer_fn)(uintptr_t)setiv_addr;
+    gcry_crypt_fn crypt = (gcry_crypt_fn)(uintptr_t)crypt_addr;
+    void *handle = (void *)(uintptr_t)handle_addr;
+    const unsigned char *src = data.buf;
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    Py_ssize_t end = skip + length;
+    uint64_t lo = tweak_lo, hi = tweak_hi;
+    for (Py_ssize_t at = 0; ok && at < end; at += unit) {
+        if (at + unit > skip) { /* units before the range are not decrypted */
+            Py_ssize_t from = at < skip ? skip - at : 0, to = at + unit > end ? end - at : unit;
+            int inside = from == 0 && to == unit;
+            unsigned char tweak[16];
+            store64(tweak, lo);
+            store64(tweak + 8, hi);
+            ok = setiv(handle, tweak, 16) == 0 &&
+                 crypt(handle, inside ? dst + at - skip : edge, (size_t)unit, src + at, (size_t)unit) == 0;
+            if (ok && !inside)
+                memcpy(dst + at + from - skip, edge + from, (size_t)(to - from));
+        }
+        uint64_t next = lo + step;
+        hi += next < lo;
+        lo = next;
+    }
+    Py_END_ALLOW_THREADS;
+    if (edge != local)
+        PyMem_RawFree(edge);
+    PyBuffer_Release(&data);
+    if (!ok) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "AES-XTS failed on a data unit");
+        return NULL;
+    }
+    return out;
+}
+
 /* The second whitening pass, written straight into the caller's range: out receives bytes skip ..
  * skip + length of the whitened run (the other 16-byte blocks are computed but not stored). */
 static void whiten_range(unsigned char *out, const unsigned char *src, const unsigned char *tweaks, Py_ssize_t n,
@@ -114,16 +196,8 @@ static PyObject *units(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKy*nKKKnn", &update_addr, &data_ctx, &tweak_ctx, &data, &unit, &tweak_lo,
                           &tweak_hi, &step, &skip, &length))
         return NULL;
-    if (unit <= 0 || unit > (1 << 20) || unit % 16 || data.len % unit) {
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "data is not a whole number of units");
+    if (!whole_units(&data, unit, skip, length))
         return NULL;
-    }
-    if (skip < 0 || length < 0 || skip > data.len - length) {
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "the range asked for lies outside the data");
-        return NULL;
-    }
     Py_ssize_t n = data.len / unit;
     PyObject *out = PyBytes_FromStringAndSize(NULL, length);
     unsigned char local[16 * 256]; /* the tweaks of a read up to 128 KiB need no allocation */
@@ -188,8 +262,6 @@ static int all_zero(const unsigned char *p, Py_ssize_t n) {
 }
 
 /* libgcrypt's GCM calls (gcry_cipher_setiv, _authenticate, _decrypt, _checktag): 0 is success. */
-typedef unsigned int (*gcry_buffer_fn)(void *handle, const void *buffer, size_t length);
-typedef unsigned int (*gcry_decrypt_fn)(void *handle, void *out, size_t out_length, const void *in, size_t in_length);
 
 /* One AES-256-GCM implementation, as the caller chose it: OpenSSL's EVP calls or libgcrypt's. */
 typedef struct {
@@ -205,7 +277,7 @@ static int open_block(const gcm_backend *b, const unsigned char *block, Py_ssize
     if (b->gcrypt) {
         gcry_buffer_fn setiv = (gcry_buffer_fn)b->calls[0], authenticate = (gcry_buffer_fn)b->calls[1],
                        checktag = (gcry_buffer_fn)b->calls[3];
-        gcry_decrypt_fn decrypt = (gcry_decrypt_fn)b->calls[2];
+        gcry_crypt_fn decrypt = (gcry_crypt_fn)b->calls[2];
         return setiv(b->ctx, block, GCM_NONCE) == 0 && authenticate(b->ctx, aad, 24) == 0 &&
                decrypt(b->ctx, plain, (size_t)n, ciphertext, (size_t)n) == 0 &&
                checktag(b->ctx, tag, GCM_TAG) == 0;
@@ -305,6 +377,9 @@ static PyMethodDef methods[] = {
     {"gcm_blocks", gcm_blocks, METH_VARARGS,
      "gcm_blocks(gcrypt, call0, call1, call2, call3, ctx, data, first_block, file_id, skip, length) -> bytes | "
      "failing block"},
+    {"units_gcrypt", units_gcrypt, METH_VARARGS,
+     "units_gcrypt(setiv, crypt, handle, data, unit, tweak_lo, tweak_hi, step, skip, length) -> bytes skip .. "
+     "skip + length of libgcrypt's XTS over each unit"},
     {"units", units, METH_VARARGS,
      "units(update, data_ctx, tweak_ctx, data, unit, tweak_lo, tweak_hi, step, skip, length) -> bytes skip .. "
      "skip + length of XTS over each unit"},

@@ -3,11 +3,13 @@
 Every 512-byte sector has its own tweak. ``cryptography`` builds a new cipher context (and key
 schedule) per tweak, about 5 us, more than decrypting the sector; OpenSSL itself can keep the
 key and change only the tweak. So runs go through the system's libcrypto when it loads (Debian:
-libssl3, always present), and through ``cryptography`` otherwise; both give the same bytes.
-The loop runs in C (``_xts.c``, given libcrypto's functions by address) when it was built: XTS
-spelled out as two bulk AES-ECB calls (tweaks, then data) around a whitening pass, so AES-NI
-pipelines over a whole read instead of restarting per 512-byte sector; else here with two ctypes
-calls per unit through OpenSSL's own XTS.
+libssl3, always present), and through ``cryptography`` otherwise; all give the same bytes.
+The loop runs in C (``_xts.c``, given the libraries' functions by address) when it was built:
+through libgcrypt's XTS when the system has libgcrypt (one call per sector after setting its
+tweak: the fastest here), else XTS spelled out as two bulk OpenSSL AES-ECB calls (tweaks, then
+data) around a whitening pass, so AES-NI pipelines over a whole read instead of restarting per
+512-byte sector; else here with two ctypes calls per unit through OpenSSL's own XTS.
+gocryptfs' AES-GCM blocks take the same ways (libgcrypt, else OpenSSL; gcm_open_blocks).
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ def libgcrypt() -> ctypes.CDLL | None:
 
 
 @functools.cache
+def _address(lib: ctypes.CDLL, name: str) -> int:
+    """Where function ``name`` of ``lib`` is, for the C loops."""
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+
+
+@functools.cache
 def _gcrypt_addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
     """Where gcry_cipher_setiv, _authenticate, _decrypt and _checktag are, for the C GCM loop."""
     names = ("gcry_cipher_setiv", "gcry_cipher_authenticate", "gcry_cipher_decrypt", "gcry_cipher_checktag")
@@ -111,14 +119,16 @@ def native_loops() -> ModuleType | None:
 def _addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
     """Where EVP_CipherInit_ex, _CipherUpdate, _CipherFinal_ex and _CIPHER_CTX_ctrl are, for the C loops."""
     names = ("EVP_CipherInit_ex", "EVP_CipherUpdate", "EVP_CipherFinal_ex", "EVP_CIPHER_CTX_ctrl")
-    init, update, final, ctrl = (ctypes.cast(getattr(lib, n), ctypes.c_void_p).value or 0 for n in names)
+    init, update, final, ctrl = (_address(lib, n) for n in names)
     return init, update, final, ctrl
 
 
 _EVP_CTRL_GCM_SET_IVLEN = 0x9
 #: From gcrypt.h (libgcrypt 1.8 and later).
+_GCRY_CIPHER_AES128 = 7
 _GCRY_CIPHER_AES256 = 9
 _GCRY_CIPHER_MODE_GCM = 9
+_GCRY_CIPHER_MODE_XTS = 13
 _GCRYCTL_INITIALIZATION_FINISHED = 38
 _GCRYCTL_INITIALIZATION_FINISHED_P = 39
 #: gocryptfs' blocks, as gcm_open_blocks counts them: 4 KiB of plaintext, a 16-byte nonce and tag.
@@ -160,16 +170,18 @@ def _context(lib: ctypes.CDLL, cipher: str, key: bytes, encrypt: bool) -> _Conte
         return found
     if len(held) >= _KEPT:
         held.clear()
-    if cipher == "gcrypt-gcm":
+    if cipher in ("gcrypt-gcm", "gcrypt-xts"):
         handle = ctypes.c_void_p()
-        if (
-            lib.gcry_cipher_open(ctypes.byref(handle), _GCRY_CIPHER_AES256, _GCRY_CIPHER_MODE_GCM, 0)
-            or not handle
-        ):
-            raise MemoryError("libgcrypt could not open an AES-GCM handle")
+        algorithm, mode = (
+            (_GCRY_CIPHER_AES256, _GCRY_CIPHER_MODE_GCM)
+            if cipher == "gcrypt-gcm"
+            else (_GCRY_CIPHER_AES256 if len(key) == 64 else _GCRY_CIPHER_AES128, _GCRY_CIPHER_MODE_XTS)
+        )
+        if lib.gcry_cipher_open(ctypes.byref(handle), algorithm, mode, 0) or not handle:
+            raise MemoryError("libgcrypt could not open a cipher handle")
         context = _Context(lib.gcry_cipher_close, tag, handle.value or 0)
         if lib.gcry_cipher_setkey(context.pointer, key, len(key)):
-            raise ValueError("AES-GCM refused the key")
+            raise ValueError(f"AES-{cipher[7:].upper()} refused the key")
         held[tag] = context
         return context
     pointer = lib.EVP_CIPHER_CTX_new()
@@ -263,10 +275,35 @@ def xts(
     if lib is None:
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)[skip : skip + length]
     native = native_loops()
+    gcrypt = libgcrypt()
+    low, high = first_tweak & (2**64 - 1), first_tweak >> 64
+    if (
+        native is not None
+        and gcrypt is not None
+        and not (encrypt and key[: len(key) // 2] == key[len(key) // 2 :])
+    ):
+        try:
+            handle = _context(gcrypt, "gcrypt-xts", key, encrypt)
+        except ValueError:
+            pass  # a key libgcrypt refuses (as weak) and OpenSSL takes: the loops below
+        else:
+            crypt = _address(gcrypt, "gcry_cipher_encrypt" if encrypt else "gcry_cipher_decrypt")
+            result: bytes = native.units_gcrypt(
+                _gcrypt_addresses(gcrypt)[0],
+                crypt,
+                handle.pointer,
+                data,
+                unit,
+                low,
+                high,
+                tweak_step,
+                skip,
+                length,
+            )
+            return result
     if native is not None:
         data_ctx, tweak_ctx = _xts_contexts(lib, key, encrypt)
-        low, high = first_tweak & (2**64 - 1), first_tweak >> 64
-        result: bytes = native.units(
+        result = native.units(
             _addresses(lib)[1],
             data_ctx.pointer,
             tweak_ctx.pointer,

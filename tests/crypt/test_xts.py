@@ -1,5 +1,6 @@
-"""The libcrypto XTS path gives exactly what ``cryptography``'s XTS gives (the LUKS2 data path oracle
-against cryptsetup is in test_luks2)."""
+"""The C XTS loops (through libgcrypt's XTS, and OpenSSL's AES-ECB with whitening) and the ctypes
+loop give exactly what ``cryptography``'s XTS gives (the LUKS2 data path oracle against
+cryptsetup is in test_luks2). Every test runs once with each C loop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import os
 import pytest
 
 from siffs.crypt import xts
+
+
+@pytest.fixture(autouse=True, params=["gcrypt", "openssl"])
+def c_loop(request, monkeypatch):
+    """The C loop xts() takes: libgcrypt's XTS, or OpenSSL's ECB (``SIFFS_NO_GCRYPT``)."""
+    monkeypatch.delenv("SIFFS_NO_NATIVE", raising=False)
+    monkeypatch.delenv("SIFFS_NO_GCRYPT", raising=False)
+    if request.param == "openssl":
+        monkeypatch.setenv("SIFFS_NO_GCRYPT", "1")
+    xts.libgcrypt.cache_clear()
+    xts.native_loops.cache_clear()
+    if request.param == "gcrypt" and xts.libgcrypt() is None:
+        pytest.skip("no libgcrypt (libgcrypt20) on this system")
+    yield request.param
+    xts.libgcrypt.cache_clear()
+    xts.native_loops.cache_clear()
 
 
 @pytest.mark.parametrize("key_size", [32, 64])
