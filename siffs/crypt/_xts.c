@@ -90,37 +90,23 @@ typedef unsigned int (*gcry_crypt_fn)(void *handle, void *out, size_t out_length
 typedef unsigned int (*gcry_buffer_fn)(void *handle, const void *buffer, size_t length);
 
 /*
- * units_gcrypt(setiv, crypt, handle, data, unit, tweak_lo, tweak_hi, step, skip, length): the same
- * as units through libgcrypt's own XTS (a handle keyed with both halves; ``crypt`` is
- * gcry_cipher_decrypt or _encrypt), one call per unit after setting its tweak. Why: libgcrypt's
- * XTS pipelines the 16-byte blocks of a unit itself and re-keys nothing per tweak, so a 512-byte
- * sector costs less than the two ECB passes and whitening above (4 against 3 GB/s here).
+ * XTS through libgcrypt's own XTS mode (``handle`` keyed with both halves; ``crypt`` is
+ * gcry_cipher_decrypt or _encrypt, ``setiv`` gcry_cipher_setiv), one call per unit after setting
+ * its tweak. Why: libgcrypt's XTS pipelines the 16-byte blocks of a unit itself and re-keys
+ * nothing per tweak, so a 512-byte sector costs less than the two ECB passes and whitening below
+ * (4 against 3 GB/s here). 1 when done, 0 if a call failed, -1 out of memory.
  */
-static PyObject *units_gcrypt(PyObject *self, PyObject *args) {
-    (void)self;
-    unsigned long long setiv_addr, crypt_addr, handle_addr, tweak_lo, tweak_hi, step;
-    Py_ssize_t unit, skip, length;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "KKKy*nKKKnn", &setiv_addr, &crypt_addr, &handle_addr, &data, &unit, &tweak_lo,
-                          &tweak_hi, &step, &skip, &length))
-        return NULL;
-    if (!whole_units(&data, unit, skip, length))
-        return NULL;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+static int units_gcrypt(uintptr_t setiv_addr, uintptr_t crypt_addr, uintptr_t handle_addr, const Py_buffer *data,
+                        Py_ssize_t unit, uint64_t tweak_lo, uint64_t tweak_hi, uint64_t step, Py_ssize_t skip,
+                        Py_ssize_t length, unsigned char *dst) {
     unsigned char local[4096];
     unsigned char *edge = unit <= 4096 ? local : PyMem_RawMalloc((size_t)unit);
-    if (out == NULL || edge == NULL) {
-        Py_XDECREF(out);
-        if (edge != local)
-            PyMem_RawFree(edge);
-        PyBuffer_Release(&data);
-        return PyErr_NoMemory();
-    }
-    gcry_buffer_fn setiv = (gcry_buffer_fn)(uintptr_t)setiv_addr;
-    gcry_crypt_fn crypt = (gcry_crypt_fn)(uintptr_t)crypt_addr;
-    void *handle = (void *)(uintptr_t)handle_addr;
-    const unsigned char *src = data.buf;
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    if (edge == NULL)
+        return -1;
+    gcry_buffer_fn setiv = (gcry_buffer_fn)setiv_addr;
+    gcry_crypt_fn crypt = (gcry_crypt_fn)crypt_addr;
+    void *handle = (void *)handle_addr;
+    const unsigned char *src = data->buf;
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS;
     Py_ssize_t end = skip + length;
@@ -144,13 +130,7 @@ static PyObject *units_gcrypt(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS;
     if (edge != local)
         PyMem_RawFree(edge);
-    PyBuffer_Release(&data);
-    if (!ok) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_ValueError, "AES-XTS failed on a data unit");
-        return NULL;
-    }
-    return out;
+    return ok;
 }
 
 /* The second whitening pass, written straight into the caller's range: out receives bytes skip ..
@@ -188,33 +168,22 @@ static void whiten_range(unsigned char *out, const unsigned char *src, const uns
  * sectors, and the last whitening pass writes the wanted bytes straight into the returned object
  * (no second buffer, no slice copy in Python).
  */
-static PyObject *units(PyObject *self, PyObject *args) {
-    (void)self;
-    unsigned long long update_addr, data_ctx, tweak_ctx, tweak_lo, tweak_hi, step;
-    Py_ssize_t unit, skip, length;
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "KKKy*nKKKnn", &update_addr, &data_ctx, &tweak_ctx, &data, &unit, &tweak_lo,
-                          &tweak_hi, &step, &skip, &length))
-        return NULL;
-    if (!whole_units(&data, unit, skip, length))
-        return NULL;
-    Py_ssize_t n = data.len / unit;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+static int units_ecb(uintptr_t update_addr, uintptr_t data_ctx, uintptr_t tweak_ctx, const Py_buffer *data,
+                     Py_ssize_t unit, uint64_t tweak_lo, uint64_t tweak_hi, uint64_t step, Py_ssize_t skip,
+                     Py_ssize_t length, unsigned char *dst) {
+    Py_ssize_t n = data->len / unit;
     unsigned char local[16 * 256]; /* the tweaks of a read up to 128 KiB need no allocation */
     unsigned char *tweaks = n <= 256 ? local : PyMem_RawMalloc((size_t)n * 16);
     /* The run whitened and decrypted in place; not wiped, as the plaintext the reader caches is not. */
-    unsigned char *work = PyMem_RawMalloc((size_t)data.len + 1);
-    if (out == NULL || tweaks == NULL || work == NULL) {
-        Py_XDECREF(out);
+    unsigned char *work = PyMem_RawMalloc((size_t)data->len + 1);
+    if (tweaks == NULL || work == NULL) {
         if (tweaks != local)
             PyMem_RawFree(tweaks);
         PyMem_RawFree(work);
-        PyBuffer_Release(&data);
-        return PyErr_NoMemory();
+        return -1;
     }
-    cipher_update_fn update = (cipher_update_fn)(uintptr_t)update_addr;
-    const unsigned char *src = data.buf;
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    cipher_update_fn update = (cipher_update_fn)update_addr;
+    const unsigned char *src = data->buf;
     int ok;
     Py_BEGIN_ALLOW_THREADS;
     uint64_t lo = tweak_lo, hi = tweak_hi;
@@ -225,10 +194,10 @@ static PyObject *units(PyObject *self, PyObject *args) {
         hi += next < lo;
         lo = next;
     }
-    ok = ecb(update, (void *)(uintptr_t)tweak_ctx, tweaks, n * 16);
+    ok = ecb(update, (void *)tweak_ctx, tweaks, n * 16);
     if (ok) {
         whiten(work, src, tweaks, n, unit);
-        ok = ecb(update, (void *)(uintptr_t)data_ctx, work, data.len);
+        ok = ecb(update, (void *)data_ctx, work, data->len);
         whiten_range(dst, work, tweaks, n, unit, skip, length);
     }
     memset(tweaks, 0, (size_t)n * 16);
@@ -236,13 +205,37 @@ static PyObject *units(PyObject *self, PyObject *args) {
     if (tweaks != local)
         PyMem_RawFree(tweaks);
     PyMem_RawFree(work);
-    PyBuffer_Release(&data);
-    if (!ok) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_ValueError, "AES-XTS failed on a data unit");
+    return ok;
+}
+
+/* units(gcrypt, call, crypt_or_ctx, ctx_or_handle, data, unit, tweak_lo, tweak_hi, step, skip, length) ->
+ * bytes skip .. skip + length of XTS over each unit, unit i with tweak (tweak_lo, tweak_hi) + i * step.
+ * ``gcrypt`` 1: libgcrypt's gcry_cipher_setiv, gcry_cipher_decrypt (or _encrypt) and a keyed XTS
+ * handle; 0: OpenSSL's EVP_CipherUpdate, the data key's ECB context and the tweak key's. */
+static PyObject *units(PyObject *self, PyObject *args) {
+    (void)self;
+    int gcrypt;
+    unsigned long long a, b, c, tweak_lo, tweak_hi, step;
+    Py_ssize_t unit, skip, length;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "pKKKy*nKKKnn", &gcrypt, &a, &b, &c, &data, &unit, &tweak_lo, &tweak_hi, &step,
+                          &skip, &length))
         return NULL;
-    }
-    return out;
+    if (!whole_units(&data, unit, skip, length))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    int ok = out == NULL ? -1
+                         : (gcrypt ? units_gcrypt : units_ecb)((uintptr_t)a, (uintptr_t)b, (uintptr_t)c, &data, unit,
+                                                               tweak_lo, tweak_hi, step, skip, length,
+                                                               (unsigned char *)PyBytes_AS_STRING(out));
+    PyBuffer_Release(&data);
+    if (ok == 1)
+        return out;
+    Py_XDECREF(out);
+    if (ok < 0)
+        return PyErr_NoMemory();
+    PyErr_SetString(PyExc_ValueError, "AES-XTS failed on a data unit");
+    return NULL;
 }
 
 typedef int (*cipher_final_fn)(void *ctx, unsigned char *out, int *outl);
@@ -261,9 +254,8 @@ static int all_zero(const unsigned char *p, Py_ssize_t n) {
     return 1;
 }
 
-/* libgcrypt's GCM calls (gcry_cipher_setiv, _authenticate, _decrypt, _checktag): 0 is success. */
-
-/* One AES-256-GCM implementation, as the caller chose it: OpenSSL's EVP calls or libgcrypt's. */
+/* One AES-256-GCM implementation, as the caller chose it: OpenSSL's EVP calls, or libgcrypt's
+ * (gcry_cipher_setiv, _authenticate, _decrypt, _checktag: 0 is success). */
 typedef struct {
     int gcrypt;
     uintptr_t calls[4];
@@ -377,12 +369,9 @@ static PyMethodDef methods[] = {
     {"gcm_blocks", gcm_blocks, METH_VARARGS,
      "gcm_blocks(gcrypt, call0, call1, call2, call3, ctx, data, first_block, file_id, skip, length) -> bytes | "
      "failing block"},
-    {"units_gcrypt", units_gcrypt, METH_VARARGS,
-     "units_gcrypt(setiv, crypt, handle, data, unit, tweak_lo, tweak_hi, step, skip, length) -> bytes skip .. "
-     "skip + length of libgcrypt's XTS over each unit"},
     {"units", units, METH_VARARGS,
-     "units(update, data_ctx, tweak_ctx, data, unit, tweak_lo, tweak_hi, step, skip, length) -> bytes skip .. "
-     "skip + length of XTS over each unit"},
+     "units(gcrypt, call, crypt_or_ctx, ctx_or_handle, data, unit, tweak_lo, tweak_hi, step, skip, length) -> "
+     "bytes skip .. skip + length of XTS over each unit"},
     {NULL, NULL, 0, NULL},
 };
 

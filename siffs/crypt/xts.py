@@ -251,6 +251,26 @@ def gcm_open_blocks(
     return result
 
 
+def _native_xts(lib: ctypes.CDLL, key: bytes, encrypt: bool) -> tuple[bool, tuple[int, int, int], object]:
+    """What the C XTS loop runs through: whether libgcrypt, the two calls and the keyed context (or
+    contexts) as addresses, and the context objects, which must stay alive while it runs.
+
+    libgcrypt's XTS when it loads and takes the key; else OpenSSL's ECB with the whitening in C
+    (also for encryption with equal key halves, which that refuses as OpenSSL's XTS does).
+    """
+    gcrypt = libgcrypt()
+    if gcrypt is not None and not (encrypt and key[: len(key) // 2] == key[len(key) // 2 :]):
+        try:
+            handle = _context(gcrypt, "gcrypt-xts", key, encrypt)
+        except ValueError:
+            pass  # a key libgcrypt refuses (as weak) and OpenSSL takes
+        else:
+            crypt = _address(gcrypt, "gcry_cipher_encrypt" if encrypt else "gcry_cipher_decrypt")
+            return True, (_gcrypt_addresses(gcrypt)[0], crypt, handle.pointer), handle
+    data_ctx, tweak_ctx = _xts_contexts(lib, key, encrypt)
+    return False, (_addresses(lib)[1], data_ctx.pointer, tweak_ctx.pointer), (data_ctx, tweak_ctx)
+
+
 def xts(
     key: bytes,
     data: bytes,
@@ -275,46 +295,12 @@ def xts(
     if lib is None:
         return xts_portable(key, data, unit, first_tweak, tweak_step, encrypt=encrypt)[skip : skip + length]
     native = native_loops()
-    gcrypt = libgcrypt()
-    low, high = first_tweak & (2**64 - 1), first_tweak >> 64
-    if (
-        native is not None
-        and gcrypt is not None
-        and not (encrypt and key[: len(key) // 2] == key[len(key) // 2 :])
-    ):
-        try:
-            handle = _context(gcrypt, "gcrypt-xts", key, encrypt)
-        except ValueError:
-            pass  # a key libgcrypt refuses (as weak) and OpenSSL takes: the loops below
-        else:
-            crypt = _address(gcrypt, "gcry_cipher_encrypt" if encrypt else "gcry_cipher_decrypt")
-            result: bytes = native.units_gcrypt(
-                _gcrypt_addresses(gcrypt)[0],
-                crypt,
-                handle.pointer,
-                data,
-                unit,
-                low,
-                high,
-                tweak_step,
-                skip,
-                length,
-            )
-            return result
     if native is not None:
-        data_ctx, tweak_ctx = _xts_contexts(lib, key, encrypt)
-        result = native.units(
-            _addresses(lib)[1],
-            data_ctx.pointer,
-            tweak_ctx.pointer,
-            data,
-            unit,
-            low,
-            high,
-            tweak_step,
-            skip,
-            length,
+        gcrypt, calls, keep = _native_xts(lib, key, encrypt)
+        result: bytes = native.units(
+            gcrypt, *calls, data, unit, first_tweak & (2**64 - 1), first_tweak >> 64, tweak_step, skip, length
         )
+        del keep  # the keyed contexts the C loop used
         return result
     cipher = lib.EVP_aes_256_xts() if len(key) == 64 else lib.EVP_aes_128_xts()
     ctx = lib.EVP_CIPHER_CTX_new()
