@@ -258,20 +258,19 @@ class GocryptfsSource:
         first, last = offset // BLOCK, (offset + size - 1) // BLOCK
         start = HEADER + first * CIPHER_BLOCK
         data = self._payload.pread(start, min(HEADER + (last + 1) * CIPHER_BLOCK, self._payload.size) - start)
-        native = gcm_open_blocks(self._key, data, first, self._file_id)
+        skip = offset - first * BLOCK
+        native = gcm_open_blocks(self._key, data, first, self._file_id, skip=skip, length=size)
         if isinstance(native, int):
             raise TamperedBlock(
                 f"authentication failed in encrypted block {native} (corrupt or tampered image)"
             )
-        plain = (
-            native
-            if native is not None
-            else b"".join(
-                self._block(first + i, data[pos : pos + CIPHER_BLOCK])
-                for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
-            )
+        if native is not None:
+            return native  # just the bytes asked for, written straight from the decryption
+        plain = b"".join(
+            self._block(first + i, data[pos : pos + CIPHER_BLOCK])
+            for i, pos in enumerate(range(0, len(data), CIPHER_BLOCK))
         )
-        return plain[offset - first * BLOCK : offset - first * BLOCK + size]
+        return plain[skip : skip + size]
 
     def _block(self, number: int, block: bytes) -> bytes:
         nonce = block[:NONCE]

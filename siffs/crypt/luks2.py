@@ -496,8 +496,7 @@ class LuksSource:
         first, last = offset // s, (offset + size - 1) // s
         data = self._ciphertext.pread(self._segment.offset + first * s, (last - first + 1) * s)
         start = self._segment.iv_tweak + first * self._units_per_sector
-        plain = xts(self._key, data, s, start, self._units_per_sector)
-        return plain[offset - first * s : offset - first * s + size]
+        return xts(self._key, data, s, start, self._units_per_sector, skip=offset - first * s, length=size)
 
 
 def check_squashfs(data: ByteSource, message: str) -> None:

@@ -52,18 +52,44 @@ class Bytes:
         return self.data[offset : offset + size]
 
 
-@pytest.fixture(params=["native", "python"])
-def block_loop(request, monkeypatch):
-    """Each test that takes this runs with the C block loop (when built) and with the Python loop."""
+def _select(monkeypatch, loop: str) -> None:
+    """Make gcm_open_blocks run ``loop``: "gcrypt" or "openssl" (the C loop through that library)
+    or "python"; skips when that one is not there."""
     from siffs.crypt import xts  # noqa: PLC0415
 
-    if request.param == "python":
+    monkeypatch.delenv("SIFFS_NO_NATIVE", raising=False)
+    monkeypatch.delenv("SIFFS_NO_GCRYPT", raising=False)
+    if loop == "python":
         monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
-    elif xts.native_loops() is None:
+    elif loop == "openssl":
+        monkeypatch.setenv("SIFFS_NO_GCRYPT", "1")
+    xts.native_loops.cache_clear()
+    xts.libgcrypt.cache_clear()
+    if loop != "python" and xts.native_loops() is None:
         pytest.skip("siffs.crypt._xts was not built (no C compiler): only the Python loop runs")
+    if loop == "gcrypt" and xts.libgcrypt() is None:
+        pytest.skip("no libgcrypt (libgcrypt20) on this system")
+
+
+@pytest.fixture
+def restore_loops():
+    """Forget the loop a test selected, so the next test sees the environment's."""
+    from siffs.crypt import xts  # noqa: PLC0415
+
+    yield
     xts.native_loops.cache_clear()
-    yield request.param
-    xts.native_loops.cache_clear()
+    xts.libgcrypt.cache_clear()
+
+
+LOOPS = ["gcrypt", "openssl", "python"]
+
+
+@pytest.fixture(params=LOOPS)
+def block_loop(request, monkeypatch, restore_loops):
+    """Each test that takes this runs with the C block loop through libgcrypt and through OpenSSL
+    (when built) and with the Python loop."""
+    _select(monkeypatch, request.param)
+    return request.param
 
 
 def test_vector_unlock():
@@ -468,19 +494,69 @@ def test_payload_read_straight_from_the_partition(kind, request, plain, tmp_path
     assert ExtentSource.covering(partition, [(0, 96, 10), (20, 200, 10)], 30) is None
 
 
-def test_block_loops_agree_on_a_real_payload(goc_pass, tmp_path, monkeypatch):
-    """The C loop against the Python loop (its oracle) on the real gocryptfs payload, random ranges."""
+def test_block_loops_agree_on_a_real_payload(goc_pass, tmp_path, monkeypatch, restore_loops):
+    """The C loop through each library against the Python loop (their oracle) on the real gocryptfs
+    payload, random ranges."""
+    _, source = _payload_source(goc_pass, tmp_path)  # the loop is chosen on each read
+    rng = random.Random(3)
+    ranges = [(0, source.size), *((rng.randrange(source.size), rng.randrange(1, 300_000)) for _ in range(40))]
+    got: dict[str, list[bytes]] = {}
+    for loop in LOOPS:
+        try:
+            _select(monkeypatch, loop)
+        except pytest.skip.Exception:
+            continue
+        got[loop] = [source.pread(o, min(n, source.size - o)) for o, n in ranges]
+    assert "python" in got and len(got) >= 2
+    assert all(result == got["python"] for result in got.values())
+
+
+def _payload_with_hole(tmp_path: Path) -> tuple[bytes, bytes, bytes]:
+    """A payload siffs' writer made (7 blocks, the last one short) with block 2 turned into a hole,
+    its content key and the plaintext it decrypts to."""
+    plain = bytearray(random.Random(5).randbytes(6 * 4096 + 1000))
+    (tmp_path / "plain").write_bytes(plain)
+    master = os.urandom(32)
+    with open(tmp_path / "plain", "rb") as src, open(tmp_path / "payload", "wb") as out:
+        gocryptfs.encrypt_file(src, out, master)
+    payload = bytearray((tmp_path / "payload").read_bytes())
+    payload[18 + 2 * 4128 : 18 + 3 * 4128] = bytes(4128)
+    plain[2 * 4096 : 3 * 4096] = bytes(4096)
+    return bytes(payload), gocryptfs._hkdf(master, gocryptfs.CONTENT_INFO), bytes(plain)
+
+
+@pytest.mark.parametrize("loop", ["gcrypt", "openssl"])
+def test_ranges_of_blocks_native_and_python(tmp_path, monkeypatch, restore_loops, loop):
+    """Reads starting and ending on and inside blocks, over a hole and the short last block: the C
+    loop writing only the range asked for, and the Python loop, give the plaintext's bytes."""
+    payload, key, plain = _payload_with_hole(tmp_path)
+    size = len(plain)
+    ranges = [
+        (0, size), (0, 1), (1, 4095), (4095, 2), (4096, 4096), (100, 3 * 4096), (2 * 4096 - 1, 4098),
+        (2 * 4096 + 7, 10), (size - 1000, 1000), (size - 1001, 1001), (size - 1, 1), (5000, size - 5000),
+    ]  # fmt: skip
+    _select(monkeypatch, loop)
+    native = [gocryptfs.GocryptfsSource(Bytes(payload), key).pread(o, n) for o, n in ranges]
+    assert native == [plain[o : o + n] for o, n in ranges]
+    _select(monkeypatch, "python")
+    assert native == [gocryptfs.GocryptfsSource(Bytes(payload), key).pread(o, n) for o, n in ranges]
+
+
+@pytest.mark.parametrize("loop", ["gcrypt", "openssl"])
+def test_every_block_is_authenticated_also_outside_the_range(tmp_path, monkeypatch, restore_loops, loop):
+    """The C loop checks the tag of each block it is given, whether or not the range asked for needs it."""
     from siffs.crypt import xts  # noqa: PLC0415
 
-    if xts.native_loops() is None:
-        pytest.skip("siffs.crypt._xts was not built")
-    _, native = _payload_source(goc_pass, tmp_path)
-    rng = random.Random(3)
-    ranges = [(0, native.size), *((rng.randrange(native.size), rng.randrange(1, 300_000)) for _ in range(40))]
-    got = [native.pread(o, min(n, native.size - o)) for o, n in ranges]
-    monkeypatch.setenv("SIFFS_NO_NATIVE", "1")
-    xts.native_loops.cache_clear()
-    try:
-        assert got == [native.pread(o, min(n, native.size - o)) for o, n in ranges]
-    finally:
-        xts.native_loops.cache_clear()
+    _select(monkeypatch, loop)
+    payload, key, plain = _payload_with_hole(tmp_path)
+    blocks = bytearray(payload[18:])
+    file_id = payload[2:18]
+    assert xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=4096 + 5, length=100) == plain[4101:4201]
+    blocks[4 * 4128 + 50] ^= 1
+    for skip, length in ((0, 0), (4096 + 5, 100), (5 * 4096, 1000)):
+        assert xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=skip, length=length) == 4
+    blocks[4 * 4128 + 50] ^= 1
+    blocks[6 * 4128 + 1000] ^= 1  # the tag of the short last block
+    assert xts.gcm_open_blocks(key, bytes(blocks), 0, file_id) == 6
+    with pytest.raises(ValueError, match="outside the blocks"):
+        xts.gcm_open_blocks(key, bytes(blocks), 0, file_id, skip=1, length=len(plain))
