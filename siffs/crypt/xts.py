@@ -98,9 +98,7 @@ def _address(lib: ctypes.CDLL, name: str) -> int:
 def _gcrypt_addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
     """Where gcry_cipher_setiv, _authenticate, _decrypt and _checktag are, for the C GCM loop."""
     names = ("gcry_cipher_setiv", "gcry_cipher_authenticate", "gcry_cipher_decrypt", "gcry_cipher_checktag")
-    setiv, authenticate, decrypt, checktag = (
-        ctypes.cast(getattr(lib, n), ctypes.c_void_p).value or 0 for n in names
-    )
+    setiv, authenticate, decrypt, checktag = (_address(lib, n) for n in names)
     return setiv, authenticate, decrypt, checktag
 
 
