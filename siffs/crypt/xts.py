@@ -17,13 +17,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import importlib
 import os
 import threading
 from collections.abc import Callable
 from types import ModuleType
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from siffs import native
 
 
 @functools.cache
@@ -105,12 +106,7 @@ def _gcrypt_addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
 @functools.cache
 def native_loops() -> ModuleType | None:
     """siffs.crypt._xts (the unit loop in C), unless not built or ``SIFFS_NO_NATIVE`` is set."""
-    if os.environ.get("SIFFS_NO_NATIVE"):
-        return None
-    try:
-        return importlib.import_module("siffs.crypt._xts")
-    except ImportError:
-        return None
+    return native.load("siffs.crypt._xts")
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-from siffs.delta import native
+from siffs import native
 from siffs.delta.errors import UnsupportedFormatError
 
 WINDOW = 48
@@ -302,7 +302,7 @@ _TABLE: npt.NDArray[np.uint32] = np.array(
 TABLE: tuple[int, ...] = tuple(_TABLE.tolist())
 
 
-_native = native.load("_chunk")
+_native = native.load("siffs.delta._chunk")
 
 
 def native_available() -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from Crypto.Hash import MD4
 
-from siffs.delta import native
+from siffs import native
 from siffs.delta.errors import DeltaIOError, DigestMismatchError, IndexFormatError, UnsupportedFormatError
 from siffs.delta.files import Journal, describe, write_atomic
 from siffs.delta.http import HttpClient, is_url
@@ -121,7 +121,7 @@ def _rsums(blocks: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint64], npt.N
     return a, b
 
 
-_native = native.load("_zscan")
+_native = native.load("siffs.delta._zscan")
 
 
 def _md4(block: bytes | memoryview) -> bytes:

@@ -17,13 +17,12 @@ scanned whole for one name.
 from __future__ import annotations
 
 import bisect
-import importlib
 import itertools
-import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from siffs import native
 from siffs.squashfs import metadata
 from siffs.squashfs.cache import LruCache
 from siffs.squashfs.errors import CorruptImage
@@ -53,13 +52,10 @@ NATIVE_SEGMENT_MAX = 1 << 16
 
 def _native_parser() -> NativeParser | None:
     """siffs.squashfs._directory.parse_segment, unless not built or SIFFS_NO_NATIVE=1."""
-    if os.environ.get("SIFFS_NO_NATIVE") == "1":
+    module = native.load("siffs.squashfs._directory")
+    if module is None:
         return None
-    try:
-        native = importlib.import_module("siffs.squashfs._directory")
-    except ImportError:
-        return None
-    parse: NativeParser = native.parse_segment
+    parse: NativeParser = module.parse_segment
     return parse
 
 

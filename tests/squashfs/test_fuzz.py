@@ -41,13 +41,13 @@ def test_hostile_images_raise_only_squashfs_errors(bases):
 )
 def test_a_bug_in_the_reader_fails_the_run(bases, monkeypatch, planted, found):
     """A reader that raised, allocated or looped while decoding inodes: every case is a bug."""
-    real = reader.read_inode
+    real = reader.InodeDecoder.__call__
 
-    def read_inode(*args):
+    def decode(self, ref):
         exec(planted)
-        return real(*args)
+        return real(self, ref)
 
-    monkeypatch.setattr(reader, "read_inode", read_inode)
+    monkeypatch.setattr(reader.InodeDecoder, "__call__", decode)
     counts, bugs = fuzz(3, seed=1, bases=bases, runner=limited_exercise(seconds=2))
     opened = counts["ok"] + counts["CorruptImage"] + counts["UnsupportedImage"]
     assert len(bugs) + opened == 3 and bugs, counts
