@@ -56,6 +56,8 @@ _EXPORT_RECORD = struct.Struct("<Q")
 _REF_BITS = 48
 _REF_MASK = (1 << _REF_BITS) - 1
 _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
+#: Directory listings kept ready (each a few hundred bytes; its index and segments are in the cache).
+_LISTINGS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class SquashFS:
         # and listings. Plain dict reads and writes are atomic under the GIL, and a race only
         # stores the same value.
         self._refs: dict[int, int] = {}
+        self._listings: dict[int, directory.Listing] = {}
         root = self._inode_at(sb.root_inode_ref)
         if root.dir is None:
             raise CorruptImage("the root inode is not a directory; the image is damaged")
@@ -189,7 +192,11 @@ class SquashFS:
             )
         return inode
 
-    def _directory(self, ino: int) -> tuple[Inode, directory.Listing]:
+    def _directory(self, ino: int) -> directory.Listing:
+        """Directory ``ino``'s listing; the last few are kept, as lookups come in runs per directory."""
+        listing = self._listings.get(ino)
+        if listing is not None:
+            return listing
         inode = self._inode(ino)
         loc = inode.dir
         if loc is None:
@@ -199,9 +206,11 @@ class SquashFS:
             index = self._meta_cache.get_or_load(
                 ("n", inode.ref), lambda: directory.read_index(self._meta, loc), directory.Index.cost
             )
-        return inode, directory.Listing(
-            self._meta, self.superblock.directory_table, loc, index, self._meta_cache
-        )
+        listing = directory.Listing(self._meta, self.superblock.directory_table, loc, index, self._meta_cache)
+        if len(self._listings) >= _LISTINGS_KEPT:
+            self._listings.clear()  # cheaper than an LRU's bookkeeping, for objects this cheap to remake
+        self._listings[ino] = listing
+        return listing
 
     # --- the interface --------------------------------------------------------------------
 
@@ -219,7 +228,7 @@ class SquashFS:
         Uses the directory index, so the cost is one index interval (about one metadata block
         of entries), whatever the size of the directory.
         """
-        _, listing = self._directory(parent)
+        listing = self._directory(parent)
         ref = listing.find(name)
         return None if ref is None else self._inode_at(ref).stat
 
@@ -229,7 +238,7 @@ class SquashFS:
         No "." or "..": the FUSE layer adds them. Cookies are > 2, so 1 and 2 stay free for
         those. Resuming from a cookie jumps through the directory index, not from the top.
         """
-        _, listing = self._directory(ino)
+        listing = self._directory(ino)
         for name, ref, cookie in listing.entries(start):
             yield name, self._inode_at(ref).stat, cookie
 

@@ -37,6 +37,7 @@ from siffs.squashfs import (
     codecs,
     format_long,
     quote_name,
+    reader,
     resolve,
     walk,
 )
@@ -134,6 +135,16 @@ def test_errors_carry_the_errno_a_filesystem_answers(open_image):
         fs.getxattr(regular, b"user.nothing")
     assert e.value.errno == errno.ENODATA
     assert CorruptImage("x").errno == errno.EIO
+
+
+def test_listings_kept_for_runs_of_lookups_are_bounded(open_image, monkeypatch):
+    monkeypatch.setattr(reader, "_LISTINGS_KEPT", 8)
+    fs = open_image("mk-gzip")
+    dirs = [st.ino for _, st in walk(fs) if stat.S_ISDIR(st.mode)]
+    assert len(dirs) > reader._LISTINGS_KEPT
+    for ino in dirs:
+        assert list(fs.readdir(ino)) == list(fs.readdir(ino))  # the second from the kept listing
+    assert 0 < len(fs._listings) <= reader._LISTINGS_KEPT
 
 
 def test_inode_numbers_without_an_export_table_are_learned(open_image):
