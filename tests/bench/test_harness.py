@@ -120,3 +120,31 @@ def test_extra_peer_syntax():
                                                     "fusermount3 -u {mnt}")
     with pytest.raises(Exception, match="NAME=MOUNT_CMD::UMOUNT_CMD"):
         run.parse_peer("other=sqfs {sif} {mnt}")
+
+
+def test_the_floor_mount_serves_what_the_tree_holds(image, tmp_path):
+    """bench/floor_mount.py (the reader-free floor) must answer as siffs does, or its figures lie."""
+    sif, facts = image
+    mnt = tmp_path / "floor"
+    mnt.mkdir()
+    floor = [sys.executable, str(BENCH / "floor_mount.py"), str(sif), str(mnt)]
+    subprocess.run(floor, check=True, timeout=120)
+    try:
+        rootfs = workloads(mnt, "rootfs")
+        with siffs_mount(sif, tmp_path / "mnt") as reference:
+            for dirpath, dirnames, filenames in os.walk(reference):
+                for name in dirnames + filenames:
+                    path = Path(dirpath, name)
+                    there = mnt / path.relative_to(reference)
+                    a, b = os.lstat(path), os.lstat(there)
+                    assert (a.st_mode, a.st_size, a.st_mtime_ns, a.st_ino, a.st_nlink) == (
+                        b.st_mode, b.st_size, b.st_mtime_ns, b.st_ino, b.st_nlink
+                    )
+                    if stat.S_ISREG(a.st_mode):
+                        assert path.read_bytes() == there.read_bytes()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert rootfs["walk"]["count"] == facts["entries"]
+    assert rootfs["readall"]["bytes"] == facts["bytes"] and rootfs["readall"]["errors"] == 0
+    assert rootfs["readlink"]["count"] == facts["links"] > 0
+    assert rootfs["xattr"]["xattrs"] == facts["xattrs"] > 0
