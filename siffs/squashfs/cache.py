@@ -62,12 +62,23 @@ class LruCache:
 
         The caller owns the key space: a key must always name values of one type.
         """
+        # A hit, the common case by far, takes no lock: each of these two steps on the (C)
+        # OrderedDict is atomic under the GIL, and a value evicted between them by another thread
+        # is still right to return (the image never changes). The lock costs more than the hit.
+        item = self._items.get(key)
+        if item is not None:
+            try:  # noqa: SIM105 - contextlib.suppress would cost more than the rest of the hit
+                self._items.move_to_end(key)
+            except KeyError:
+                pass
+            value: V = item[0]
+            return value
         with self._lock:
             item = self._items.get(key)
-            if item is not None:
+            if item is not None:  # stored by another thread since the look above
                 self._items.move_to_end(key)
-                value: V = item[0]
-                return value
+                stored: V = item[0]
+                return stored
             pending = self._pending.get(key)
             owner = pending is None
             if pending is None:

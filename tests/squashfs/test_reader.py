@@ -10,6 +10,7 @@ import os
 import random
 import stat
 import struct
+import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -281,6 +282,30 @@ def test_cache_loads_once_for_concurrent_askers_and_evicts_by_cost():
     assert cache.used == 80 and len(cache) == 2
     cache.get_or_load("huge", lambda: b"h" * 1000, len)  # larger than the cache: not kept
     assert cache.used == 80
+
+
+def test_cache_hits_without_the_lock_stay_right_while_other_threads_evict():
+    cache = LruCache(10 * 8)  # room for ten of the forty 8-byte values: constant eviction
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside the hit path too
+    wrong: list[tuple[int, bytes]] = []
+
+    def ask(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(30_000):
+            key = rng.randrange(40)
+            value = cache.get_or_load(key, lambda key=key: key.to_bytes(8, "little"), len)
+            if value != key.to_bytes(8, "little"):
+                wrong.append((key, value))
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for done in [pool.submit(ask, seed) for seed in range(4)]:
+                done.result()  # a KeyError from a value evicted mid-hit would surface here
+    finally:
+        sys.setswitchinterval(before)
+    assert not wrong
+    assert cache.used == sum(cost for _, cost in cache._items.values()) <= 80
 
 
 def test_cache_does_not_keep_failures():
