@@ -39,14 +39,18 @@ class BlockList:
 
     __slots__ = ("sizes", "starts")
 
-    def __init__(self, blocks_start: int, raw: bytes) -> None:
+    def __init__(self, blocks_start: int, raw: bytes, limit: int) -> None:
         self.sizes = array("I")
         self.sizes.frombytes(raw)
         if sys.byteorder == "big":
             self.sizes.byteswap()
-        self.starts = array(
-            "Q", itertools.accumulate((s & SIZE_MASK for s in self.sizes), initial=blocks_start)
-        )
+        starts = list(itertools.accumulate((s & SIZE_MASK for s in self.sizes), initial=blocks_start))
+        if starts[-1] > limit:  # (an extended inode's 64-bit start can even overflow the array)
+            raise CorruptImage(
+                f"a file's blocks run to byte {starts[-1]}, past the end of the image ({limit}); "
+                "the image is damaged"
+            )
+        self.starts = array("Q", starts)
 
     def cost(self) -> int:
         """Bytes held, for the cache budget."""
@@ -124,7 +128,7 @@ class DataReader:
                     "the image is damaged"
                 )
             raw = self._meta.cursor(*loc.sizes_at).read(4 * loc.block_count)
-            return BlockList(loc.blocks_start, raw)
+            return BlockList(loc.blocks_start, raw, self._meta.limit)
 
         return self._meta_cache.get_or_load(("b", inode_ref), load, BlockList.cost)
 

@@ -30,6 +30,14 @@ def test_hostile_images_raise_only_squashfs_errors(bases):
     assert counts["directory_loop -> ok"] > 0
 
 
+def test_cases_that_once_escaped_are_refused(bases):
+    """Replays of cases longer runs found (seed, case): each raised a non-SquashFS error once."""
+    for seed, case in [(606, 8295)]:  # a 64-bit block start: the block list overflowed its array
+        counts, bugs = fuzz(1, seed=seed, start=case, bases=bases)
+        assert not bugs, bugs[0].detail
+        assert counts["CorruptImage"] == 1, counts
+
+
 @pytest.mark.parametrize(
     ("planted", "found"),
     [
