@@ -56,8 +56,11 @@ _EXPORT_RECORD = struct.Struct("<Q")
 _REF_BITS = 48
 _REF_MASK = (1 << _REF_BITS) - 1
 _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
-#: Directory listings kept ready (each a few hundred bytes; its index and segments are in the cache).
-_LISTINGS_KEPT = 64
+#: Directory listings kept ready (each a few hundred bytes; its segments are in the cache). Only
+#: those with a small index are kept, as a kept listing keeps its index outside the cache's budget:
+#: at most 16 x 128 index entries of <= 256-byte names, well under a megabyte.
+_LISTINGS_KEPT = 16
+_KEPT_INDEX_MAX = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +210,10 @@ class SquashFS:
                 ("n", inode.ref), lambda: directory.read_index(self._meta, loc), directory.Index.cost
             )
         listing = directory.Listing(self._meta, self.superblock.directory_table, loc, index, self._meta_cache)
-        if len(self._listings) >= _LISTINGS_KEPT:
-            self._listings.clear()  # cheaper than an LRU's bookkeeping, for objects this cheap to remake
-        self._listings[ino] = listing
+        if loc.index_count <= _KEPT_INDEX_MAX:
+            if len(self._listings) >= _LISTINGS_KEPT:
+                self._listings.clear()  # cheaper than an LRU's bookkeeping, for objects this cheap to remake
+            self._listings[ino] = listing
         return listing
 
     # --- the interface --------------------------------------------------------------------
