@@ -1,12 +1,14 @@
 """Wall time of ``siffs mount`` re-mounting an unchanged, signed, trusted image (target < 0.2 s).
 
-    .venv/bin/python bench/remount_bench.py [--size-mib 500] [--runs 10] [--dir /tmp]
+    .venv/bin/python bench/remount_bench.py [--size-mib 500] [--runs 10] [--dir /tmp] [--baseline DIR]
 
 Builds a SquashFS of SIZE MiB (random, stored uncompressed so the build is quick), wraps it in
 a SIF, signs it with a fresh OpenPGP key and trusts that key, all in a private home. The first
 mount fills the block-table cache and the cached keyring export; then ``--runs`` timed mounts
 (each unmounted again, untimed). For scale it also times the interpreter alone and ``siffs
---version``, the floor any siffs command pays. Prints medians; asserts nothing.
+--version``, the floor any siffs command pays. ``--baseline DIR`` (the ``siffs`` and ``runtime``
+packages of another commit, as for bench/start_bench.py) adds the re-mount row again with
+``PYTHONPATH=DIR``. Prints medians; asserts nothing.
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=500)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--dir", default=None, help="where to build the image (default: a temp dir)")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="add a re-mount row running this copy's code"
+    )
     args = parser.parse_args()
     # Bytecode as an installed package has it (see bench/start_bench.py).
     repo = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "siffs", "runtime"], cwd=repo, check=True,
-                   capture_output=True)  # fmt: skip
+    for tree in [repo] + ([args.baseline] if args.baseline else []):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "siffs", "runtime"], cwd=tree, check=True,
+                       capture_output=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="siffs-remount-", dir=args.dir) as tmp:
         work = Path(tmp)
         image, env = prepare(work, args.size_mib)
@@ -80,6 +86,9 @@ def main() -> None:
             "re-mount, old path": [],  # SIFFS_EARLY_MOUNT=0: mounted after pyfuse3+trio imports
         }
         old = dict(env, SIFFS_EARLY_MOUNT="0")
+        baseline = dict(env, PYTHONPATH=str(args.baseline.resolve())) if args.baseline else None
+        if baseline is not None:
+            samples["re-mount, baseline"] = []
         for _ in range(args.runs):
             samples["python -c pass"].append(timed([sys.executable, "-c", "pass"], env))
             samples["siffs --version"].append(timed([str(SIFFS), "--version"], env))
@@ -87,6 +96,9 @@ def main() -> None:
             subprocess.run(umount, env=env, check=True)
             samples["re-mount, old path"].append(timed(mount, old))
             subprocess.run(umount, env=env, check=True)
+            if baseline is not None:
+                samples["re-mount, baseline"].append(timed(mount, baseline))
+                subprocess.run(umount, env=env, check=True)
     load = os.getloadavg()[0]
     print(f"re-mount of an unchanged verified {args.size_mib} MiB image, {args.runs} runs, load {load:.1f}")
     for name, values in samples.items():

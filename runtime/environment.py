@@ -16,7 +16,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from runtime.errors import InvalidRequest
 
@@ -68,16 +68,14 @@ def forwarded_host(environ: Mapping[str, str], cleanenv: bool, no_env: Iterable[
     return kept
 
 
-@dataclass(frozen=True)
-class Assign:
+class Assign(NamedTuple):
     """An override that sets ``name`` to ``value`` after the image's scripts."""
 
     name: str
     value: str
 
 
-@dataclass(frozen=True)
-class PathEdit:
+class PathEdit(NamedTuple):
     """An override of PATH: prepend, append or replace it with ``value``."""
 
     mode: PathMode

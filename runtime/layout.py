@@ -15,7 +15,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from runtime import fuselayers
 from runtime.environment import LIBS_DIR
@@ -30,8 +30,7 @@ MINIMAL_DEVICES = ("null", "zero", "random", "urandom", "tty")
 NO_MOUNT_NAMES = frozenset({"proc", "sys", "dev", "devpts", "home", "tmp", "hostfs", "cwd", "bind-paths"})
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """A host path bound at ``dest``; ``secure`` adds nosuid,nodev; ``unless_visible`` is the cwd rule."""
 
     source: str
@@ -41,23 +40,20 @@ class Bind:
     unless_visible: bool = False
 
 
-@dataclass(frozen=True)
-class Tmpfs:
+class Tmpfs(NamedTuple):
     """An empty in-memory filesystem on ``dest`` (``/tmp`` with ``--contain``...)."""
 
     dest: str
     mode: int
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(NamedTuple):
     """A fresh procfs, possible only in a new PID namespace."""
 
     dest: str
 
 
-@dataclass(frozen=True)
-class MinimalDev:
+class MinimalDev(NamedTuple):
     """``--contain``'s own /dev: host nodes bound onto placeholders of a tmpfs (mknod is EPERM)."""
 
     dest: str
@@ -66,16 +62,14 @@ class MinimalDev:
     devpts: bool
 
 
-@dataclass(frozen=True)
-class Generated:
+class Generated(NamedTuple):
     """A file the runtime writes (passwd, group), bound read-only."""
 
     dest: str
     content: str
 
 
-@dataclass(frozen=True)
-class LibraryDir:
+class LibraryDir(NamedTuple):
     """``--nv`` libraries bound onto placeholders of a staging dir, itself bound at ``dest``."""
 
     dest: str

@@ -10,11 +10,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who runs the container, as the host knows them."""
 
     uid: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from runtime.errors import InvalidRequest
 
@@ -30,8 +31,7 @@ class Range:
     count: int
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     """The ranges of both files: uid and gid 0 map to the caller, 1.. to these."""
 
     uids: Range

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 #: Overrides every cache's limit, in MiB (for sites with small home quotas, or big ones).
 LIMIT_VARIABLE = "SIFFS_CACHE_LIMIT_MIB"
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     files: int
     bytes: int
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from siffs.crypt.keys import KeyMaterial as CryptKey
@@ -27,8 +26,7 @@ class UnknownSourceError(Exception):
     """SOURCE is of no kind any stage pulls."""
 
 
-@dataclass(frozen=True)
-class PullRequest:
+class PullRequest(NamedTuple):
     """What to pull where: the same for every stage (a stage ignores what does not apply to it)."""
 
     source: str

@@ -17,8 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.cli import output
 from siffs.cli.common import CommandError
@@ -53,14 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class KeyChoice:
-    """What the user offered to unlock an image; the secret itself is read only when needed."""
+class KeyChoice(NamedTuple):
+    """What the user offered to unlock an image; the secret itself is read only when needed.
+
+    A named tuple (cheaper to define than a dataclass, on every start) whose repr leaves the
+    secrets out, as the dataclass's did.
+    """
 
     ask: bool = False
     pem_path: str | None = None
-    env_passphrase: bytes | None = field(default=None, repr=False)
-    env_pem: bytes | None = field(default=None, repr=False)
+    env_passphrase: bytes | None = None
+    env_pem: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyChoice(ask={self.ask!r}, pem_path={self.pem_path!r})"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> KeyChoice:
@@ -208,8 +213,7 @@ def _build_secret(keys: KeyChoice, length: int, *, hex_text: bool) -> tuple[byte
     return first, None
 
 
-@dataclass(frozen=True)
-class BuildChoice:
+class BuildChoice(NamedTuple):
     """How ``create --encrypt`` encrypts: the format and, for LUKS2, the Argon2id cost."""
 
     format: str

@@ -120,7 +120,7 @@ def _ask_key_now(args: argparse.Namespace) -> None:
         return
     with contextlib.suppress(SifError, OSError), Image.open(args.image) as image:
         if any(d.is_primary_partition and is_encrypted(d) for d in image.descriptors):
-            args.key_choice = replace(choice, env_passphrase=choice.material().passphrase)
+            args.key_choice = choice._replace(env_passphrase=choice.material().passphrase)
 
 
 def _supervise(args: argparse.Namespace, request: Request, directory: str, ready: int) -> NoReturn:

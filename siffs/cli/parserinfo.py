@@ -9,7 +9,7 @@ shtab, argcomplete) reads, and it is kept in this one module.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -53,8 +53,7 @@ def metavar(action: argparse.Action) -> str:
     return action.dest.upper() if action.option_strings else action.dest
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """One command of the tree: its words (``("key", "import")``) and parser."""
 
     words: tuple[str, ...]

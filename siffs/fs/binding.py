@@ -12,15 +12,14 @@ the stock path on a patched build: a comma-separated list of feature names, or `
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import pyfuse3
 
 ENV = "SIFFS_PYFUSE3_FEATURES"
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(NamedTuple):
     """One flag per patch; True when the binding has it and it is not switched off."""
 
     #: The kernel caches symlink targets (``FUSE_CAP_CACHE_SYMLINKS``): one readlink per link.
@@ -43,7 +42,7 @@ class Features:
 
     @classmethod
     def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return list(cls._fields)
 
 
 def available() -> Features:

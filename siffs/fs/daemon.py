@@ -23,9 +23,8 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.fs import registry
 from siffs.fs.errors import MountError
@@ -70,8 +69,7 @@ def setup_logging(log_file: Path | None, *, to_stderr: bool, verbose: bool = Fal
     )
 
 
-@dataclass(frozen=True)
-class Served:
+class Served(NamedTuple):
     """What a daemon serves, for the logs and ``siffs mounts``.
 
     ``ephemeral``: the mount belongs to one command (``siffs run``): the daemon unmounts when

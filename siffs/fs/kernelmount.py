@@ -20,7 +20,7 @@ import select
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from siffs.fs.errors import MountError
 
@@ -34,8 +34,7 @@ _MIN_LIBFUSE = 303
 _SESSION_ONLY = {"allow_root"}
 
 
-@dataclass(frozen=True)
-class KernelMount:
+class KernelMount(NamedTuple):
     """A live mount and its connection: ``fd`` is the open /dev/fuse; ``keeper`` the socket that
     fusermount3 watches under ``auto_unmount`` (it unmounts once every copy is closed)."""
 

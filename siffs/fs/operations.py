@@ -20,8 +20,7 @@ import stat
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import pyfuse3
 
@@ -94,12 +93,15 @@ class Tree(Protocol):
     def statfs(self) -> FsFigures: ...
 
 
-@dataclass(frozen=True)
-class Ownership:
+class Ownership(NamedTuple):
     """``-o uid=N,gid=N``: show every file as owned by N (what ch-run and desktops expect)."""
 
     uid: int | None = None
     gid: int | None = None
+
+
+#: Every file shown with its own owner.
+AS_STORED = Ownership()
 
 
 class InternalErrors:
@@ -153,7 +155,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: Tree, ownership: Ownership = Ownership(), features: binding.Features | None = None
+        self, tree: Tree, ownership: Ownership = AS_STORED, features: binding.Features | None = None
     ) -> None:
         super().__init__()
         self.tree = tree

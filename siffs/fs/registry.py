@@ -14,16 +14,15 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from siffs.fs.mountpoint import MountEntry, mount_table
 
 FS_TYPE = "fuse.siffs"
 
 
-@dataclass(frozen=True)
-class MountRecord:
+class MountRecord(NamedTuple):
     """What a daemon publishes about its mount: the image, its pid, who verified it."""
 
     mount_point: str
@@ -77,14 +76,14 @@ def count_internal_errors(mount_point: str, count: int) -> None:
     rec = _load(mount_point)
     if rec is not None and rec.pid == os.getpid():
         with contextlib.suppress(OSError):
-            _write(replace(rec, internal_errors=count))
+            _write(rec._replace(internal_errors=count))
 
 
 def _write(rec: MountRecord) -> None:
     path = _path(rec.mount_point)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(rec)))
+    tmp.write_text(json.dumps(rec._asdict()))
     os.replace(tmp, path)
 
 

@@ -30,8 +30,8 @@ import hmac
 import os
 import secrets
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from siffs import cache
 from siffs.integrity.blocktable import BlockTable
@@ -46,8 +46,7 @@ _SECRET_SIZE = 32
 LIMIT_MIB = 64
 
 
-@dataclass(frozen=True)
-class ImageIdentity:
+class ImageIdentity(NamedTuple):
     """What identifies one version of an image file without reading it."""
 
     device: int
@@ -62,8 +61,7 @@ class ImageIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-@dataclass(frozen=True)
-class CachedDigest:
+class CachedDigest(NamedTuple):
     """A verified object's digest (in the signature's algorithm) and its block table."""
 
     algorithm: str

@@ -18,11 +18,14 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.integrity.digest import new_hasher
 from siffs.integrity.errors import ReadOutsideObjectError, TamperedBlockError, VerificationError
+
+if TYPE_CHECKING:  # the hashing thread's pool is imported only to hash (with logging, ~5 ms)
+    from concurrent.futures import Future
 
 BLOCK_SIZE = 64 * 1024
 READ_SIZE = 8 * 1024 * 1024
@@ -49,8 +52,7 @@ class BlockTable:
         return self.digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
 
 
-@dataclass(frozen=True)
-class Extent:
+class Extent(NamedTuple):
     """Where an object's bytes are in the file."""
 
     offset: int
@@ -80,6 +82,9 @@ def hash_extents(
     with contextlib.ExitStack() as stack:
         pool = None
         if record_blocks and multi_chunk:
+            # Imported here: a verification answered from the block-table cache never hashes.
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="siffs-blocks"))
         for extent in extents:
             starts = range(0, extent.size, READ_SIZE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _BEGIN_SIGNATURE = b"-----BEGIN PGP SIGNATURE-----"
@@ -27,8 +27,7 @@ _HASH_NAMES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ClearSigned:
+class ClearSigned(NamedTuple):
     """A decoded clear-signed message."""
 
     #: What the signature signs: text lines joined with CRLF, no final line ending.

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from siffs.integrity.errors import HashUnsupportedError, SignatureNotValidError
 from siffs.sif.types import HashType
@@ -43,8 +42,7 @@ LEGACY_HASH_TYPES: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Digest:
+class Digest(NamedTuple):
     """A named digest value; ``str()`` gives the metadata spelling."""
 
     algorithm: str

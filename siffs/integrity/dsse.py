@@ -14,8 +14,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.integrity.errors import KeyMaterialError, SignatureNotValidError
 from siffs.integrity.gojson import GoObject, loads
@@ -56,8 +55,7 @@ def key_type(key: PublicKey) -> str:
     return f"ECDSA {key.curve.name}"
 
 
-@dataclass(frozen=True)
-class DsseKey:
+class DsseKey(NamedTuple):
     """A public key that may verify DSSE signatures."""
 
     key: PublicKey
@@ -156,8 +154,7 @@ def is_envelope(data: bytes) -> bool:
     return isinstance(value, GoObject) and value.get("payloadType") == PAYLOAD_TYPE
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(NamedTuple):
     """An envelope accepted by at least one key: its payload and the keys that accepted it."""
 
     payload: bytes

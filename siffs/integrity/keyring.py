@@ -17,8 +17,8 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from siffs.integrity.blockcache import BlockTableCache
 from siffs.integrity.blocktable import Progress
@@ -33,8 +33,7 @@ from siffs.sif.durable import replace_file
 from siffs.sif.errors import SifError
 
 
-@dataclass(frozen=True)
-class TrustedKey:
+class TrustedKey(NamedTuple):
     """One key in the keyring, as ``siffs key list`` shows it."""
 
     kind: str  # "pgp" or "dsse"

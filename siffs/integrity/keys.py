@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.integrity.dsse import DsseKey, load_private_pem, load_public_pem
 from siffs.integrity.errors import KeyMaterialError
@@ -52,8 +51,7 @@ def classify(data: bytes, source: str) -> KeyKind:
     raise KeyMaterialError(f"{source}: not an OpenPGP key or a PEM key")
 
 
-@dataclass(frozen=True)
-class KeyFile:
+class KeyFile(NamedTuple):
     path: str
     data: bytes
     kind: KeyKind

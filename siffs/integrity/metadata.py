@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from siffs.integrity.digest import Digest
 from siffs.integrity.errors import SignatureNotValidError
@@ -47,8 +46,7 @@ def descriptor_integrity_bytes(image: Image, d: Descriptor) -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class ObjectEntry:
+class ObjectEntry(NamedTuple):
     """One signed object: its ID relative to its group's lowest ID, and two digests."""
 
     relative_id: int
@@ -64,8 +62,7 @@ class ObjectEntry:
         }
 
 
-@dataclass(frozen=True)
-class ImageMetadata:
+class ImageMetadata(NamedTuple):
     header_digest: Digest
     objects: tuple[ObjectEntry, ...]
 

@@ -21,9 +21,9 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from siffs.integrity.errors import (
     KeyExpiredError,
@@ -103,8 +103,7 @@ def _status(text: bytes) -> list[list[str]]:
     return lines
 
 
-@dataclass(frozen=True)
-class PgpKey:
+class PgpKey(NamedTuple):
     """What GnuPG tells about one OpenPGP key (certificate)."""
 
     fingerprint: str
@@ -173,8 +172,7 @@ def _import(home: Path, key_data: bytes, source: str, *, secret: bool) -> None:
         raise KeyMaterialError(f"{source}: no usable OpenPGP key found{detail}")
 
 
-@dataclass(frozen=True)
-class PgpKeyring:
+class PgpKeyring(NamedTuple):
     """OpenPGP public keys for verification, as a binary keyring that ``gpgv`` reads."""
 
     data: bytes
@@ -233,11 +231,10 @@ class PgpKeyring:
             ]
             proc = _run(home, argv, signed)
         signer = _judge(_status(proc.stdout), self, proc.stderr)
-        return replace(signer, time_conflict=_time_conflict(proc.stderr))
+        return signer._replace(time_conflict=_time_conflict(proc.stderr))
 
 
-@dataclass(frozen=True)
-class Signer:
+class Signer(NamedTuple):
     """Who made a verified OpenPGP signature."""
 
     fingerprint: str  # primary key fingerprint, upper-case hex
@@ -320,8 +317,7 @@ def _judge(status: list[list[str]], keyring: PgpKeyring, stderr: bytes = b"") ->
     return Signer(primary, user_id)
 
 
-@dataclass(frozen=True)
-class DetachedSignature:
+class DetachedSignature(NamedTuple):
     signature: bytes
     signer: PgpKey
 

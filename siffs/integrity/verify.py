@@ -16,6 +16,7 @@ import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from siffs.integrity import clearsign, dsse
 from siffs.integrity.blockcache import BlockTableCache, CachedDigest, ImageIdentity
@@ -61,16 +62,14 @@ class Mode(enum.Enum):
     LEGACY_ALL = "legacy-all"
 
 
-@dataclass(frozen=True)
-class KeyMaterial:
+class KeyMaterial(NamedTuple):
     """Keys a verification may use: an OpenPGP keyring and/or DSSE public keys."""
 
     pgp: PgpKeyring | None = None
     dsse: tuple[DsseKey, ...] = ()
 
 
-@dataclass(frozen=True)
-class SignatureReport:
+class SignatureReport(NamedTuple):
     """The outcome for one signature object."""
 
     signature_id: int
@@ -129,8 +128,7 @@ class _Found:
     error: VerificationError | None = None
 
 
-@dataclass(frozen=True)
-class _Task:
+class _Task(NamedTuple):
     """Objects one set of signatures must vouch for (a group, or one object)."""
 
     group: int  # 0 for a legacy object task

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # the crypto stack loads only when an encrypted partition is opened
     from siffs.crypt.keys import KeyMaterial
@@ -35,8 +34,7 @@ def _silent(message: str) -> None:
     """Drops a message: the default for callers that have nobody to tell."""
 
 
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(NamedTuple):
     """``warn``: a one-line warning; ``notice``: a status line for a slow step (the KDF);
     ``progress(label)``: a context giving a progress callback; ``unlock()``: the key for an
     encrypted partition, called only once one is found."""

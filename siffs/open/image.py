@@ -8,8 +8,7 @@ lies inside the file; here the partition kind is checked before anything is read
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.open import decrypt
 from siffs.open.errors import EmptyPartition, NotAPartition, UnsignedRefused, UnsupportedPartition
@@ -28,8 +27,7 @@ SQUASHFS_MAGIC = b"hsqs"
 DEFAULT_CACHE_BYTES = 64 << 20
 
 
-@dataclass(frozen=True)
-class OpenRequest:
+class OpenRequest(NamedTuple):
     """What to open and how far to trust it.
 
     ``partition``: a partition ID (default: the primary system partition); ``everything``:
@@ -41,20 +39,18 @@ class OpenRequest:
     path: str
     partition: int | None = None
     everything: bool = False
-    trust: TrustChoice | None = field(default_factory=TrustChoice)
+    trust: TrustChoice | None = TrustChoice()
     cache_bytes: int = DEFAULT_CACHE_BYTES
 
 
-@dataclass(frozen=True)
-class Provenance:
+class Provenance(NamedTuple):
     """Where an opened tree came from: the image's absolute path and who vouched for its bytes."""
 
     image: str
     verified_by: str
 
 
-@dataclass
-class OpenedTree:
+class OpenedTree(NamedTuple):
     """A readable tree and where it came from (``image`` is None for a bare SquashFS file)."""
 
     tree: SquashFS
@@ -71,8 +67,7 @@ class OpenedTree:
             os.close(self.fd)
 
 
-@dataclass
-class OpenedImage:
+class OpenedImage(NamedTuple):
     """Every object of an image as one tree (``everything``), and where it came from."""
 
     tree: CompositeTree

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.fs import daemon, kernelmount, registry
 from siffs.fs.errors import MountError
@@ -24,8 +23,7 @@ if TYPE_CHECKING:  # the FUSE binding is imported in the daemon only (siffs.fs.d
     from siffs.fs.operations import ReadOnlyOperations
 
 
-@dataclass(frozen=True)
-class MountRequest:
+class MountRequest(NamedTuple):
     """An image to open and where and how to serve it.
 
     ``passthrough``: libfuse options handed on as they are (``allow_other``, ``noexec``...);
@@ -37,7 +35,7 @@ class MountRequest:
 
     image: OpenRequest
     mount_point: str
-    passthrough: frozenset[str] = field(default_factory=frozenset)
+    passthrough: frozenset[str] = frozenset()
     uid: int | None = None
     gid: int | None = None
     secret: bool = False

@@ -9,8 +9,7 @@ so through the caller's warning hook.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.open.errors import NoKeys
 from siffs.open.hooks import SILENT, Hooks
@@ -22,8 +21,7 @@ if TYPE_CHECKING:  # the integrity layer (and its crypto) is imported only when 
     from siffs.integrity.verify import KeyMaterial, SignatureReport
 
 
-@dataclass(frozen=True)
-class TrustChoice:
+class TrustChoice(NamedTuple):
     """Skip verification altogether, or verify against these key files (none: the trusted keyring)."""
 
     allow_unsigned: bool = False

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from siffs import cli
+from siffs.cli.common import exit_code_for
+from siffs.cli.exitcodes import ExitCode
 from siffs.cli.main import COMMAND_GROUPS, build_parser
+from siffs.delta.errors import DigestMismatchError
+from siffs.integrity.errors import KeyMaterialError
+from siffs.pull import UnknownSourceError
+from siffs.registry.errors import AuthError
 from tests.support.reference import IMAGES
 
 
@@ -132,3 +138,13 @@ def test_the_command_exits_fast_with_its_status_and_everything_flushed(tmp_path)
     assert done.returncode == 7
     assert done.stdout == b"x" * 100000
     assert marker.read_text() == "ran"
+
+
+def test_every_layer_s_errors_still_get_their_exit_codes():
+    """The error table is built on first use (``error_codes``): a layer whose errors are not
+    imported by the command that failed must still map to its code, not to "internal error"."""
+    assert exit_code_for(UnknownSourceError("x")) == ExitCode.USAGE
+    assert exit_code_for(AuthError("x")) == ExitCode.AUTH_FAILED
+    assert exit_code_for(DigestMismatchError("x")) == ExitCode.DIGEST_MISMATCH
+    assert exit_code_for(KeyMaterialError("x")) == ExitCode.KEY_ERROR
+    assert exit_code_for(ValueError("x")) is None

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -115,6 +117,28 @@ def test_cache_skips_hashing_and_rejects_forged_entries(signed_image, keys, monk
     with Image.open(path) as image:
         assert verify(image, keys, cache=cache).check().block_tables == first.block_tables
     assert all(e.read_bytes() != b"" for e in cache.directory.iterdir())
+
+
+def test_a_cached_verification_starts_no_hashing_thread(signed_image):
+    """``siffs mount``/``run`` of an unchanged image verify from the cache: the thread pool that
+    hashes (and the logging it imports, ~5 ms before the mount) is loaded only to hash."""
+    path, _ = signed_image
+    code = (
+        "import sys\n"
+        "from siffs.integrity.blockcache import BlockTableCache\n"
+        "from siffs.integrity.keys import key_material, load_files\n"
+        "from siffs.integrity.verify import verify\n"
+        "from siffs.sif import Image\n"
+        "keys = key_material(load_files([sys.argv[2]]))\n"
+        "with Image.open(sys.argv[1]) as image:\n"
+        "    verify(image, keys, cache=BlockTableCache.default()).check()\n"
+        "print('concurrent.futures' in sys.modules, 'logging' in sys.modules)\n"
+    )
+    argv = [sys.executable, "-c", code, str(path), str(key_path("ed25519", "public"))]
+    first = subprocess.run(argv, capture_output=True, text=True, check=True)
+    again = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["True", "True"]  # hashed: the probe sees the pool
+    assert again.stdout.split() == ["False", "False"]
 
 
 def test_cache_key_follows_the_file(signed_image, keys, tmp_path):
