@@ -181,13 +181,13 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.image}, {args.rounds} rounds, medians; load {min(loads):.2f}-{max(loads):.2f}")
-    print(f"{'pass':10}{'peer':15}{'wall s':>9}{'daemon CPU s':>14}{'÷ squashfuse_ll (wall)':>25}")
+    print(f"{'pass':18}{'peer':15}{'wall s':>9}{'daemon CPU s':>14}{'÷ squashfuse_ll (wall)':>25}")
     for name in passes:
         ref = statistics.median(w for w, _ in results[name, "squashfuse_ll"])
         for peer in peers:
             wall = statistics.median(w for w, _ in results[name, peer])
             cpu = statistics.median(c for _, c in results[name, peer])
-            print(f"{name:10}{peer:15}{wall:9.2f}{cpu:14.2f}{ref / wall:25.2f}")
+            print(f"{name:18}{peer:15}{wall:9.2f}{cpu:14.2f}{ref / wall:25.2f}")
 
 
 if __name__ == "__main__":
