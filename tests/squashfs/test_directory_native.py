@@ -7,7 +7,6 @@ same error), since the native parser hands anything malformed back to the Python
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from siffs.squashfs import SquashFS, SquashfsError, directory, walk
 from siffs.squashfs.superblock import SIZE, Superblock
-from tests.support.squashfs_corpus import SPECS
+from tests.support.squashfs_corpus import SPECS, damaged_copies
 
 pytestmark = pytest.mark.skipif(
     directory.native_parse is None, reason="native parser not built (pip install -e . builds it)"
@@ -57,14 +56,9 @@ def test_same_listings_as_the_python_parser(name, corpus, monkeypatch):
 def test_same_answers_on_damaged_directory_tables(corpus, monkeypatch, tmp_path):
     pristine = corpus.image("mk-gzip-4k-raw").read_bytes()  # metadata stored uncompressed
     sb = Superblock.parse(pristine[:SIZE], len(pristine))
-    rng = random.Random(17)
-    damaged = tmp_path / "damaged.sqfs"
+    region = (sb.directory_table, sb.fragment_table)  # the directory table (compressed blocks)
     differing_outcomes = set()
-    for _ in range(60):
-        data = bytearray(pristine)
-        for _ in range(rng.randint(1, 8)):  # bytes of the directory table (compressed blocks)
-            data[rng.randrange(sb.directory_table, sb.fragment_table)] ^= 1 << rng.randrange(8)
-        damaged.write_bytes(data)
+    for damaged in damaged_copies(pristine, region, tmp_path / "damaged.sqfs", seed=17, max_flips=8):
         native = listings(damaged, monkeypatch, native=True)
         assert native == listings(damaged, monkeypatch, native=False)
         differing_outcomes.add(repr(native)[:200])

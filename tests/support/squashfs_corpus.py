@@ -22,6 +22,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,3 +415,17 @@ def mount_unavailable(workdir: Path) -> str | None:
     except (subprocess.CalledProcessError, OSError) as e:
         detail = getattr(e, "stderr", b"") or b""
         return f"loop mounts of squashfs are impossible here: {e} {detail.decode(errors='replace').strip()}"
+
+
+def damaged_copies(
+    pristine: bytes, region: tuple[int, int], path: Path, *, seed: int, max_flips: int, cases: int = 60
+) -> Iterator[Path]:
+    """``cases`` times: ``pristine`` with 1 to ``max_flips`` random bits flipped in bytes
+    ``region[0]:region[1]``, written to ``path`` (the same file each time, for the next case)."""
+    rng = random.Random(seed)
+    for _ in range(cases):
+        data = bytearray(pristine)
+        for _ in range(rng.randint(1, max_flips)):
+            data[rng.randrange(*region)] ^= 1 << rng.randrange(8)
+        path.write_bytes(data)
+        yield path
