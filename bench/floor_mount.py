@@ -129,7 +129,12 @@ def main() -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     try:
-        pyfuse3.main_sync()
+        if hasattr(pyfuse3, "main_sync"):  # the patched binding: siffs' own loop
+            pyfuse3.main_sync()
+        else:  # stock pyfuse3: its trio loop, as siffs uses there
+            import trio  # noqa: PLC0415
+
+            trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=False)
     os._exit(0)
