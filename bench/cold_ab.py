@@ -40,15 +40,10 @@ from pathlib import Path
 here = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(here))
 
-from siffs.sif import Image  # noqa: E402
+from request_cost import partition_offset  # noqa: E402 - bench/ is the script's directory
 
 DEFAULT_IMAGE = "/tmp/siffs-bench/images-own/rootfs-zstd.sif"
 DAEMON_CPU, READER_CPU = 1, 0
-
-
-def partition_offset(image: str) -> int:
-    with Image.open(image) as img:
-        return img.primary_partition().offset
 
 
 def cpu_seconds(pid: int) -> float:
