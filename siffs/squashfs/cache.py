@@ -50,6 +50,15 @@ class LruCache:
         self._lock = threading.Lock()
 
     @property
+    def table(self) -> OrderedDict[Hashable, tuple[Any, int]]:
+        """The entries, key -> (value, cost), oldest first, for native readers' hits.
+
+        A reader may look a value up and then ``move_to_end`` its key (what a hit here does),
+        nothing else: every store and eviction goes through :meth:`get_or_load`.
+        """
+        return self._items
+
+    @property
     def used(self) -> int:
         """Total cost of the values held now."""
         return self._used

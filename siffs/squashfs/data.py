@@ -5,6 +5,10 @@ on-disk size in a list after the inode; bit 24 set = stored uncompressed, size 0
 sparse block of zeros) and, optionally, a tail packed into a shared fragment block.
 Decompressed blocks are cached by on-disk position, so files that share blocks (the
 packer's de-duplication) share cache entries too.
+
+``_data.c`` reads a file whose inode and block list lie in one metadata block straight from the
+caches (most reads); anything else, and every error, is left to the Python code here, its
+fallback and its oracle in the tests.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import itertools
 import struct
 import sys
 from array import array
+from collections.abc import Callable
 
+from siffs import native
 from siffs.squashfs.cache import LruCache
 from siffs.squashfs.errors import CorruptImage
 from siffs.squashfs.inode import FileLocation
@@ -27,6 +33,9 @@ FRAGMENT_RECORD = struct.Struct("<QII")  # start, on-disk size word, unused
 #: A metadata block of 8 KiB takes at least 3 bytes on disk (2-byte header, 1 byte of data),
 #: so a list in the inode table can never be longer than this many times the table.
 _EXPANSION = 8192 // 3 + 1
+
+#: (inode reference, offset, size) -> the bytes, or None to leave the read to :meth:`DataReader.read`.
+NativeRead = Callable[[int, int, int], bytes | None]
 
 
 def block_cost(block: bytes) -> int:
@@ -77,6 +86,20 @@ class DataReader:
         self._data_cache = data_cache
         self._zeros = bytes(sb.block_size)
         self._max_list = (sb.directory_table - sb.inode_table) * _EXPANSION
+        self.native: NativeRead | None = None
+        module = native.load("siffs.squashfs._data")
+        if module is not None:
+            layout = (
+                sb.inode_table,
+                sb.directory_table - sb.inode_table,
+                sb.block_size,
+                meta.limit,
+                self._max_list,
+                fragments.count if fragments is not None else 0,
+                fragments.blocks if fragments is not None else (),
+            )
+            reader = module.FileReader(meta_cache.table, data_cache.table, meta.block, self._block, layout)
+            self.native = reader.read
 
     def read(self, inode_ref: int, loc: FileLocation, file_size: int, offset: int, size: int) -> bytes:
         """Bytes ``offset`` to ``offset + size`` of the file (fewer at its end); work grows with ``size``."""
@@ -139,10 +162,14 @@ class DataReader:
         """
         if word & SIZE_MASK == 0:
             return memoryview(self._zeros)[:expected]
-        data = self._data_cache.get_or_load(("d", start, word), lambda: self._load(start, word), block_cost)
+        data = self._block(start, word)
         if len(data) < expected:
             return data + bytes(expected - len(data))
         return data
+
+    def _block(self, start: int, word: int) -> bytes:
+        """The decompressed data or fragment block stored at ``start``, through the data cache."""
+        return self._data_cache.get_or_load(("d", start, word), lambda: self._load(start, word), block_cost)
 
     def _load(self, start: int, word: int) -> bytes:
         """Read and decompress one data or fragment block."""
@@ -163,7 +190,7 @@ class DataReader:
         start, word, _ = self._fragments.get(loc.fragment)
         if word & SIZE_MASK == 0:
             raise CorruptImage(f"fragment {loc.fragment} has no data; the image is damaged")
-        block = self._data_cache.get_or_load(("d", start, word), lambda: self._load(start, word), block_cost)
+        block = self._block(start, word)
         if loc.fragment_offset + expected > len(block):
             raise CorruptImage(
                 f"a file's tail lies past the end of fragment {loc.fragment}; the image is damaged"

@@ -248,6 +248,13 @@ class SquashFS:
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of regular file ``ino`` from ``offset`` (fewer at the end of the file)."""
+        fast = self._data.native
+        if fast is not None:
+            known = self._refs.get(ino)
+            if known is not None:  # a reference learned from its decoded inode: ``ino`` is the file there
+                got = fast(known & _REF_MASK, offset, size)
+                if got is not None:
+                    return got
         inode = self._inode(ino)
         if inode.file is None:
             if inode.dir is not None:

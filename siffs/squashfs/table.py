@@ -29,7 +29,8 @@ class LookupTable:
             raise CorruptImage(
                 f"the {name} table ({count} entries) runs past the end of the image; it is damaged"
             )
-        self._blocks = struct.unpack(f"<{nblocks}Q", meta.source.pread(list_pos, 8 * nblocks))
+        #: Where each metadata block of the table starts (native readers index them too).
+        self.blocks: tuple[int, ...] = struct.unpack(f"<{nblocks}Q", meta.source.pread(list_pos, 8 * nblocks))
 
     def get(self, index: int) -> tuple[Any, ...]:
         """Record ``index``, or ``CorruptImage`` when the image refers to one that does not exist."""
@@ -38,7 +39,7 @@ class LookupTable:
                 f"the image refers to {self._name} entry {index}, the table has {self.count}; it is damaged"
             )
         where = index * self._record.size
-        data, _ = self._meta.block(self._blocks[where // metadata.SIZE])
+        data, _ = self._meta.block(self.blocks[where // metadata.SIZE])
         offset = where % metadata.SIZE
         if offset + self._record.size > len(data):
             raise CorruptImage(f"{self._name} table block is short; the image is damaged")
