@@ -17,10 +17,12 @@ NATIVE: list[tuple[str, list[str]]] = [
     ("siffs.delta._zscan", ["siffs/delta/_zscan.c"]),
     ("siffs.crypt._xts", ["siffs/crypt/_xts.c"]),
 ]
+#: Headers the sources include (a change rebuilds every module; listed so they ship in the sdist).
+HEADERS = ["siffs/squashfs/_caches.h"]
 
 setup(
     ext_modules=[
-        Extension(name, sources, optional=True, extra_compile_args=["-O2", "-std=c11"])
+        Extension(name, sources, depends=HEADERS, optional=True, extra_compile_args=["-O2", "-std=c11"])
         for name, sources in NATIVE
     ]
 )

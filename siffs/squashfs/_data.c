@@ -5,8 +5,9 @@
  * cost about 10 us per read, a third of a cold read-all's daemon time. This walks the same
  * structures straight from the caches: the inode's metadata block, the fragment table's block
  * and the decompressed data blocks are looked up in the two LRU caches' tables (a hit is a dict
- * look-up and a move_to_end, as LruCache.get_or_load does it), and a miss goes through the
- * Python loader, so loading, de-duplication of loads in flight and every error stay in one place.
+ * look-up and a move_to_end, as LruCache.get_or_load does it; see _caches.h), and a miss goes
+ * through the Python loader, so loading, de-duplication of loads in flight and every error stay
+ * in one place.
  *
  * It decides nothing the Python reader does not: an inode that is not a regular file, a block
  * list that does not lie whole in the inode's metadata block, and anything malformed (a list
@@ -25,9 +26,8 @@
  * FileReader.read(ref, offset, size) -> bytes | None
  *   ref: the file's inode reference (metadata block << 16 | offset in it)
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_caches.h" /* first: it includes Python.h */
+
 #include <string.h>
 
 #define HEADER_SIZE 16
@@ -41,14 +41,12 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *meta_items, *meta_touch; /* the table and its move_to_end */
-    PyObject *data_items, *data_touch;
-    PyObject *meta_block, *data_block;
+    CacheView meta, data;
     PyObject *fragment_blocks; /* tuple of ints */
     uint64_t inode_table, inode_table_size, block_size, image_end, max_list, fragment_count;
 } FileReader;
 
-static PyObject *META_TAG, *DATA_TAG;
+static PyObject *DATA_TAG;
 
 static uint32_t le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -56,54 +54,15 @@ static uint32_t le32(const unsigned char *p) {
 
 static uint64_t le64(const unsigned char *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
 
-/* The value cached under `key` (a new reference), marked as recently used; NULL on a miss (no
- * error set) or on an error. No Python code runs between the look-up and the move, so the entry
- * cannot be evicted in between. */
-static PyObject *cache_hit(PyObject *items, PyObject *touch, PyObject *key) {
-    PyObject *item = PyDict_GetItemWithError(items, key);
-    if (item == NULL) return NULL;
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-        PyErr_SetString(PyExc_TypeError, "a cache entry is not a (value, cost) pair");
-        return NULL;
-    }
-    PyObject *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-    PyObject *moved = PyObject_CallOneArg(touch, key);
-    if (moved == NULL) {
-        Py_DECREF(value);
-        return NULL;
-    }
-    Py_DECREF(moved);
-    return value;
-}
-
-/* The decompressed metadata block at `pos` (a new reference to its bytes), or NULL with an error. */
-static PyObject *metadata(FileReader *self, uint64_t pos) {
-    PyObject *where = PyLong_FromUnsignedLongLong(pos);
-    if (where == NULL) return NULL;
-    PyObject *key = PyTuple_Pack(2, META_TAG, where);
-    PyObject *block = key == NULL ? NULL : cache_hit(self->meta_items, self->meta_touch, key);
-    Py_XDECREF(key);
-    if (block == NULL && !PyErr_Occurred()) block = PyObject_CallOneArg(self->meta_block, where);
-    Py_DECREF(where);
-    if (block == NULL) return NULL;
-    PyObject *data = NULL;
-    if (PyTuple_Check(block) && PyTuple_GET_SIZE(block) == 2 && PyBytes_Check(PyTuple_GET_ITEM(block, 0)))
-        data = Py_NewRef(PyTuple_GET_ITEM(block, 0));
-    else
-        PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
-    Py_DECREF(block);
-    return data;
-}
-
 /* The decompressed data or fragment block stored at `start` with size word `word` (a new
  * reference), or NULL with an error. */
 static PyObject *data_block(FileReader *self, uint64_t start, uint32_t word) {
     PyObject *args[2] = {PyLong_FromUnsignedLongLong(start), PyLong_FromUnsignedLong(word)};
     PyObject *key = NULL, *block = NULL;
     if (args[0] != NULL && args[1] != NULL) key = PyTuple_Pack(3, DATA_TAG, args[0], args[1]);
-    if (key != NULL) block = cache_hit(self->data_items, self->data_touch, key);
+    if (key != NULL) block = cache_hit(&self->data, key);
     Py_XDECREF(key);
-    if (block == NULL && !PyErr_Occurred()) block = PyObject_Vectorcall(self->data_block, args, 2, NULL);
+    if (block == NULL && !PyErr_Occurred()) block = PyObject_Vectorcall(self->data.load, args, 2, NULL);
     Py_XDECREF(args[0]);
     Py_XDECREF(args[1]);
     if (block != NULL && !PyBytes_Check(block)) {
@@ -134,7 +93,7 @@ static PyObject *tail_block(FileReader *self, uint32_t fragment, uint64_t frag_o
     PyObject *pos_obj = PyTuple_GET_ITEM(self->fragment_blocks, (Py_ssize_t)(where / METADATA_SIZE));
     uint64_t pos = PyLong_AsUnsignedLongLong(pos_obj);
     if (PyErr_Occurred()) return NULL;
-    PyObject *table = metadata(self, pos);
+    PyObject *table = metadata_block(&self->meta, pos);
     if (table == NULL) return NULL;
     uint64_t at = where % METADATA_SIZE;
     if (at + FRAGMENT_RECORD > (uint64_t)PyBytes_GET_SIZE(table)) {
@@ -154,7 +113,7 @@ static PyObject *tail_block(FileReader *self, uint32_t fragment, uint64_t frag_o
 static PyObject *read_file(FileReader *self, uint64_t ref, long long offset, long long size) {
     uint64_t inode_block = ref >> 16, at = ref & 0xFFFF;
     if (inode_block >= self->inode_table_size) Py_RETURN_NONE;
-    PyObject *meta = metadata(self, self->inode_table + inode_block);
+    PyObject *meta = metadata_block(&self->meta, self->inode_table + inode_block);
     if (meta == NULL) return NULL;
     const unsigned char *block = (const unsigned char *)PyBytes_AS_STRING(meta);
     uint64_t have = (uint64_t)PyBytes_GET_SIZE(meta);
@@ -238,7 +197,7 @@ done:
 
 static PyObject *FileReader_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     FileReader *r = (FileReader *)self;
-    if (r->meta_items == NULL) {
+    if (r->data.items == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "FileReader not initialised");
         return NULL;
     }
@@ -261,8 +220,8 @@ static int FileReader_init(FileReader *self, PyObject *args, PyObject *kwds) {
     PyObject *meta_items, *data_items, *meta_block, *data_block, *fragment_blocks;
     unsigned long long layout[6];
     static char *kwlist[] = {"meta_items", "data_items", "meta_block", "data_block", "layout", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OO(KKKKKKO!)", kwlist, &PyDict_Type, &meta_items,
-                                     &PyDict_Type, &data_items, &meta_block, &data_block, &layout[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO(KKKKKKO!)", kwlist, &meta_items, &data_items,
+                                     &meta_block, &data_block, &layout[0],
                                      &layout[1], &layout[2], &layout[3], &layout[4], &layout[5],
                                      &PyTuple_Type, &fragment_blocks))
         return -1;
@@ -275,18 +234,9 @@ static int FileReader_init(FileReader *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "fewer fragment table blocks than the fragment count needs");
         return -1;
     }
-    PyObject *meta_touch = PyObject_GetAttrString(meta_items, "move_to_end");
-    PyObject *data_touch = meta_touch == NULL ? NULL : PyObject_GetAttrString(data_items, "move_to_end");
-    if (data_touch == NULL) {
-        Py_XDECREF(meta_touch);
+    if (cache_view_set(&self->meta, meta_items, meta_block) < 0 ||
+        cache_view_set(&self->data, data_items, data_block) < 0)
         return -1;
-    }
-    Py_XSETREF(self->meta_items, Py_NewRef(meta_items));
-    Py_XSETREF(self->meta_touch, meta_touch);
-    Py_XSETREF(self->data_items, Py_NewRef(data_items));
-    Py_XSETREF(self->data_touch, data_touch);
-    Py_XSETREF(self->meta_block, Py_NewRef(meta_block));
-    Py_XSETREF(self->data_block, Py_NewRef(data_block));
     Py_XSETREF(self->fragment_blocks, Py_NewRef(fragment_blocks));
     self->inode_table = layout[0];
     self->inode_table_size = layout[1];
@@ -298,23 +248,15 @@ static int FileReader_init(FileReader *self, PyObject *args, PyObject *kwds) {
 }
 
 static int FileReader_traverse(FileReader *self, visitproc visit, void *arg) {
-    Py_VISIT(self->meta_items);
-    Py_VISIT(self->meta_touch);
-    Py_VISIT(self->data_items);
-    Py_VISIT(self->data_touch);
-    Py_VISIT(self->meta_block);
-    Py_VISIT(self->data_block);
+    CACHE_VIEW_VISIT(self->meta);
+    CACHE_VIEW_VISIT(self->data);
     Py_VISIT(self->fragment_blocks);
     return 0;
 }
 
 static int FileReader_clear(FileReader *self) {
-    Py_CLEAR(self->meta_items);
-    Py_CLEAR(self->meta_touch);
-    Py_CLEAR(self->data_items);
-    Py_CLEAR(self->data_touch);
-    Py_CLEAR(self->meta_block);
-    Py_CLEAR(self->data_block);
+    cache_view_clear(&self->meta);
+    cache_view_clear(&self->data);
     Py_CLEAR(self->fragment_blocks);
     return 0;
 }
@@ -347,9 +289,8 @@ static PyTypeObject FileReaderType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_data", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__data(void) {
-    META_TAG = PyUnicode_InternFromString("m");
     DATA_TAG = PyUnicode_InternFromString("d");
-    if (META_TAG == NULL || DATA_TAG == NULL || PyType_Ready(&FileReaderType) < 0) return NULL;
+    if (caches_init_module() < 0 || DATA_TAG == NULL || PyType_Ready(&FileReaderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "FileReader", (PyObject *)&FileReaderType) < 0) {

@@ -17,11 +17,16 @@
  *   ids:         the image's id table (a tuple of ints)
  *   stored_size: None if the image has no xattr table, else a callable giving the stored size
  *                of xattr set i (it may raise, as it does for the Python decoder)
+ *   cache (optional keyword): (metadata cache table, metadata block loader, inode table position,
+ *                inode table size), for decode_ref (see _caches.h)
  * Decoder.decode(data, offset, block_pos, ref) -> Inode | None
  *   data: the decompressed metadata block at image position block_pos; the inode starts at offset
+ * Decoder.decode_ref(ref) -> Inode | None
+ *   the same for the inode at reference ref, its block taken from the metadata cache: a lookup or
+ *   a listing entry then runs no Python at all when the block is cached
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_caches.h" /* first: it includes Python.h */
+
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -43,6 +48,8 @@ typedef struct {
     PyObject *stored_size;
     uint64_t inode_count;
     uint64_t block_size;
+    CacheView meta; /* for decode_ref; unset (NULL) without the cache keyword */
+    uint64_t inode_table, inode_table_size;
 } Decoder;
 
 static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
@@ -242,11 +249,16 @@ fail:
 }
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
-    PyObject *types, *ids, *stored_size;
+    PyObject *types, *ids, *stored_size, *cache = NULL;
     unsigned long long inode_count, block_size;
-    static char *kwlist[] = {"types", "inode_count", "block_size", "ids", "stored_size", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KKO!O", kwlist, &PyTuple_Type, &types, &inode_count,
-                                     &block_size, &PyTuple_Type, &ids, &stored_size))
+    static char *kwlist[] = {"types", "inode_count", "block_size", "ids", "stored_size", "cache", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!KKO!O|$O!", kwlist, &PyTuple_Type, &types, &inode_count,
+                                     &block_size, &PyTuple_Type, &ids, &stored_size, &PyTuple_Type, &cache))
+        return -1;
+    PyObject *items = NULL, *load = NULL;
+    unsigned long long inode_table = 0, inode_table_size = 0;
+    if (cache != NULL && !PyArg_ParseTuple(cache, "OOKK;cache: (table, loader, inode table, its size)", &items,
+                                           &load, &inode_table, &inode_table_size))
         return -1;
     if (PyTuple_GET_SIZE(types) != NTYPES) {
         PyErr_SetString(PyExc_ValueError, "types: (Stat, DirLocation, FileLocation, Inode)");
@@ -284,6 +296,9 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->stored_size, Py_NewRef(stored_size));
     self->inode_count = inode_count;
     self->block_size = block_size;
+    if (items != NULL && cache_view_set(&self->meta, items, load) < 0) return -1;
+    self->inode_table = inode_table;
+    self->inode_table_size = inode_table_size;
     return 0;
 }
 
@@ -291,6 +306,7 @@ static int Decoder_traverse(Decoder *self, visitproc visit, void *arg) {
     for (int i = 0; i < NTYPES; i++) Py_VISIT(self->types[i]);
     Py_VISIT(self->ids);
     Py_VISIT(self->stored_size);
+    CACHE_VIEW_VISIT(self->meta);
     return 0;
 }
 
@@ -298,6 +314,7 @@ static int Decoder_clear(Decoder *self) {
     for (int i = 0; i < NTYPES; i++) Py_CLEAR(self->types[i]);
     Py_CLEAR(self->ids);
     Py_CLEAR(self->stored_size);
+    cache_view_clear(&self->meta);
     return 0;
 }
 
@@ -316,7 +333,30 @@ static PyObject *Decoder_decode(PyObject *self, PyObject *const *args, Py_ssize_
     return decode(d, args, nargs);
 }
 
+static PyObject *Decoder_decode_ref(PyObject *self, PyObject *ref) {
+    Decoder *d = (Decoder *)self;
+    if (d->types[0] == NULL || d->meta.items == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Decoder made without a cache: decode_ref needs one");
+        return NULL;
+    }
+    unsigned long long value = PyLong_AsUnsignedLongLong(ref);
+    if (PyErr_Occurred()) return NULL;
+    uint64_t block = value >> 16;
+    if (block >= d->inode_table_size) Py_RETURN_NONE; /* the Python decoder says what is wrong */
+    PyObject *data = metadata_block(&d->meta, d->inode_table + block);
+    if (data == NULL) return NULL;
+    PyObject *args[4] = {data, PyLong_FromUnsignedLongLong(value & 0xFFFF),
+                         PyLong_FromUnsignedLongLong(d->inode_table + block), ref};
+    PyObject *inode = args[1] == NULL || args[2] == NULL ? NULL : decode(d, args, 4);
+    Py_DECREF(data);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    return inode;
+}
+
 static PyMethodDef Decoder_methods[] = {
+    {"decode_ref", (PyCFunction)Decoder_decode_ref, METH_O,
+     "decode_ref(ref) -> Inode, or None to leave the inode to the Python decoder"},
     {"decode", (PyCFunction)(void (*)(void))Decoder_decode, METH_FASTCALL,
      "decode(data, offset, block_pos, ref) -> Inode, or None to leave the inode to the Python decoder"},
     {NULL, NULL, 0, NULL},
@@ -338,7 +378,7 @@ static PyTypeObject DecoderType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_inode", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__inode(void) {
-    if (PyType_Ready(&DecoderType) < 0) return NULL;
+    if (caches_init_module() < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0) {

@@ -201,22 +201,24 @@ class InodeDecoder:
         self._sb = sb
         self._ids = ids
         self._xattrs = xattrs
-        self._blocks = sb.directory_table - sb.inode_table
         self.native: NativeDecode | None = None
+        self._by_ref: Callable[[int], Inode | None] | None = None
         module = native.load("siffs.squashfs._inode")
         if module is not None:
             stored_size = xattrs.stored_size if xattrs.present else None
             types = (Stat, DirLocation, FileLocation, Inode)
-            decoder = module.Decoder(types, sb.inode_count, sb.block_size, tuple(ids), stored_size)
+            cache = (meta.cache.table, meta.block, sb.inode_table, sb.directory_table - sb.inode_table)
+            decoder = module.Decoder(
+                types, sb.inode_count, sb.block_size, tuple(ids), stored_size, cache=cache
+            )
             self.native = decoder.decode
+            self._by_ref = decoder.decode_ref  # decode, with the block fetched from the cache in C
 
     def __call__(self, ref: int) -> Inode:
         """The inode at reference ``ref`` (inode-table block << 16 | offset)."""
-        decode = self.native
-        block = ref >> 16
-        if decode is not None and block < self._blocks:
-            pos = self._sb.inode_table + block
-            inode = decode(self._meta.block(pos)[0], ref & 0xFFFF, pos, ref)
+        by_ref = self._by_ref
+        if by_ref is not None:
+            inode = by_ref(ref)
             if inode is not None:
                 return inode
         return read_inode(self._meta, self._sb, self._ids, self._xattrs, ref)

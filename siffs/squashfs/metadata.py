@@ -35,18 +35,18 @@ class MetadataReader:
 
     ``limit`` is the end of the image (``bytes_used``): no block may extend past it, so a
     chain of blocks always ends and every position read was checked first. The source,
-    codec and limit are public so the tables built on metadata share them.
+    codec, cache and limit are public so the tables built on metadata share them.
     """
 
     def __init__(self, source: ByteSource, codec: Codec, cache: LruCache, limit: int) -> None:
         self.source = source
         self.codec = codec
         self.limit = limit
-        self._cache = cache
+        self.cache = cache
 
     def block(self, pos: int) -> Block:
         """The decompressed metadata block at partition offset ``pos``, and where the next one starts."""
-        return self._cache.get_or_load(("m", pos), lambda: self._load(pos), block_cost)
+        return self.cache.get_or_load(("m", pos), lambda: self._load(pos), block_cost)
 
     def _load(self, pos: int) -> Block:
         if not 0 <= pos <= self.limit - _HEADER.size:

@@ -13,6 +13,7 @@ import stat
 import struct
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_every_inode_decodes_as_the_python_decoder_does(name, corpus):
                 assert [type(x) for x in got] == [type(x) for x in expected]
                 assert type(got.stat) is Stat and type(got) is Inode
             assert decoder(ref) == expected
+            assert decoder._by_ref is not None and decoder._by_ref(ref) == got  # the block from the cache
     assert native > 20 * python  # the native path is the common one
 
 
@@ -185,6 +187,32 @@ def test_xattr_blocks_come_from_the_table():
 )
 def test_malformed_or_straddling_inodes_are_left_to_the_python_decoder(data):
     assert decode(data) is None
+
+
+def test_decode_by_reference_takes_the_block_from_the_cache_or_its_loader():
+    block = header(6) + struct.pack("<II", 1, 0)
+    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
+    loaded: list[int] = []
+
+    def load(pos: int) -> tuple[bytes, int]:
+        loaded.append(pos)
+        if pos != 4096 + 3:
+            raise SquashfsError(f"no block at {pos}")
+        return block, 0
+
+    d = native_module.Decoder(TYPES, 10, BLOCK_SIZE, (1000, 2000), None, cache=(table, load, 4096, 5))
+    assert d.decode_ref(3 << 16).stat.mode == stat.S_IFIFO | 0o755
+    assert loaded == [4096 + 3]  # a miss: the loader (it stores nothing here)
+    table["m", 4096 + 3] = ((block, 0), 0)
+    table["x"] = (None, 0)
+    assert d.decode_ref(3 << 16).stat.ino == 5 and loaded == [4096 + 3]  # a hit
+    assert list(table)[-1] == ("m", 4096 + 3)  # marked recently used
+    with pytest.raises(SquashfsError, match="no block at 4097"):
+        d.decode_ref(1 << 16)
+    assert d.decode_ref(5 << 16) is None  # past the inode table: the Python decoder says why
+    assert d.decode_ref((3 << 16) | 4) is None  # not a well-formed inode there
+    with pytest.raises(RuntimeError, match="without a cache"):
+        decoder().decode_ref(0)  # type: ignore[attr-defined]
 
 
 def test_offsets_outside_the_block():

@@ -1,0 +1,96 @@
+/* The SquashFS reader's LRU caches seen from its native modules (_data.c, _inode.c).
+ *
+ * An LruCache (cache.py) keeps its entries in an OrderedDict, key -> (value, cost), that it
+ * publishes as LruCache.table. A native reader looks a value up there and marks it recently used,
+ * exactly what a hit in LruCache.get_or_load does; on a miss it calls the Python loader, which
+ * goes through get_or_load, so storing, evicting, de-duplicating loads in flight and every error
+ * stay in cache.py. Included by each module (static functions: one copy per module).
+ */
+#ifndef SIFFS_SQUASHFS_CACHES_H
+#define SIFFS_SQUASHFS_CACHES_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* One cache: its table, the table's move_to_end, and the loader for misses. */
+typedef struct {
+    PyObject *items, *touch, *load;
+} CacheView;
+
+/* The tag of metadata blocks' keys, ("m", position), as metadata.py makes them. */
+static PyObject *METADATA_TAG;
+
+static int caches_init_module(void) {
+    METADATA_TAG = PyUnicode_InternFromString("m");
+    return METADATA_TAG == NULL ? -1 : 0;
+}
+
+/* Fill `view` (references taken) from a table and a loader; -1 with an error if it is no table. */
+static int cache_view_set(CacheView *view, PyObject *items, PyObject *load) {
+    if (!PyDict_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "a cache table must be a dict (LruCache.table)");
+        return -1;
+    }
+    PyObject *touch = PyObject_GetAttrString(items, "move_to_end");
+    if (touch == NULL) return -1;
+    Py_XSETREF(view->items, Py_NewRef(items));
+    Py_XSETREF(view->touch, touch);
+    Py_XSETREF(view->load, Py_NewRef(load));
+    return 0;
+}
+
+#define CACHE_VIEW_VISIT(view)     \
+    do {                           \
+        Py_VISIT((view).items);    \
+        Py_VISIT((view).touch);    \
+        Py_VISIT((view).load);     \
+    } while (0)
+
+static void cache_view_clear(CacheView *view) {
+    Py_CLEAR(view->items);
+    Py_CLEAR(view->touch);
+    Py_CLEAR(view->load);
+}
+
+/* The value cached under `key` (a new reference), marked as recently used; NULL on a miss (no
+ * error set) or on an error. No Python code runs between the look-up and the move, so the entry
+ * cannot be evicted in between. */
+static PyObject *cache_hit(CacheView *view, PyObject *key) {
+    PyObject *item = PyDict_GetItemWithError(view->items, key);
+    if (item == NULL) return NULL;
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a cache entry is not a (value, cost) pair");
+        return NULL;
+    }
+    PyObject *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+    PyObject *moved = PyObject_CallOneArg(view->touch, key);
+    if (moved == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    Py_DECREF(moved);
+    return value;
+}
+
+/* The bytes of the decompressed metadata block at `pos` (a new reference), from the cache or
+ * its loader (position -> (bytes, next position)); NULL with an error. */
+static PyObject *metadata_block(CacheView *view, uint64_t pos) {
+    PyObject *where = PyLong_FromUnsignedLongLong(pos);
+    if (where == NULL) return NULL;
+    PyObject *key = PyTuple_Pack(2, METADATA_TAG, where);
+    PyObject *block = key == NULL ? NULL : cache_hit(view, key);
+    Py_XDECREF(key);
+    if (block == NULL && !PyErr_Occurred()) block = PyObject_CallOneArg(view->load, where);
+    Py_DECREF(where);
+    if (block == NULL) return NULL;
+    PyObject *data = NULL;
+    if (PyTuple_Check(block) && PyTuple_GET_SIZE(block) == 2 && PyBytes_Check(PyTuple_GET_ITEM(block, 0)))
+        data = Py_NewRef(PyTuple_GET_ITEM(block, 0));
+    else
+        PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
+    Py_DECREF(block);
+    return data;
+}
+
+#endif
