@@ -154,6 +154,7 @@ static PyObject *read_file(FileReader *self, uint64_t ref, long long offset, lon
         if (total > self->image_end) goto python;
     }
 
+    /* At most 2048 blocks (their list lies in one metadata block) and a tail: end - off fits. */
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(end - off));
     if (out == NULL) goto done;
     char *dst = PyBytes_AS_STRING(out);
