@@ -1,10 +1,10 @@
-/* The SquashFS reader's LRU caches seen from its native modules (_data.c, _inode.c).
+/* The SquashFS reader's LRU caches seen from its native modules (_data.c, _inode.c, _directory.c).
  *
  * An LruCache (cache.py) keeps its entries in an OrderedDict, key -> (value, cost), that it
  * publishes as LruCache.table. A native reader looks a value up there and marks it recently used,
  * exactly what a hit in LruCache.get_or_load does; on a miss it calls the Python loader, which
  * goes through get_or_load, so storing, evicting, de-duplicating loads in flight and every error
- * stay in cache.py. Included by each module (static functions: one copy per module).
+ * stay in cache.py. Included by each module (static inline functions: one copy per module).
  */
 #ifndef SIFFS_SQUASHFS_CACHES_H
 #define SIFFS_SQUASHFS_CACHES_H
@@ -21,13 +21,13 @@ typedef struct {
 /* The tag of metadata blocks' keys, ("m", position), as metadata.py makes them. */
 static PyObject *METADATA_TAG;
 
-static int caches_init_module(void) {
+static inline int caches_init_module(void) {
     METADATA_TAG = PyUnicode_InternFromString("m");
     return METADATA_TAG == NULL ? -1 : 0;
 }
 
 /* Fill `view` (references taken) from a table and a loader; -1 with an error if it is no table. */
-static int cache_view_set(CacheView *view, PyObject *items, PyObject *load) {
+static inline int cache_view_set(CacheView *view, PyObject *items, PyObject *load) {
     if (!PyDict_Check(items)) {
         PyErr_SetString(PyExc_TypeError, "a cache table must be a dict (LruCache.table)");
         return -1;
@@ -47,7 +47,7 @@ static int cache_view_set(CacheView *view, PyObject *items, PyObject *load) {
         Py_VISIT((view).load);     \
     } while (0)
 
-static void cache_view_clear(CacheView *view) {
+static inline void cache_view_clear(CacheView *view) {
     Py_CLEAR(view->items);
     Py_CLEAR(view->touch);
     Py_CLEAR(view->load);
@@ -56,7 +56,7 @@ static void cache_view_clear(CacheView *view) {
 /* The value cached under `key` (a new reference), marked as recently used; NULL on a miss (no
  * error set) or on an error. No Python code runs between the look-up and the move, so the entry
  * cannot be evicted in between. */
-static PyObject *cache_hit(CacheView *view, PyObject *key) {
+static inline PyObject *cache_hit(CacheView *view, PyObject *key) {
     PyObject *item = PyDict_GetItemWithError(view->items, key);
     if (item == NULL) return NULL;
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
@@ -75,7 +75,7 @@ static PyObject *cache_hit(CacheView *view, PyObject *key) {
 
 /* The bytes of the decompressed metadata block at `pos` (a new reference), from the cache or
  * its loader (position -> (bytes, next position)); NULL with an error. */
-static PyObject *metadata_block(CacheView *view, uint64_t pos) {
+static inline PyObject *metadata_block(CacheView *view, uint64_t pos) {
     PyObject *where = PyLong_FromUnsignedLongLong(pos);
     if (where == NULL) return NULL;
     PyObject *key = PyTuple_Pack(2, METADATA_TAG, where);

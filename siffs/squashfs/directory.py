@@ -50,13 +50,19 @@ SIZE_BIAS = 3
 NATIVE_SEGMENT_MAX = 1 << 16
 
 
-def _native_parser() -> NativeParser | None:
-    """siffs.squashfs._directory.parse_segment, unless not built or SIFFS_NO_NATIVE=1."""
+#: (cache table, segment key without the number, index first names, name, segment loader) ->
+#: the entry's inode reference or None: Listing.find in C (see _directory.c).
+NativeFind = Callable[
+    [object, tuple[object, ...], tuple[bytes, ...], bytes, Callable[[int], "Segment"]], int | None
+]
+
+
+def _native() -> tuple[NativeParser, NativeFind] | tuple[None, None]:
+    """siffs.squashfs._directory's parse_segment and find, unless not built or SIFFS_NO_NATIVE=1."""
     module = native.load("siffs.squashfs._directory")
     if module is None:
-        return None
-    parse: NativeParser = module.parse_segment
-    return parse
+        return None, None
+    return module.parse_segment, module.find
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,9 @@ class Listing:
         self._index = index
         self._cache = cache
         self._length = max(0, loc.size - SIZE_BIAS)
+        # Segment i is cached under self._key + (i,). Empty directories share their location with
+        # the next listing: the length tells them apart.
+        self._key = ("s", directory_table + loc.block, loc.offset, self._length)
 
     def entries(self, cookie: int = 0) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode reference, cookie) in listing order, after the entry whose cookie is ``cookie``.
@@ -143,6 +152,8 @@ class Listing:
 
     def find(self, name: bytes) -> int | None:
         """Inode reference of entry ``name``, parsing only the segment whose range holds it."""
+        if native_find is not None:
+            return native_find(self._cache.table, self._key, self._index.names, name, self._segment)
         seg = self._segment(bisect.bisect_right(self._index.names, name) - 1)
         try:
             return seg.refs[seg.names.index(name)]
@@ -151,9 +162,7 @@ class Listing:
 
     def _segment(self, i: int) -> Segment:
         """Segment ``i``: from index entry ``i`` (-1: the listing start) to the next one."""
-        # Empty directories share their location with the next listing: the length tells them apart.
-        key = ("s", self._table + self._loc.block, self._loc.offset, self._length, i)
-        return self._cache.get_or_load(key, lambda: self._parse(i), Segment.cost)
+        return self._cache.get_or_load((*self._key, i), lambda: self._parse(i), Segment.cost)
 
     def _parse(self, i: int) -> Segment:
         if i < 0:
@@ -191,5 +200,5 @@ class Listing:
         return Segment(tuple(names), tuple(refs), tuple(starts), tuple(cookies))
 
 
-#: The native segment parser, or None: the Python loop in Listing._parse then does all the work.
-native_parse = _native_parser()
+#: The native segment parser and name search, or None: the Python code here then does all the work.
+native_parse, native_find = _native()
