@@ -8,8 +8,8 @@ format allows, since it bounds every data-block decompression.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntFlag
+from typing import NamedTuple
 
 from siffs.squashfs.errors import CorruptImage, UnsupportedImage
 
@@ -38,9 +38,12 @@ class Flags(IntFlag):
     UNCOMPRESSED_IDS = 0x0800
 
 
-@dataclass(frozen=True, slots=True)
-class Superblock:
-    """The parsed superblock; table positions are relative to the partition start."""
+class Superblock(NamedTuple):
+    """The parsed superblock; table positions are relative to the partition start.
+
+    A named tuple, as the reader's other records: defining a dataclass compiles its methods
+    (~0.6 ms), which every ``siffs run`` and ``siffs mount`` paid before its mount.
+    """
 
     inode_count: int
     mkfs_time: int
