@@ -13,8 +13,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from runtime import actions, fuselayers, libc, namespaces, rootfs, subid
@@ -62,7 +62,7 @@ class Prepared:
     ranges: subid.Mapping | None = None
 
 
-def env_options(items: list[str]) -> list[tuple[str, str]]:
+def env_options(items: Sequence[str]) -> list[tuple[str, str]]:
     """``--env K=V[,K=V]`` as pairs; a comma starts a new pair only when ``NAME=`` follows."""
     pairs = []
     for item in items:
@@ -80,7 +80,7 @@ def prepare(request: Request) -> Prepared:
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
-    request = replace(request, root=root)
+    request = request._replace(root=root)
     if request.writable and not os.access(root, os.W_OK):
         raise InvalidRequest(
             f"--writable: you cannot write {request.root} (a SIF is read-only: use --writable-tmpfs)"

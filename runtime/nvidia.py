@@ -120,7 +120,8 @@ def resolve(sources: NvidiaSources, vendor: Vendor = NVIDIA) -> NvidiaFiles:
     """The host files ``--nv``/``--rocm`` binds. No driver is a warning, never an error."""
     prefixes, data, programs = _entries(sources.liblist or vendor.liblist)
     files = NvidiaFiles()
-    libraries = match_libraries(prefixes, linker_cache(sources.path), sources.target or host_target())
+    path = os.environ.get("PATH", os.defpath) if sources.path is None else sources.path
+    libraries = match_libraries(prefixes, linker_cache(path), sources.target or host_target())
     if not any(name.startswith(vendor.driver_libraries) for _, name in libraries):
         files.warnings.append(
             f"{vendor.option}: no {vendor.name} found on this host (no {vendor.hint} in 'ldconfig -p'); "
@@ -129,7 +130,7 @@ def resolve(sources: NvidiaSources, vendor: Vendor = NVIDIA) -> NvidiaFiles:
         return files
     files.libraries = libraries
     for name in programs:
-        found = shutil.which(name, path=sources.path)
+        found = shutil.which(name, path=path)
         if found:
             files.programs.append((found, f"/usr/bin/{name}"))
     extra = (sources.persistenced_socket,) if vendor is NVIDIA else ()
