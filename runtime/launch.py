@@ -14,8 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from runtime import actions, fuselayers, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
@@ -47,8 +46,7 @@ FAKEROOT_WARNING = (
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 
-@dataclass
-class Prepared:
+class Prepared(NamedTuple):
     """Everything decided on the host, before any namespace exists (§5 step 1)."""
 
     request: Request

@@ -161,10 +161,10 @@ def combine(first: NvidiaFiles, second: NvidiaFiles) -> NvidiaFiles:
     def unique(items: list[Any]) -> list[Any]:
         return list(dict.fromkeys(items))
 
-    return NvidiaFiles(
-        unique(first.libraries + second.libraries),
-        unique(first.programs + second.programs),
-        unique(first.data_files + second.data_files),
-        unique(first.devices + second.devices),
-        first.warnings + second.warnings,
-    )
+    both = NvidiaFiles()
+    both.libraries = unique(first.libraries + second.libraries)
+    both.programs = unique(first.programs + second.programs)
+    both.data_files = unique(first.data_files + second.data_files)
+    both.devices = unique(first.devices + second.devices)
+    both.warnings = first.warnings + second.warnings
+    return both
