@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from runtime.elf import Target, read_target
@@ -50,7 +50,7 @@ def find_program(name: str, path: str) -> str:
 
 
 def command(
-    action: Action, args: list[str], env: dict[str, str], shell: str | None, app: str = ""
+    action: Action, args: Sequence[str], env: dict[str, str], shell: str | None, app: str = ""
 ) -> list[str]:
     """The argv to execute for ``action`` (with ``app``, the SCIF app's runscript or test).
 

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from runtime.errors import InvalidRequest
@@ -82,13 +81,19 @@ class PathEdit(NamedTuple):
     value: str
 
 
-@dataclass
 class Overrides:
-    """Rows 3-7 of §2.1, resolved to the operations to apply after ``99-base.sh``."""
+    """Rows 3-7 of §2.1, resolved to the operations to apply after ``99-base.sh``.
 
-    assignments: list[Assign] = field(default_factory=list)
-    path_edits: list[PathEdit] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    A plain class, filled in place: a dataclass would compile its methods on every start, and
+    import ``dataclasses`` (``inspect``, ``ast``), while the mount daemon starts beside it.
+    """
+
+    __slots__ = ("assignments", "path_edits", "warnings")
+
+    def __init__(self) -> None:
+        self.assignments: list[Assign] = []
+        self.path_edits: list[PathEdit] = []
+        self.warnings: list[str] = []
 
     @property
     def names(self) -> set[str]:

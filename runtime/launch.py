@@ -13,9 +13,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, NoReturn
 
 from runtime import actions, fuselayers, libc, namespaces, rootfs, subid
 from runtime.elf import Target, host_target
@@ -47,8 +46,7 @@ FAKEROOT_WARNING = (
 _ENV_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
 
 
-@dataclass
-class Prepared:
+class Prepared(NamedTuple):
     """Everything decided on the host, before any namespace exists (§5 step 1)."""
 
     request: Request
@@ -62,7 +60,7 @@ class Prepared:
     ranges: subid.Mapping | None = None
 
 
-def env_options(items: list[str]) -> list[tuple[str, str]]:
+def env_options(items: Sequence[str]) -> list[tuple[str, str]]:
     """``--env K=V[,K=V]`` as pairs; a comma starts a new pair only when ``NAME=`` follows."""
     pairs = []
     for item in items:
@@ -80,7 +78,7 @@ def prepare(request: Request) -> Prepared:
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise InvalidRequest(f"{request.root} {what}")
-    request = replace(request, root=root)
+    request = request._replace(root=root)
     if request.writable and not os.access(root, os.W_OK):
         raise InvalidRequest(
             f"--writable: you cannot write {request.root} (a SIF is read-only: use --writable-tmpfs)"

@@ -14,7 +14,6 @@ import csv
 import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from runtime import fuselayers
@@ -79,38 +78,58 @@ class LibraryDir(NamedTuple):
 Step = Bind | Tmpfs | Proc | MinimalDev | Generated | LibraryDir
 
 
-@dataclass
 class NvidiaFiles:
     """What ``--nv``/``--rocm`` bind: libraries (cache path, name in the libs dir), programs, data
-    files, devices. Found by ``runtime.nvidia``, which a container without them never imports."""
+    files, devices. Found by ``runtime.nvidia``, which a container without them never imports.
 
-    libraries: list[tuple[str, str]] = field(default_factory=list)
-    programs: list[tuple[str, str]] = field(default_factory=list)
-    data_files: list[str] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    This module's records are plain classes filled in place: a dataclass would compile its methods
+    on every start, and import ``dataclasses`` (``inspect``, ``ast``), while the daemon starts."""
+
+    __slots__ = ("data_files", "devices", "libraries", "programs", "warnings")
+
+    def __init__(self) -> None:
+        self.libraries: list[tuple[str, str]] = []
+        self.programs: list[tuple[str, str]] = []
+        self.data_files: list[str] = []
+        self.devices: list[str] = []
+        self.warnings: list[str] = []
 
 
-@dataclass
 class Layout:
     """The mounts in order, the staging layer's placeholders and what the environment needs to know."""
 
-    root: str
-    home: str
-    #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
-    writable_tmpfs: bool = False
-    #: ``--writable``: the tree itself is mounted read-write (a sandbox directory).
-    writable: bool = False
-    #: Read-only overlay layers (host dirs, ext3 images), topmost first, above the image.
-    overlay_lowers: list[str | OverlayImage] = field(default_factory=list)
-    #: The writable overlay: (DIR/upper, DIR/work) on the host, or an ext3 image.
-    overlay_upper: tuple[str, str] | OverlayImage | None = None
-    steps: list[Step] = field(default_factory=list)
-    placeholders: dict[str, Kind] = field(default_factory=dict)
-    created: dict[str, Kind] = field(default_factory=dict)
-    bind_destinations: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    _unplaceable: list[str] = field(default_factory=list)
+    __slots__ = (
+        "_unplaceable",
+        "bind_destinations",
+        "created",
+        "home",
+        "overlay_lowers",
+        "overlay_upper",
+        "placeholders",
+        "root",
+        "steps",
+        "warnings",
+        "writable",
+        "writable_tmpfs",
+    )
+
+    def __init__(self, root: str, home: str, *, writable_tmpfs: bool = False, writable: bool = False) -> None:
+        self.root = root
+        self.home = home
+        #: ``--writable-tmpfs``: the root is an overlay whose writes go to a tmpfs gone at exit.
+        self.writable_tmpfs = writable_tmpfs
+        #: ``--writable``: the tree itself is mounted read-write (a sandbox directory).
+        self.writable = writable
+        #: Read-only overlay layers (host dirs, ext3 images), topmost first, above the image.
+        self.overlay_lowers: list[str | OverlayImage] = []
+        #: The writable overlay: (DIR/upper, DIR/work) on the host, or an ext3 image.
+        self.overlay_upper: tuple[str, str] | OverlayImage | None = None
+        self.steps: list[Step] = []
+        self.placeholders: dict[str, Kind] = {}
+        self.created: dict[str, Kind] = {}
+        self.bind_destinations: list[str] = []
+        self.warnings: list[str] = []
+        self._unplaceable: list[str] = []
 
     def add(self, step: Step, kind: Kind) -> None:
         """Append ``step``, arranging for its destination to exist when it is mounted."""

@@ -124,7 +124,7 @@ def _map_helpers(uid: int, gid: int, ranges: Mapping) -> list[tuple[str, subproc
                 f"--fakeroot: you have /etc/subuid ranges, which need {program} "
                 "(apt-get install uidmap); or use --ignore-subuid"
             )
-        numbers = (os.getpid(), 0, own, 1, 1, subordinate.start, subordinate.count)
+        numbers = (os.getpid(), 0, own, 1, 1, subordinate.start, subordinate.size)
         commands.append((program, ["/bin/sh", "-c", _AFTER_GO, path, *map(str, numbers)]))
     return [
         (

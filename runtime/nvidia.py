@@ -120,7 +120,8 @@ def resolve(sources: NvidiaSources, vendor: Vendor = NVIDIA) -> NvidiaFiles:
     """The host files ``--nv``/``--rocm`` binds. No driver is a warning, never an error."""
     prefixes, data, programs = _entries(sources.liblist or vendor.liblist)
     files = NvidiaFiles()
-    libraries = match_libraries(prefixes, linker_cache(sources.path), sources.target or host_target())
+    path = os.environ.get("PATH", os.defpath) if sources.path is None else sources.path
+    libraries = match_libraries(prefixes, linker_cache(path), sources.target or host_target())
     if not any(name.startswith(vendor.driver_libraries) for _, name in libraries):
         files.warnings.append(
             f"{vendor.option}: no {vendor.name} found on this host (no {vendor.hint} in 'ldconfig -p'); "
@@ -129,7 +130,7 @@ def resolve(sources: NvidiaSources, vendor: Vendor = NVIDIA) -> NvidiaFiles:
         return files
     files.libraries = libraries
     for name in programs:
-        found = shutil.which(name, path=sources.path)
+        found = shutil.which(name, path=path)
         if found:
             files.programs.append((found, f"/usr/bin/{name}"))
     extra = (sources.persistenced_socket,) if vendor is NVIDIA else ()
@@ -160,10 +161,10 @@ def combine(first: NvidiaFiles, second: NvidiaFiles) -> NvidiaFiles:
     def unique(items: list[Any]) -> list[Any]:
         return list(dict.fromkeys(items))
 
-    return NvidiaFiles(
-        unique(first.libraries + second.libraries),
-        unique(first.programs + second.programs),
-        unique(first.data_files + second.data_files),
-        unique(first.devices + second.devices),
-        first.warnings + second.warnings,
-    )
+    both = NvidiaFiles()
+    both.libraries = unique(first.libraries + second.libraries)
+    both.programs = unique(first.programs + second.programs)
+    both.data_files = unique(first.data_files + second.data_files)
+    both.devices = unique(first.devices + second.devices)
+    both.warnings = first.warnings + second.warnings
+    return both

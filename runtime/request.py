@@ -1,11 +1,10 @@
 """What the caller asks the runtime to do: one tree, one action, Apptainer's options."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: typing.NamedTuple compiles a string annotation
+# (ForwardRef) for each field, ~15 us each, 50 fields on every start; these annotations are objects.
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from runtime.elf import Target
@@ -14,21 +13,20 @@ Action = Literal["run", "exec", "shell", "test", "start"]
 PERSISTENCED_SOCKET = "/var/run/nvidia-persistenced/socket"
 
 
-@dataclass(frozen=True)
-class NvidiaSources:
+class NvidiaSources(NamedTuple):
     """Where ``--nv``/``--rocm`` look for the driver (``runtime.nvidia``); the defaults are the
-    real host's (``liblist`` empty: the vendor's). Defined here, not with the search, so that
-    building a request does not import the search (``siffs run`` imports it after the mount)."""
+    real host's (``liblist`` empty: the vendor's; ``path`` None: ``$PATH`` when searched). Defined
+    here, not with the search, so that building a request does not import the search (``siffs run``
+    imports it after the mount)."""
 
     liblist: str = ""
-    path: str = field(default_factory=lambda: os.environ.get("PATH", os.defpath))
+    path: str | None = None
     device_dir: str = "/dev"
     persistenced_socket: str = PERSISTENCED_SOCKET
-    target: Target | None = None
+    target: "Target | None" = None
 
 
-@dataclass(frozen=True)
-class OverlayImage:
+class OverlayImage(NamedTuple):
     """An ext3 overlay filesystem in a file (``--overlay FILE``) or in a SIF's overlay partition.
 
     Its ``upper`` directory is a layer; ``writable``, its ``upper``/``work`` take the writes.
@@ -41,25 +39,30 @@ class OverlayImage:
     writable: bool = False
 
 
-@dataclass
-class Request:
-    """A container to start. ``args`` holds the command and its arguments for ``exec``."""
+class Request(NamedTuple):
+    """A container to start. ``args`` holds the command and its arguments for ``exec``.
+
+    This module's records are named tuples, not dataclasses: ``siffs run`` defines them before
+    its mount, and defining a dataclass compiles its methods (~0.6 ms each, and ``dataclasses``
+    imports ``inspect``). A request is changed by copying it (``_replace``); its sequences default
+    to empty tuples, so no two requests share a mutable default.
+    """
 
     root: str
     action: Action
-    args: list[str] = field(default_factory=list)
+    args: Sequence[str] = ()
     #: The image as the user named it (``*_CONTAINER``); the tree itself if empty.
     container: str = ""
-    binds: list[str] = field(default_factory=list)
+    binds: Sequence[str] = ()
     home: str | None = None
     no_home: bool = False
     contain: bool = False
     containall: bool = False
     pid: bool = False
     cleanenv: bool = False
-    env: list[str] = field(default_factory=list)
-    env_files: list[str] = field(default_factory=list)
-    no_env: list[str] = field(default_factory=list)
+    env: Sequence[str] = ()
+    env_files: Sequence[str] = ()
+    no_env: Sequence[str] = ()
     no_eval: bool = False
     pwd: str | None = None
     shell: str | None = None
@@ -67,7 +70,7 @@ class Request:
     nv_sources: NvidiaSources | None = None
     rocm: bool = False
     rocm_sources: NvidiaSources | None = None
-    no_mount: list[str] = field(default_factory=list)
+    no_mount: Sequence[str] = ()
     #: The SCIF app (``--app``): its environment, runscript and test (``/scif/apps/NAME``).
     app: str = ""
     hostname: str | None = None
@@ -79,16 +82,16 @@ class Request:
     no_umask: bool = False
     writable_tmpfs: bool = False
     #: ``--overlay DIR|EXT3FILE[:ro]`` in command-line order (a later one lies above an earlier one).
-    overlays: list[str] = field(default_factory=list)
+    overlays: Sequence[str] = ()
     #: The image's own overlay partitions, lowest first, below the ``--overlay`` layers.
-    image_overlays: list[OverlayImage] = field(default_factory=list)
+    image_overlays: Sequence[OverlayImage] = ()
     #: ``--workdir``: holds ``/tmp``, ``/var/tmp`` and home with ``--contain``, and the scratch dirs.
     workdir: str | None = None
     #: ``--scratch`` destinations: empty writable dirs (in the workdir, else in memory).
-    scratch: list[str] = field(default_factory=list)
+    scratch: Sequence[str] = ()
     no_pid: bool = False
     #: ``--dns``: name servers written as the container's ``/etc/resolv.conf`` instead of the host's.
-    dns: list[str] = field(default_factory=list)
+    dns: Sequence[str] = ()
     #: ``--writable``: the tree (a directory the user can write) is mounted read-write.
     writable: bool = False
     #: ``--fakeroot``: uid and gid 0 inside, mapped to the caller (root-mapped namespace).
@@ -96,8 +99,9 @@ class Request:
     #: ``--ignore-subuid``: the root-mapped namespace even when ``/etc/subuid`` lists the caller.
     ignore_subuid: bool = False
     #: ``--mount`` specifications (``type=bind,src=...,dst=...[,ro]``), beside ``binds``.
-    mounts: list[str] = field(default_factory=list)
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    mounts: Sequence[str] = ()
+    #: The caller's environment: siffs never changes its own, so ``os.environ`` itself by default.
+    environ: Mapping[str, str] = os.environ
 
     @property
     def contained(self) -> bool:

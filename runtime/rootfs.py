@@ -105,7 +105,7 @@ def _mount_root(layout: Layout) -> None:
     try:
         mounts.bind(tree, _TREE)
         lowers.append(_TREE)
-        if isinstance(upper_layer, tuple):
+        if upper_layer is not None and not isinstance(upper_layer, OverlayImage):  # an image is a tuple too
             upper, work = upper_layer
             mounts.overlay(FINAL, lowers, HOST + upper, HOST + work)
         elif layout.writable_tmpfs:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from runtime.errors import InvalidRequest
@@ -23,12 +22,12 @@ SUBGID = "/etc/subgid"
 RANGE_SIZE = 65536
 
 
-@dataclass(frozen=True)
-class Range:
-    """One line of /etc/subuid or /etc/subgid for the caller: ``count`` ids from ``start``."""
+class Range(NamedTuple):
+    """One line of /etc/subuid or /etc/subgid for the caller: ``size`` ids from ``start`` (the
+    file's "count", which a named tuple has as a method)."""
 
     start: int
-    count: int
+    size: int
 
 
 class Mapping(NamedTuple):
@@ -79,14 +78,14 @@ def _choose(path: str, name: str, uid: int) -> Range | None:
             found = Range(int(fields[1]), int(fields[2]))
         except ValueError:
             continue
-        if found.count > 0:
+        if found.size > 0:
             ranges.append(found)
     if not ranges:
         return None
-    exact = [r for r in ranges if r.count == RANGE_SIZE]
-    larger = [r for r in ranges if r.count > RANGE_SIZE]
+    exact = [r for r in ranges if r.size == RANGE_SIZE]
+    larger = [r for r in ranges if r.size > RANGE_SIZE]
     if exact or larger:
-        return exact[0] if exact else max(larger, key=lambda r: r.count)
+        return exact[0] if exact else max(larger, key=lambda r: r.size)
     raise InvalidRequest(
         f"--fakeroot: the ranges of {name} in {path} all hold fewer than {RANGE_SIZE} ids; ask an "
         f"administrator for a range of {RANGE_SIZE}, or use --ignore-subuid"

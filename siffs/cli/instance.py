@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from typing import NoReturn
 
 from runtime import instances
@@ -87,7 +86,7 @@ def cmd_start(args: argparse.Namespace) -> None:
         instances.check_name(args.name)
         if any(i.name == args.name for i in instances.live(directory)):
             raise InvalidRequest(f"instance {args.name} already exists (siffs instance stop {args.name})")
-        request = replace(runoptions.request(args, "start"), pid=True, no_pid=False)
+        request = runoptions.request(args, "start")._replace(pid=True, no_pid=False)
     except ContainerError as exc:
         raise CommandError(str(exc), ExitCode.CONTAINER_FAILED) from None
     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -243,8 +242,7 @@ def join(args: argparse.Namespace, action: Action) -> NoReturn:
         request = runoptions.request(args, action)
         shared = instance.options
         home = shared.get("home")
-        request = replace(
-            request,
+        request = request._replace(
             root=instance.root,
             container=instance.image,
             contain=bool(shared.get("contain")),

@@ -19,8 +19,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from runtime.errors import ContainerError, InvalidRequest, report, set_quiet, warn
@@ -160,13 +159,13 @@ def with_images(stack: contextlib.ExitStack, request: Request, args: argparse.Na
     overlays = [
         _squashfs_layer(stack, spec, args) if _is_squashfs(spec) else spec for spec in request.overlays
     ]
-    request = replace(request, binds=binds, mounts=mounts, overlays=overlays)
+    request = request._replace(binds=binds, mounts=mounts, overlays=overlays)
     if os.path.isfile(args.image):
         partitions = _overlay_partitions(
             args.image, request.writable, bool(request.overlays or request.writable_tmpfs)
         )
         mount_point = stack.enter_context(_mounted(args.image, args))
-        request = replace(request, root=mount_point, image_overlays=partitions, writable=False)
+        request = request._replace(root=mount_point, image_overlays=partitions, writable=False)
     return request
 
 
@@ -189,7 +188,7 @@ def _fetch_remote(args: argparse.Namespace) -> None:
 _BIND_OPTIONS = ("ro", "rw")
 
 
-def _split_data_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+def _split_data_images(specs: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """``-B IMAGE:DST:image-src=PATH`` items taken out of ``specs``, as (IMAGE, PATH, DST).
 
     In a comma list, a word without ``:`` that is a bind option (``ro``, ``image-src=...``)
@@ -220,7 +219,7 @@ def _split_data_images(specs: list[str]) -> tuple[list[str], list[tuple[str, str
     return plain, images
 
 
-def _split_data_mounts(specs: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+def _split_data_mounts(specs: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """``--mount type=bind,src=IMAGE,dst=DST,image-src=PATH`` lines taken out, as ``_split_data_images``."""
     plain: list[str] = []
     images: list[tuple[str, str, str]] = []
@@ -287,7 +286,7 @@ def _overlay_partitions(image: str, writable: bool, overlays: bool) -> list[Over
                 f"--writable: {image} is signed: writing into its overlay partition would break the "
                 "signature; use --overlay DIR or --writable-tmpfs instead"
             )
-        found[0] = replace(found[0], writable=True)
+        found[0] = found[0]._replace(writable=True)
     return found
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from runtime.errors import InvalidRequest
@@ -235,7 +234,7 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         if args.nvliblist:
             from runtime import envfile  # noqa: PLC0415 - only here: siffs.cli.run's docstring
 
-            sources = replace(sources, liblist=envfile.read(args.nvliblist, "--nvliblist"))
+            sources = sources._replace(liblist=envfile.read(args.nvliblist, "--nvliblist"))
     rocm_sources = NvidiaSources(device_dir=os.environ.get("SIFFS_ROCM_DEVICE_DIR", "/dev"))
     if args.network not in (None, "none"):
         raise InvalidRequest(
@@ -286,8 +285,8 @@ def request(args: argparse.Namespace, action: Action) -> Request:
         writable=args.writable,
     )
     if args.compat:  # Apptainer's OCI/Docker-like defaults, without the uts/user/net namespaces
-        result = replace(result, containall=True, writable_tmpfs=True, no_eval=True)
-        result = replace(result, no_init=True, no_umask=True)
+        result = result._replace(containall=True, writable_tmpfs=True, no_eval=True)
+        result = result._replace(no_init=True, no_umask=True)
     return result
 
 

@@ -9,15 +9,22 @@ mount is live and removed when the daemon exits. A record whose mount is gone is
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from siffs.fs.mountpoint import MountEntry, mount_table
+
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:  # the interpreter's own SHA-256, as random takes _sha512: hashlib loads OpenSSL (~2 ms a start)
+    try:
+        from _sha256 import sha256
+    except ImportError:  # an interpreter built without it
+        from hashlib import sha256
 
 FS_TYPE = "fuse.siffs"
 
@@ -55,7 +62,7 @@ def file_stem(mount_point: str) -> str:
     exact path follows a readable prefix, which is only there to help people find the file.
     """
     readable = re.sub(r"[^A-Za-z0-9._]+", "-", mount_point).strip("-.")[-64:] or "root"
-    digest = hashlib.sha256(os.fsencode(mount_point)).hexdigest()[:16]
+    digest = sha256(os.fsencode(mount_point)).hexdigest()[:16]
     return f"{readable}-{digest}"
 
 

@@ -20,7 +20,7 @@ import bisect
 import itertools
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from siffs import native
 from siffs.squashfs import metadata
@@ -65,8 +65,7 @@ def _native() -> tuple[NativeParser, NativeFind] | tuple[None, None]:
     return module.parse_segment, module.find
 
 
-@dataclass(frozen=True, slots=True)
-class Index:
+class Index(NamedTuple):
     """A directory's index: linear header offsets, their metadata blocks, first names (all sorted)."""
 
     offsets: tuple[int, ...]
@@ -99,8 +98,7 @@ def read_index(meta: MetadataReader, loc: DirLocation) -> Index:
     return Index(tuple(offsets), tuple(blocks), tuple(names))
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     """The entries from one index point to the next, parsed once and cached.
 
     Parallel tuples: names, inode references, linear start offsets and resume cookies.

@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from siffs.squashfs import directory, metadata
 from siffs.squashfs.cache import LruCache
@@ -45,7 +44,7 @@ from siffs.squashfs.xattr import XattrTable
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Cache cost charged per decoded inode (the dataclasses and their dict slot).
+#: Cache cost charged per decoded inode (the records and their dict slot).
 _INODE_COST = 400
 _ID_RECORD = struct.Struct("<I")
 _EXPORT_RECORD = struct.Struct("<Q")
@@ -63,8 +62,7 @@ _LISTINGS_KEPT = 16
 _KEPT_INDEX_MAX = 128
 
 
-@dataclass(frozen=True, slots=True)
-class FsStats:
+class FsStats(NamedTuple):
     """What ``statfs`` shows, as the kernel's squashfs driver reports it (nothing is free)."""
 
     block_size: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +31,14 @@ def state(tmp_path, monkeypatch) -> dict[str, str]:
 def _listed(env: dict[str, str], base: Path) -> dict[str, dict[str, object]]:
     rows = json.loads(siffs("mounts", "--json", env=env, check=True).stdout)
     return {row["mount_point"]: row for row in rows if row["mount_point"].startswith(str(base))}
+
+
+def test_record_names_end_in_the_sha256_of_the_path():
+    """The name's digest is SHA-256 whichever implementation computes it (the interpreter's own,
+    which loads no OpenSSL, or hashlib's): a record written by one siffs is found by another."""
+    path = "/tmp/a-b/\u00e9t\u00e9.sif"
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    assert registry.file_stem(path) == f"tmp-a-b-t-.sif-{digest}"
 
 
 @pytest.mark.parametrize(
