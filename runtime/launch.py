@@ -128,8 +128,11 @@ def prepare(request: Request) -> Prepared:
     return Prepared(request, layout, identity, forwarded, overrides, host_target(), host_cwd, ranges)
 
 
-def exec_container(request: Request) -> NoReturn:
-    """Become the container's command. Errors before the command starts raise ``ContainerError``."""
+def exec_container(request: Request, ready: int | None = None) -> NoReturn:
+    """Become the container's command. Errors before the command starts raise ``ContainerError``.
+
+    ``ready``: a descriptor to write one byte to (and close) once the container's root is built.
+    """
     prepared = prepare(request)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -144,9 +147,11 @@ def exec_container(request: Request) -> NoReturn:
     if request.new_pid:
         pid = os.fork()
         if pid:  # outside the PID namespace: pass signals to its init, return its status
+            if ready is not None:
+                os.close(ready)  # the init builds the root and tells; none here must hold it open
             os._exit(wait_for(pid))
-        _in_child(lambda: _start(prepared, as_init=not request.no_init))
-    _start(prepared, as_init=False)
+        _in_child(lambda: _start(prepared, as_init=not request.no_init, ready=ready))
+    _start(prepared, as_init=False, ready=ready)
 
 
 def run_container(request: Request) -> int:
@@ -154,17 +159,26 @@ def run_container(request: Request) -> int:
     return wait_for(start_container(request))
 
 
-def start_container(request: Request) -> int:
+def start_container(request: Request, *, wait_built: bool = False) -> int:
     """Start the container in a child and return its pid, which holds the container's namespaces.
 
     ``join_container`` with that pid enters them (``instance://``); signals sent to it reach
-    the command.
+    the command. ``wait_built``: return only once the container's root is built (or its start
+    failed before), so that nobody joins namespaces still being set up (an instance's start:
+    a join before the root's pivot would see the host's files, not the image's).
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    built_r, built_w = os.pipe2(os.O_CLOEXEC) if wait_built else (-1, -1)
     pid = os.fork()
     if pid == 0:
-        _in_child(lambda: exec_container(request))
+        if wait_built:
+            os.close(built_r)
+        _in_child(lambda: exec_container(request, built_w if wait_built else None))
+    if wait_built:
+        os.close(built_w)
+        os.read(built_r, 1)  # a byte once the root is built; end of file if the start failed first
+        os.close(built_r)
     return pid
 
 
@@ -204,8 +218,11 @@ def _in_child(body: Callable[[], object]) -> NoReturn:
         os._exit(status)
 
 
-def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
-    """Inside the namespaces: build the root (unless joining one), compute the environment, exec."""
+def _start(prepared: Prepared, as_init: bool, build: bool = True, ready: int | None = None) -> NoReturn:
+    """Inside the namespaces: build the root (unless joining one), compute the environment, exec.
+
+    ``ready`` gets one byte, and is closed, once the root is built (see ``start_container``).
+    """
     request, layout = prepared.request, prepared.layout
     if build:
         _isolate(request)
@@ -214,6 +231,9 @@ def _start(prepared: Prepared, as_init: bool, build: bool = True) -> NoReturn:
         except BaseException:
             fuselayers.stop()  # the helpers started so far, flushed before the failure is reported
             raise
+    if ready is not None:
+        os.write(ready, b"1")
+        os.close(ready)
     workdir = actions.working_directory(request.pwd, request.contained, prepared.host_cwd, layout.home)
     os.chdir(workdir)
     shell = find_shell()

@@ -139,7 +139,7 @@ def _supervise(args: argparse.Namespace, request: Request, directory: str, ready
         with contextlib.ExitStack() as stack:  # a SIF, data images, squashfs overlays: as for run
             request = with_images(stack, request, args)
             root = request.root
-            holder = start_container(request)
+            holder = start_container(request, wait_built=True)  # joinable once it answers
             options: dict[str, object] = {"contain": request.contain, "containall": request.containall}
             options |= {"home": request.home, "no_home": request.no_home, "fakeroot": request.fakeroot}
             record = instances.Instance(

@@ -85,6 +85,34 @@ def test_instance_of_a_sif_keeps_it_mounted_until_stopped(siffs, served, work, u
     assert mounts() == []
 
 
+#: siffs with the container's root built half a second late: what a loaded machine or a slow image does.
+SLOW_BUILD = """
+import sys, time
+from runtime import rootfs
+from siffs.cli.main import main
+build = rootfs.build
+rootfs.build = lambda layout: (time.sleep(0.5), build(layout))[1]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_start_returns_once_the_container_can_be_joined(siffs, served, user_env):
+    """`instance start` returns when the container's root is built, so a join at once enters it.
+    It used to return at the fork: an `exec instance://` quick enough found the holder still in
+    the host's namespaces, joined none, and ran on the host's files."""
+    command = siffs.command("instance", "start", "--contain", served, "four", env=user_env)
+    at = command.index("-m")
+    command[at : at + 2] = ["-c", SLOW_BUILD]
+    started = subprocess.run(command, capture_output=True, cwd=siffs.cwd, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        record = json.loads((Path(user_env["XDG_RUNTIME_DIR"]) / "siffs/instances/four.json").read_text())
+        assert os.path.isfile(f"/proc/{record['pid']}/root/.singularity.d/startscript")
+        assert os.readlink(f"/proc/{record['pid']}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    finally:
+        assert siffs("instance", "stop", "four", env=user_env).returncode == 0
+
+
 def test_dead_instances_leave_the_list(siffs, served, user_env):
     assert siffs("instance", "start", "--contain", served, "three", env=user_env).returncode == 0
     record = json.loads((Path(user_env["XDG_RUNTIME_DIR"]) / "siffs/instances/three.json").read_text())
