@@ -39,6 +39,6 @@ for p in "${patches[@]}"; do
 done
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall \
     "$work/pyfuse3-$version"
-"$venv/bin/python" -c 'import pyfuse3; assert pyfuse3.Operations.enable_no_open is False; assert callable(pyfuse3.main_sync)'
+"$venv/bin/python" -c 'import pyfuse3; assert pyfuse3.Operations.enable_no_open is False; assert callable(pyfuse3.main_sync); assert pyfuse3.Operations.fast_ops is None'
 echo "$want" >"$stamp"
 echo "siffs: patched pyfuse3 installed" >&2

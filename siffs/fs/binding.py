@@ -39,6 +39,10 @@ class Features(NamedTuple):
     #: ``pyfuse3.main_sync``: serve in the main thread without an event loop, so the daemon never
     #: imports trio (most of its start-up time) and a request costs no scheduler pass.
     sync_loop: bool = False
+    #: ``Operations.fast_ops``: C request handlers (``siffs.fs._fast``) answer lookup, getattr,
+    #: read, readlink and xattr requests inside the binding, without its coroutine, request
+    #: context and reply objects (more than the reader's own work for a cached request).
+    fast_ops: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -56,6 +60,7 @@ def available() -> Features:
         receive_first=hasattr(ops, "receive_before_poll"),
         poll_wait=hasattr(ops, "receive_poll_ms"),
         sync_loop=hasattr(pyfuse3, "main_sync"),
+        fast_ops=hasattr(ops, "fast_ops"),
     )
 
 

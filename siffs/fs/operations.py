@@ -24,7 +24,9 @@ from typing import NamedTuple, Protocol
 
 import pyfuse3
 
+from siffs import native
 from siffs.fs import binding
+from siffs.squashfs.inode import Stat
 
 log = logging.getLogger("siffs.fs")
 
@@ -180,6 +182,28 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self._listings: OrderedDict[int, Listing] = OrderedDict()
         self._listed_entries = 0
         self._too_large: set[int] = set()
+        # Read by the patched binding at mount time: None sends every request to the handlers below.
+        self.fast_ops = self._fast_ops() if self.features.fast_ops else None
+
+    def _fast_ops(self) -> object | None:
+        """The C handlers' capsule (siffs.fs._fast): the same answers as the handlers below."""
+        fast = native.load("siffs.fs._fast")
+        if fast is None:
+            return None
+        handlers = fast.Handlers(
+            tree=self.tree,
+            stat_type=Stat,
+            parents=self._parents,
+            root=self._root,
+            uid=-1 if self.ownership.uid is None else self.ownership.uid,
+            gid=-1 if self.ownership.gid is None else self.ownership.gid,
+            name_max=self._name_max,
+            timeout=FOREVER,
+            blksize=BLKSIZE,
+        )
+        self.fast_handlers = handlers  # for the tests, which call them without a mount
+        capsule: object = handlers.capsule()
+        return capsule
 
     # -- numbering and attributes -------------------------------------------------------
 

@@ -1,0 +1,469 @@
+/* Request handlers the patched pyfuse3 calls in C (contrib/pyfuse3-patches/0009).
+ *
+ * Every request through pyfuse3's Python path costs a coroutine, a request context, an
+ * EntryAttributes and two Python frames before the tree reader is even called: more than the
+ * reader's own work for a cached lookup or read. The binding's fast_ops hook calls these
+ * functions first; each asks the tree (its bound Python methods: the reader's hot paths are C
+ * already) and answers exactly as ReadOnlyOperations does (operations.py, the fallback and the
+ * oracle in the tests), or declines (< 0), and the request then takes the Python path. Declined:
+ * "." and "..", results that are not the reader's Stat records, and every exception that does
+ * not carry its own errno (the Python handler repeats the call, which logs and counts it).
+ *
+ * The pyfuse3_fast_ops layout is the binding's ABI v1, pinned by the capsule's name.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define FAST_OPS_NAME "pyfuse3.fast_ops.v1"
+#define DECLINE (-1)
+#define ROOT_INODE 1
+
+typedef struct {
+    uint64_t ino;
+    uint64_t generation;
+    struct stat attr;
+    double attr_timeout;
+    double entry_timeout;
+} fast_entry;
+
+typedef struct {
+    void *data;
+    int (*lookup)(void *data, uint64_t parent, const char *name, fast_entry *entry);
+    int (*getattr)(void *data, uint64_t ino, fast_entry *entry);
+    int (*read)(void *data, uint64_t fh, uint64_t off, size_t size, PyObject **out);
+    int (*readlink)(void *data, uint64_t ino, PyObject **out);
+    int (*listxattr)(void *data, uint64_t ino, uint32_t uid, PyObject **out);
+    int (*getxattr)(void *data, uint64_t ino, const char *name, PyObject **out);
+} fast_ops;
+
+/* The fields of the reader's Stat record, in its order (checked by the Python side). */
+enum { F_INO, F_MODE, F_NLINK, F_UID, F_GID, F_SIZE, F_MTIME, F_RDEV, F_BLOCKS, F_COUNT };
+
+typedef struct {
+    PyObject_HEAD
+    fast_ops ops;
+    PyObject *lookup, *getattr, *read, *readlink, *listxattr, *getxattr;
+    PyObject *parents;        /* dict: directory inode -> parent, for ".." (operations.py) */
+    PyTypeObject *stat_type;  /* the only result type answered here */
+    uint64_t root;            /* the tree's root inode, shown as 1 (and 1 as it) */
+    long long uid, gid;       /* -1: as stored */
+    size_t name_max;
+    double timeout;
+    long blksize;
+} Handlers;
+
+static uint64_t swap(const Handlers *h, uint64_t ino) {
+    if (ino == h->root)
+        return ROOT_INODE;
+    if (ino == ROOT_INODE)
+        return h->root;
+    return ino;
+}
+
+/* An exception the reader raised: answer its errno as fuse_error() does without logging
+ * (an int errno that is neither 0 nor EIO), else decline so the Python path logs it. */
+static int raised(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    int code = DECLINE;
+    if (value != NULL) {
+        PyObject *e = PyObject_GetAttrString(value, "errno");
+        if (e == NULL) {
+            PyErr_Clear();
+        } else {
+            if (PyLong_CheckExact(e)) {
+                long v = PyLong_AsLong(e);
+                if (v > 0 && v != EIO && v < 4096)
+                    code = (int)v;
+                else
+                    PyErr_Clear();
+            }
+            Py_DECREF(e);
+        }
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return code;
+}
+
+/* Call method ``fn`` with an inode (and ``extra`` unless NULL). */
+static PyObject *call(PyObject *fn, uint64_t ino, PyObject *extra) {
+    PyObject *args[2];
+    args[0] = PyLong_FromUnsignedLongLong(ino);
+    if (args[0] == NULL)
+        return NULL;
+    args[1] = extra;
+    PyObject *r = PyObject_Vectorcall(fn, args, extra == NULL ? 1 : 2, NULL);
+    Py_DECREF(args[0]);
+    return r;
+}
+
+/* The attributes of a Stat record as _entry() builds them; DECLINE if it is not one. */
+static int fill(const Handlers *h, PyObject *st, fast_entry *e) {
+    if (Py_TYPE(st) != h->stat_type || PyTuple_GET_SIZE(st) < F_COUNT)
+        return DECLINE;
+    unsigned long long f[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++) {
+        PyObject *item = PyTuple_GET_ITEM(st, i);
+        if (!PyLong_CheckExact(item))
+            return DECLINE;
+        f[i] = PyLong_AsUnsignedLongLong(item);
+        if (f[i] == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return DECLINE;
+        }
+    }
+    memset(e, 0, sizeof(*e));
+    e->ino = swap(h, f[F_INO]);
+    e->attr_timeout = e->entry_timeout = h->timeout;
+    e->attr.st_ino = e->ino;
+    e->attr.st_mode = (mode_t)f[F_MODE];
+    e->attr.st_nlink = (nlink_t)f[F_NLINK];
+    e->attr.st_uid = (uid_t)(h->uid < 0 ? f[F_UID] : (unsigned long long)h->uid);
+    e->attr.st_gid = (gid_t)(h->gid < 0 ? f[F_GID] : (unsigned long long)h->gid);
+    e->attr.st_rdev = (dev_t)f[F_RDEV];
+    e->attr.st_size = (off_t)f[F_SIZE];
+    e->attr.st_blksize = h->blksize;
+    e->attr.st_blocks = (blkcnt_t)f[F_BLOCKS];
+    e->attr.st_atim.tv_sec = e->attr.st_mtim.tv_sec = e->attr.st_ctim.tv_sec = (time_t)f[F_MTIME];
+    return 0;
+}
+
+static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry *entry) {
+    Handlers *h = data;
+    size_t n = strlen(name);
+    if (n > h->name_max)
+        return ENAMETOOLONG;  /* as the kernel's squashfs answers, before any search */
+    if (name[0] == '.' && (n == 1 || (n == 2 && name[1] == '.')))
+        return DECLINE;
+    uint64_t dir = swap(h, parent);
+    PyObject *key = PyBytes_FromStringAndSize(name, (Py_ssize_t)n);
+    if (key == NULL) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    PyObject *st = call(h->lookup, dir, key);
+    Py_DECREF(key);
+    if (st == NULL)
+        return raised();
+    int res;
+    if (st == Py_None) {
+        /* A cacheable "no such entry" (an ENOENT error would not be cached), with the rest as
+         * a fresh EntryAttributes has it (the kernel reads nothing else of it). */
+        memset(entry, 0, sizeof(*entry));
+        entry->entry_timeout = h->timeout;
+        entry->attr_timeout = 300;
+        entry->attr.st_mode = S_IFREG;
+        entry->attr.st_nlink = 1;
+        entry->attr.st_blksize = 4096;
+        res = 0;
+    } else {
+        res = fill(h, st, entry);
+        if (res == 0 && S_ISDIR(entry->attr.st_mode)) {
+            PyObject *ino = PyTuple_GET_ITEM(st, F_INO);
+            PyObject *up = PyLong_FromUnsignedLongLong(dir);
+            if (up == NULL || PyDict_SetItem(h->parents, ino, up) < 0) {
+                PyErr_Clear();
+                res = DECLINE;
+            }
+            Py_XDECREF(up);
+        }
+    }
+    Py_DECREF(st);
+    return res;
+}
+
+static int fast_getattr(void *data, uint64_t ino, fast_entry *entry) {
+    Handlers *h = data;
+    PyObject *st = call(h->getattr, swap(h, ino), NULL);
+    if (st == NULL)
+        return raised();
+    int res = fill(h, st, entry);
+    Py_DECREF(st);
+    return res;
+}
+
+/* A bytes result for the binding (a new reference in *out), or DECLINE. */
+static int bytes_result(PyObject *r, PyObject **out) {
+    if (r == NULL)
+        return raised();
+    if (!PyBytes_Check(r)) {
+        Py_DECREF(r);
+        return DECLINE;
+    }
+    *out = r;
+    return 0;
+}
+
+static int fast_read(void *data, uint64_t fh, uint64_t off, size_t size, PyObject **out) {
+    Handlers *h = data;
+    PyObject *args[3];
+    args[0] = PyLong_FromUnsignedLongLong(swap(h, fh));
+    args[1] = PyLong_FromUnsignedLongLong(off);
+    args[2] = PyLong_FromSize_t(size);
+    PyObject *r = NULL;
+    if (args[0] != NULL && args[1] != NULL && args[2] != NULL)
+        r = PyObject_Vectorcall(h->read, args, 3, NULL);
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(args[i]);
+    return bytes_result(r, out);
+}
+
+static int fast_readlink(void *data, uint64_t ino, PyObject **out) {
+    Handlers *h = data;
+    return bytes_result(call(h->readlink, swap(h, ino), NULL), out);
+}
+
+static int fast_getxattr(void *data, uint64_t ino, const char *name, PyObject **out) {
+    Handlers *h = data;
+    PyObject *key = PyBytes_FromString(name);
+    if (key == NULL) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    PyObject *r = call(h->getxattr, swap(h, ino), key);
+    Py_DECREF(key);
+    return bytes_result(r, out);
+}
+
+/* As the kernel: trusted.* is listed only for CAP_SYS_ADMIN (root here). */
+static int hidden(PyObject *name, uint32_t uid) {
+    return uid != 0 && PyBytes_GET_SIZE(name) >= 8 && memcmp(PyBytes_AS_STRING(name), "trusted.", 8) == 0;
+}
+
+static int fast_listxattr(void *data, uint64_t ino, uint32_t uid, PyObject **out) {
+    Handlers *h = data;
+    PyObject *names = call(h->listxattr, swap(h, ino), NULL);
+    if (names == NULL)
+        return raised();
+    int res = DECLINE;
+    if (PyList_CheckExact(names)) {
+        Py_ssize_t total = 0, count = PyList_GET_SIZE(names);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *name = PyList_GET_ITEM(names, i);
+            if (!PyBytes_CheckExact(name))
+                goto done;
+            if (!hidden(name, uid))
+                total += PyBytes_GET_SIZE(name) + 1;
+        }
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+        if (joined == NULL) {
+            PyErr_Clear();
+            goto done;
+        }
+        char *p = PyBytes_AS_STRING(joined);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *name = PyList_GET_ITEM(names, i);
+            if (hidden(name, uid))
+                continue;
+            memcpy(p, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name));
+            p += PyBytes_GET_SIZE(name);
+            *p++ = '\0';
+        }
+        *out = joined;
+        res = 0;
+    }
+done:
+    Py_DECREF(names);
+    return res;
+}
+
+/* --- the Python type ------------------------------------------------------------------------ */
+
+static int Handlers_traverse(Handlers *self, visitproc visit, void *arg) {
+    Py_VISIT(self->lookup);
+    Py_VISIT(self->getattr);
+    Py_VISIT(self->read);
+    Py_VISIT(self->readlink);
+    Py_VISIT(self->listxattr);
+    Py_VISIT(self->getxattr);
+    Py_VISIT(self->parents);
+    Py_VISIT(self->stat_type);
+    return 0;
+}
+
+static int Handlers_clear(Handlers *self) {
+    Py_CLEAR(self->lookup);
+    Py_CLEAR(self->getattr);
+    Py_CLEAR(self->read);
+    Py_CLEAR(self->readlink);
+    Py_CLEAR(self->listxattr);
+    Py_CLEAR(self->getxattr);
+    Py_CLEAR(self->parents);
+    Py_CLEAR(self->stat_type);
+    return 0;
+}
+
+static void Handlers_dealloc(Handlers *self) {
+    PyObject_GC_UnTrack(self);
+    Handlers_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Handlers_init(Handlers *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"tree", "stat_type", "parents", "root", "uid", "gid", "name_max", "timeout",
+                         "blksize", NULL};
+    PyObject *tree, *stat_type, *parents;
+    unsigned long long root;
+    long long uid, gid;
+    Py_ssize_t name_max;
+    double timeout;
+    long blksize;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!KLLndl", kw, &tree, &PyType_Type, &stat_type,
+                                     &PyDict_Type, &parents, &root, &uid, &gid, &name_max, &timeout,
+                                     &blksize))
+        return -1;
+    if (name_max < 0) {
+        PyErr_SetString(PyExc_ValueError, "name_max must not be negative");
+        return -1;
+    }
+    Handlers_clear(self);
+    static const char *names[] = {"lookup", "getattr", "read", "readlink", "listxattr", "getxattr"};
+    PyObject **slots[] = {&self->lookup,   &self->getattr,   &self->read,
+                          &self->readlink, &self->listxattr, &self->getxattr};
+    for (int i = 0; i < 6; i++) {
+        *slots[i] = PyObject_GetAttrString(tree, names[i]);
+        if (*slots[i] == NULL)
+            return -1;
+    }
+    Py_INCREF(parents);
+    self->parents = parents;
+    Py_INCREF(stat_type);
+    self->stat_type = (PyTypeObject *)stat_type;
+    self->root = root;
+    self->uid = uid;
+    self->gid = gid;
+    self->name_max = (size_t)name_max;
+    self->timeout = timeout;
+    self->blksize = blksize;
+    self->ops = (fast_ops){self,          fast_lookup,    fast_getattr,  fast_read,
+                           fast_readlink, fast_listxattr, fast_getxattr};
+    return 0;
+}
+
+static void capsule_release(PyObject *capsule) { Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule)); }
+
+static PyObject *Handlers_capsule(Handlers *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->lookup == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Handlers were not initialised");
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(&self->ops, FAST_OPS_NAME, capsule_release);
+    if (capsule == NULL)
+        return NULL;
+    /* The capsule keeps the handlers (and so the structure it points to) alive. */
+    Py_INCREF(self);
+    if (PyCapsule_SetContext(capsule, self) < 0) {
+        Py_DECREF(self);
+        Py_DECREF(capsule);
+        return NULL;
+    }
+    return capsule;
+}
+
+/* The handlers called through the structure, for the tests (which need no mount for this):
+ * (errno or -1, value) where value is an attribute tuple, bytes or None. */
+static PyObject *entry_tuple(int res, const fast_entry *e) {
+    if (res != 0)
+        return Py_BuildValue("(iO)", res, Py_None);
+    const struct stat *a = &e->attr;
+    return Py_BuildValue("(i(KKddKIIIKLlLL))", 0, (unsigned long long)e->ino, (unsigned long long)e->generation,
+                         e->attr_timeout, e->entry_timeout, (unsigned long long)a->st_mode,
+                         (unsigned int)a->st_nlink, (unsigned int)a->st_uid, (unsigned int)a->st_gid,
+                         (unsigned long long)a->st_rdev, (long long)a->st_size, (long)a->st_blksize,
+                         (long long)a->st_blocks, (long long)a->st_mtim.tv_sec);
+}
+
+static PyObject *bytes_tuple(int res, PyObject *out) {
+    if (res != 0)
+        return Py_BuildValue("(iO)", res, Py_None);
+    PyObject *r = Py_BuildValue("(iO)", 0, out);
+    Py_DECREF(out);
+    return r;
+}
+
+static PyObject *Handlers_call(Handlers *self, PyObject *args) {
+    const char *op, *name = "";
+    unsigned long long ino, off = 0, size = 0;
+    unsigned int uid = 0;
+    if (!PyArg_ParseTuple(args, "sK|yKKI", &op, &ino, &name, &off, &size, &uid))
+        return NULL;
+    if (self->lookup == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Handlers were not initialised");
+        return NULL;
+    }
+    fast_entry e;
+    PyObject *out = NULL;
+    int res;
+    /* Each handler runs before its result is read (argument evaluation order is unspecified). */
+    if (strcmp(op, "lookup") == 0) {
+        res = fast_lookup(self, ino, name, &e);
+        return entry_tuple(res, &e);
+    }
+    if (strcmp(op, "getattr") == 0) {
+        res = fast_getattr(self, ino, &e);
+        return entry_tuple(res, &e);
+    }
+    if (strcmp(op, "read") == 0)
+        res = fast_read(self, ino, off, (size_t)size, &out);
+    else if (strcmp(op, "readlink") == 0)
+        res = fast_readlink(self, ino, &out);
+    else if (strcmp(op, "listxattr") == 0)
+        res = fast_listxattr(self, ino, uid, &out);
+    else if (strcmp(op, "getxattr") == 0)
+        res = fast_getxattr(self, ino, name, &out);
+    else
+        res = -2;
+    if (res != -2)
+        return bytes_tuple(res, out);
+    PyErr_Format(PyExc_ValueError, "no fast handler %s with these arguments", op);
+    return NULL;
+}
+
+static PyMethodDef Handlers_methods[] = {
+    {"capsule", (PyCFunction)Handlers_capsule, METH_NOARGS,
+     "The pyfuse3.fast_ops.v1 capsule for Operations.fast_ops (it keeps these handlers alive)."},
+    {"call", (PyCFunction)Handlers_call, METH_VARARGS,
+     "call(op, ino, name=b'', off=0, size=0, uid=0) -> (errno or -1 declined or 0, value): one "
+     "handler as the binding calls it, for tests."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HandlersType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "siffs.fs._fast.Handlers",
+    .tp_basicsize = sizeof(Handlers),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Handlers(tree, stat_type, parents, root, uid, gid, name_max, timeout, blksize): "
+              "pyfuse3 fast handlers over a tree reader's bound methods.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Handlers_init,
+    .tp_dealloc = (destructor)Handlers_dealloc,
+    .tp_traverse = (traverseproc)Handlers_traverse,
+    .tp_clear = (inquiry)Handlers_clear,
+    .tp_methods = Handlers_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "siffs.fs._fast", "pyfuse3 fast request handlers (see _fast.c).", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (PyType_Ready(&HandlersType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&HandlersType);
+    if (PyModule_AddObject(m, "Handlers", (PyObject *)&HandlersType) < 0) {
+        Py_DECREF(&HandlersType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
