@@ -13,6 +13,7 @@ NATIVE: list[tuple[str, list[str]]] = [
     ("siffs.squashfs._directory", ["siffs/squashfs/_directory.c"]),
     ("siffs.squashfs._inode", ["siffs/squashfs/_inode.c"]),
     ("siffs.squashfs._data", ["siffs/squashfs/_data.c"]),
+    ("siffs.squashfs._tree", ["siffs/squashfs/_tree.c"]),
     ("siffs.fs._fast", ["siffs/fs/_fast.c"]),
     ("siffs.delta._chunk", ["siffs/delta/_chunk.c"]),
     ("siffs.delta._zscan", ["siffs/delta/_zscan.c"]),

@@ -135,6 +135,8 @@ class Listing:
         # Segment i is cached under self._key + (i,). Empty directories share their location with
         # the next listing: the length tells them apart.
         self._key = ("s", directory_table + loc.block, loc.offset, self._length)
+        #: What ``native_find`` takes before the name (read by the reader's C lookup, _tree.c).
+        self.find_args = (cache.table, self._key, index.names)
 
     def entries(self, cookie: int = 0) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode reference, cookie) in listing order, after the entry whose cookie is ``cookie``.
@@ -151,7 +153,7 @@ class Listing:
     def find(self, name: bytes) -> int | None:
         """Inode reference of entry ``name``, parsing only the segment whose range holds it."""
         if native_find is not None:
-            return native_find(self._cache.table, self._key, self._index.names, name, self._segment)
+            return native_find(*self.find_args, name, self._segment)
         seg = self._segment(bisect.bisect_right(self._index.names, name) - 1)
         try:
             return seg.refs[seg.names.index(name)]

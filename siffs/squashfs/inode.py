@@ -202,7 +202,8 @@ class InodeDecoder:
         self._ids = ids
         self._xattrs = xattrs
         self.native: NativeDecode | None = None
-        self._by_ref: Callable[[int], Inode | None] | None = None
+        #: The C decoder fetching the block itself (None when not built); None from it: use __call__.
+        self.by_ref: Callable[[int], Inode | None] | None = None
         module = native.load("siffs.squashfs._inode")
         if module is not None:
             stored_size = xattrs.stored_size if xattrs.present else None
@@ -212,11 +213,11 @@ class InodeDecoder:
                 types, sb.inode_count, sb.block_size, tuple(ids), stored_size, cache=cache
             )
             self.native = decoder.decode
-            self._by_ref = decoder.decode_ref  # decode, with the block fetched from the cache in C
+            self.by_ref = decoder.decode_ref  # decode, with the block fetched from the cache in C
 
     def __call__(self, ref: int) -> Inode:
         """The inode at reference ``ref`` (inode-table block << 16 | offset)."""
-        by_ref = self._by_ref
+        by_ref = self.by_ref
         if by_ref is not None:
             inode = by_ref(ref)
             if inode is not None:

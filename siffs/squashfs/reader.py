@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
+from siffs import native
 from siffs.squashfs import directory, metadata
 from siffs.squashfs.cache import LruCache
 from siffs.squashfs.codecs import Codec, make_codec
@@ -112,6 +113,40 @@ class SquashFS:
         if root.dir is None:
             raise CorruptImage("the root inode is not a directory; the image is damaged")
         self.root_ino = root.stat.ino
+        self._answer_in_c()
+
+    def _answer_in_c(self) -> None:
+        """Serve lookup, getattr, readlink, listxattr and read from C (_tree.c) where it is built.
+
+        The methods below stay the fallback for everything but the common case, and the oracle
+        in the tests. The C methods hold bound methods of this reader (a reference cycle, freed
+        by the garbage collector).
+        """
+        module = native.load("siffs.squashfs._tree")
+        decode_ref, read = self._decode.by_ref, self._data.native
+        if module is None or decode_ref is None or read is None or directory.native_find is None:
+            return
+        cls = type(self)
+        fallbacks = tuple(
+            getattr(cls, name).__get__(self)
+            for name in ("lookup", "getattr", "readlink", "listxattr", "read", "_inode_at")
+        )
+        fields = Inode._fields
+        layout = (*(fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target")),)
+        tree = module.Tree(
+            refs=self._refs,
+            listings=self._listings,
+            find=directory.native_find,
+            decode_ref=decode_ref,
+            read=read,
+            fallbacks=fallbacks,
+            layout=(*layout, self.superblock.xattr_table == NO_TABLE),
+        )
+        self.lookup = tree.lookup  # type: ignore[method-assign]
+        self.getattr = tree.getattr  # type: ignore[method-assign]
+        self.readlink = tree.readlink  # type: ignore[method-assign]
+        self.listxattr = tree.listxattr  # type: ignore[method-assign]
+        self.read = tree.read  # type: ignore[method-assign]
 
     @classmethod
     def open(

@@ -95,6 +95,7 @@ _PLANTED = textwrap.dedent(
         return data
 
     SquashFS.read = read
+    SquashFS._answer_in_c = lambda self: None  # keep the reader's Python methods, this one planted
     sys.exit(main(sys.argv[1:]))
     """
 )

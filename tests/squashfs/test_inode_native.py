@@ -64,7 +64,7 @@ def test_every_inode_decodes_as_the_python_decoder_does(name, corpus):
                 assert [type(x) for x in got] == [type(x) for x in expected]
                 assert type(got.stat) is Stat and type(got) is Inode
             assert decoder(ref) == expected
-            assert decoder._by_ref is not None and decoder._by_ref(ref) == got  # the block from the cache
+            assert decoder.by_ref is not None and decoder.by_ref(ref) == got  # the block from the cache
     assert native > 20 * python  # the native path is the common one
 
 

@@ -1,0 +1,352 @@
+/* The reader's per-request methods without a Python frame (siffs/squashfs/reader.py).
+ *
+ * A FUSE request answered in C (siffs/fs/_fast.c) still paid for the reader's own Python
+ * frames: five for a lookup or getattr (the method, the directory, the name search, the inode
+ * fetch, the decoder), three for a listxattr, about as much as the rest of the request. Tree
+ * chains the reader's C parts directly: the directory's name search (_directory.find), the
+ * inode decoder (_inode.Decoder.decode_ref), the file reader (_data.FileReader), the table of
+ * known inodes, and the xattr code kept beside each reference. Whatever is not the common case
+ * goes to the reader's Python method of the same name, which stays the fallback and the oracle:
+ * a directory whose listing is not kept, an inode never seen, one the C decoder leaves to Python,
+ * a reference of more than 48 bits, an inode with extended attributes.
+ * Errors raised by the C parts (damage found while loading a block) propagate as the Python path
+ * raises them, since it would call the same parts.
+ *
+ * Tree(refs, listings, find, decode_ref, read, fallbacks, layout)
+ *   refs: the reader's dict inode number -> reference | xattr code << 48
+ *   listings: its dict directory inode -> Listing (with .find_args and ._segment)
+ *   find: _directory.find; decode_ref: Decoder.decode_ref; read: FileReader.read
+ *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at): the Python methods
+ *   layout: (index of stat, xattr, extended, dir, target in Inode; no xattr table: 0/1)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define REF_BITS 48
+#define REF_MASK ((1ULL << REF_BITS) - 1)
+/* The xattr codes of reader.py: none, unsupported (no xattr table), index + BASE. */
+enum { NO_XATTRS = 1, XATTRS_UNSUPPORTED = 2, XATTR_BASE = 3 };
+enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, FB_COUNT };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *refs, *listings, *find, *decode_ref, *read;
+    PyObject *fallback[FB_COUNT];
+    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
+    int no_xattr_table;
+} Tree;
+
+static PyObject *SEGMENT, *FIND_ARGS;
+
+static PyObject *call1(PyObject *fn, PyObject *a) { return PyObject_Vectorcall(fn, &a, 1, NULL); }
+
+/* The known reference of inode ``ino`` (0 with no error: not known, or not 64-bit). */
+static int known(Tree *t, PyObject *ino, unsigned long long *ref, unsigned long long *code) {
+    PyObject *v = PyDict_GetItemWithError(t->refs, ino); /* borrowed */
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    unsigned long long raw = PyLong_AsUnsignedLongLong(v);
+    if (raw == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* an xattr index too large for 64 bits: the Python path copes */
+        return 0;
+    }
+    *ref = raw & REF_MASK;
+    *code = raw >> REF_BITS;
+    return 1;
+}
+
+/* The decoded inode at ``ref`` (C decoder first, the reader's _inode_at when it declines). */
+static PyObject *inode_at(Tree *t, unsigned long long ref) {
+    PyObject *r = PyLong_FromUnsignedLongLong(ref);
+    if (r == NULL)
+        return NULL;
+    PyObject *inode = call1(t->decode_ref, r);
+    if (inode == Py_None) {
+        Py_DECREF(inode);
+        inode = call1(t->fallback[FB_INODE_AT], r);
+    }
+    Py_DECREF(r);
+    return inode;
+}
+
+/* As SquashFS._xattr_code. */
+static long long xattr_code(Tree *t, PyObject *inode) {
+    if (t->no_xattr_table && (PyObject_IsTrue(PyTuple_GET_ITEM(inode, t->i_extended)) ||
+                              PyTuple_GET_ITEM(inode, t->i_dir) != Py_None ||
+                              PyTuple_GET_ITEM(inode, t->i_target) != Py_None))
+        return XATTRS_UNSUPPORTED;
+    PyObject *x = PyTuple_GET_ITEM(inode, t->i_xattr);
+    if (x == Py_None)
+        return NO_XATTRS;
+    long long v = PyLong_AsLongLong(x);
+    return v < 0 || v > 0xFFFF ? -1 : XATTR_BASE + v; /* -1: leave it to Python */
+}
+
+/* lookup's second half, as SquashFS._inode_at: the inode's Stat, its reference learned. */
+static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
+    unsigned long long ref = PyLong_AsUnsignedLongLong(ref_obj);
+    if ((ref == (unsigned long long)-1 && PyErr_Occurred()) || ref >> REF_BITS) {
+        PyErr_Clear();
+        PyObject *inode = call1(t->fallback[FB_INODE_AT], ref_obj); /* raises CorruptImage */
+        if (inode == NULL)
+            return NULL;
+        PyObject *st = PyTuple_GET_ITEM(inode, t->i_stat);
+        Py_INCREF(st);
+        Py_DECREF(inode);
+        return st;
+    }
+    PyObject *inode = inode_at(t, ref);
+    if (inode == NULL)
+        return NULL;
+    if (!PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target) {
+        Py_DECREF(inode);
+        PyErr_SetString(PyExc_TypeError, "the decoder returned something that is not an Inode");
+        return NULL;
+    }
+    PyObject *st = PyTuple_GET_ITEM(inode, t->i_stat);
+    Py_INCREF(st);
+    PyObject *ino = PyTuple_GET_ITEM(st, 0);
+    int have = PyDict_Contains(t->refs, ino);
+    if (have == 0) {
+        long long code = xattr_code(t, inode);
+        PyObject *v = NULL;
+        if (code > 0) {
+            v = PyLong_FromUnsignedLongLong(ref | (unsigned long long)code << REF_BITS);
+        } else if (!PyErr_Occurred()) {
+            /* An xattr index beyond 16 bits: let the Python path learn it (arbitrary precision). */
+            PyObject *learnt = call1(t->fallback[FB_INODE_AT], ref_obj);
+            have = learnt == NULL ? -1 : 1;
+            Py_XDECREF(learnt);
+        }
+        if (have == 0 && (v == NULL || PyDict_SetItem(t->refs, ino, v) < 0))
+            have = -1;
+        Py_XDECREF(v);
+    }
+    Py_DECREF(inode);
+    if (have < 0) {
+        Py_DECREF(st);
+        return NULL;
+    }
+    return st;
+}
+
+static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lookup(parent, name)");
+        return NULL;
+    }
+    PyObject *listing = PyDict_GetItemWithError(t->listings, args[0]);
+    if (listing == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
+    }
+    Py_INCREF(listing); /* the dict may drop it while a segment loads */
+    PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
+    PyObject *load = PyObject_GetAttr(listing, SEGMENT);
+    Py_DECREF(listing);
+    PyObject *ref = NULL;
+    if (fa != NULL && load != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 3) {
+        PyObject *fargs[5] = {PyTuple_GET_ITEM(fa, 0), PyTuple_GET_ITEM(fa, 1), PyTuple_GET_ITEM(fa, 2), args[1],
+                              load};
+        ref = PyObject_Vectorcall(t->find, fargs, 5, NULL);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "a listing without find_args");
+    }
+    Py_XDECREF(fa);
+    Py_XDECREF(load);
+    if (ref == NULL || ref == Py_None)
+        return ref;
+    PyObject *st = stat_at(t, ref);
+    Py_DECREF(ref);
+    return st;
+}
+
+/* The inode ``ino`` names, if known and decoded in C; NULL with no error: ask Python. */
+static PyObject *known_inode(Tree *t, PyObject *ino, unsigned long long *code) {
+    unsigned long long ref;
+    int k = known(t, ino, &ref, code);
+    if (k <= 0)
+        return NULL;
+    PyObject *r = PyLong_FromUnsignedLongLong(ref);
+    if (r == NULL)
+        return NULL;
+    PyObject *inode = call1(t->decode_ref, r);
+    Py_DECREF(r);
+    if (inode == NULL)
+        return NULL;
+    if (inode == Py_None || !PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target) {
+        Py_DECREF(inode);
+        return NULL;
+    }
+    return inode; /* its number is ``ino``: the table learns a reference from the inode it decodes */
+}
+
+static PyObject *by_inode(Tree *t, PyObject *ino, int which) {
+    unsigned long long code;
+    PyObject *inode = known_inode(t, ino, &code);
+    if (inode == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return call1(t->fallback[which], ino);
+    }
+    PyObject *v = PyTuple_GET_ITEM(inode, which == FB_GETATTR ? t->i_stat : t->i_target);
+    if (v == Py_None) { /* not a link: Python raises the error */
+        Py_DECREF(inode);
+        return call1(t->fallback[which], ino);
+    }
+    Py_INCREF(v);
+    Py_DECREF(inode);
+    return v;
+}
+
+static PyObject *Tree_getattr(Tree *t, PyObject *ino) { return by_inode(t, ino, FB_GETATTR); }
+
+static PyObject *Tree_readlink(Tree *t, PyObject *ino) { return by_inode(t, ino, FB_READLINK); }
+
+static PyObject *Tree_listxattr(Tree *t, PyObject *ino) {
+    unsigned long long ref, code;
+    int k = known(t, ino, &ref, &code);
+    if (k < 0)
+        return NULL;
+    if (k == 1 && code == NO_XATTRS)
+        return PyList_New(0);
+    return call1(t->fallback[FB_LISTXATTR], ino);
+}
+
+static PyObject *Tree_read(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "read(ino, offset, size)");
+        return NULL;
+    }
+    unsigned long long ref, code;
+    int k = known(t, args[0], &ref, &code);
+    if (k < 0)
+        return NULL;
+    if (k == 1) {
+        PyObject *r = PyLong_FromUnsignedLongLong(ref);
+        if (r == NULL)
+            return NULL;
+        PyObject *rargs[3] = {r, args[1], args[2]};
+        PyObject *got = PyObject_Vectorcall(t->read, rargs, 3, NULL);
+        Py_DECREF(r);
+        if (got != Py_None)
+            return got; /* the bytes, or the error the Python path would raise too */
+        Py_DECREF(got);
+    }
+    return PyObject_Vectorcall(t->fallback[FB_READ], args, 3, NULL);
+}
+
+/* --- the type ------------------------------------------------------------------------------ */
+
+static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
+    Py_VISIT(t->refs);
+    Py_VISIT(t->listings);
+    Py_VISIT(t->find);
+    Py_VISIT(t->decode_ref);
+    Py_VISIT(t->read);
+    for (int i = 0; i < FB_COUNT; i++)
+        Py_VISIT(t->fallback[i]);
+    return 0;
+}
+
+static int Tree_clear(Tree *t) {
+    Py_CLEAR(t->refs);
+    Py_CLEAR(t->listings);
+    Py_CLEAR(t->find);
+    Py_CLEAR(t->decode_ref);
+    Py_CLEAR(t->read);
+    for (int i = 0; i < FB_COUNT; i++)
+        Py_CLEAR(t->fallback[i]);
+    return 0;
+}
+
+static void Tree_dealloc(Tree *t) {
+    PyObject_GC_UnTrack(t);
+    Tree_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"refs", "listings", "find", "decode_ref", "read", "fallbacks", "layout", NULL};
+    PyObject *refs, *listings, *find, *decode_ref, *read, *fallbacks;
+    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
+    int no_table;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!(nnnnnp)", kw, &PyDict_Type, &refs, &PyDict_Type,
+                                     &listings, &find, &decode_ref, &read, &PyTuple_Type, &fallbacks, &i_stat,
+                                     &i_xattr, &i_extended, &i_dir, &i_target, &no_table))
+        return -1;
+    if (PyTuple_GET_SIZE(fallbacks) != FB_COUNT) {
+        PyErr_Format(PyExc_ValueError, "fallbacks: %d callables", FB_COUNT);
+        return -1;
+    }
+    Py_ssize_t idx[] = {i_stat, i_xattr, i_extended, i_dir, i_target};
+    for (int i = 0; i < 5; i++)
+        if (idx[i] < 0 || idx[i] > i_target) {
+            PyErr_SetString(PyExc_ValueError, "layout: field indices, target last");
+            return -1;
+        }
+    Tree_clear(t);
+    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->decode_ref, &t->read};
+    PyObject *vals[] = {refs, listings, find, decode_ref, read};
+    for (int i = 0; i < 5; i++) {
+        Py_INCREF(vals[i]);
+        *slots[i] = vals[i];
+    }
+    for (int i = 0; i < FB_COUNT; i++) {
+        t->fallback[i] = PyTuple_GET_ITEM(fallbacks, i);
+        Py_INCREF(t->fallback[i]);
+    }
+    t->i_stat = i_stat;
+    t->i_xattr = i_xattr;
+    t->i_extended = i_extended;
+    t->i_dir = i_dir;
+    t->i_target = i_target;
+    t->no_xattr_table = no_table;
+    return 0;
+}
+
+static PyMethodDef Tree_methods[] = {
+    {"lookup", (PyCFunction)(void (*)(void))Tree_lookup, METH_FASTCALL, "As SquashFS.lookup."},
+    {"getattr", (PyCFunction)Tree_getattr, METH_O, "As SquashFS.getattr."},
+    {"readlink", (PyCFunction)Tree_readlink, METH_O, "As SquashFS.readlink."},
+    {"listxattr", (PyCFunction)Tree_listxattr, METH_O, "As SquashFS.listxattr."},
+    {"read", (PyCFunction)(void (*)(void))Tree_read, METH_FASTCALL, "As SquashFS.read."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TreeType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "siffs.squashfs._tree.Tree",
+    .tp_basicsize = sizeof(Tree),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The reader's per-request methods in C (see _tree.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Tree_init,
+    .tp_dealloc = (destructor)Tree_dealloc,
+    .tp_traverse = (traverseproc)Tree_traverse,
+    .tp_clear = (inquiry)Tree_clear,
+    .tp_methods = Tree_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "siffs.squashfs._tree", "The reader's per-request methods in C.", -1, NULL, NULL, NULL,
+    NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__tree(void) {
+    SEGMENT = PyUnicode_InternFromString("_segment");
+    FIND_ARGS = PyUnicode_InternFromString("find_args");
+    if (SEGMENT == NULL || FIND_ARGS == NULL || PyType_Ready(&TreeType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&TreeType);
+    if (PyModule_AddObject(m, "Tree", (PyObject *)&TreeType) < 0) {
+        Py_DECREF(&TreeType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
