@@ -43,10 +43,18 @@ class Features(NamedTuple):
     #: read, readlink and xattr requests inside the binding, without its coroutine, request
     #: context and reply objects (more than the reader's own work for a cached request).
     fast_ops: bool = False
+    #: ``main_sync(wake_path=…)``: the sync loop waits in a blocking read (one system call per
+    #: request instead of an empty read and a ppoll); a watcher thread takes the stop signals
+    #: and wakes it with a ``statfs`` of the mount point.
+    blocking_receive: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
         return list(cls._fields)
+
+
+#: What ``main_sync.__code__`` is taken to be where the binding has no ``main_sync``.
+_NO_CODE = (lambda: None).__code__
 
 
 def available() -> Features:
@@ -61,6 +69,8 @@ def available() -> Features:
         poll_wait=hasattr(ops, "receive_poll_ms"),
         sync_loop=hasattr(pyfuse3, "main_sync"),
         fast_ops=hasattr(ops, "fast_ops"),
+        blocking_receive="wake_path"
+        in getattr(getattr(pyfuse3, "main_sync", None), "__code__", _NO_CODE).co_varnames,
     )
 
 

@@ -34,11 +34,18 @@ def _terminate(signum: int) -> None:
     pyfuse3.terminate()
 
 
-def _serve_sync() -> None:
-    """Serve in this thread; pyfuse3 delivers signals between requests, where they end the loop."""
+def _serve_sync(mount_point: str, blocking: bool) -> None:
+    """Serve in this thread; pyfuse3 delivers signals between requests, where they end the loop.
+
+    ``blocking``: wait for requests in a blocking read, woken for signals through the mount
+    point (``binding.Features.blocking_receive``).
+    """
     before = {signum: signal.signal(signum, lambda signum, _frame: _terminate(signum)) for signum in SIGNALS}
     try:
-        pyfuse3.main_sync()
+        if blocking:
+            pyfuse3.main_sync(wake_path=mount_point)
+        else:
+            pyfuse3.main_sync()
     finally:  # as trio's signal receiver does: the session is closed after this
         for signum, handler in before.items():
             signal.signal(signum, handler)
@@ -117,8 +124,9 @@ def serve_mounted(ops: pyfuse3.Operations, kernel: kernelmount.KernelMount, opti
 
 def _run(mount_point: str) -> None:
     operations.internal_errors.listener = lambda count: registry.count_internal_errors(mount_point, count)
-    if binding.selected().sync_loop:
-        _serve_sync()
+    features = binding.selected()
+    if features.sync_loop:
+        _serve_sync(mount_point, features.blocking_receive)
     else:
         _serve_trio()
 

@@ -67,22 +67,31 @@ def test_same_tree_with_each_feature_set(features, image, tmp_path, monkeypatch)
 
 
 #: The event-loop path on a patched build: every feature but the loop without trio (0007).
-WITH_TRIO = ",".join(name for name in binding.Features.names() if name != "sync_loop")
+WITH_TRIO = ",".join(
+    name for name in binding.Features.names() if name not in ("sync_loop", "blocking_receive")
+)
+#: The loop without trio waiting in ppoll (0007) rather than in a blocking read (0010).
+WITH_PPOLL = ",".join(name for name in binding.Features.names() if name != "blocking_receive")
 
 
-@pytest.mark.parametrize("loop", ["sync", "trio"])
+@pytest.mark.parametrize("loop", ["sync", "ppoll", "trio"])
 @pytest.mark.parametrize("busy", [True, False], ids=["busy", "idle"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_ends_the_receive_loop(sig, busy, loop, image, tmp_path, monkeypatch):
     # Busy: a reader keeps the daemon's loop answering one request after another, so the signal
     # arrives while a request is served (blocked there by main_sync, patch 0007, and delivered
-    # between requests), in its ppoll(2), or while the trio loop waits in poll(2) (0006) or is
-    # parked in trio (stock). Idle: the loop waits for a request. Either way the daemon
-    # unmounts and exits.
-    if loop == "sync" and not HAVE.sync_loop:
+    # between requests), while the loop waits in a blocking read (0010: a watcher thread takes
+    # the signal and wakes the loop with a request), in its ppoll(2) (0007), or while the trio
+    # loop waits in poll(2) (0006) or is parked in trio (stock). Idle: the loop waits for a
+    # request. Either way the daemon unmounts and exits.
+    if loop == "sync" and not HAVE.blocking_receive:
+        pytest.skip("this pyfuse3 has no blocking receive (contrib/build-pyfuse3.sh)")
+    if loop == "ppoll" and not HAVE.sync_loop:
         pytest.skip("stock pyfuse3 has no main_sync (contrib/build-pyfuse3.sh)")
     if loop == "trio":
         monkeypatch.setenv(binding.ENV, WITH_TRIO)
+    if loop == "ppoll":
+        monkeypatch.setenv(binding.ENV, WITH_PPOLL)
     with siffs_mount(image, tmp_path / "mnt") as m:
         pid = _daemon_pid(m)
         stop = threading.Event()
