@@ -163,20 +163,13 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     return st;
 }
 
-/* The inode ``ino`` names, if known and decoded in C; NULL with no error: ask Python. */
-static PyObject *known_inode(Tree *t, PyObject *ino, unsigned long long *code) {
-    unsigned long long ref;
-    int k = known(t, ino, &ref, code);
-    if (k <= 0)
+/* The inode ``ino`` names, if known (decoded as inode_at does); NULL with no error: ask Python. */
+static PyObject *known_inode(Tree *t, PyObject *ino) {
+    unsigned long long ref, code;
+    if (known(t, ino, &ref, &code) <= 0)
         return NULL;
-    PyObject *r = PyLong_FromUnsignedLongLong(ref);
-    if (r == NULL)
-        return NULL;
-    PyObject *inode = call1(t->decode_ref, r);
-    Py_DECREF(r);
-    if (inode == NULL)
-        return NULL;
-    if (inode == Py_None || !PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target) {
+    PyObject *inode = inode_at(t, ref);
+    if (inode != NULL && (!PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target)) {
         Py_DECREF(inode);
         return NULL;
     }
@@ -184,8 +177,7 @@ static PyObject *known_inode(Tree *t, PyObject *ino, unsigned long long *code) {
 }
 
 static PyObject *by_inode(Tree *t, PyObject *ino, int which) {
-    unsigned long long code;
-    PyObject *inode = known_inode(t, ino, &code);
+    PyObject *inode = known_inode(t, ino);
     if (inode == NULL) {
         if (PyErr_Occurred())
             return NULL;

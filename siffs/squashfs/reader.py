@@ -132,7 +132,7 @@ class SquashFS:
             for name in ("lookup", "getattr", "readlink", "listxattr", "read", "_inode_at")
         )
         fields = Inode._fields
-        layout = (*(fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target")),)
+        indices = (fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target"))
         tree = module.Tree(
             refs=self._refs,
             listings=self._listings,
@@ -140,7 +140,7 @@ class SquashFS:
             decode_ref=decode_ref,
             read=read,
             fallbacks=fallbacks,
-            layout=(*layout, self.superblock.xattr_table == NO_TABLE),
+            layout=(*indices, self.superblock.xattr_table == NO_TABLE),
         )
         self.lookup = tree.lookup  # type: ignore[method-assign]
         self.getattr = tree.getattr  # type: ignore[method-assign]
