@@ -7,14 +7,15 @@ For judging a change to the reader or the handlers. The harness (``mount_bench.s
 each peer's workloads in turn, minutes apart, so on a shared machine its cold rows move
 ±20-30 % between peers for reasons that have nothing to do with them; here every pass is a
 fresh mount of the whole image with the page cache dropped (as the harness's cold rows), the
-variants alternate within each workload of each round, and the daemon's CPU time (user +
-system, from /proc) is reported beside the wall time: it is what a change to the daemon
-changes, and it moves less with the machine's load than the wall time. Passes: a walk with
-``lstat`` of every entry, a read of every regular file, and ``listxattr`` + ``getxattr`` of
-every entry. The daemon runs on CPU 1 and the reader on CPU 0 (``--pin split``).
+variants alternate within each workload of each round, and the daemon's CPU time (all its
+threads, nanoseconds from /proc/PID/task/*/schedstat) is reported beside the wall time: it is
+what a change to the daemon changes, and it moves less with the machine's load than the wall
+time. Passes: a walk with ``lstat`` of every entry, a read of every regular file, and
+``listxattr`` + ``getxattr`` of every entry. The daemon runs on CPU 1 and the reader on CPU 0
+(``--pin split``).
 
-Passes by path (``-by-path``) take the list of paths made beforehand, as the harness's
-read-all, readlink and xattr workloads do: the kernel then resolves each path with LOOKUP
+Passes by path (``-by-path``: read-all, readlink, xattr) take the list of paths made beforehand,
+as the harness's read-all, readlink and xattr workloads do: the kernel then resolves each path with LOOKUP
 requests, where the walk's READDIRPLUS answered a whole directory's entries at once.
 
 ``--baseline DIR`` adds siffs running another commit's code (``git archive BASE siffs runtime |
@@ -27,6 +28,7 @@ Needs root (drop_caches) and squashfuse_ll.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -47,8 +49,16 @@ DAEMON_CPU, READER_CPU = 1, 0
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of all of ``pid``'s threads, in nanoseconds from the scheduler (/proc/.../schedstat).
+
+    /proc/PID/stat counts clock ticks (10 ms), too coarse for a 40 ms pass.
+    """
+    tasks = Path(f"/proc/{pid}/task")
+    total = 0
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended in between
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def daemon_of(mnt: str) -> int:
@@ -92,19 +102,21 @@ def xattrs(mnt: str) -> None:
                 os.getxattr(path, key, follow_symlinks=False)
 
 
-def inventory(mnt: str) -> tuple[list[str], list[str]]:
-    """Regular files and all entries, as paths relative to the mount point."""
-    files, entries = [], []
+def inventory(mnt: str) -> tuple[list[str], list[str], list[str]]:
+    """Regular files, symbolic links and all entries, as paths relative to the mount point."""
+    files, links, entries = [], [], []
     for top, dirs, names in os.walk(mnt):
         for name in dirs + names:
             path = os.path.relpath(os.path.join(top, name), mnt)
             entries.append(path)
-            if name in names and not os.path.islink(os.path.join(top, name)):
+            if os.path.islink(os.path.join(top, name)):
+                links.append(path)
+            elif name in names:
                 files.append(path)
-    return files, entries
+    return files, links, entries
 
 
-def by_path(files: list[str], entries: list[str]) -> dict[str, Callable[[str], None]]:
+def by_path(files: list[str], links: list[str], entries: list[str]) -> dict[str, Callable[[str], None]]:
     """The harness's way: every path resolved from the mount point (LOOKUP per component not cached)."""
 
     def read_all_by_path(mnt: str) -> None:
@@ -112,13 +124,21 @@ def by_path(files: list[str], entries: list[str]) -> dict[str, Callable[[str], N
         for path in files:
             read_file(os.path.join(mnt, path), buf)
 
+    def readlink_by_path(mnt: str) -> None:
+        for rel in links:
+            os.readlink(os.path.join(mnt, rel))
+
     def xattrs_by_path(mnt: str) -> None:
         for rel in entries:
             path = os.path.join(mnt, rel)
             for key in os.listxattr(path, follow_symlinks=False):
                 os.getxattr(path, key, follow_symlinks=False)
 
-    return {"read-all-by-path": read_all_by_path, "xattr-by-path": xattrs_by_path}
+    return {
+        "read-all-by-path": read_all_by_path,
+        "readlink-by-path": readlink_by_path,
+        "xattr-by-path": xattrs_by_path,
+    }
 
 
 PASSES: dict[str, Callable[[str], None]] = {"walk": walk, "read-all": read_all, "xattr": xattrs}
@@ -129,6 +149,7 @@ def main() -> None:
     ap.add_argument("image", nargs="?", default=DEFAULT_IMAGE)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", type=Path, metavar="DIR", help="another commit's siffs and runtime")
+    ap.add_argument("--passes", metavar="NAME,...", help="only these passes (default: all)")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("squashfuse_ll"):
         sys.exit("cold_ab: needs root (to drop the page cache) and squashfuse_ll")
@@ -150,6 +171,8 @@ def main() -> None:
         subprocess.run([*peers["squashfuse_ll"][0], mnt], check=True)
         try:
             passes = PASSES | by_path(*inventory(mnt))
+            if args.passes:
+                passes = {name: passes[name] for name in args.passes.split(",")}
         finally:
             subprocess.run(["umount", mnt], check=True)
         for _ in range(args.rounds):
@@ -182,7 +205,7 @@ def main() -> None:
         for peer in peers:
             wall = statistics.median(w for w, _ in results[name, peer])
             cpu = statistics.median(c for _, c in results[name, peer])
-            print(f"{name:18}{peer:15}{wall:9.2f}{cpu:14.2f}{ref / wall:25.2f}")
+            print(f"{name:18}{peer:15}{wall:9.3f}{cpu:14.3f}{ref / wall:25.2f}")
 
 
 if __name__ == "__main__":

@@ -73,9 +73,9 @@ static inline PyObject *cache_hit(CacheView *view, PyObject *key) {
     return value;
 }
 
-/* The bytes of the decompressed metadata block at `pos` (a new reference), from the cache or
- * its loader (position -> (bytes, next position)); NULL with an error. */
-static inline PyObject *metadata_block(CacheView *view, uint64_t pos) {
+/* The decompressed metadata block at `pos` as the cache holds it, (bytes, next position) (a new
+ * reference), from the cache or its loader; NULL with an error. */
+static inline PyObject *metadata_block_pair(CacheView *view, uint64_t pos) {
     PyObject *where = PyLong_FromUnsignedLongLong(pos);
     if (where == NULL) return NULL;
     PyObject *key = PyTuple_Pack(2, METADATA_TAG, where);
@@ -84,11 +84,18 @@ static inline PyObject *metadata_block(CacheView *view, uint64_t pos) {
     if (block == NULL && !PyErr_Occurred()) block = PyObject_CallOneArg(view->load, where);
     Py_DECREF(where);
     if (block == NULL) return NULL;
-    PyObject *data = NULL;
     if (PyTuple_Check(block) && PyTuple_GET_SIZE(block) == 2 && PyBytes_Check(PyTuple_GET_ITEM(block, 0)))
-        data = Py_NewRef(PyTuple_GET_ITEM(block, 0));
-    else
-        PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
+        return block;
+    Py_DECREF(block);
+    PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
+    return NULL;
+}
+
+/* The bytes of the decompressed metadata block at `pos` (a new reference); NULL with an error. */
+static inline PyObject *metadata_block(CacheView *view, uint64_t pos) {
+    PyObject *block = metadata_block_pair(view, pos);
+    if (block == NULL) return NULL;
+    PyObject *data = Py_NewRef(PyTuple_GET_ITEM(block, 0));
     Py_DECREF(block);
     return data;
 }

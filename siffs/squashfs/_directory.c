@@ -13,11 +13,16 @@
  *   data:   the listing bytes from linear offset `linear` to the segment's end
  *   length: the listing's length (its stored size minus the 3-byte bias)
  *
- * find(table, key, first_names, name, load) -> the entry's inode reference, or None if none has it
+ * find(table, key, first_names, block, put, name, load) -> the entry's inode reference, or None
  *   What Listing.find does: bisect the index's first names (first_names, sorted) for the segment
  *   that may hold `name`, take that segment from the metadata cache's table under key + (its
  *   number,) (a miss calls load(number), which parses and caches it), and search its names, the
  *   first match winning. Saves the three Python calls and the tuple search of every lookup.
+ *   A listing without an index (first_names empty: one segment, the whole listing) that is not
+ *   cached yet is parsed here: its bytes from the metadata blocks (block: MetadataReader.block
+ *   for those not cached), stored through put (LruCache.put), once set_segment_type has named
+ *   the Segment class; None for block and put leaves every miss to load. With None for load, a
+ *   miss that is not parsed here returns NotImplemented: the caller goes the Python way.
  */
 #include "_caches.h" /* first: it includes Python.h */
 
@@ -29,6 +34,8 @@
 #define MAX_RUN 256
 #define MAX_NAME 256
 #define SIZE_BIAS 3
+/* directory.NATIVE_SEGMENT_MAX: longer listings stay with the streaming Python parser. */
+#define NATIVE_SEGMENT_MAX (1 << 16)
 
 static uint32_t le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -44,13 +51,9 @@ static int append_new(PyObject *list, PyObject *item) {
     return rc;
 }
 
-static PyObject *parse_segment(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    long long linear, length;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*LL", &view, &linear, &length)) return NULL;
-    const unsigned char *data = view.buf;
-    Py_ssize_t size = view.len, pos = 0;
+/* The segment in `data` as (names, refs, starts, cookies), None if malformed, NULL on an error. */
+static PyObject *parse(const unsigned char *data, Py_ssize_t size, long long linear, long long length) {
+    Py_ssize_t pos = 0;
     PyObject *lists[4] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
     PyObject *result = NULL;
     int malformed = 0;
@@ -85,9 +88,109 @@ static PyObject *parse_segment(PyObject *self, PyObject *args) {
     }
 done:
     for (int i = 0; i < 4; i++) Py_XDECREF(lists[i]);
-    PyBuffer_Release(&view);
     if (malformed && !PyErr_Occurred()) Py_RETURN_NONE;
     return result;
+}
+
+static PyObject *parse_segment(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    long long linear, length;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*LL", &view, &linear, &length)) return NULL;
+    PyObject *result = parse(view.buf, view.len, linear, length);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* The Segment class (directory.py), set once by set_segment_type; NULL: segments load in Python. */
+static PyTypeObject *SEGMENT_TYPE;
+
+static PyObject *set_segment_type(PyObject *self, PyObject *cls) {
+    (void)self;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "the segment type must be a tuple subclass (a NamedTuple)");
+        return NULL;
+    }
+    Py_XSETREF(SEGMENT_TYPE, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+/* A Segment holding the four tuples of `parsed` (a NamedTuple made as tuple.__new__ makes it). */
+static PyObject *segment_from(PyObject *parsed) {
+    PyObject *seg = SEGMENT_TYPE->tp_alloc(SEGMENT_TYPE, 4);
+    if (seg == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < 4; i++) PyTuple_SET_ITEM(seg, i, Py_NewRef(PyTuple_GET_ITEM(parsed, i)));
+    return seg;
+}
+
+/* Segment.cost. */
+static Py_ssize_t segment_cost(PyObject *names) {
+    Py_ssize_t n = PyTuple_GET_SIZE(names), cost = 100 + 150 * n;
+    for (Py_ssize_t i = 0; i < n; i++) cost += PyBytes_GET_SIZE(PyTuple_GET_ITEM(names, i));
+    return cost;
+}
+
+/* A listing's bytes cross at most 9 metadata blocks (64 KiB in blocks of up to 8 KiB, the first
+ * entered anywhere); a longer chain is a damaged image, for the Python loader to name. */
+#define MAX_HOPS 16
+
+/* What Listing._parse(-1) does for a listing without an index, whose one segment is the whole
+ * listing: copy its bytes out of the metadata blocks (cached, or loaded through `block`), parse
+ * them here and store the Segment through `put` (LruCache.put). It runs where a cold lookup
+ * would otherwise spend most of its time: in Python, for each directory's first lookup.
+ * NULL without an error: anything unusual (damage, an empty or long listing), for the Python
+ * loader to redo and, when the image is damaged, to raise the precise error. */
+static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_key, PyObject *block, PyObject *put) {
+    long long pos = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 1));
+    long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 2));
+    long long length = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 3));
+    if (PyErr_Occurred() || length <= 0 || length > NATIVE_SEGMENT_MAX || pos < 0 || offset < 0) {
+        PyErr_Clear(); /* not an int of 64 bits: the Python loader copes */
+        return NULL;
+    }
+    unsigned char *buf = PyMem_Malloc((size_t)length);
+    if (buf == NULL) return PyErr_NoMemory();
+    CacheView blocks = {NULL, NULL, NULL};
+    PyObject *stored = NULL;
+    long long got = 0;
+    if (cache_view_set(&blocks, table, block) < 0) goto out;
+    for (int hops = 0; got < length; hops++) {
+        PyObject *pair = hops < MAX_HOPS ? metadata_block_pair(&blocks, (uint64_t)pos) : NULL;
+        if (pair == NULL) goto out;
+        PyObject *data = PyTuple_GET_ITEM(pair, 0);
+        long long have = PyBytes_GET_SIZE(data), next = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
+        if (offset > have || next < 0) { /* next < 0: not an int (or an error) */
+            Py_DECREF(pair);
+            goto out;
+        }
+        long long take = have - offset < length - got ? have - offset : length - got;
+        memcpy(buf + got, PyBytes_AS_STRING(data) + offset, (size_t)take);
+        Py_DECREF(pair);
+        got += take;
+        pos = next;
+        offset = 0;
+    }
+    PyObject *parsed = parse(buf, (Py_ssize_t)length, 0, length);
+    if (parsed == NULL || parsed == Py_None) {
+        Py_XDECREF(parsed);
+        goto out;
+    }
+    PyObject *seg = segment_from(parsed);
+    Py_DECREF(parsed);
+    if (seg == NULL) goto out;
+    PyObject *cost = PyLong_FromSsize_t(segment_cost(PyTuple_GET_ITEM(seg, 0)));
+    PyObject *pargs[3] = {seg_key, seg, cost};
+    stored = cost == NULL ? NULL : PyObject_Vectorcall(put, pargs, 3, NULL);
+    Py_XDECREF(cost);
+    Py_DECREF(seg);
+out:
+    cache_view_clear(&blocks);
+    PyMem_Free(buf);
+    /* Damage found while loading a block: the Python loader meets it again and raises it. A signal's
+     * exception (KeyboardInterrupt, the daemon's stop) or MemoryError is not the image's: it goes up. */
+    if (stored == NULL && PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError))
+        PyErr_Clear();
+    return stored;
 }
 
 /* Whether bytes a sort before bytes b, as Python compares bytes. */
@@ -99,12 +202,13 @@ static int bytes_less(PyObject *a, PyObject *b) {
 
 static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyTuple_Check(args[2]) ||
-        !PyBytes_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "find(table, key: 4-tuple, first_names: tuple, name: bytes, load)");
+    if (nargs != 7 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyTuple_Check(args[2]) ||
+        !PyBytes_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "find(table, key: 4-tuple, first_names: tuple, block, put, name: bytes, load)");
         return NULL;
     }
-    PyObject *key_base = args[1], *first = args[2], *name = args[3];
+    PyObject *key_base = args[1], *first = args[2], *block = args[3], *put = args[4], *name = args[5];
     Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(first);
     while (lo < hi) { /* bisect_right */
         Py_ssize_t mid = lo + (hi - lo) / 2;
@@ -128,9 +232,21 @@ static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyTuple_SET_ITEM(key, 4, Py_NewRef(number));
     CacheView view = {NULL, NULL, NULL};
     PyObject *segment = NULL;
-    if (cache_view_set(&view, args[0], args[4]) == 0) {
+    if (cache_view_set(&view, args[0], args[6]) == 0) {
         segment = cache_hit(&view, key);
-        if (segment == NULL && !PyErr_Occurred()) segment = PyObject_CallOneArg(view.load, number);
+        if (segment == NULL && !PyErr_Occurred() && PyTuple_GET_SIZE(first) == 0 && SEGMENT_TYPE != NULL &&
+            block != Py_None &&
+            put != Py_None)
+            segment = load_whole(args[0], key_base, key, block, put);
+        if (segment == NULL && !PyErr_Occurred()) {
+            if (view.load == Py_None) { /* the caller has no Python loader at hand: it asks Python */
+                cache_view_clear(&view);
+                Py_DECREF(key);
+                Py_DECREF(number);
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+            segment = PyObject_CallOneArg(view.load, number);
+        }
     }
     cache_view_clear(&view);
     Py_DECREF(key);
@@ -163,7 +279,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL,
-     "find(table, key, first_names, name, load) -> inode reference, or None if no entry has the name"},
+     "find(table, key, first_names, block, put, name, load) -> inode reference, or None if no entry has the name"},
+    {"set_segment_type", set_segment_type, METH_O,
+     "set_segment_type(Segment): the class of the segments find parses and stores itself"},
     {"parse_segment", parse_segment, METH_VARARGS,
      "parse_segment(data, linear, length) -> (names, refs, starts, cookies), or None if malformed"},
     {NULL, NULL, 0, NULL},

@@ -12,12 +12,18 @@
  * Errors raised by the C parts (damage found while loading a block) propagate as the Python path
  * raises them, since it would call the same parts.
  *
- * Tree(refs, listings, find, decode_ref, read, fallbacks, layout)
+ * A directory without an index whose listing is not kept (most directories, on their first
+ * lookup) needs no Listing: its cache key comes from its decoded inode as Listing makes it, and
+ * _directory.find parses its one segment in C when it is not cached.
+ *
+ * Tree(refs, listings, find, decode_ref, read, fallbacks, layout, basic)
  *   refs: the reader's dict inode number -> reference | xattr code << 48
  *   listings: its dict directory inode -> Listing (with .find_args and ._segment)
  *   find: _directory.find; decode_ref: Decoder.decode_ref; read: FileReader.read
  *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at): the Python methods
  *   layout: (index of stat, xattr, extended, dir, target in Inode; no xattr table: 0/1)
+ *   basic: (metadata cache table, directory table start, MetadataReader.block, LruCache.put,
+ *           index of block, offset, size, index_count in DirLocation)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,9 +41,17 @@ typedef struct {
     PyObject *fallback[FB_COUNT];
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
     int no_xattr_table;
+    PyObject *table, *directory_table, *block, *put;
+    Py_ssize_t i_block, i_offset, i_size, i_index_count;
+    PyObject *keys; /* directory inode -> its basic_key, for the next lookups there */
 } Tree;
 
-static PyObject *SEGMENT, *FIND_ARGS;
+/* Keys kept (each ~200 bytes); the dict is emptied when full, as the reader's listings are. */
+#define KEYS_KEPT 8192
+
+static PyObject *SEGMENT, *FIND_ARGS, *SEGMENT_TAG, *NO_NAMES;
+/* directory.SIZE_BIAS: a directory's stored size counts 3 bytes more than its listing. */
+#define SIZE_BIAS 3
 
 static PyObject *call1(PyObject *fn, PyObject *a) { return PyObject_Vectorcall(fn, &a, 1, NULL); }
 
@@ -131,6 +145,50 @@ static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
     return st;
 }
 
+/* Listing's key for directory ``parent`` if it is known and has no index: ("s", directory table +
+ * block, offset, length). NULL with no error: not that case, ask Python (which also raises what a
+ * damaged inode deserves). */
+static PyObject *basic_key(Tree *t, PyObject *parent) {
+    PyObject *kept = PyDict_GetItemWithError(t->keys, parent);
+    if (kept != NULL || PyErr_Occurred())
+        return Py_XNewRef(kept);
+    unsigned long long ref, code;
+    if (known(t, parent, &ref, &code) <= 0)
+        return NULL;
+    PyObject *inode = inode_at(t, ref);
+    if (inode == NULL)
+        return NULL; /* the error _inode_at would raise on the Python path too */
+    PyObject *key = NULL;
+    if (!PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target)
+        goto out;
+    PyObject *st = PyTuple_GET_ITEM(inode, t->i_stat), *loc = PyTuple_GET_ITEM(inode, t->i_dir);
+    if (!PyTuple_Check(st) || PyTuple_GET_SIZE(st) < 1 || !PyTuple_Check(loc) ||
+        PyTuple_GET_SIZE(loc) <= t->i_index_count)
+        goto out; /* not a directory: Python raises NotADirectory */
+    int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(st, 0), parent, Py_EQ);
+    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(loc, t->i_size));
+    long indexed = PyLong_AsLong(PyTuple_GET_ITEM(loc, t->i_index_count));
+    if (PyErr_Occurred() || same != 1 || indexed != 0) {
+        PyErr_Clear(); /* another inode than asked for (the Python path names the damage), or an index */
+        goto out;
+    }
+    PyObject *start = PyNumber_Add(t->directory_table, PyTuple_GET_ITEM(loc, t->i_block));
+    PyObject *length = start == NULL ? NULL : PyLong_FromLongLong(size > SIZE_BIAS ? size - SIZE_BIAS : 0);
+    if (length != NULL)
+        key = PyTuple_Pack(4, SEGMENT_TAG, start, PyTuple_GET_ITEM(loc, t->i_offset), length);
+    Py_XDECREF(start);
+    Py_XDECREF(length);
+    if (key != NULL) {
+        if (PyDict_GET_SIZE(t->keys) >= KEYS_KEPT)
+            PyDict_Clear(t->keys);
+        if (PyDict_SetItem(t->keys, parent, key) < 0)
+            Py_CLEAR(key);
+    }
+out:
+    Py_DECREF(inode);
+    return key;
+}
+
 static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "lookup(parent, name)");
@@ -140,17 +198,34 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     if (listing == NULL) {
         if (PyErr_Occurred())
             return NULL;
-        return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
+        PyObject *key = basic_key(t, args[0]);
+        if (key == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
+        }
+        PyObject *fargs[7] = {t->table, key, NO_NAMES, t->block, t->put, args[1], Py_None};
+        PyObject *ref = PyObject_Vectorcall(t->find, fargs, 7, NULL);
+        Py_DECREF(key);
+        if (ref == Py_NotImplemented) { /* a listing find would not parse: the Python way */
+            Py_DECREF(ref);
+            return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
+        }
+        if (ref == NULL || ref == Py_None)
+            return ref;
+        PyObject *st = stat_at(t, ref);
+        Py_DECREF(ref);
+        return st;
     }
     Py_INCREF(listing); /* the dict may drop it while a segment loads */
     PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
     PyObject *load = PyObject_GetAttr(listing, SEGMENT);
     Py_DECREF(listing);
     PyObject *ref = NULL;
-    if (fa != NULL && load != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 3) {
-        PyObject *fargs[5] = {PyTuple_GET_ITEM(fa, 0), PyTuple_GET_ITEM(fa, 1), PyTuple_GET_ITEM(fa, 2), args[1],
-                              load};
-        ref = PyObject_Vectorcall(t->find, fargs, 5, NULL);
+    if (fa != NULL && load != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 5) {
+        PyObject *fargs[7] = {PyTuple_GET_ITEM(fa, 0), PyTuple_GET_ITEM(fa, 1), PyTuple_GET_ITEM(fa, 2),
+                              PyTuple_GET_ITEM(fa, 3), PyTuple_GET_ITEM(fa, 4), args[1], load};
+        ref = PyObject_Vectorcall(t->find, fargs, 7, NULL);
     } else if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_TypeError, "a listing without find_args");
     }
@@ -240,6 +315,11 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_VISIT(t->fallback[i]);
+    Py_VISIT(t->table);
+    Py_VISIT(t->directory_table);
+    Py_VISIT(t->block);
+    Py_VISIT(t->put);
+    Py_VISIT(t->keys);
     return 0;
 }
 
@@ -251,6 +331,11 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_CLEAR(t->fallback[i]);
+    Py_CLEAR(t->table);
+    Py_CLEAR(t->directory_table);
+    Py_CLEAR(t->block);
+    Py_CLEAR(t->put);
+    Py_CLEAR(t->keys);
     return 0;
 }
 
@@ -261,14 +346,22 @@ static void Tree_dealloc(Tree *t) {
 }
 
 static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"refs", "listings", "find", "decode_ref", "read", "fallbacks", "layout", NULL};
-    PyObject *refs, *listings, *find, *decode_ref, *read, *fallbacks;
-    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
+    static char *kw[] = {"refs", "listings", "find", "decode_ref", "read", "fallbacks", "layout", "basic", NULL};
+    PyObject *refs, *listings, *find, *decode_ref, *read, *fallbacks, *table, *directory_table, *block, *put;
+    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target, i_block, i_offset, i_size, i_index_count;
     int no_table;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!(nnnnnp)", kw, &PyDict_Type, &refs, &PyDict_Type,
-                                     &listings, &find, &decode_ref, &read, &PyTuple_Type, &fallbacks, &i_stat,
-                                     &i_xattr, &i_extended, &i_dir, &i_target, &no_table))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!(nnnnnp)(O!O!OOnnnn)", kw, &PyDict_Type, &refs,
+                                     &PyDict_Type, &listings, &find, &decode_ref, &read, &PyTuple_Type, &fallbacks,
+                                     &i_stat, &i_xattr, &i_extended, &i_dir, &i_target, &no_table, &PyDict_Type,
+                                     &table, &PyLong_Type, &directory_table, &block, &put, &i_block, &i_offset,
+                                     &i_size, &i_index_count))
         return -1;
+    Py_ssize_t dir_idx[] = {i_block, i_offset, i_size, i_index_count};
+    for (int i = 0; i < 4; i++)
+        if (dir_idx[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "basic: DirLocation field indices");
+            return -1;
+        }
     if (PyTuple_GET_SIZE(fallbacks) != FB_COUNT) {
         PyErr_Format(PyExc_ValueError, "fallbacks: %d callables", FB_COUNT);
         return -1;
@@ -296,6 +389,17 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
     t->i_dir = i_dir;
     t->i_target = i_target;
     t->no_xattr_table = no_table;
+    t->table = Py_NewRef(table);
+    t->directory_table = Py_NewRef(directory_table);
+    t->block = Py_NewRef(block);
+    t->put = Py_NewRef(put);
+    t->keys = PyDict_New();
+    if (t->keys == NULL)
+        return -1;
+    t->i_block = i_block;
+    t->i_offset = i_offset;
+    t->i_size = i_size;
+    t->i_index_count = i_index_count;
     return 0;
 }
 
@@ -329,7 +433,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__tree(void) {
     SEGMENT = PyUnicode_InternFromString("_segment");
     FIND_ARGS = PyUnicode_InternFromString("find_args");
-    if (SEGMENT == NULL || FIND_ARGS == NULL || PyType_Ready(&TreeType) < 0)
+    SEGMENT_TAG = PyUnicode_InternFromString("s"); /* directory.Listing's segment keys start with it */
+    NO_NAMES = PyTuple_New(0);
+    if (SEGMENT == NULL || FIND_ARGS == NULL || SEGMENT_TAG == NULL || NO_NAMES == NULL ||
+        PyType_Ready(&TreeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -115,10 +115,29 @@ class LruCache:
         pending.done.release()
         return value
 
+    def put(self, key: Hashable, value: V, cost: int) -> V:
+        """Keep ``value`` under ``key`` unless a value is there already; return the one kept.
+
+        For a native reader that made the value itself (a directory segment parsed in C): the
+        same store as a load's. A load of the key in flight meanwhile only stores the same value
+        again, since the image never changes.
+        """
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+                kept: V = item[0]
+                return kept
+            self._store(key, value, cost)
+        return value
+
     def _store(self, key: Hashable, value: Any, cost: int) -> None:
         """Insert under the lock, then evict from the old end until within capacity."""
         if cost > self._capacity:
             return
+        replaced = self._items.pop(key, None)  # stored by ``put`` while a load of it was in flight
+        if replaced is not None:
+            self._used -= replaced[1]
         self._items[key] = (value, cost)
         self._used += cost
         while self._used > self._capacity:

@@ -50,10 +50,21 @@ SIZE_BIAS = 3
 NATIVE_SEGMENT_MAX = 1 << 16
 
 
-#: (cache table, segment key without the number, index first names, name, segment loader) ->
-#: the entry's inode reference or None: Listing.find in C (see _directory.c).
+#: (cache table, segment key without the number, index first names, metadata block loader, cache
+#: store, name, segment loader) -> the entry's inode reference or None: Listing.find in C, which
+#: also parses and stores a listing without an index itself (see _directory.c). Without a segment
+#: loader, a segment it would not parse gives NotImplemented (the reader's C lookup then asks Python).
 NativeFind = Callable[
-    [object, tuple[object, ...], tuple[bytes, ...], bytes, Callable[[int], "Segment"]], int | None
+    [
+        object,
+        tuple[object, ...],
+        tuple[bytes, ...],
+        Callable[[int], metadata.Block] | None,
+        Callable[[object, "Segment", int], "Segment"] | None,
+        bytes,
+        Callable[[int], "Segment"] | None,
+    ],
+    int | None,  # (or NotImplemented, as said: never for a caller that passes a loader)
 ]
 
 
@@ -62,6 +73,7 @@ def _native() -> tuple[NativeParser, NativeFind] | tuple[None, None]:
     module = native.load("siffs.squashfs._directory")
     if module is None:
         return None, None
+    module.set_segment_type(Segment)
     return module.parse_segment, module.find
 
 
@@ -74,7 +86,7 @@ class Index(NamedTuple):
 
     def cost(self) -> int:
         """Bytes this index holds, for the cache budget."""
-        return 100 + 80 * len(self.names) + sum(len(n) for n in self.names)
+        return 100 + 80 * len(self.names) + sum(map(len, self.names))
 
 
 def read_index(meta: MetadataReader, loc: DirLocation) -> Index:
@@ -113,7 +125,7 @@ class Segment(NamedTuple):
 
     def cost(self) -> int:
         """Bytes this segment holds, for the cache budget."""
-        return 100 + 150 * len(self.names) + sum(len(n) for n in self.names)
+        return 100 + 150 * len(self.names) + sum(map(len, self.names))
 
 
 class Listing:
@@ -122,6 +134,8 @@ class Listing:
     ``index`` may be empty (basic directories have none): the whole listing is then one
     segment, which the format bounds to 64 KiB for basic directories.
     """
+
+    __slots__ = ("_cache", "_index", "_key", "_length", "_loc", "_meta", "_table", "find_args")
 
     def __init__(
         self, meta: MetadataReader, directory_table: int, loc: DirLocation, index: Index, cache: LruCache
@@ -136,7 +150,11 @@ class Listing:
         # the next listing: the length tells them apart.
         self._key = ("s", directory_table + loc.block, loc.offset, self._length)
         #: What ``native_find`` takes before the name (read by the reader's C lookup, _tree.c).
-        self.find_args = (cache.table, self._key, index.names)
+        self.find_args = (cache.table, self._key, index.names, meta.block, cache.put)
+
+    def cost(self) -> int:
+        """Bytes a kept listing holds outside the cache's budget: itself and its index."""
+        return 400 + self._index.cost()
 
     def entries(self, cookie: int = 0) -> Iterator[tuple[bytes, int, int]]:
         """(name, inode reference, cookie) in listing order, after the entry whose cookie is ``cookie``.

@@ -36,7 +36,7 @@ from siffs.squashfs.errors import (
     UnsupportedImage,
     XattrsUnsupported,
 )
-from siffs.squashfs.inode import Inode, InodeDecoder, Stat
+from siffs.squashfs.inode import DirLocation, Inode, InodeDecoder, Stat
 from siffs.squashfs.source import ByteSource, FileSource
 from siffs.squashfs.superblock import NO_TABLE, SIZE, Flags, Superblock
 from siffs.squashfs.table import LookupTable
@@ -56,10 +56,13 @@ _EXPORT_RECORD = struct.Struct("<Q")
 _REF_BITS = 48
 _REF_MASK = (1 << _REF_BITS) - 1
 _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
-#: Directory listings kept ready (each a few hundred bytes; its segments are in the cache). Only
-#: those with a small index are kept, as a kept listing keeps its index outside the cache's budget:
-#: at most 16 x 128 index entries of <= 256-byte names, well under a megabyte.
-_LISTINGS_KEPT = 16
+#: Bytes of directory listings kept ready (a listing costs a few hundred bytes and its index; its
+#: segments are in the cache). Enough for a few thousand directories: a path-by-path pass over a
+#: tree (a build, a file list replayed) comes back to a directory after a whole subtree, and a
+#: listing made again costs a Python call path of ~5 us where a kept one is found in C. Only
+#: listings with a small index are kept, as a kept listing keeps its index outside the cache's
+#: budget.
+_LISTINGS_BUDGET = 2 << 20
 _KEPT_INDEX_MAX = 128
 
 
@@ -109,6 +112,7 @@ class SquashFS:
         # stores the same value.
         self._refs: dict[int, int] = {}
         self._listings: dict[int, directory.Listing] = {}
+        self._listings_cost = 0
         root = self._inode_at(sb.root_inode_ref)
         if root.dir is None:
             raise CorruptImage("the root inode is not a directory; the image is damaged")
@@ -133,6 +137,8 @@ class SquashFS:
         )
         fields = Inode._fields
         indices = (fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target"))
+        dir_fields = DirLocation._fields
+        dir_indices = (dir_fields.index(f) for f in ("block", "offset", "size", "index_count"))
         tree = module.Tree(
             refs=self._refs,
             listings=self._listings,
@@ -141,6 +147,13 @@ class SquashFS:
             read=read,
             fallbacks=fallbacks,
             layout=(*indices, self.superblock.xattr_table == NO_TABLE),
+            basic=(
+                self._meta_cache.table,
+                self.superblock.directory_table,
+                self._meta.block,
+                self._meta_cache.put,
+                *dir_indices,
+            ),
         )
         self.lookup = tree.lookup  # type: ignore[method-assign]
         self.getattr = tree.getattr  # type: ignore[method-assign]
@@ -244,9 +257,14 @@ class SquashFS:
             )
         listing = directory.Listing(self._meta, self.superblock.directory_table, loc, index, self._meta_cache)
         if loc.index_count <= _KEPT_INDEX_MAX:
-            if len(self._listings) >= _LISTINGS_KEPT:
-                self._listings.clear()  # cheaper than an LRU's bookkeeping, for objects this cheap to remake
+            cost = listing.cost()
+            if self._listings_cost + cost > _LISTINGS_BUDGET:
+                # Cheaper than an LRU's bookkeeping on every hit (the C lookup reads a plain dict),
+                # for objects this cheap to remake.
+                self._listings.clear()
+                self._listings_cost = 0
             self._listings[ino] = listing
+            self._listings_cost += cost
         return listing
 
     # --- the interface --------------------------------------------------------------------

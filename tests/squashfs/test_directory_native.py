@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from siffs.squashfs import SquashFS, SquashfsError, directory, walk
+from siffs.squashfs.cache import LruCache
 from siffs.squashfs.superblock import SIZE, Superblock
 from tests.support.squashfs_corpus import SPECS, damaged_copies
 
@@ -101,21 +102,133 @@ def test_find_bisects_the_index_and_searches_one_segment():
 
     key = ("s", 100, 4, 500)
     first = (b"m", b"x")
-    assert find(table, key, first, b"b", load) == 2 and asked == [-1]  # before the first index name
-    assert find(table, key, first, b"m", load) == 10  # the first of two equal names, as tuple.index
-    assert find(table, key, first, b"x", load) == 20 and asked == [-1, 0, 1]  # bisect_right
-    assert find(table, key, first, b"mx", load) is None and asked == [-1, 0, 1, 0]
+    # no block loader or store: every miss goes to load
+    assert find(table, key, first, None, None, b"b", load) == 2 and asked == [-1]  # before the first name
+    assert find(table, key, first, None, None, b"m", load) == 10  # the first of two equal names
+    assert find(table, key, first, None, None, b"x", load) == 20 and asked == [-1, 0, 1]  # bisect_right
+    assert find(table, key, first, None, None, b"mx", load) is None and asked == [-1, 0, 1, 0]
     table[(*key, 0)] = (segments[0], 0)
     table["other"] = (None, 0)
-    assert find(table, key, first, b"n", load) == 13 and asked == [-1, 0, 1, 0]  # a hit
+    assert find(table, key, first, None, None, b"n", load) == 13 and asked == [-1, 0, 1, 0]  # a hit
     assert list(table)[-1] == (*key, 0)  # marked recently used
-    assert find(table, key, (), b"a", load) == 1  # no index: one segment, number -1
+    assert find(table, key, (), None, None, b"a", load) == 1  # no index: one segment, number -1
     with pytest.raises(TypeError):
-        find(table, key[:3], first, b"a", load)
+        find(table, key[:3], first, None, None, b"a", load)
     with pytest.raises(TypeError):
-        find(table, key, (b"m", "x"), b"y", load)
+        find(table, key, (b"m", "x"), None, None, b"y", load)
     with pytest.raises(TypeError):
-        find(table, key, first, b"a", lambda i: directory.Segment((b"a",), (), (), ()))
+        find(table, key, first, None, None, b"a", lambda i: directory.Segment((b"a",), (), (), ()))
+
+
+def lookups_only(fs: SquashFS, names: SquashFS) -> list[tuple[bytes, int | None]]:
+    """Each directory's entries looked up by name (names listed by another reader), as on a cold mount."""
+    out = []
+    for path, st in walk(names):
+        if st.mode & 0o170000 == 0o040000:
+            ino = fs.root_ino if path == b"/" else fs.lookup(*parent_and_name(fs, path)).ino  # type: ignore[union-attr]
+            for name, _, _ in names.readdir(st.ino):
+                for asked in (name, name + b"~"):
+                    found = fs.lookup(ino, asked)
+                    out.append((path + b"/" + asked, None if found is None else found.ino))
+    return out
+
+
+def parent_and_name(fs: SquashFS, path: bytes) -> tuple[int, bytes]:
+    head, _, name = path.rpartition(b"/")
+    ino = fs.root_ino
+    for part in filter(None, head.split(b"/")):
+        ino = fs.lookup(ino, part).ino  # type: ignore[union-attr]
+    return ino, name
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_listings_without_an_index_are_parsed_and_stored_in_c(name, corpus):
+    """A cold lookup parses a directory's one segment in C: the same segment, stored at the same cost."""
+    image = corpus.image(name)
+    with SquashFS.open(image) as fs, SquashFS.open(image) as names:
+        calls: list[int] = []
+        parse = directory.Listing._parse
+
+        def counted(listing: directory.Listing, i: int) -> directory.Segment:
+            if listing._cache is fs._meta_cache:  # not the lister's
+                calls.append(len(listing._index.names))
+            return parse(listing, i)
+
+        directory.Listing._parse = counted  # type: ignore[method-assign]
+        try:
+            found = lookups_only(fs, names)
+        finally:
+            directory.Listing._parse = parse  # type: ignore[method-assign]
+        assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
+        table = fs._meta_cache.table
+        segments = {k: v for k, v in table.items() if k[0] == "s"}
+        # Python parsed only segments of listings with an index; C all the others.
+        assert segments and all(calls) and len(calls) < len(segments) / 4
+        for segment, cost in segments.values():
+            assert type(segment) is directory.Segment and cost == segment.cost()
+        # The Python parser, on a reader of its own, makes the same segments.
+        with SquashFS.open(image) as py:
+            checked = 0
+            for _, st in walk(py):
+                loc = py.inode(st.ino).dir
+                if loc is None or loc.index_count:
+                    continue
+                key = ("s", py.superblock.directory_table + loc.block, loc.offset, max(0, loc.size - 3), -1)
+                if key in segments:
+                    no_index = directory.Index((), (), ())
+                    table_start = py.superblock.directory_table
+                    listing = directory.Listing(py._meta, table_start, loc, no_index, py._meta_cache)
+                    assert listing._parse(-1) == segments[key][0]
+                    checked += 1
+            assert checked == len(segments) - len(calls)
+        assert fs._meta_cache.used == sum(cost for _, cost in table.values())
+
+
+def test_a_listing_find_will_not_parse_goes_back_to_the_caller():
+    find = directory.native_find
+    assert find is not None
+    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
+
+    def no_block(pos: int) -> tuple[bytes, int]:
+        raise SquashfsError(f"no block at {pos}")
+
+    def put(key: object, value: directory.Segment, cost: int) -> directory.Segment:
+        raise AssertionError("nothing to store")
+
+    # load None: NotImplemented, for the caller to take the Python way
+    assert find(table, ("s", 0, 0, 0), (), no_block, put, b"a", None) is NotImplemented  # empty listing
+    assert find(table, ("s", 0, 0, 1 << 17), (), no_block, put, b"a", None) is NotImplemented  # too long
+    assert find(table, ("s", 0, 0, 40), (), no_block, put, b"a", None) is NotImplemented  # the block fails
+    past_the_block = ("s", 0, 9000, 40)
+    assert find(table, past_the_block, (), lambda pos: (b"x" * 8192, 8194), put, b"a", None) is NotImplemented
+    malformed = ("s", 0, 0, 40)
+    assert find(table, malformed, (), lambda pos: (b"\xff" * 8192, 8194), put, b"a", None) is NotImplemented
+    # with a loader, the loader is asked, and its error is what the caller sees
+    with pytest.raises(SquashfsError, match="the Python loader"):
+        find(table, ("s", 0, 0, 40), (), no_block, put, b"a", lambda i: _raise())
+
+    def interrupted(pos: int) -> tuple[bytes, int]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a signal's exception is not the image's: it goes up
+        find(table, ("s", 0, 0, 40), (), interrupted, put, b"a", None)
+
+
+def _raise() -> directory.Segment:
+    raise SquashfsError("the Python loader")
+
+
+def test_put_keeps_the_first_value_and_the_budget_right():
+    cache = LruCache(1000)
+    assert cache.put("k", "first", 100) == "first"
+    assert cache.put("k", "second", 100) == "first" and cache.used == 100
+
+    def load() -> str:
+        cache.put("j", "stored meanwhile", 300)  # as a native reader may while a load is in flight
+        return "loaded"
+
+    assert cache.get_or_load("j", load, lambda v: 200) == "loaded"
+    assert cache.table["j"] == ("loaded", 200) and cache.used == 300
 
 
 def test_no_native_switch():

@@ -139,13 +139,14 @@ def test_errors_carry_the_errno_a_filesystem_answers(open_image):
 
 
 def test_listings_kept_for_runs_of_lookups_are_bounded(open_image, monkeypatch):
-    monkeypatch.setattr(reader, "_LISTINGS_KEPT", 8)
+    monkeypatch.setattr(reader, "_LISTINGS_BUDGET", 8 * 500)
     fs = open_image("mk-gzip")
     dirs = [st.ino for _, st in walk(fs) if stat.S_ISDIR(st.mode)]
-    assert len(dirs) > reader._LISTINGS_KEPT
+    assert len(dirs) > 8
     for ino in dirs:
         assert list(fs.readdir(ino)) == list(fs.readdir(ino))  # the second from the kept listing
-    assert 0 < len(fs._listings) <= reader._LISTINGS_KEPT
+    assert 0 < len(fs._listings) <= 8
+    assert fs._listings_cost == sum(listing.cost() for listing in fs._listings.values()) <= 8 * 500
     big = open_image("mk-bigdir")  # a listing keeps its index outside the cache's budget: not a large one
     ino = big.lookup(big.root_ino, b"big").ino
     assert big.inode(ino).dir.index_count > reader._KEPT_INDEX_MAX
