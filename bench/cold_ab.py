@@ -187,6 +187,10 @@ def main() -> None:
                     )
                     try:
                         pid = daemon_of(mnt)
+                        # As the harness's mount step: the mount counts as done once it answers. An early
+                        # mount (siffs) is live before its daemon has opened the image; without this the
+                        # first pass would time the rest of the daemon's start (~15 ms) too.
+                        os.listdir(mnt)
                         os.sync()
                         Path("/proc/sys/vm/drop_caches").write_text("3")
                         before, start = cpu_seconds(pid), time.perf_counter()
