@@ -8,7 +8,7 @@
  * known inodes, and the xattr code kept beside each reference. Whatever is not the common case
  * goes to the reader's Python method of the same name, which stays the fallback and the oracle:
  * a directory whose listing is not kept, an inode never seen, one the C decoder leaves to Python,
- * a reference of more than 48 bits, an inode with extended attributes.
+ * a reference of more than 48 bits, an attribute set not in the cache yet (Python loads it).
  * Errors raised by the C parts (damage found while loading a block) propagate as the Python path
  * raises them, since it would call the same parts.
  *
@@ -20,20 +20,21 @@
  *   refs: the reader's dict inode number -> reference | xattr code << 48
  *   listings: its dict directory inode -> Listing (with .find_args and ._segment)
  *   find: _directory.find; decode_ref: Decoder.decode_ref; read: FileReader.read
- *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at): the Python methods
+ *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at, getxattr): the Python methods
  *   layout: (index of stat, xattr, extended, dir, target in Inode; no xattr table: 0/1)
  *   basic: (metadata cache table, directory table start, MetadataReader.block, LruCache.put,
  *           index of block, offset, size, index_count in DirLocation)
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_caches.h" /* first: it includes Python.h */
+
 #include <stdint.h>
+#include <string.h>
 
 #define REF_BITS 48
 #define REF_MASK ((1ULL << REF_BITS) - 1)
 /* The xattr codes of reader.py: none, unsupported (no xattr table), index + BASE. */
 enum { NO_XATTRS = 1, XATTRS_UNSUPPORTED = 2, XATTR_BASE = 3 };
-enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, FB_COUNT };
+enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, FB_GETXATTR, FB_COUNT };
 
 typedef struct {
     PyObject_HEAD
@@ -44,12 +45,13 @@ typedef struct {
     PyObject *table, *directory_table, *block, *put;
     Py_ssize_t i_block, i_offset, i_size, i_index_count;
     PyObject *keys; /* directory inode -> its basic_key, for the next lookups there */
+    CacheView xattr_sets; /* the metadata cache, for attribute sets loaded by the Python path */
 } Tree;
 
 /* Keys kept (each ~200 bytes); the dict is emptied when full, as the reader's listings are. */
 #define KEYS_KEPT 8192
 
-static PyObject *SEGMENT, *FIND_ARGS, *SEGMENT_TAG, *NO_NAMES;
+static PyObject *SEGMENT, *FIND_ARGS, *SEGMENT_TAG, *NO_NAMES, *XATTR_TAG;
 /* directory.SIZE_BIAS: a directory's stored size counts 3 bytes more than its listing. */
 #define SIZE_BIAS 3
 
@@ -272,6 +274,34 @@ static PyObject *Tree_getattr(Tree *t, PyObject *ino) { return by_inode(t, ino, 
 
 static PyObject *Tree_readlink(Tree *t, PyObject *ino) { return by_inode(t, ino, FB_READLINK); }
 
+/* The (name, value) pairs of inode ``ino``'s attribute set if it is known and the set is in the
+ * cache (XattrTable.pairs keeps it under ("x", index)); NULL with no error: ask Python, which
+ * loads the set (or raises what the inode deserves). */
+static PyObject *cached_pairs(Tree *t, PyObject *ino) {
+    unsigned long long ref, code;
+    if (known(t, ino, &ref, &code) <= 0 || code < XATTR_BASE)
+        return NULL;
+    PyObject *index = PyLong_FromUnsignedLongLong(code - XATTR_BASE);
+    PyObject *key = index == NULL ? NULL : PyTuple_Pack(2, XATTR_TAG, index);
+    Py_XDECREF(index);
+    PyObject *pairs = key == NULL ? NULL : cache_hit(&t->xattr_sets, key);
+    Py_XDECREF(key);
+    if (pairs != NULL && !PyTuple_Check(pairs)) {
+        Py_DECREF(pairs);
+        PyErr_SetString(PyExc_TypeError, "an attribute set is not a tuple of pairs");
+        return NULL;
+    }
+    return pairs;
+}
+
+/* Item ``i`` (0: name, 1: value) of pair ``j``, if it is a (bytes, bytes) pair (borrowed). */
+static PyObject *pair_item(PyObject *pairs, Py_ssize_t j, int i) {
+    PyObject *pair = PyTuple_GET_ITEM(pairs, j);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, i)))
+        return NULL;
+    return PyTuple_GET_ITEM(pair, i);
+}
+
 static PyObject *Tree_listxattr(Tree *t, PyObject *ino) {
     unsigned long long ref, code;
     int k = known(t, ino, &ref, &code);
@@ -279,7 +309,49 @@ static PyObject *Tree_listxattr(Tree *t, PyObject *ino) {
         return NULL;
     if (k == 1 && code == NO_XATTRS)
         return PyList_New(0);
-    return call1(t->fallback[FB_LISTXATTR], ino);
+    PyObject *pairs = cached_pairs(t, ino);
+    if (pairs == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return call1(t->fallback[FB_LISTXATTR], ino);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(pairs);
+    PyObject *names = PyList_New(n);
+    for (Py_ssize_t j = 0; names != NULL && j < n; j++) {
+        PyObject *name = pair_item(pairs, j, 0);
+        if (name == NULL) {
+            Py_CLEAR(names);
+            PyErr_SetString(PyExc_TypeError, "an attribute set is not a tuple of pairs");
+        } else {
+            PyList_SET_ITEM(names, j, Py_NewRef(name));
+        }
+    }
+    Py_DECREF(pairs);
+    return names;
+}
+
+static PyObject *Tree_getxattr(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "getxattr(ino, name: bytes)");
+        return NULL;
+    }
+    PyObject *pairs = cached_pairs(t, args[0]);
+    if (pairs == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(t->fallback[FB_GETXATTR], args, 2, NULL);
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    PyObject *found = NULL;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(pairs) && found == NULL; j++) {
+        PyObject *name = pair_item(pairs, j, 0), *value = pair_item(pairs, j, 1);
+        if (name != NULL && value != NULL && PyBytes_GET_SIZE(name) == size &&
+            memcmp(PyBytes_AS_STRING(name), PyBytes_AS_STRING(args[1]), (size_t)size) == 0)
+            found = Py_NewRef(value); /* the first of that name, as the Python loop */
+    }
+    Py_DECREF(pairs);
+    /* No such attribute (or a malformed set): Python raises the error with its message. */
+    return found != NULL ? found : PyObject_Vectorcall(t->fallback[FB_GETXATTR], args, 2, NULL);
 }
 
 static PyObject *Tree_read(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
@@ -320,6 +392,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->block);
     Py_VISIT(t->put);
     Py_VISIT(t->keys);
+    CACHE_VIEW_VISIT(t->xattr_sets);
     return 0;
 }
 
@@ -336,6 +409,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->block);
     Py_CLEAR(t->put);
     Py_CLEAR(t->keys);
+    cache_view_clear(&t->xattr_sets);
     return 0;
 }
 
@@ -394,7 +468,7 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
     t->block = Py_NewRef(block);
     t->put = Py_NewRef(put);
     t->keys = PyDict_New();
-    if (t->keys == NULL)
+    if (t->keys == NULL || cache_view_set(&t->xattr_sets, table, Py_None) < 0)
         return -1;
     t->i_block = i_block;
     t->i_offset = i_offset;
@@ -409,6 +483,7 @@ static PyMethodDef Tree_methods[] = {
     {"readlink", (PyCFunction)Tree_readlink, METH_O, "As SquashFS.readlink."},
     {"listxattr", (PyCFunction)Tree_listxattr, METH_O, "As SquashFS.listxattr."},
     {"read", (PyCFunction)(void (*)(void))Tree_read, METH_FASTCALL, "As SquashFS.read."},
+    {"getxattr", (PyCFunction)(void (*)(void))Tree_getxattr, METH_FASTCALL, "As SquashFS.getxattr."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -434,9 +509,10 @@ PyMODINIT_FUNC PyInit__tree(void) {
     SEGMENT = PyUnicode_InternFromString("_segment");
     FIND_ARGS = PyUnicode_InternFromString("find_args");
     SEGMENT_TAG = PyUnicode_InternFromString("s"); /* directory.Listing's segment keys start with it */
+    XATTR_TAG = PyUnicode_InternFromString("x");   /* and xattr.XattrTable's attribute sets' with this */
     NO_NAMES = PyTuple_New(0);
-    if (SEGMENT == NULL || FIND_ARGS == NULL || SEGMENT_TAG == NULL || NO_NAMES == NULL ||
-        PyType_Ready(&TreeType) < 0)
+    if (SEGMENT == NULL || FIND_ARGS == NULL || SEGMENT_TAG == NULL || XATTR_TAG == NULL || NO_NAMES == NULL ||
+        caches_init_module() < 0 || PyType_Ready(&TreeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -120,7 +120,7 @@ class SquashFS:
         self._answer_in_c()
 
     def _answer_in_c(self) -> None:
-        """Serve lookup, getattr, readlink, listxattr and read from C (_tree.c) where it is built.
+        """Serve lookup, getattr, readlink, listxattr, getxattr and read from C (_tree.c) where built.
 
         The methods below stay the fallback for everything but the common case, and the oracle
         in the tests. The C methods hold bound methods of this reader (a reference cycle, freed
@@ -133,7 +133,7 @@ class SquashFS:
         cls = type(self)
         fallbacks = tuple(
             getattr(cls, name).__get__(self)
-            for name in ("lookup", "getattr", "readlink", "listxattr", "read", "_inode_at")
+            for name in ("lookup", "getattr", "readlink", "listxattr", "read", "_inode_at", "getxattr")
         )
         fields = Inode._fields
         indices = (fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target"))
@@ -160,6 +160,7 @@ class SquashFS:
         self.readlink = tree.readlink  # type: ignore[method-assign]
         self.listxattr = tree.listxattr  # type: ignore[method-assign]
         self.read = tree.read  # type: ignore[method-assign]
+        self.getxattr = tree.getxattr  # type: ignore[method-assign]
 
     @classmethod
     def open(
