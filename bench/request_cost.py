@@ -41,7 +41,7 @@ sys.path.insert(0, str(here))
 from siffs.fs import binding  # noqa: E402
 from siffs.sif import Image  # noqa: E402
 
-DEFAULT_IMAGE = "/tmp/siffs-bench/images/rootfs-zstd.sif"
+DEFAULT_IMAGE = "/tmp/siffs-bench/images-own/rootfs-zstd.sif"  # bench/mkimages.py
 REPEAT = 5
 
 
@@ -130,6 +130,8 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("squashfuse_ll"):
         sys.exit("squashfuse_ll not found (apt-get install squashfuse)")
+    if not os.path.isfile(args.image):
+        sys.exit(f"request_cost: {args.image} not found; build it with bench/mkimages.py (or name an image)")
     peers: dict[str, Callable[[str, str], None]] = {"squashfuse_ll": mount_squashfuse_ll}
     for v in args.variants.split(","):
         peers[f"siffs[{v}]"] = mount_siffs(v)
