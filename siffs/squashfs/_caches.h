@@ -20,10 +20,13 @@ typedef struct {
 
 /* The tag of metadata blocks' keys, ("m", position), as metadata.py makes them. */
 static PyObject *METADATA_TAG;
+/* The name of the table's method that marks an entry recently used. */
+static PyObject *MOVE_TO_END;
 
 static inline int caches_init_module(void) {
     METADATA_TAG = PyUnicode_InternFromString("m");
-    return METADATA_TAG == NULL ? -1 : 0;
+    MOVE_TO_END = PyUnicode_InternFromString("move_to_end");
+    return METADATA_TAG == NULL || MOVE_TO_END == NULL ? -1 : 0;
 }
 
 /* Fill `view` (references taken) from a table and a loader; -1 with an error if it is no table. */
@@ -51,6 +54,29 @@ static inline void cache_view_clear(CacheView *view) {
     Py_CLEAR(view->items);
     Py_CLEAR(view->touch);
     Py_CLEAR(view->load);
+}
+
+/* As cache_hit, for a table met once (no view kept): the method is looked up, not bound. */
+static inline PyObject *table_hit(PyObject *items, PyObject *key) {
+    if (!PyDict_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "a cache table must be a dict (LruCache.table)");
+        return NULL;
+    }
+    PyObject *item = PyDict_GetItemWithError(items, key);
+    if (item == NULL) return NULL;
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a cache entry is not a (value, cost) pair");
+        return NULL;
+    }
+    PyObject *value = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+    PyObject *args[2] = {items, key};
+    PyObject *moved = PyObject_VectorcallMethod(MOVE_TO_END, args, 2, NULL);
+    if (moved == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    Py_DECREF(moved);
+    return value;
 }
 
 /* The value cached under `key` (a new reference), marked as recently used; NULL on a miss (no

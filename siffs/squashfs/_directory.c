@@ -230,34 +230,30 @@ static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     for (Py_ssize_t i = 0; i < 4; i++) PyTuple_SET_ITEM(key, i, Py_NewRef(PyTuple_GET_ITEM(key_base, i)));
     PyTuple_SET_ITEM(key, 4, Py_NewRef(number));
-    CacheView view = {NULL, NULL, NULL};
-    PyObject *segment = NULL;
-    if (cache_view_set(&view, args[0], args[6]) == 0) {
-        segment = cache_hit(&view, key);
-        if (segment == NULL && !PyErr_Occurred() && PyTuple_GET_SIZE(first) == 0 && SEGMENT_TYPE != NULL &&
-            block != Py_None &&
-            put != Py_None)
-            segment = load_whole(args[0], key_base, key, block, put);
-        if (segment == NULL && !PyErr_Occurred()) {
-            if (view.load == Py_None) { /* the caller has no Python loader at hand: it asks Python */
-                cache_view_clear(&view);
-                Py_DECREF(key);
-                Py_DECREF(number);
-                Py_RETURN_NOTIMPLEMENTED;
-            }
-            segment = PyObject_CallOneArg(view.load, number);
+    PyObject *segment = table_hit(args[0], key), *load = args[6];
+    if (segment == NULL && !PyErr_Occurred() && PyTuple_GET_SIZE(first) == 0 && SEGMENT_TYPE != NULL &&
+        block != Py_None && put != Py_None)
+        segment = load_whole(args[0], key_base, key, block, put);
+    if (segment == NULL && !PyErr_Occurred()) {
+        if (load == Py_None) { /* the caller has no Python loader at hand: it asks Python */
+            Py_DECREF(key);
+            Py_DECREF(number);
+            Py_RETURN_NOTIMPLEMENTED;
         }
+        segment = PyObject_CallOneArg(load, number);
     }
-    cache_view_clear(&view);
     Py_DECREF(key);
     Py_DECREF(number);
     if (segment == NULL) return NULL;
-    PyObject *names = PyObject_GetAttrString(segment, "names");
-    PyObject *refs = names == NULL ? NULL : PyObject_GetAttrString(segment, "refs");
+    PyObject *found = NULL, *names = NULL, *refs = NULL;
+    /* A Segment is a tuple: names and refs first (no attribute look-up by name). */
+    if (PyTuple_Check(segment) && PyTuple_GET_SIZE(segment) >= 2) {
+        names = Py_NewRef(PyTuple_GET_ITEM(segment, 0));
+        refs = Py_NewRef(PyTuple_GET_ITEM(segment, 1));
+    }
     Py_DECREF(segment);
-    PyObject *found = NULL;
-    if (refs == NULL) goto done;
-    if (!PyTuple_Check(names) || !PyTuple_Check(refs) || PyTuple_GET_SIZE(names) != PyTuple_GET_SIZE(refs)) {
+    if (refs == NULL || !PyTuple_Check(names) || !PyTuple_Check(refs) ||
+        PyTuple_GET_SIZE(names) != PyTuple_GET_SIZE(refs)) {
         PyErr_SetString(PyExc_TypeError, "a segment's names and refs must be tuples of one length");
         goto done;
     }
