@@ -5,8 +5,9 @@ Base images are small (about 150 entries) and made here from a generated tree wi
 packers and codecs, one of them with uncompressed metadata so that structured lies land on
 real fields. Each case applies one mutation, chosen and parametrised by a generator seeded
 with the case number (so ``--case N`` replays case N exactly), then opens the image from
-memory and exercises the whole interface: walk, getattr, lookup of every entry, reads of
-every file (bounded), readlink, resolve, xattrs, statfs.
+memory and exercises the whole interface: walk, getattr, lookup of every entry (also on a
+second reader that only looks names up, as a cold mount does), reads of every file (bounded),
+readlink, resolve, xattrs, statfs.
 
 Mutations: bit flips, random bytes, truncation, superblock field lies, table pointer lies,
 metadata header lies, u16/u32/u64 lies anywhere in the tables, and targeted lies on real
@@ -396,6 +397,9 @@ def exercise(image: bytes) -> None:
     early. Reads also start mid-file and past the end.
     """
     fs = SquashFS(BytesSource(image), cache_bytes=4 << 20)
+    # A second reader only ever looks names up, as a cold mount's first requests do: each
+    # directory's first lookup there takes the path that parses its listing in C.
+    cold = SquashFS(BytesSource(image), cache_bytes=4 << 20)
     fs.statfs()
     for path, st in walk(fs):
         fs.getattr(st.ino)
@@ -417,6 +421,8 @@ def exercise(image: bytes) -> None:
             # a mutated symlink may dangle or loop: that is an answer, not a failure
             with contextlib.suppress(SquashfsError):
                 resolve(fs, path, follow_last=stat.S_ISLNK(st.mode))
+            with contextlib.suppress(SquashfsError):
+                resolve(cold, path, follow_last=False)
 
 
 @dataclass
