@@ -3,8 +3,9 @@
  * An LruCache (cache.py) keeps its entries in an OrderedDict, key -> (value, cost), that it
  * publishes as LruCache.table. A native reader looks a value up there and marks it recently used,
  * exactly what a hit in LruCache.get_or_load does; on a miss it calls the Python loader, which
- * goes through get_or_load, so storing, evicting, de-duplicating loads in flight and every error
- * stay in cache.py. Included by each module (static inline functions: one copy per module).
+ * goes through get_or_load (or, for a value made in C, stores it through LruCache.put), so
+ * storing, evicting, de-duplicating loads in flight and every error stay in cache.py. Included by
+ * each module (static inline functions: one copy per module).
  */
 #ifndef SIFFS_SQUASHFS_CACHES_H
 #define SIFFS_SQUASHFS_CACHES_H

@@ -54,7 +54,7 @@ class LruCache:
         """The entries, key -> (value, cost), oldest first, for native readers' hits.
 
         A reader may look a value up and then ``move_to_end`` its key (what a hit here does),
-        nothing else: every store and eviction goes through :meth:`get_or_load`.
+        nothing else: every store and eviction goes through :meth:`get_or_load` or :meth:`put`.
         """
         return self._items
 
