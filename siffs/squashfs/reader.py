@@ -57,11 +57,11 @@ _REF_BITS = 48
 _REF_MASK = (1 << _REF_BITS) - 1
 _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
 #: Bytes of directory listings kept ready (a listing costs a few hundred bytes and its index; its
-#: segments are in the cache). Enough for a few thousand directories: a path-by-path pass over a
-#: tree (a build, a file list replayed) comes back to a directory after a whole subtree, and a
-#: listing made again costs a Python call path of ~5 us where a kept one is found in C. Only
-#: listings with a small index are kept, as a kept listing keeps its index outside the cache's
-#: budget.
+#: segments are in the cache). Enough for a few thousand directories: a walk comes back to a
+#: directory after a whole subtree, and a listing made again (for readdir, and for lookups in a
+#: directory with an index: those without one need no listing in C, see _tree.c) costs a Python
+#: call path of ~5 us. Only listings with a small index are kept, as a kept listing keeps its
+#: index outside the cache's budget.
 _LISTINGS_BUDGET = 2 << 20
 _KEPT_INDEX_MAX = 128
 
