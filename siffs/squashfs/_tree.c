@@ -191,6 +191,16 @@ out:
     return key;
 }
 
+/* What a lookup answers for the reference ``find`` returned (stolen): the entry's Stat, None for
+ * no such name, NULL on an error. */
+static PyObject *entry_at(Tree *t, PyObject *ref) {
+    if (ref == NULL || ref == Py_None)
+        return ref;
+    PyObject *st = stat_at(t, ref);
+    Py_DECREF(ref);
+    return st;
+}
+
 static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "lookup(parent, name)");
@@ -213,11 +223,7 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
             Py_DECREF(ref);
             return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
         }
-        if (ref == NULL || ref == Py_None)
-            return ref;
-        PyObject *st = stat_at(t, ref);
-        Py_DECREF(ref);
-        return st;
+        return entry_at(t, ref);
     }
     Py_INCREF(listing); /* the dict may drop it while a segment loads */
     PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
@@ -233,11 +239,7 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     }
     Py_XDECREF(fa);
     Py_XDECREF(load);
-    if (ref == NULL || ref == Py_None)
-        return ref;
-    PyObject *st = stat_at(t, ref);
-    Py_DECREF(ref);
-    return st;
+    return entry_at(t, ref);
 }
 
 /* The inode ``ino`` names, if known (decoded as inode_at does); NULL with no error: ask Python. */
