@@ -23,6 +23,14 @@
  *   for those not cached), stored through put (LruCache.put), once set_segment_type has named
  *   the Segment class; None for block and put leaves every miss to load. With None for load, a
  *   miss that is not parsed here returns NotImplemented: the caller goes the Python way.
+ *
+ * find_listing(table, key, block, put, name) -> the entry's inode reference, None, or NotImplemented
+ *   The same search in a listing without an index, kept as its bytes rather than as a Segment:
+ *   key is ("l", block position, offset, length); a miss copies the listing out of the metadata
+ *   blocks, checks it whole (the walk parse() makes, so it accepts exactly what the Python parser
+ *   does) and stores it through put; each search walks the bytes to the first entry of that name.
+ *   NotImplemented: a listing not searched here (damaged, empty or longer than 64 KiB), for the
+ *   Python way, which raises the precise error for a damaged one.
  */
 #include "_caches.h" /* first: it includes Python.h */
 
@@ -51,34 +59,64 @@ static int append_new(PyObject *list, PyObject *item) {
     return rc;
 }
 
-/* The segment in `data` as (names, refs, starts, cookies), None if malformed, NULL on an error. */
-static PyObject *parse(const unsigned char *data, Py_ssize_t size, long long linear, long long length) {
+/* One entry of a listing, as walk() hands it to its visitor. */
+typedef struct {
+    const unsigned char *name;
+    Py_ssize_t name_size;
+    uint64_t ref;
+    long long start, end; /* linear offsets of the entry and of the next one */
+} Entry;
+
+enum { WALK_DONE = 0, WALK_STOPPED = 1, WALK_ERROR = -1, WALK_MALFORMED = -2 };
+
+/* Visit each entry of the listing bytes in `data` (at linear offset `linear` of a listing of
+ * `length` bytes) in order: the one walk that parse(), validation and the name search share, so
+ * they accept exactly the same bytes. `visit` returns 0 to go on, 1 to stop, -1 on an error. */
+static inline int walk(const unsigned char *data, Py_ssize_t size, long long linear, long long length,
+                       int (*visit)(void *ctx, const Entry *e), void *ctx) {
     Py_ssize_t pos = 0;
-    PyObject *lists[4] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
-    PyObject *result = NULL;
-    int malformed = 0;
-    if (!lists[0] || !lists[1] || !lists[2] || !lists[3]) goto done;
     while (pos < size) {
-        if (size - pos < HEADER_SIZE) { malformed = 1; goto done; }
+        if (size - pos < HEADER_SIZE) return WALK_MALFORMED;
         uint64_t count = (uint64_t)le32(data + pos) + 1;
         uint64_t inode_block = le32(data + pos + 4);
         pos += HEADER_SIZE;
         linear += HEADER_SIZE;
-        if (count > MAX_RUN) { malformed = 1; goto done; }
+        if (count > MAX_RUN) return WALK_MALFORMED;
         for (uint64_t k = 0; k < count; k++) {
-            if (linear >= length || size - pos < ENTRY_SIZE) { malformed = 1; goto done; }
-            uint16_t entry_offset = le16(data + pos);
-            Py_ssize_t name_size = (Py_ssize_t)le16(data + pos + 6) + 1;
-            if (name_size > MAX_NAME || size - pos - ENTRY_SIZE < name_size) { malformed = 1; goto done; }
-            if (append_new(lists[2], PyLong_FromLongLong(linear))) goto done;
-            if (append_new(lists[0], PyBytes_FromStringAndSize((const char *)data + pos + ENTRY_SIZE, name_size)))
-                goto done;
-            if (append_new(lists[1], PyLong_FromUnsignedLongLong(inode_block << 16 | entry_offset))) goto done;
-            pos += ENTRY_SIZE + name_size;
-            linear += ENTRY_SIZE + name_size;
-            if (append_new(lists[3], PyLong_FromLongLong(linear + SIZE_BIAS))) goto done;
+            if (linear >= length || size - pos < ENTRY_SIZE) return WALK_MALFORMED;
+            Entry e;
+            e.ref = inode_block << 16 | le16(data + pos);
+            e.name_size = (Py_ssize_t)le16(data + pos + 6) + 1;
+            if (e.name_size > MAX_NAME || size - pos - ENTRY_SIZE < e.name_size) return WALK_MALFORMED;
+            e.name = data + pos + ENTRY_SIZE;
+            e.start = linear;
+            pos += ENTRY_SIZE + e.name_size;
+            linear += ENTRY_SIZE + e.name_size;
+            e.end = linear;
+            int rc = visit(ctx, &e);
+            if (rc != 0) return rc < 0 ? WALK_ERROR : WALK_STOPPED;
         }
     }
+    return WALK_DONE;
+}
+
+/* parse(): the four lists of a Segment. */
+static int collect(void *ctx, const Entry *e) {
+    PyObject **lists = ctx;
+    if (append_new(lists[2], PyLong_FromLongLong(e->start))) return -1;
+    if (append_new(lists[0], PyBytes_FromStringAndSize((const char *)e->name, e->name_size))) return -1;
+    if (append_new(lists[1], PyLong_FromUnsignedLongLong(e->ref))) return -1;
+    return append_new(lists[3], PyLong_FromLongLong(e->end + SIZE_BIAS));
+}
+
+/* The segment in `data` as (names, refs, starts, cookies), None if malformed, NULL on an error. */
+static PyObject *parse(const unsigned char *data, Py_ssize_t size, long long linear, long long length) {
+    PyObject *lists[4] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
+    PyObject *result = NULL;
+    int rc = WALK_ERROR;
+    if (!lists[0] || !lists[1] || !lists[2] || !lists[3]) goto done;
+    rc = walk(data, size, linear, length, collect, lists);
+    if (rc != WALK_DONE) goto done;
     result = PyTuple_New(4);
     if (result == NULL) goto done;
     for (int i = 0; i < 4; i++) {
@@ -88,7 +126,7 @@ static PyObject *parse(const unsigned char *data, Py_ssize_t size, long long lin
     }
 done:
     for (int i = 0; i < 4; i++) Py_XDECREF(lists[i]);
-    if (malformed && !PyErr_Occurred()) Py_RETURN_NONE;
+    if (rc == WALK_MALFORMED) Py_RETURN_NONE;
     return result;
 }
 
@@ -134,24 +172,14 @@ static Py_ssize_t segment_cost(PyObject *names) {
  * entered anywhere); a longer chain is a damaged image, for the Python loader to name. */
 #define MAX_HOPS 16
 
-/* What Listing._parse(-1) does for a listing without an index, whose one segment is the whole
- * listing: copy its bytes out of the metadata blocks (cached, or loaded through `block`), parse
- * them here and store the Segment through `put` (LruCache.put). It runs where a cold lookup
- * would otherwise spend most of its time: in Python, for each directory's first lookup.
- * NULL without an error: anything unusual (damage, an empty or long listing), for the Python
- * loader to redo and, when the image is damaged, to raise the precise error. */
-static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_key, PyObject *block, PyObject *put) {
-    long long pos = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 1));
-    long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 2));
-    long long length = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 3));
-    if (PyErr_Occurred() || length <= 0 || length > NATIVE_SEGMENT_MAX || pos < 0 || offset < 0) {
-        PyErr_Clear(); /* not an int of 64 bits: the Python loader copes */
-        return NULL;
-    }
-    unsigned char *buf = PyMem_Malloc((size_t)length);
-    if (buf == NULL) return PyErr_NoMemory();
+/* Copy `length` bytes of listing from the metadata block at `pos` (from `offset` in it) on into
+ * `dest`, each block from the cache's `table` or loaded through `block`. 0 on success; -1 with an
+ * error (a block that would not load), or -1 without one (damage: an offset past its block, more
+ * blocks than a listing can cross), for the Python loader to name. */
+static int copy_listing(PyObject *table, PyObject *block, long long pos, long long offset, long long length,
+                        unsigned char *dest) {
     CacheView blocks = {NULL, NULL, NULL};
-    PyObject *stored = NULL;
+    int rc = -1;
     long long got = 0;
     if (cache_view_set(&blocks, table, block) < 0) goto out;
     for (int hops = 0; got < length; hops++) {
@@ -164,12 +192,51 @@ static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_k
             goto out;
         }
         long long take = have - offset < length - got ? have - offset : length - got;
-        memcpy(buf + got, PyBytes_AS_STRING(data) + offset, (size_t)take);
+        memcpy(dest + got, PyBytes_AS_STRING(data) + offset, (size_t)take);
         Py_DECREF(pair);
         got += take;
         pos = next;
         offset = 0;
     }
+    rc = 0;
+out:
+    cache_view_clear(&blocks);
+    return rc;
+}
+
+/* The position, offset and length a listing key (tag, block position, offset, length) names;
+ * 0 if they are ints in range for a listing parsed here, else no error set (the Python way copes). */
+static int listing_span(PyObject *key, long long *pos, long long *offset, long long *length) {
+    *pos = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 1));
+    *offset = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 2));
+    *length = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 3));
+    if (PyErr_Occurred() || *length <= 0 || *length > NATIVE_SEGMENT_MAX || *pos < 0 || *offset < 0) {
+        PyErr_Clear(); /* not an int of 64 bits */
+        return -1;
+    }
+    return 0;
+}
+
+/* An error met while copying a listing that is the image's (damage found loading a block), which
+ * the Python loader meets again and raises, is cleared. A signal's exception (KeyboardInterrupt, the
+ * daemon's stop) or MemoryError is not the image's: it stays, to go up. */
+static void clear_image_error(void) {
+    if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError)) PyErr_Clear();
+}
+
+/* What Listing._parse(-1) does for a listing without an index, whose one segment is the whole
+ * listing: copy its bytes out of the metadata blocks (cached, or loaded through `block`), parse
+ * them here and store the Segment through `put` (LruCache.put). It runs where a cold lookup
+ * would otherwise spend most of its time: in Python, for each directory's first lookup.
+ * NULL without an error: anything unusual (damage, an empty or long listing), for the Python
+ * loader to redo and, when the image is damaged, to raise the precise error. */
+static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_key, PyObject *block, PyObject *put) {
+    long long pos, offset, length;
+    if (listing_span(key_base, &pos, &offset, &length) < 0) return NULL;
+    unsigned char *buf = PyMem_Malloc((size_t)length);
+    if (buf == NULL) return PyErr_NoMemory();
+    PyObject *stored = NULL;
+    if (copy_listing(table, block, pos, offset, length, buf) < 0) goto out;
     PyObject *parsed = parse(buf, (Py_ssize_t)length, 0, length);
     if (parsed == NULL || parsed == Py_None) {
         Py_XDECREF(parsed);
@@ -184,13 +251,82 @@ static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_k
     Py_XDECREF(cost);
     Py_DECREF(seg);
 out:
-    cache_view_clear(&blocks);
     PyMem_Free(buf);
-    /* Damage found while loading a block: the Python loader meets it again and raises it. A signal's
-     * exception (KeyboardInterrupt, the daemon's stop) or MemoryError is not the image's: it goes up. */
-    if (stored == NULL && PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError))
-        PyErr_Clear();
+    if (stored == NULL) clear_image_error();
     return stored;
+}
+
+/* walk()'s visitor for validation alone. */
+static int accept(void *ctx, const Entry *e) {
+    (void)ctx;
+    (void)e;
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    Py_ssize_t size;
+    uint64_t ref;
+} Wanted;
+
+/* walk()'s visitor for a name search: stops at the first entry of that name, as Listing.find. */
+static int match(void *ctx, const Entry *e) {
+    Wanted *w = ctx;
+    if (e->name_size != w->size || memcmp(e->name, w->name, (size_t)w->size) != 0) return 0;
+    w->ref = e->ref;
+    return 1;
+}
+
+/* Cache cost of a listing's bytes beyond their length (the bytes object, the key, the entry). */
+#define LISTING_OVERHEAD 200
+
+/* A listing without an index as the cache keeps it for find_listing: its bytes, checked whole by
+ * walk() before they are stored (a new reference); None without an error if it is not one to
+ * keep (damage, an empty or long listing: the Python way names it), NULL with an error. */
+static PyObject *listing_bytes(PyObject *table, PyObject *key, PyObject *block, PyObject *put) {
+    PyObject *hit = table_hit(table, key);
+    if (hit != NULL || PyErr_Occurred()) return hit;
+    long long pos, offset, length;
+    if (listing_span(key, &pos, &offset, &length) < 0) Py_RETURN_NONE;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (data == NULL) return NULL;
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
+    PyObject *stored = NULL;
+    if (copy_listing(table, block, pos, offset, length, buf) == 0 &&
+        walk(buf, (Py_ssize_t)length, 0, length, accept, NULL) == WALK_DONE) {
+        PyObject *cost = PyLong_FromLongLong(length + LISTING_OVERHEAD);
+        PyObject *pargs[3] = {key, data, cost};
+        stored = cost == NULL ? NULL : PyObject_Vectorcall(put, pargs, 3, NULL);
+        Py_XDECREF(cost);
+    }
+    Py_DECREF(data);
+    if (stored == NULL) {
+        if (PyErr_Occurred()) clear_image_error();
+        if (!PyErr_Occurred()) Py_RETURN_NONE;
+    }
+    return stored;
+}
+
+static PyObject *find_listing(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "find_listing(table, key: 4-tuple, block, put, name: bytes)");
+        return NULL;
+    }
+    PyObject *data = listing_bytes(args[0], args[1], args[2], args[3]);
+    if (data == NULL) return NULL;
+    if (!PyBytes_Check(data)) { /* None: not one to search here */
+        Py_DECREF(data);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    Wanted w = {PyBytes_AS_STRING(args[4]), PyBytes_GET_SIZE(args[4]), 0};
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    int rc = walk((const unsigned char *)PyBytes_AS_STRING(data), size, 0, size, match, &w);
+    Py_DECREF(data);
+    if (rc == WALK_STOPPED) return PyLong_FromUnsignedLongLong(w.ref);
+    if (rc == WALK_DONE) Py_RETURN_NONE;
+    PyErr_SetString(PyExc_TypeError, "a cached listing is not one find_listing stored");
+    return NULL;
 }
 
 /* Whether bytes a sort before bytes b, as Python compares bytes. */
@@ -276,6 +412,9 @@ done:
 static PyMethodDef methods[] = {
     {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL,
      "find(table, key, first_names, block, put, name, load) -> inode reference, or None if no entry has the name"},
+    {"find_listing", (PyCFunction)(void (*)(void))find_listing, METH_FASTCALL,
+     "find_listing(table, key, block, put, name) -> inode reference, None if no entry has the name, or "
+     "NotImplemented if the listing is not one to search here"},
     {"set_segment_type", set_segment_type, METH_O,
      "set_segment_type(Segment): the class of the segments find parses and stores itself"},
     {"parse_segment", parse_segment, METH_VARARGS,

@@ -12,14 +12,16 @@
  * Errors raised by the C parts (damage found while loading a block) propagate as the Python path
  * raises them, since it would call the same parts.
  *
- * A directory without an index whose listing is not kept (most directories, on their first
- * lookup) needs no Listing: its cache key comes from its decoded inode as Listing makes it, and
- * _directory.find parses its one segment in C when it is not cached.
+ * A directory without an index whose listing is not kept (most directories) needs no Listing
+ * and no Segment: _directory.find_listing searches its listing's bytes, copied out of the
+ * metadata blocks and checked once, then cached under ("l", block position, offset, length),
+ * the key made here from the decoded directory inode. A Segment holds four Python objects per
+ * entry; a lookup needs one entry, and making the others was most of a cold lookup's time.
  *
- * Tree(refs, listings, find, decode_ref, read, fallbacks, layout, basic)
+ * Tree(refs, listings, find, find_listing, decode_ref, read, fallbacks, layout, basic)
  *   refs: the reader's dict inode number -> reference | xattr code << 48
  *   listings: its dict directory inode -> Listing (with .find_args and ._segment)
- *   find: _directory.find; decode_ref: Decoder.decode_ref; read: FileReader.read
+ *   find, find_listing: _directory's; decode_ref: Decoder.decode_ref; read: FileReader.read
  *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at, getxattr): the Python methods
  *   layout: (index of stat, xattr, extended, dir, target in Inode; no xattr table: 0/1)
  *   basic: (metadata cache table, directory table start, MetadataReader.block, LruCache.put,
@@ -38,7 +40,7 @@ enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, F
 
 typedef struct {
     PyObject_HEAD
-    PyObject *refs, *listings, *find, *decode_ref, *read;
+    PyObject *refs, *listings, *find, *find_listing, *decode_ref, *read;
     PyObject *fallback[FB_COUNT];
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
     int no_xattr_table;
@@ -51,7 +53,7 @@ typedef struct {
 /* Keys kept (each ~200 bytes); the dict is emptied when full, as the reader's listings are. */
 #define KEYS_KEPT 8192
 
-static PyObject *SEGMENT, *FIND_ARGS, *SEGMENT_TAG, *NO_NAMES, *XATTR_TAG;
+static PyObject *SEGMENT, *FIND_ARGS, *LISTING_TAG, *XATTR_TAG;
 /* directory.SIZE_BIAS: a directory's stored size counts 3 bytes more than its listing. */
 #define SIZE_BIAS 3
 
@@ -177,7 +179,7 @@ static PyObject *basic_key(Tree *t, PyObject *parent) {
     PyObject *start = PyNumber_Add(t->directory_table, PyTuple_GET_ITEM(loc, t->i_block));
     PyObject *length = start == NULL ? NULL : PyLong_FromLongLong(size > SIZE_BIAS ? size - SIZE_BIAS : 0);
     if (length != NULL)
-        key = PyTuple_Pack(4, SEGMENT_TAG, start, PyTuple_GET_ITEM(loc, t->i_offset), length);
+        key = PyTuple_Pack(4, LISTING_TAG, start, PyTuple_GET_ITEM(loc, t->i_offset), length);
     Py_XDECREF(start);
     Py_XDECREF(length);
     if (key != NULL) {
@@ -216,8 +218,8 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
                 return NULL;
             return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
         }
-        PyObject *fargs[7] = {t->table, key, NO_NAMES, t->block, t->put, args[1], Py_None};
-        PyObject *ref = PyObject_Vectorcall(t->find, fargs, 7, NULL);
+        PyObject *fargs[5] = {t->table, key, t->block, t->put, args[1]};
+        PyObject *ref = PyObject_Vectorcall(t->find_listing, fargs, 5, NULL);
         Py_DECREF(key);
         if (ref == Py_NotImplemented) { /* a listing find would not parse: the Python way */
             Py_DECREF(ref);
@@ -385,6 +387,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->refs);
     Py_VISIT(t->listings);
     Py_VISIT(t->find);
+    Py_VISIT(t->find_listing);
     Py_VISIT(t->decode_ref);
     Py_VISIT(t->read);
     for (int i = 0; i < FB_COUNT; i++)
@@ -402,6 +405,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->refs);
     Py_CLEAR(t->listings);
     Py_CLEAR(t->find);
+    Py_CLEAR(t->find_listing);
     Py_CLEAR(t->decode_ref);
     Py_CLEAR(t->read);
     for (int i = 0; i < FB_COUNT; i++)
@@ -422,12 +426,12 @@ static void Tree_dealloc(Tree *t) {
 }
 
 static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"refs", "listings", "find", "decode_ref", "read", "fallbacks", "layout", "basic", NULL};
-    PyObject *refs, *listings, *find, *decode_ref, *read, *fallbacks, *table, *directory_table, *block, *put;
+    static char *kw[] = {"refs", "listings", "find", "find_listing", "decode_ref", "read", "fallbacks", "layout", "basic", NULL};
+    PyObject *refs, *listings, *find, *find_listing, *decode_ref, *read, *fallbacks, *table, *directory_table, *block, *put;
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target, i_block, i_offset, i_size, i_index_count;
     int no_table;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!(nnnnnp)(O!O!OOnnnn)", kw, &PyDict_Type, &refs,
-                                     &PyDict_Type, &listings, &find, &decode_ref, &read, &PyTuple_Type, &fallbacks,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOO!(nnnnnp)(O!O!OOnnnn)", kw, &PyDict_Type, &refs,
+                                     &PyDict_Type, &listings, &find, &find_listing, &decode_ref, &read, &PyTuple_Type, &fallbacks,
                                      &i_stat, &i_xattr, &i_extended, &i_dir, &i_target, &no_table, &PyDict_Type,
                                      &table, &PyLong_Type, &directory_table, &block, &put, &i_block, &i_offset,
                                      &i_size, &i_index_count))
@@ -449,9 +453,9 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
             return -1;
         }
     Tree_clear(t);
-    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->decode_ref, &t->read};
-    PyObject *vals[] = {refs, listings, find, decode_ref, read};
-    for (int i = 0; i < 5; i++) {
+    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->find_listing, &t->decode_ref, &t->read};
+    PyObject *vals[] = {refs, listings, find, find_listing, decode_ref, read};
+    for (int i = 0; i < 6; i++) {
         Py_INCREF(vals[i]);
         *slots[i] = vals[i];
     }
@@ -510,10 +514,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__tree(void) {
     SEGMENT = PyUnicode_InternFromString("_segment");
     FIND_ARGS = PyUnicode_InternFromString("find_args");
-    SEGMENT_TAG = PyUnicode_InternFromString("s"); /* directory.Listing's segment keys start with it */
+    LISTING_TAG = PyUnicode_InternFromString("l"); /* the keys of find_listing's listings start with it */
     XATTR_TAG = PyUnicode_InternFromString("x");   /* and xattr.XattrTable's attribute sets' with this */
-    NO_NAMES = PyTuple_New(0);
-    if (SEGMENT == NULL || FIND_ARGS == NULL || SEGMENT_TAG == NULL || XATTR_TAG == NULL || NO_NAMES == NULL ||
+    if (SEGMENT == NULL || FIND_ARGS == NULL || LISTING_TAG == NULL || XATTR_TAG == NULL ||
         caches_init_module() < 0 || PyType_Ready(&TreeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -128,7 +128,8 @@ class SquashFS:
         """
         module = native.load("siffs.squashfs._tree")
         decode_ref, read = self._decode.by_ref, self._data.native
-        if module is None or decode_ref is None or read is None or directory.native_find is None:
+        find, find_listing = directory.native_find, directory.native_find_listing
+        if module is None or decode_ref is None or read is None or find is None or find_listing is None:
             return
         cls = type(self)
         fallbacks = tuple(
@@ -142,7 +143,8 @@ class SquashFS:
         tree = module.Tree(
             refs=self._refs,
             listings=self._listings,
-            find=directory.native_find,
+            find=find,
+            find_listing=find_listing,
             decode_ref=decode_ref,
             read=read,
             fallbacks=fallbacks,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,47 +142,127 @@ def parent_and_name(fs: SquashFS, path: bytes) -> tuple[int, bytes]:
     return ino, name
 
 
+def counting_parses(fs: SquashFS) -> tuple[list[int], Callable[[], None]]:
+    """Count the Python parses of ``fs``'s listing segments (each count: the listing's index size)."""
+    calls: list[int] = []
+    parse = directory.Listing._parse
+
+    def counted(listing: directory.Listing, i: int) -> directory.Segment:
+        if listing._cache is fs._meta_cache:
+            calls.append(len(listing._index.names))
+        return parse(listing, i)
+
+    directory.Listing._parse = counted  # type: ignore[method-assign]
+    return calls, lambda: setattr(directory.Listing, "_parse", parse)
+
+
 @pytest.mark.parametrize("name", MAIN)
-def test_listings_without_an_index_are_parsed_and_stored_in_c(name, corpus):
-    """A cold lookup parses a directory's one segment in C: the same segment, stored at the same cost."""
+def test_listings_without_an_index_are_searched_as_bytes_in_c(name, corpus):
+    """A cold lookup in a directory without an index keeps its listing's bytes (no Segment): the
+    bytes the Python cursor reads, at their length plus the overhead; Python parses only listings
+    with an index."""
     image = corpus.image(name)
     with SquashFS.open(image) as fs, SquashFS.open(image) as names:
-        calls: list[int] = []
-        parse = directory.Listing._parse
-
-        def counted(listing: directory.Listing, i: int) -> directory.Segment:
-            if listing._cache is fs._meta_cache:  # not the lister's
-                calls.append(len(listing._index.names))
-            return parse(listing, i)
-
-        directory.Listing._parse = counted  # type: ignore[method-assign]
+        calls, restore = counting_parses(fs)
         try:
             found = lookups_only(fs, names)
         finally:
-            directory.Listing._parse = parse  # type: ignore[method-assign]
+            restore()
         assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
         table = fs._meta_cache.table
-        segments = {k: v for k, v in table.items() if k[0] == "s"}
-        # Python parsed only segments of listings with an index; C all the others.
-        assert segments and all(calls) and len(calls) < len(segments) / 4
-        for segment, cost in segments.values():
-            assert type(segment) is directory.Segment and cost == segment.cost()
-        # The Python parser, on a reader of its own, makes the same segments.
-        with SquashFS.open(image) as py:
-            checked = 0
+        kept = {k: v for k, v in table.items() if k[0] == "l"}
+        assert kept and all(calls) and len(calls) < len(kept) / 4
+        assert len([k for k in table if k[0] == "s"]) == len(calls)  # Segments: those Python parsed
+        for (_, pos, offset, length), (data, cost) in kept.items():
+            assert type(data) is bytes and data == fs._meta.cursor(pos, offset).read(length)
+            assert cost == length + 200
+        assert fs._meta_cache.used == sum(cost for _, cost in table.values())
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_a_kept_listing_without_an_index_is_parsed_and_stored_in_c(name, corpus):
+    """Listing.find of a listing without an index parses its one segment in C: the segment the
+    Python parser makes, stored at the same cost."""
+    image = corpus.image(name)
+    with SquashFS.open(image) as fs, SquashFS.open(image) as py:
+        calls, restore = counting_parses(fs)
+        checked = 0
+        try:
             for _, st in walk(py):
                 loc = py.inode(st.ino).dir
-                if loc is None or loc.index_count:
+                if loc is None or loc.index_count or loc.size <= 3:
                     continue
-                key = ("s", py.superblock.directory_table + loc.block, loc.offset, max(0, loc.size - 3), -1)
-                if key in segments:
-                    no_index = directory.Index((), (), ())
-                    table_start = py.superblock.directory_table
-                    listing = directory.Listing(py._meta, table_start, loc, no_index, py._meta_cache)
-                    assert listing._parse(-1) == segments[key][0]
-                    checked += 1
-            assert checked == len(segments) - len(calls)
-        assert fs._meta_cache.used == sum(cost for _, cost in table.values())
+                table_start = fs.superblock.directory_table
+                no_index = directory.Index((), (), ())
+                listing = directory.Listing(fs._meta, table_start, loc, no_index, fs._meta_cache)
+                first = next(iter(py.readdir(st.ino)))[0]
+                assert listing.find(first) is not None
+                key = ("s", table_start + loc.block, loc.offset, loc.size - 3, -1)
+                segment, cost = fs._meta_cache.table[key]
+                oracle = directory.Listing(py._meta, table_start, loc, no_index, py._meta_cache)
+                assert type(segment) is directory.Segment and segment == oracle._parse(-1)
+                assert cost == segment.cost()
+                checked += 1
+        finally:
+            restore()
+        assert checked > 10 and not calls
+
+
+def test_find_listing_walks_the_bytes_and_keeps_them():
+    find = directory.native_find_listing
+    assert find is not None
+    run = (1).to_bytes(4, "little") + (7).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    for offset in (0x20, 0x40):  # two entries of one name: the first wins
+        run += (
+            offset.to_bytes(2, "little") + (0).to_bytes(2, "little") * 2 + (2).to_bytes(2, "little") + b"abc"
+        )
+    run += (0).to_bytes(4, "little") + (9).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    run += (0x10).to_bytes(2, "little") + (0).to_bytes(2, "little") * 2 + (0).to_bytes(2, "little") + b"z"
+    blocks = {100: (b"pad" + run[:20], 7000), 7000: (run[20:] + b"tail", 9000)}  # across two blocks
+    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
+    stored: list[tuple[object, bytes, int]] = []
+
+    def put(key: object, value: bytes, cost: int) -> bytes:
+        stored.append((key, value, cost))
+        table[key] = (value, cost)
+        return value
+
+    key = ("l", 100, 3, len(run))
+    assert find(table, key, blocks.__getitem__, put, b"abc") == 7 << 16 | 0x20
+    assert stored == [(key, run, len(run) + 200)]
+    table["other"] = (None, 0)
+    assert find(table, key, None, None, b"z") == 9 << 16 | 0x10  # a hit: no block, no store
+    assert list(table)[-1] == key  # marked recently used
+    assert find(table, key, None, None, b"ab") is None
+    with pytest.raises(TypeError):
+        find(table, key[:3], None, None, b"a")
+
+
+def test_a_listing_find_listing_will_not_search_goes_back_to_the_caller():
+    find = directory.native_find_listing
+    assert find is not None
+    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
+
+    def no_block(pos: int) -> tuple[bytes, int]:
+        raise SquashfsError(f"no block at {pos}")
+
+    def put(key: object, value: bytes, cost: int) -> bytes:
+        raise AssertionError("nothing to store")
+
+    assert find(table, ("l", 0, 0, 0), no_block, put, b"a") is NotImplemented  # empty listing
+    assert find(table, ("l", 0, 0, 1 << 17), no_block, put, b"a") is NotImplemented  # too long
+    assert find(table, ("l", 0, 0, 40), no_block, put, b"a") is NotImplemented  # the block fails
+    assert find(table, ("l", 0, 9000, 40), lambda pos: (b"x" * 8192, 8194), put, b"a") is NotImplemented
+    malformed = ("l", 0, 0, 40)
+    assert find(table, malformed, lambda pos: (b"\xff" * 8192, 8194), put, b"a") is NotImplemented
+    hops = ("l", 0, 0, 1 << 15)  # a chain of one-byte blocks: more than a listing can cross
+    assert find(table, hops, lambda pos: (b"\0", pos + 1), put, b"a") is NotImplemented
+
+    def interrupted(pos: int) -> tuple[bytes, int]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a signal's exception is not the image's: it goes up
+        find(table, ("l", 0, 0, 40), interrupted, put, b"a")
 
 
 def test_a_listing_find_will_not_parse_goes_back_to_the_caller():
