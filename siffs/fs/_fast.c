@@ -5,7 +5,10 @@
  * reader's own work for a cached lookup or read. The binding's fast_ops hook calls these
  * functions first; each asks the tree (its bound Python methods: the reader's hot paths are C
  * already) and answers exactly as ReadOnlyOperations does (operations.py, the fallback and the
- * oracle in the tests), or declines (< 0), and the request then takes the Python path. Declined:
+ * oracle in the tests), or declines (< 0), and the request then takes the Python path. A SquashFS
+ * reader's lookup, getattr and readlink are asked as C values first (its native_tree's capsule,
+ * siffs/squashfs/_tree.h: no Stat object made and taken apart again), then, where the tree declines,
+ * through its methods. Declined:
  * "." and "..", results that are not the reader's Stat records, and every exception that does
  * not carry its own errno (the Python handler repeats the call, which logs and counts it).
  *
@@ -17,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "../squashfs/_tree.h"
 
 #define FAST_OPS_NAME "pyfuse3.fast_ops.v1"
 #define DECLINE (-1)
@@ -40,14 +45,13 @@ typedef struct {
     int (*getxattr)(void *data, uint64_t ino, const char *name, PyObject **out);
 } fast_ops;
 
-/* The fields of the reader's Stat record, in its order (checked by the Python side). */
-enum { F_INO, F_MODE, F_NLINK, F_UID, F_GID, F_SIZE, F_MTIME, F_RDEV, F_BLOCKS, F_COUNT };
-
 typedef struct {
     PyObject_HEAD
     fast_ops ops;
     PyObject *lookup, *getattr, *read, *readlink, *listxattr, *getxattr;
     PyObject *parents;        /* dict: directory inode -> parent, for ".." (operations.py) */
+    PyObject *native;         /* the reader's native_tree, asked first through api; or NULL */
+    const TreeApi *api;
     PyTypeObject *stat_type;  /* the only result type answered here */
     uint64_t root;            /* the tree's root inode, shown as 1 (and 1 as it) */
     long long uid, gid;       /* -1: as stored */
@@ -104,12 +108,29 @@ static PyObject *call(PyObject *fn, uint64_t ino, PyObject *extra) {
     return r;
 }
 
-/* The attributes of a Stat record as _entry() builds them; DECLINE if it is not one. */
+/* The attributes of a Stat record's fields (in its order: _tree.h) as _entry() builds them. */
+static void fill_values(const Handlers *h, const unsigned long long *f, fast_entry *e) {
+    memset(e, 0, sizeof(*e));
+    e->ino = swap(h, f[TS_INO]);
+    e->attr_timeout = e->entry_timeout = h->timeout;
+    e->attr.st_ino = e->ino;
+    e->attr.st_mode = (mode_t)f[TS_MODE];
+    e->attr.st_nlink = (nlink_t)f[TS_NLINK];
+    e->attr.st_uid = (uid_t)(h->uid < 0 ? f[TS_UID] : (unsigned long long)h->uid);
+    e->attr.st_gid = (gid_t)(h->gid < 0 ? f[TS_GID] : (unsigned long long)h->gid);
+    e->attr.st_rdev = (dev_t)f[TS_RDEV];
+    e->attr.st_size = (off_t)f[TS_SIZE];
+    e->attr.st_blksize = h->blksize;
+    e->attr.st_blocks = (blkcnt_t)f[TS_BLOCKS];
+    e->attr.st_atim.tv_sec = e->attr.st_mtim.tv_sec = e->attr.st_ctim.tv_sec = (time_t)f[TS_MTIME];
+}
+
+/* The attributes of a Stat record; DECLINE if it is not one. */
 static int fill(const Handlers *h, PyObject *st, fast_entry *e) {
-    if (Py_TYPE(st) != h->stat_type || PyTuple_GET_SIZE(st) < F_COUNT)
+    if (Py_TYPE(st) != h->stat_type || PyTuple_GET_SIZE(st) < TS_FIELDS)
         return DECLINE;
-    unsigned long long f[F_COUNT];
-    for (int i = 0; i < F_COUNT; i++) {
+    unsigned long long f[TS_FIELDS];
+    for (int i = 0; i < TS_FIELDS; i++) {
         PyObject *item = PyTuple_GET_ITEM(st, i);
         if (!PyLong_CheckExact(item))
             return DECLINE;
@@ -119,20 +140,54 @@ static int fill(const Handlers *h, PyObject *st, fast_entry *e) {
             return DECLINE;
         }
     }
-    memset(e, 0, sizeof(*e));
-    e->ino = swap(h, f[F_INO]);
-    e->attr_timeout = e->entry_timeout = h->timeout;
-    e->attr.st_ino = e->ino;
-    e->attr.st_mode = (mode_t)f[F_MODE];
-    e->attr.st_nlink = (nlink_t)f[F_NLINK];
-    e->attr.st_uid = (uid_t)(h->uid < 0 ? f[F_UID] : (unsigned long long)h->uid);
-    e->attr.st_gid = (gid_t)(h->gid < 0 ? f[F_GID] : (unsigned long long)h->gid);
-    e->attr.st_rdev = (dev_t)f[F_RDEV];
-    e->attr.st_size = (off_t)f[F_SIZE];
-    e->attr.st_blksize = h->blksize;
-    e->attr.st_blocks = (blkcnt_t)f[F_BLOCKS];
-    e->attr.st_atim.tv_sec = e->attr.st_mtim.tv_sec = e->attr.st_ctim.tv_sec = (time_t)f[F_MTIME];
+    fill_values(h, f, e);
     return 0;
+}
+
+/* A cacheable "no such entry" (an ENOENT error would not be cached), with the rest as a fresh
+ * EntryAttributes has it (the kernel reads nothing else of it). */
+static void no_entry(const Handlers *h, fast_entry *entry) {
+    memset(entry, 0, sizeof(*entry));
+    entry->entry_timeout = h->timeout;
+    entry->attr_timeout = 300;
+    entry->attr.st_mode = S_IFREG;
+    entry->attr.st_nlink = 1;
+    entry->attr.st_blksize = 4096;
+}
+
+/* Directory `ino`'s parent is `dir`, for "..": 0, or DECLINE (an error, cleared). */
+static int remember_parent(const Handlers *h, PyObject *ino, uint64_t dir) {
+    PyObject *up = PyLong_FromUnsignedLongLong(dir);
+    int res = up == NULL || PyDict_SetItem(h->parents, ino, up) < 0 ? DECLINE : 0;
+    Py_XDECREF(up);
+    if (res == DECLINE)
+        PyErr_Clear();
+    return res;
+}
+
+/* The tree's answer as C values (_tree.h), when it has one: 0 or an errno, else DECLINE. */
+static int native_lookup(const Handlers *h, uint64_t dir, const char *name, size_t n, fast_entry *entry) {
+    TreeStat ts;
+    int rc = h->api->lookup(h->native, dir, name, n, &ts);
+    if (rc == TREE_NO_ENTRY) {
+        no_entry(h, entry);
+        return 0;
+    }
+    if (rc == TREE_ERROR)
+        return raised();
+    if (rc != TREE_FOUND)
+        return DECLINE;
+    fill_values(h, ts.f, entry);
+    if (!S_ISDIR(entry->attr.st_mode))
+        return 0;
+    PyObject *ino = PyLong_FromUnsignedLongLong(ts.f[TS_INO]);
+    if (ino == NULL) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    int res = remember_parent(h, ino, dir);
+    Py_DECREF(ino);
+    return res;
 }
 
 static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry *entry) {
@@ -143,6 +198,11 @@ static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry
     if (name[0] == '.' && (n == 1 || (n == 2 && name[1] == '.')))
         return DECLINE;
     uint64_t dir = swap(h, parent);
+    if (h->api != NULL) {
+        int res = native_lookup(h, dir, name, n, entry);
+        if (res != DECLINE)
+            return res;
+    }
     PyObject *key = PyBytes_FromStringAndSize(name, (Py_ssize_t)n);
     if (key == NULL) {
         PyErr_Clear();
@@ -154,26 +214,12 @@ static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry
         return raised();
     int res;
     if (st == Py_None) {
-        /* A cacheable "no such entry" (an ENOENT error would not be cached), with the rest as
-         * a fresh EntryAttributes has it (the kernel reads nothing else of it). */
-        memset(entry, 0, sizeof(*entry));
-        entry->entry_timeout = h->timeout;
-        entry->attr_timeout = 300;
-        entry->attr.st_mode = S_IFREG;
-        entry->attr.st_nlink = 1;
-        entry->attr.st_blksize = 4096;
+        no_entry(h, entry);
         res = 0;
     } else {
         res = fill(h, st, entry);
-        if (res == 0 && S_ISDIR(entry->attr.st_mode)) {
-            PyObject *ino = PyTuple_GET_ITEM(st, F_INO);
-            PyObject *up = PyLong_FromUnsignedLongLong(dir);
-            if (up == NULL || PyDict_SetItem(h->parents, ino, up) < 0) {
-                PyErr_Clear();
-                res = DECLINE;
-            }
-            Py_XDECREF(up);
-        }
+        if (res == 0 && S_ISDIR(entry->attr.st_mode))
+            res = remember_parent(h, PyTuple_GET_ITEM(st, TS_INO), dir);
     }
     Py_DECREF(st);
     return res;
@@ -181,6 +227,16 @@ static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry
 
 static int fast_getattr(void *data, uint64_t ino, fast_entry *entry) {
     Handlers *h = data;
+    if (h->api != NULL) {
+        TreeStat ts;
+        int rc = h->api->getattr(h->native, swap(h, ino), &ts);
+        if (rc == TREE_FOUND) {
+            fill_values(h, ts.f, entry);
+            return 0;
+        }
+        if (rc == TREE_ERROR)
+            return raised();
+    }
     PyObject *st = call(h->getattr, swap(h, ino), NULL);
     if (st == NULL)
         return raised();
@@ -217,6 +273,13 @@ static int fast_read(void *data, uint64_t fh, uint64_t off, size_t size, PyObjec
 
 static int fast_readlink(void *data, uint64_t ino, PyObject **out) {
     Handlers *h = data;
+    if (h->api != NULL) {
+        int rc = h->api->readlink(h->native, swap(h, ino), out);
+        if (rc == TREE_FOUND)
+            return 0;
+        if (rc == TREE_ERROR)
+            return raised();
+    }
     return bytes_result(call(h->readlink, swap(h, ino), NULL), out);
 }
 
@@ -284,6 +347,7 @@ static int Handlers_traverse(Handlers *self, visitproc visit, void *arg) {
     Py_VISIT(self->listxattr);
     Py_VISIT(self->getxattr);
     Py_VISIT(self->parents);
+    Py_VISIT(self->native);
     Py_VISIT(self->stat_type);
     return 0;
 }
@@ -296,6 +360,8 @@ static int Handlers_clear(Handlers *self) {
     Py_CLEAR(self->listxattr);
     Py_CLEAR(self->getxattr);
     Py_CLEAR(self->parents);
+    Py_CLEAR(self->native);
+    self->api = NULL;
     Py_CLEAR(self->stat_type);
     return 0;
 }
@@ -332,6 +398,20 @@ static int Handlers_init(Handlers *self, PyObject *args, PyObject *kwds) {
         if (*slots[i] == NULL)
             return -1;
     }
+    /* The reader's Tree, if it has one, answers as C values first (_tree.h). */
+    PyObject *native = PyObject_GetAttrString(tree, "native_tree");
+    if (native == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear(); /* another tree (a composite of several): its methods alone */
+    } else if (native != Py_None) {
+        self->api = PyCapsule_Import(TREE_API_NAME, 0);
+        if (self->api == NULL)
+            return -1;
+        self->native = native;
+        native = NULL;
+    }
+    Py_XDECREF(native);
     Py_INCREF(parents);
     self->parents = parents;
     Py_INCREF(stat_type);

@@ -23,9 +23,12 @@
  *   data: the decompressed metadata block at image position block_pos; the inode starts at offset
  * Decoder.decode_ref(ref) -> Inode | None
  *   the same for the inode at reference ref, its block taken from the metadata cache: a lookup or
- *   a listing entry then runs no Python at all when the block is cached
+ *   a listing entry then runs no Python at all when the block is cached *
+ * The module's capsule (_inode.h) gives other native modules the same decoding by reference as C
+ * values (a RawInode), for requests answered without the named tuples (_tree.c).
  */
 #include "_caches.h" /* first: it includes Python.h */
+#include "_inode.h"
 
 #include <stdint.h>
 #include <sys/stat.h>
@@ -33,7 +36,6 @@
 
 #define HEADER_SIZE 16
 #define NO_FRAGMENT 0xFFFFFFFFu
-#define NO_XATTR 0xFFFFFFFFu
 #define MAX_TARGET (1u << 16)
 #define NTYPES 4
 
@@ -50,7 +52,10 @@ typedef struct {
     uint64_t block_size;
     CacheView meta; /* for decode_ref; unset (NULL) without the cache keyword */
     uint64_t inode_table, inode_table_size;
+    uint64_t *id_values; /* the ids as C values for the capsule's raw(); NULL: one is not a uint64 */
 } Decoder;
+
+static PyTypeObject DecoderType;
 
 static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
@@ -79,6 +84,169 @@ static PyObject *position(uint64_t block_pos, Py_ssize_t offset) {
     return Py_BuildValue("(Kn)", (unsigned long long)block_pos, offset);
 }
 
+/* The inode at `pos` in the decompressed block `data` into *r, except the attribute set's share
+ * of the blocks and the owner's values (finish() adds them): 1, or 0 when it is not whole in this
+ * block or not well-formed (the Python decoder takes it). */
+static int parse_inode(const Decoder *self, const unsigned char *data, Py_ssize_t size, Py_ssize_t pos,
+                       RawInode *r) {
+    if (pos < 0 || pos > size || size - pos < HEADER_SIZE) return 0;
+    const unsigned char *p = data + pos;
+    unsigned kind = le16(p), perm = le16(p + 2);
+    r->uid = le16(p + 4), r->gid = le16(p + 6); /* indices into the id table until finish() */
+    r->mtime = le32(p + 8), r->ino = le32(p + 12);
+    if (r->ino < 1 || r->ino > self->inode_count || kind < 1 || kind > 14) return 0;
+    if ((Py_ssize_t)r->uid >= PyTuple_GET_SIZE(self->ids) || (Py_ssize_t)r->gid >= PyTuple_GET_SIZE(self->ids))
+        return 0;
+    unsigned basic = (kind - 1) % 7 + 1;
+    int extended = kind > 7;
+    r->basic = basic;
+    r->extended = extended;
+    r->mode = (perm & 07777) | FORMAT[basic];
+    r->nlink = r->size = r->blocks = r->rdev = 0;
+    r->xattr = INODE_NO_XATTR;
+    r->target = NULL;
+    r->target_size = 0;
+    pos += HEADER_SIZE;
+    p = data + pos;
+    Py_ssize_t left = size - pos;
+
+#define NEED(n)                                 \
+    do {                                        \
+        if (left < (Py_ssize_t)(n)) return 0;   \
+    } while (0)
+#define TAKE(n) (pos += (n), left -= (n), p += (n))
+
+    if (basic == 1) { /* directory */
+        r->dir_index_count = 0;
+        if (extended) {
+            NEED(24);
+            r->nlink = le32(p), r->size = le32(p + 4), r->dir_start = le32(p + 8), r->dir_parent = le32(p + 12);
+            r->dir_index_count = le16(p + 16), r->dir_offset = le16(p + 18), r->xattr = le32(p + 20);
+            TAKE(24);
+        } else {
+            NEED(16);
+            r->dir_start = le32(p), r->nlink = le32(p + 4), r->size = le16(p + 8), r->dir_offset = le16(p + 10);
+            r->dir_parent = le32(p + 12);
+            TAKE(16);
+        }
+        r->dir_size = r->size;
+    } else if (basic == 2) { /* regular file */
+        uint64_t fragment;
+        if (extended) {
+            NEED(40);
+            r->file_blocks_start = le64(p), r->size = le64(p + 8);
+            uint64_t sparse = le64(p + 16);
+            r->nlink = le32(p + 24), fragment = le32(p + 28), r->file_fragment_offset = le32(p + 32);
+            r->xattr = le32(p + 36);
+            TAKE(40);
+            /* max(0, size - sparse + 511) >> 9, without overflow */
+            uint64_t stored = r->size >= sparse ? r->size - sparse : 0;
+            r->blocks = (stored >> 9) + ((stored & 511) != 0);
+        } else {
+            NEED(16);
+            r->file_blocks_start = le32(p), fragment = le32(p + 4), r->file_fragment_offset = le32(p + 8);
+            r->size = le32(p + 12);
+            TAKE(16);
+            r->nlink = 1;
+            r->blocks = (r->size >> 9) + ((r->size & 511) != 0);
+        }
+        r->file_has_fragment = fragment != NO_FRAGMENT;
+        r->file_fragment = fragment;
+        r->file_block_count =
+            r->size / self->block_size + (!r->file_has_fragment && r->size % self->block_size != 0);
+    } else if (basic == 3) { /* symbolic link */
+        NEED(8);
+        r->nlink = le32(p), r->size = le32(p + 4);
+        TAKE(8);
+        if (r->size > MAX_TARGET) return 0;
+        NEED(r->size + (extended ? 4 : 0));
+        r->target = p;
+        r->target_size = (Py_ssize_t)r->size;
+        TAKE((Py_ssize_t)r->size);
+        if (extended) {
+            r->xattr = le32(p);
+            TAKE(4);
+        }
+    } else if (basic == 4 || basic == 5) { /* block or character device */
+        NEED(8 + (extended ? 4 : 0));
+        r->nlink = le32(p);
+        uint32_t raw = le32(p + 4);
+        unsigned major = (raw & 0xFFF00) >> 8, minor = (raw & 0xFF) | ((raw >> 12) & 0xFFF00);
+        r->rdev = makedev(major, minor);
+        if (extended) r->xattr = le32(p + 8);
+        TAKE(8 + (extended ? 4 : 0));
+    } else { /* FIFO or socket */
+        NEED(4 + (extended ? 4 : 0));
+        r->nlink = le32(p);
+        if (extended) r->xattr = le32(p + 4);
+        TAKE(4 + (extended ? 4 : 0));
+    }
+#undef NEED
+#undef TAKE
+    r->end = pos;
+    return 1;
+}
+
+/* Complete a parsed inode: the attribute set's stored size in its blocks (asking the xattr table,
+ * which may raise: -1), and no set at all for an image without a table, as the Python decoder. */
+static int finish(const Decoder *self, RawInode *r) {
+    if (r->xattr == INODE_NO_XATTR) return 0;
+    if (self->stored_size == Py_None) {
+        r->xattr = INODE_NO_XATTR;
+        return 0;
+    }
+    PyObject *index = PyLong_FromUnsignedLong(r->xattr);
+    PyObject *stored = index == NULL ? NULL : PyObject_CallOneArg(self->stored_size, index);
+    long long n = stored == NULL ? -1 : PyLong_AsLongLong(stored);
+    Py_XDECREF(stored);
+    Py_XDECREF(index);
+    if (PyErr_Occurred()) return -1;
+    /* ((n - 1) >> 9) + 1, Python's floor shift, for any n the table may give */
+    r->blocks += (uint64_t)(((n - 1) >> 9) + 1);
+    return 0;
+}
+
+/* The named tuples of a parsed and finished inode (its id indices still in uid and gid). */
+static PyObject *build_inode(Decoder *self, const RawInode *r, uint64_t block_pos, PyObject *ref) {
+    PyObject *dir = NULL, *file = NULL, *target = NULL;
+    if (r->basic == 1) {
+        PyObject *loc[6] = {PyLong_FromUnsignedLongLong(r->dir_start), PyLong_FromUnsignedLongLong(r->dir_offset),
+                            PyLong_FromUnsignedLongLong(r->dir_size), PyLong_FromUnsignedLongLong(r->dir_parent),
+                            PyLong_FromUnsignedLongLong(r->dir_index_count), position(block_pos, r->end)};
+        dir = build(self->types[T_DIRLOC], loc, 6);
+        if (dir == NULL) return NULL;
+    } else if (r->basic == 2) {
+        PyObject *frag = r->file_has_fragment ? PyLong_FromUnsignedLongLong(r->file_fragment) : Py_NewRef(Py_None);
+        PyObject *loc[5] = {PyLong_FromUnsignedLongLong(r->file_blocks_start),
+                            PyLong_FromUnsignedLongLong(r->file_block_count), position(block_pos, r->end), frag,
+                            PyLong_FromUnsignedLongLong(r->file_fragment_offset)};
+        file = build(self->types[T_FILELOC], loc, 5);
+        if (file == NULL) return NULL;
+    } else if (r->basic == 3) {
+        target = PyBytes_FromStringAndSize((const char *)r->target, r->target_size);
+        if (target == NULL) return NULL;
+    }
+    PyObject *xattr = r->xattr == INODE_NO_XATTR ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(r->xattr);
+    PyObject *items[9] = {PyLong_FromUnsignedLong(r->ino),
+                          PyLong_FromUnsignedLong(r->mode),
+                          PyLong_FromUnsignedLongLong(r->nlink),
+                          Py_NewRef(PyTuple_GET_ITEM(self->ids, (Py_ssize_t)r->uid)),
+                          Py_NewRef(PyTuple_GET_ITEM(self->ids, (Py_ssize_t)r->gid)),
+                          PyLong_FromUnsignedLongLong(r->size),
+                          PyLong_FromUnsignedLong(r->mtime),
+                          PyLong_FromUnsignedLongLong(r->rdev),
+                          PyLong_FromUnsignedLongLong(r->blocks)};
+    PyObject *st = build(self->types[T_STAT], items, 9);
+    PyObject *inode[7] = {st,
+                          Py_NewRef(ref),
+                          xattr,
+                          PyBool_FromLong(r->extended),
+                          dir ? dir : Py_NewRef(Py_None),
+                          file ? file : Py_NewRef(Py_None),
+                          target ? target : Py_NewRef(Py_None)};
+    return build(self->types[T_INODE], inode, 7);
+}
+
 static PyObject *decode(Decoder *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "decode(data, offset, block_pos, ref)");
@@ -88,164 +256,14 @@ static PyObject *decode(Decoder *self, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "decode: data must be bytes");
         return NULL;
     }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     unsigned long long block_pos = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred()) return NULL;
-    PyObject *ref = args[3];
-    if (pos < 0 || pos > size || size - pos < HEADER_SIZE) Py_RETURN_NONE;
-
-    const unsigned char *p = data + pos;
-    unsigned kind = le16(p), perm = le16(p + 2), uid_index = le16(p + 4), gid_index = le16(p + 6);
-    uint32_t mtime = le32(p + 8), ino = le32(p + 12);
-    Py_ssize_t nids = PyTuple_GET_SIZE(self->ids);
-    if (ino < 1 || ino > self->inode_count || kind < 1 || kind > 14) Py_RETURN_NONE;
-    if ((Py_ssize_t)uid_index >= nids || (Py_ssize_t)gid_index >= nids) Py_RETURN_NONE;
-    unsigned basic = (kind - 1) % 7 + 1;
-    int extended = kind > 7;
-    pos += HEADER_SIZE;
-    p = data + pos;
-    Py_ssize_t left = size - pos;
-
-    uint64_t nlink = 0, fsize = 0, blocks = 0, rdev = 0, xattr = NO_XATTR;
-    PyObject *dir = NULL, *file = NULL, *target = NULL;
-    PyObject *items[9];
-
-#define NEED(n)                                 \
-    do {                                        \
-        if (left < (Py_ssize_t)(n)) goto punt;  \
-    } while (0)
-#define TAKE(n) (pos += (n), left -= (n), p += (n))
-
-    if (basic == 1) { /* directory */
-        uint64_t start, offset, parent, index_count = 0;
-        if (extended) {
-            NEED(24);
-            nlink = le32(p), fsize = le32(p + 4), start = le32(p + 8), parent = le32(p + 12);
-            index_count = le16(p + 16), offset = le16(p + 18), xattr = le32(p + 20);
-            TAKE(24);
-        } else {
-            NEED(16);
-            start = le32(p), nlink = le32(p + 4), fsize = le16(p + 8), offset = le16(p + 10);
-            parent = le32(p + 12);
-            TAKE(16);
-        }
-        PyObject *loc[6] = {PyLong_FromUnsignedLongLong(start), PyLong_FromUnsignedLongLong(offset),
-                            PyLong_FromUnsignedLongLong(fsize), PyLong_FromUnsignedLongLong(parent),
-                            PyLong_FromUnsignedLongLong(index_count), position(block_pos, pos)};
-        dir = build(self->types[T_DIRLOC], loc, 6);
-        if (dir == NULL) return NULL;
-    } else if (basic == 2) { /* regular file */
-        uint64_t blocks_start, fragment, frag_offset;
-        if (extended) {
-            NEED(40);
-            blocks_start = le64(p), fsize = le64(p + 8);
-            uint64_t sparse = le64(p + 16);
-            nlink = le32(p + 24), fragment = le32(p + 28), frag_offset = le32(p + 32), xattr = le32(p + 36);
-            TAKE(40);
-            /* max(0, size - sparse + 511) >> 9, without overflow */
-            uint64_t stored = fsize >= sparse ? fsize - sparse : 0;
-            blocks = (stored >> 9) + ((stored & 511) != 0);
-        } else {
-            NEED(16);
-            blocks_start = le32(p), fragment = le32(p + 4), frag_offset = le32(p + 8), fsize = le32(p + 12);
-            TAKE(16);
-            nlink = 1;
-            blocks = (fsize >> 9) + ((fsize & 511) != 0);
-        }
-        int has_fragment = fragment != NO_FRAGMENT;
-        uint64_t count = fsize / self->block_size + (!has_fragment && fsize % self->block_size != 0);
-        PyObject *frag;
-        if (has_fragment) {
-            frag = PyLong_FromUnsignedLongLong(fragment);
-        } else {
-            frag = Py_NewRef(Py_None);
-        }
-        PyObject *loc[5] = {PyLong_FromUnsignedLongLong(blocks_start), PyLong_FromUnsignedLongLong(count),
-                            position(block_pos, pos), frag, PyLong_FromUnsignedLongLong(frag_offset)};
-        file = build(self->types[T_FILELOC], loc, 5);
-        if (file == NULL) return NULL;
-    } else if (basic == 3) { /* symbolic link */
-        NEED(8);
-        nlink = le32(p), fsize = le32(p + 4);
-        TAKE(8);
-        if (fsize > MAX_TARGET) Py_RETURN_NONE;
-        NEED(fsize + (extended ? 4 : 0));
-        target = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)fsize);
-        if (target == NULL) return NULL;
-        TAKE((Py_ssize_t)fsize);
-        if (extended) {
-            xattr = le32(p);
-            TAKE(4);
-        }
-    } else if (basic == 4 || basic == 5) { /* block or character device */
-        NEED(8 + (extended ? 4 : 0));
-        nlink = le32(p);
-        uint32_t raw = le32(p + 4);
-        unsigned major = (raw & 0xFFF00) >> 8, minor = (raw & 0xFF) | ((raw >> 12) & 0xFFF00);
-        rdev = makedev(major, minor);
-        if (extended) xattr = le32(p + 8);
-        TAKE(8 + (extended ? 4 : 0));
-    } else { /* FIFO or socket */
-        NEED(4 + (extended ? 4 : 0));
-        nlink = le32(p);
-        if (extended) xattr = le32(p + 4);
-        TAKE(4 + (extended ? 4 : 0));
-    }
-#undef NEED
-#undef TAKE
-
-    PyObject *xattr_obj = Py_None;
-    if (xattr != NO_XATTR && self->stored_size != Py_None) {
-        xattr_obj = PyLong_FromUnsignedLongLong(xattr);
-        if (xattr_obj == NULL) goto fail;
-        PyObject *stored = PyObject_CallOneArg(self->stored_size, xattr_obj);
-        long long n = stored == NULL ? -1 : PyLong_AsLongLong(stored);
-        Py_XDECREF(stored);
-        if (PyErr_Occurred()) {
-            Py_DECREF(xattr_obj);
-            goto fail;
-        }
-        /* ((n - 1) >> 9) + 1, Python's floor shift, for any n the table may give */
-        blocks += (uint64_t)(((n - 1) >> 9) + 1);
-    } else {
-        Py_INCREF(xattr_obj);
-    }
-
-    items[0] = PyLong_FromUnsignedLong(ino);
-    items[1] = PyLong_FromUnsignedLong((perm & 07777) | FORMAT[basic]);
-    items[2] = PyLong_FromUnsignedLongLong(nlink);
-    items[3] = Py_NewRef(PyTuple_GET_ITEM(self->ids, uid_index));
-    items[4] = Py_NewRef(PyTuple_GET_ITEM(self->ids, gid_index));
-    items[5] = PyLong_FromUnsignedLongLong(fsize);
-    items[6] = PyLong_FromUnsignedLong(mtime);
-    items[7] = PyLong_FromUnsignedLongLong(rdev);
-    items[8] = PyLong_FromUnsignedLongLong(blocks);
-    PyObject *st = build(self->types[T_STAT], items, 9);
-    if (st == NULL) {
-        Py_DECREF(xattr_obj);
-        goto fail;
-    }
-    PyObject *inode[7] = {st,
-                          Py_NewRef(ref),
-                          xattr_obj,
-                          PyBool_FromLong(extended),
-                          dir ? dir : Py_NewRef(Py_None),
-                          file ? file : Py_NewRef(Py_None),
-                          target ? target : Py_NewRef(Py_None)};
-    return build(self->types[T_INODE], inode, 7);
-
-punt: /* not whole in this block, or malformed: the Python decoder takes it */
-    Py_XDECREF(dir);
-    Py_XDECREF(file);
-    Py_XDECREF(target);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(dir);
-    Py_XDECREF(file);
-    Py_XDECREF(target);
-    return NULL;
+    RawInode r;
+    if (!parse_inode(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), pos, &r))
+        Py_RETURN_NONE;
+    if (finish(self, &r) < 0) return NULL;
+    return build_inode(self, &r, block_pos, args[3]);
 }
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
@@ -285,12 +303,28 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "block_size must be positive");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ids); i++) {
+    Py_ssize_t nids = PyTuple_GET_SIZE(ids);
+    uint64_t *values = PyMem_Malloc(sizeof(uint64_t) * (size_t)(nids > 0 ? nids : 1));
+    if (values == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nids; i++) {
         if (!PyLong_Check(PyTuple_GET_ITEM(ids, i))) {
+            PyMem_Free(values);
             PyErr_SetString(PyExc_TypeError, "ids must be ints");
             return -1;
         }
+        values[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(ids, i));
+        if (PyErr_Occurred()) { /* not a uint64 (only a test makes one): raw() leaves every inode to Python */
+            PyErr_Clear();
+            PyMem_Free(values);
+            values = NULL;
+            break;
+        }
     }
+    PyMem_Free(self->id_values);
+    self->id_values = values;
     for (int i = 0; i < NTYPES; i++) Py_XSETREF(self->types[i], (PyTypeObject *)Py_NewRef(PyTuple_GET_ITEM(types, i)));
     Py_XSETREF(self->ids, Py_NewRef(ids));
     Py_XSETREF(self->stored_size, Py_NewRef(stored_size));
@@ -321,6 +355,7 @@ static int Decoder_clear(Decoder *self) {
 static void Decoder_dealloc(Decoder *self) {
     PyObject_GC_UnTrack(self);
     Decoder_clear(self);
+    PyMem_Free(self->id_values);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -333,26 +368,65 @@ static PyObject *Decoder_decode(PyObject *self, PyObject *const *args, Py_ssize_
     return decode(d, args, nargs);
 }
 
+/* The inode at reference `ref`, its block from the metadata cache: 1 with *r parsed and finished
+ * (owner indices, not values) and *block a new reference to the block; 0 for the Python decoder;
+ * -1 with an error. */
+static int inode_at_ref(Decoder *d, uint64_t ref, RawInode *r, PyObject **block) {
+    uint64_t at = ref >> 16;
+    if (at >= d->inode_table_size) return 0; /* the Python decoder says what is wrong */
+    PyObject *data = metadata_block(&d->meta, d->inode_table + at);
+    if (data == NULL) return -1;
+    int rc = parse_inode(d, (const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                         (Py_ssize_t)(ref & 0xFFFF), r);
+    if (rc == 1 && finish(d, r) < 0) rc = -1;
+    if (rc == 1)
+        *block = data;
+    else
+        Py_DECREF(data);
+    return rc;
+}
+
+static int with_cache(Decoder *d) {
+    if (d->types[0] != NULL && d->meta.items != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "Decoder made without a cache: decode_ref needs one");
+    return 0;
+}
+
 static PyObject *Decoder_decode_ref(PyObject *self, PyObject *ref) {
     Decoder *d = (Decoder *)self;
-    if (d->types[0] == NULL || d->meta.items == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Decoder made without a cache: decode_ref needs one");
-        return NULL;
-    }
+    if (!with_cache(d)) return NULL;
     unsigned long long value = PyLong_AsUnsignedLongLong(ref);
     if (PyErr_Occurred()) return NULL;
-    uint64_t block = value >> 16;
-    if (block >= d->inode_table_size) Py_RETURN_NONE; /* the Python decoder says what is wrong */
-    PyObject *data = metadata_block(&d->meta, d->inode_table + block);
-    if (data == NULL) return NULL;
-    PyObject *args[4] = {data, PyLong_FromUnsignedLongLong(value & 0xFFFF),
-                         PyLong_FromUnsignedLongLong(d->inode_table + block), ref};
-    PyObject *inode = args[1] == NULL || args[2] == NULL ? NULL : decode(d, args, 4);
-    Py_DECREF(data);
-    Py_XDECREF(args[1]);
-    Py_XDECREF(args[2]);
+    RawInode r;
+    PyObject *block;
+    int rc = inode_at_ref(d, value, &r, &block);
+    if (rc <= 0) {
+        if (rc < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *inode = build_inode(d, &r, d->inode_table + (value >> 16), ref);
+    Py_DECREF(block);
     return inode;
 }
+
+/* The capsule's raw(): as decode_ref, without the named tuples (see _inode.h). */
+static int api_raw(PyObject *decoder, uint64_t ref, RawInode *out, PyObject **block) {
+    if (!PyObject_TypeCheck(decoder, &DecoderType)) {
+        PyErr_SetString(PyExc_TypeError, "raw() needs a siffs.squashfs._inode.Decoder");
+        return -1;
+    }
+    Decoder *d = (Decoder *)decoder;
+    if (!with_cache(d)) return -1;
+    if (d->id_values == NULL) return 0;
+    int rc = inode_at_ref(d, ref, out, block);
+    if (rc == 1) {
+        out->uid = d->id_values[out->uid];
+        out->gid = d->id_values[out->gid];
+    }
+    return rc;
+}
+
+static InodeApi API = {api_raw};
 
 static PyMethodDef Decoder_methods[] = {
     {"decode_ref", (PyCFunction)Decoder_decode_ref, METH_O,
@@ -381,7 +455,10 @@ PyMODINIT_FUNC PyInit__inode(void) {
     if (caches_init_module() < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0) {
+    PyObject *api = PyCapsule_New(&API, INODE_API_NAME, NULL);
+    if (api == NULL || PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        PyModule_AddObject(m, INODE_API_ATTR, api) < 0) {
+        Py_XDECREF(api);
         Py_DECREF(m);
         return NULL;
     }

@@ -28,6 +28,8 @@
  *           index of block, offset, size, index_count in DirLocation)
  */
 #include "_caches.h" /* first: it includes Python.h */
+#include "_inode.h"
+#include "_tree.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -40,7 +42,8 @@ enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, F
 
 typedef struct {
     PyObject_HEAD
-    PyObject *refs, *listings, *find, *find_listing, *decode_ref, *read;
+    PyObject *refs, *listings, *find, *find_listing, *decoder, *decode_ref, *read;
+    const InodeApi *inode_api; /* the decoder's C values, for the capsule's functions (_tree.h) */
     PyObject *fallback[FB_COUNT];
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
     int no_xattr_table;
@@ -88,17 +91,21 @@ static PyObject *inode_at(Tree *t, unsigned long long ref) {
     return inode;
 }
 
-/* As SquashFS._xattr_code. */
-static long long xattr_code(Tree *t, PyObject *inode) {
-    if (t->no_xattr_table && (PyObject_IsTrue(PyTuple_GET_ITEM(inode, t->i_extended)) ||
-                              PyTuple_GET_ITEM(inode, t->i_dir) != Py_None ||
-                              PyTuple_GET_ITEM(inode, t->i_target) != Py_None))
+/* As SquashFS._xattr_code, from what the inode says: -1 to leave it to Python. */
+static long long code_of(const Tree *t, int extended, int is_dir, int is_link, int has_set, long long index) {
+    if (t->no_xattr_table && (extended || is_dir || is_link))
         return XATTRS_UNSUPPORTED;
-    PyObject *x = PyTuple_GET_ITEM(inode, t->i_xattr);
-    if (x == Py_None)
+    if (!has_set)
         return NO_XATTRS;
-    long long v = PyLong_AsLongLong(x);
-    return v < 0 || v > 0xFFFF ? -1 : XATTR_BASE + v; /* -1: leave it to Python */
+    return index < 0 || index > 0xFFFF ? -1 : XATTR_BASE + index;
+}
+
+static long long xattr_code(Tree *t, PyObject *inode) {
+    PyObject *x = PyTuple_GET_ITEM(inode, t->i_xattr);
+    long long index = x == Py_None ? 0 : PyLong_AsLongLong(x);
+    return code_of(t, PyObject_IsTrue(PyTuple_GET_ITEM(inode, t->i_extended)),
+                   PyTuple_GET_ITEM(inode, t->i_dir) != Py_None, PyTuple_GET_ITEM(inode, t->i_target) != Py_None,
+                   x != Py_None, index);
 }
 
 /* lookup's second half, as SquashFS._inode_at: the inode's Stat, its reference learned. */
@@ -203,29 +210,20 @@ static PyObject *entry_at(Tree *t, PyObject *ref) {
     return st;
 }
 
-static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "lookup(parent, name)");
-        return NULL;
-    }
-    PyObject *listing = PyDict_GetItemWithError(t->listings, args[0]);
+/* The reference of entry `name` of directory `dir` (a new reference): an int, None for no such
+ * entry, NotImplemented for the reader's Python lookup to answer, or NULL with an error. */
+static PyObject *find_ref(Tree *t, PyObject *dir, PyObject *name) {
+    PyObject *listing = PyDict_GetItemWithError(t->listings, dir);
     if (listing == NULL) {
         if (PyErr_Occurred())
             return NULL;
-        PyObject *key = basic_key(t, args[0]);
-        if (key == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
-        }
-        PyObject *fargs[5] = {t->table, key, t->block, t->put, args[1]};
+        PyObject *key = basic_key(t, dir);
+        if (key == NULL)
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_NotImplemented);
+        PyObject *fargs[5] = {t->table, key, t->block, t->put, name};
         PyObject *ref = PyObject_Vectorcall(t->find_listing, fargs, 5, NULL);
         Py_DECREF(key);
-        if (ref == Py_NotImplemented) { /* a listing find would not parse: the Python way */
-            Py_DECREF(ref);
-            return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
-        }
-        return entry_at(t, ref);
+        return ref; /* NotImplemented: a listing find_listing does not search */
     }
     Py_INCREF(listing); /* the dict may drop it while a segment loads */
     PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
@@ -234,13 +232,26 @@ static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *ref = NULL;
     if (fa != NULL && load != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 5) {
         PyObject *fargs[7] = {PyTuple_GET_ITEM(fa, 0), PyTuple_GET_ITEM(fa, 1), PyTuple_GET_ITEM(fa, 2),
-                              PyTuple_GET_ITEM(fa, 3), PyTuple_GET_ITEM(fa, 4), args[1], load};
+                              PyTuple_GET_ITEM(fa, 3), PyTuple_GET_ITEM(fa, 4), name, load};
         ref = PyObject_Vectorcall(t->find, fargs, 7, NULL);
     } else if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_TypeError, "a listing without find_args");
     }
     Py_XDECREF(fa);
     Py_XDECREF(load);
+    return ref;
+}
+
+static PyObject *Tree_lookup(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lookup(parent, name)");
+        return NULL;
+    }
+    PyObject *ref = find_ref(t, args[0], args[1]);
+    if (ref == Py_NotImplemented) {
+        Py_DECREF(ref);
+        return PyObject_Vectorcall(t->fallback[FB_LOOKUP], args, 2, NULL);
+    }
     return entry_at(t, ref);
 }
 
@@ -381,6 +392,127 @@ static PyObject *Tree_read(Tree *t, PyObject *const *args, Py_ssize_t nargs) {
     return PyObject_Vectorcall(t->fallback[FB_READ], args, 3, NULL);
 }
 
+/* --- the capsule: answers as C values (_tree.h) ------------------------------------------------ */
+
+static PyTypeObject TreeType;
+
+static Tree *as_tree(PyObject *tree) {
+    if (PyObject_TypeCheck(tree, &TreeType) && ((Tree *)tree)->inode_api != NULL)
+        return (Tree *)tree;
+    PyErr_SetString(PyExc_TypeError, "the tree API needs an initialised siffs.squashfs._tree.Tree");
+    return NULL;
+}
+
+/* The inode at `ref` decoded into C values: 1, TREE_DECLINE, or TREE_ERROR. *block: its block. */
+static int raw_at(Tree *t, unsigned long long ref, RawInode *r, PyObject **block) {
+    if (ref >> REF_BITS)
+        return TREE_DECLINE; /* the Python path names the damage */
+    int rc = t->inode_api->raw(t->decoder, ref, r, block);
+    return rc == 1 ? 1 : rc == 0 ? TREE_DECLINE : TREE_ERROR;
+}
+
+static void stat_of(const RawInode *r, TreeStat *out) {
+    unsigned long long v[TS_FIELDS] = {r->ino, r->mode, r->nlink, r->uid, r->gid, r->size, r->mtime, r->rdev, r->blocks};
+    memcpy(out->f, v, sizeof(v));
+}
+
+/* What stat_at does for a lookup's entry, without the Stat: its reference learned. */
+static int entry_raw(Tree *t, unsigned long long ref, TreeStat *out) {
+    RawInode r;
+    PyObject *block;
+    int rc = raw_at(t, ref, &r, &block);
+    if (rc != 1)
+        return rc;
+    Py_DECREF(block);
+    stat_of(&r, out);
+    PyObject *ino = PyLong_FromUnsignedLong(r.ino);
+    if (ino == NULL)
+        return TREE_ERROR;
+    int have = PyDict_Contains(t->refs, ino);
+    if (have == 0) {
+        long long code = code_of(t, r.extended, r.basic == 1, r.basic == 3, r.xattr != INODE_NO_XATTR, r.xattr);
+        PyObject *v = code > 0 ? PyLong_FromUnsignedLongLong(ref | (unsigned long long)code << REF_BITS) : NULL;
+        if (code <= 0)
+            have = 2; /* an index beyond 16 bits: the Python path learns it */
+        else if (v == NULL || PyDict_SetItem(t->refs, ino, v) < 0)
+            have = -1;
+        Py_XDECREF(v);
+    }
+    Py_DECREF(ino);
+    return have < 0 ? TREE_ERROR : have == 2 ? TREE_DECLINE : TREE_FOUND;
+}
+
+static int api_lookup(PyObject *tree, uint64_t parent, const char *name, size_t size, TreeStat *out) {
+    Tree *t = as_tree(tree);
+    if (t == NULL)
+        return TREE_ERROR;
+    PyObject *dir = PyLong_FromUnsignedLongLong(parent);
+    PyObject *wanted = dir == NULL ? NULL : PyBytes_FromStringAndSize(name, (Py_ssize_t)size);
+    PyObject *ref = wanted == NULL ? NULL : find_ref(t, dir, wanted);
+    int rc = TREE_ERROR;
+    if (ref == Py_NotImplemented) {
+        rc = TREE_DECLINE;
+    } else if (ref == Py_None) {
+        rc = TREE_NO_ENTRY;
+    } else if (ref != NULL) {
+        unsigned long long at = PyLong_AsUnsignedLongLong(ref);
+        if (at == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* not a reference of 64 bits: the Python way names the damage */
+            rc = TREE_DECLINE;
+        } else {
+            rc = entry_raw(t, at, out);
+        }
+    }
+    Py_XDECREF(dir);
+    Py_XDECREF(wanted);
+    Py_XDECREF(ref);
+    return rc;
+}
+
+/* The known inode `ino` decoded (1), or TREE_DECLINE / TREE_ERROR. */
+static int known_raw(PyObject *tree, uint64_t ino, RawInode *r, PyObject **block) {
+    Tree *t = as_tree(tree);
+    if (t == NULL)
+        return TREE_ERROR;
+    PyObject *number = PyLong_FromUnsignedLongLong(ino);
+    if (number == NULL)
+        return TREE_ERROR;
+    unsigned long long ref, code;
+    int rc = known(t, number, &ref, &code);
+    Py_DECREF(number);
+    if (rc <= 0)
+        return rc < 0 ? TREE_ERROR : TREE_DECLINE;
+    return raw_at(t, ref, r, block);
+}
+
+static int api_getattr(PyObject *tree, uint64_t ino, TreeStat *out) {
+    RawInode r;
+    PyObject *block;
+    int rc = known_raw(tree, ino, &r, &block);
+    if (rc != 1)
+        return rc;
+    Py_DECREF(block);
+    stat_of(&r, out);
+    return TREE_FOUND;
+}
+
+static int api_readlink(PyObject *tree, uint64_t ino, PyObject **out) {
+    RawInode r;
+    PyObject *block;
+    int rc = known_raw(tree, ino, &r, &block);
+    if (rc != 1)
+        return rc;
+    rc = TREE_DECLINE; /* not a link: the Python path raises the error */
+    if (r.basic == 3) {
+        *out = PyBytes_FromStringAndSize((const char *)r.target, r.target_size);
+        rc = *out == NULL ? TREE_ERROR : TREE_FOUND;
+    }
+    Py_DECREF(block);
+    return rc;
+}
+
+static const TreeApi API = {api_lookup, api_getattr, api_readlink};
+
 /* --- the type ------------------------------------------------------------------------------ */
 
 static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
@@ -388,6 +520,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->listings);
     Py_VISIT(t->find);
     Py_VISIT(t->find_listing);
+    Py_VISIT(t->decoder);
     Py_VISIT(t->decode_ref);
     Py_VISIT(t->read);
     for (int i = 0; i < FB_COUNT; i++)
@@ -406,6 +539,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->listings);
     Py_CLEAR(t->find);
     Py_CLEAR(t->find_listing);
+    Py_CLEAR(t->decoder);
     Py_CLEAR(t->decode_ref);
     Py_CLEAR(t->read);
     for (int i = 0; i < FB_COUNT; i++)
@@ -416,6 +550,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->put);
     Py_CLEAR(t->keys);
     cache_view_clear(&t->xattr_sets);
+    t->inode_api = NULL;
     return 0;
 }
 
@@ -426,12 +561,12 @@ static void Tree_dealloc(Tree *t) {
 }
 
 static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"refs", "listings", "find", "find_listing", "decode_ref", "read", "fallbacks", "layout", "basic", NULL};
-    PyObject *refs, *listings, *find, *find_listing, *decode_ref, *read, *fallbacks, *table, *directory_table, *block, *put;
+    static char *kw[] = {"refs", "listings", "find", "find_listing", "decoder", "read", "fallbacks", "layout", "basic", NULL};
+    PyObject *refs, *listings, *find, *find_listing, *decoder, *read, *fallbacks, *table, *directory_table, *block, *put;
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target, i_block, i_offset, i_size, i_index_count;
     int no_table;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOO!(nnnnnp)(O!O!OOnnnn)", kw, &PyDict_Type, &refs,
-                                     &PyDict_Type, &listings, &find, &find_listing, &decode_ref, &read, &PyTuple_Type, &fallbacks,
+                                     &PyDict_Type, &listings, &find, &find_listing, &decoder, &read, &PyTuple_Type, &fallbacks,
                                      &i_stat, &i_xattr, &i_extended, &i_dir, &i_target, &no_table, &PyDict_Type,
                                      &table, &PyLong_Type, &directory_table, &block, &put, &i_block, &i_offset,
                                      &i_size, &i_index_count))
@@ -453,8 +588,8 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
             return -1;
         }
     Tree_clear(t);
-    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->find_listing, &t->decode_ref, &t->read};
-    PyObject *vals[] = {refs, listings, find, find_listing, decode_ref, read};
+    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->find_listing, &t->decoder, &t->read};
+    PyObject *vals[] = {refs, listings, find, find_listing, decoder, read};
     for (int i = 0; i < 6; i++) {
         Py_INCREF(vals[i]);
         *slots[i] = vals[i];
@@ -473,8 +608,10 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
     t->directory_table = Py_NewRef(directory_table);
     t->block = Py_NewRef(block);
     t->put = Py_NewRef(put);
+    t->decode_ref = PyObject_GetAttrString(decoder, "decode_ref");
+    t->inode_api = PyCapsule_Import(INODE_API_NAME, 0);
     t->keys = PyDict_New();
-    if (t->keys == NULL || cache_view_set(&t->xattr_sets, table, Py_None) < 0)
+    if (t->decode_ref == NULL || t->inode_api == NULL || t->keys == NULL || cache_view_set(&t->xattr_sets, table, Py_None) < 0)
         return -1;
     t->i_block = i_block;
     t->i_offset = i_offset;
@@ -525,6 +662,12 @@ PyMODINIT_FUNC PyInit__tree(void) {
     Py_INCREF(&TreeType);
     if (PyModule_AddObject(m, "Tree", (PyObject *)&TreeType) < 0) {
         Py_DECREF(&TreeType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *api = PyCapsule_New((void *)&API, TREE_API_NAME, NULL);
+    if (api == NULL || PyModule_AddObject(m, TREE_API_ATTR, api) < 0) {
+        Py_XDECREF(api);
         Py_DECREF(m);
         return NULL;
     }

@@ -204,6 +204,8 @@ class InodeDecoder:
         self.native: NativeDecode | None = None
         #: The C decoder fetching the block itself (None when not built); None from it: use __call__.
         self.by_ref: Callable[[int], Inode | None] | None = None
+        #: The C decoder itself (for the reader's C methods, which also take its C values), or None.
+        self.decoder: object | None = None
         module = native.load("siffs.squashfs._inode")
         if module is not None:
             stored_size = xattrs.stored_size if xattrs.present else None
@@ -214,6 +216,7 @@ class InodeDecoder:
             )
             self.native = decoder.decode
             self.by_ref = decoder.decode_ref  # decode, with the block fetched from the cache in C
+            self.decoder = decoder
 
     def __call__(self, ref: int) -> Inode:
         """The inode at reference ``ref`` (inode-table block << 16 | offset)."""

@@ -113,6 +113,9 @@ class SquashFS:
         self._refs: dict[int, int] = {}
         self._listings: dict[int, directory.Listing] = {}
         self._listings_cost = 0
+        #: The C methods' Tree (siffs/squashfs/_tree.c), whose capsule the FUSE layer's C handlers
+        #: use for answers without Python objects (_tree.h); None where they are not built.
+        self.native_tree: object | None = None
         root = self._inode_at(sb.root_inode_ref)
         if root.dir is None:
             raise CorruptImage("the root inode is not a directory; the image is damaged")
@@ -127,9 +130,9 @@ class SquashFS:
         by the garbage collector).
         """
         module = native.load("siffs.squashfs._tree")
-        decode_ref, read = self._decode.by_ref, self._data.native
+        decoder, read = self._decode.decoder, self._data.native
         find, find_listing = directory.native_find, directory.native_find_listing
-        if module is None or decode_ref is None or read is None or find is None or find_listing is None:
+        if module is None or decoder is None or read is None or find is None or find_listing is None:
             return
         cls = type(self)
         fallbacks = tuple(
@@ -145,7 +148,7 @@ class SquashFS:
             listings=self._listings,
             find=find,
             find_listing=find_listing,
-            decode_ref=decode_ref,
+            decoder=decoder,
             read=read,
             fallbacks=fallbacks,
             layout=(*indices, self.superblock.xattr_table == NO_TABLE),
@@ -157,6 +160,7 @@ class SquashFS:
                 *dir_indices,
             ),
         )
+        self.native_tree = tree
         self.lookup = tree.lookup  # type: ignore[method-assign]
         self.getattr = tree.getattr  # type: ignore[method-assign]
         self.readlink = tree.readlink  # type: ignore[method-assign]

@@ -109,6 +109,7 @@ class Checker:
         self.ops = ops
         self.handlers = ops.fast_handlers
         self.answered = 0
+        self.answered_by_op: dict[str, int] = {}
         self.declined: list[tuple[str, int, bytes]] = []
 
     def __call__(
@@ -122,6 +123,7 @@ class Checker:
             got = ("err", res) if res > 0 else ("ok", value)
             assert got == expected, (op, ino, name, off, size, uid)
             self.answered += 1
+            self.answered_by_op[op] = self.answered_by_op.get(op, 0) + 1
         return expected
 
 
@@ -173,16 +175,68 @@ def name_ino(fs: SquashFS, dir_ino: int, name: bytes) -> int:
     return found.ino
 
 
+class CountedMethods:
+    """Counts the calls of the reader's methods the handlers take (their way without the capsule).
+
+    Installed while the handlers are made (they keep the methods they find), then taken away
+    again, so the Python handlers' calls (the oracle's) are not counted.
+    """
+
+    def __init__(self, fs: SquashFS) -> None:
+        self.calls: dict[str, int] = {}
+        self.fs = fs
+        self.ops = ("lookup", "getattr", "readlink")
+        for op in self.ops:
+            setattr(fs, op, self.counted(op, getattr(fs, op)))
+
+    def restore(self) -> None:
+        for op in self.ops:
+            setattr(self.fs, op, getattr(self.fs, op).__wrapped__)
+
+    def counted(self, op: str, method: Any) -> Any:
+        def call(*args: Any) -> Any:
+            self.calls[op] = self.calls.get(op, 0) + 1
+            return method(*args)
+
+        call.__wrapped__ = method  # type: ignore[attr-defined]
+        return call
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-values", "methods"])
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_every_request_of_a_walk_is_answered_as_python_answers_it(name, corpus):
+def test_every_request_of_a_walk_is_answered_as_python_answers_it(name, native, corpus):
+    """Both ways: the reader's answers as C values (its native_tree's capsule, _tree.h), then its
+    methods where the tree declines; and its methods alone (a tree without native_tree)."""
     with SquashFS.open(corpus.image(name)) as fs:
+        if not native:
+            fs.native_tree = None
+        methods = CountedMethods(fs)
         check = Checker(ReadOnlyOperations(fs, features=FAST))
+        methods.restore()
         for _ in walk(check, fs):
             pass
         check("getattr", 10**9)  # never seen: the reader's NotFound
     assert check.answered > 0
     # Only "." and ".." are left to Python on a healthy image.
     assert {(op, n) for op, _, n in check.declined} <= {("lookup", b"."), ("lookup", b"..")}
+    if native and SPECS[name].tree == "main":
+        # The methods answered only what the C values do not (the first lookup in a directory
+        # with an index, the never-seen inode, a readlink of what is no link): a small part.
+        asked_c = methods.calls.get("lookup", 0) + methods.calls.get("getattr", 0)
+        assert asked_c < check.answered / 50, methods.calls
+    elif not native:  # every one, but "lookup" of a too long name (ENAMETOOLONG before any search)
+        by_op = check.answered_by_op
+        assert methods.calls["getattr"] == by_op["getattr"] and methods.calls["readlink"] == by_op["readlink"]
+        assert methods.calls["lookup"] < by_op["lookup"]
+
+
+def test_a_native_tree_that_is_not_one_is_declined(corpus):
+    with SquashFS.open(corpus.image("mk-gzip")) as fs:
+        fs.native_tree = "not a Tree"
+        h = ReadOnlyOperations(fs, features=FAST).fast_handlers
+        assert h.call("getattr", pyfuse3.ROOT_INODE)[0] == DECLINED  # TypeError: no errno of its own
+        assert h.call("lookup", pyfuse3.ROOT_INODE, b"x")[0] == 0  # then the methods: no such entry
+    assert sys.exc_info() == (None, None, None)
 
 
 def test_owner_shown_as_asked(corpus):
@@ -197,7 +251,8 @@ def test_owner_shown_as_asked(corpus):
     assert entry[0] == pyfuse3.ROOT_INODE and entry[2] == entry[3] == FOREVER
 
 
-def test_damaged_images_get_the_python_answer_or_go_to_python(corpus, tmp_path):
+@pytest.mark.parametrize("native", [True, False], ids=["c-values", "methods"])
+def test_damaged_images_get_the_python_answer_or_go_to_python(native, corpus, tmp_path):
     pristine = corpus.image("mk-gzip").read_bytes()
     sb = Superblock.parse(pristine[:SIZE], len(pristine))
     regions = {
@@ -214,6 +269,8 @@ def test_damaged_images_get_the_python_answer_or_go_to_python(corpus, tmp_path):
             except SquashfsError:
                 continue
             with fs:
+                if not native:
+                    fs.native_tree = None
                 check = Checker(ReadOnlyOperations(fs, features=FAST))
                 try:
                     for _ in walk(check, fs):

@@ -1,0 +1,40 @@
+/* The reader's per-request answers as C values, for the FUSE layer's C handlers (siffs/fs/_fast.c).
+ *
+ * Tree's methods (_tree.c) answer in Python objects: a Stat per lookup, which the handlers then
+ * take apart again. Through this capsule a lookup, getattr or readlink of the common case makes
+ * none of them: the inode is decoded into C values (_inode.h) and the answer is those values.
+ * Anything else is declined (TREE_DECLINE) and the caller asks Tree's methods, which answer
+ * everything (and stay the oracle in the tests).
+ *
+ * The capsule is the attribute TREE_API_ATTR of siffs.squashfs._tree, named TREE_API_NAME; the
+ * tree is the reader's ``native_tree`` (a Tree, or None where the C methods are not in use).
+ */
+#ifndef SIFFS_SQUASHFS_TREE_H
+#define SIFFS_SQUASHFS_TREE_H
+
+#include <Python.h>
+#include <stdint.h>
+
+#define TREE_API_NAME "siffs.squashfs._tree._api_v1"
+#define TREE_API_ATTR "_api_v1"
+
+/* The fields of the reader's Stat record, in its order. */
+enum { TS_INO, TS_MODE, TS_NLINK, TS_UID, TS_GID, TS_SIZE, TS_MTIME, TS_RDEV, TS_BLOCKS, TS_FIELDS };
+
+typedef struct {
+    unsigned long long f[TS_FIELDS];
+} TreeStat;
+
+enum { TREE_DECLINE = -2, TREE_ERROR = -1, TREE_NO_ENTRY = 0, TREE_FOUND = 1 };
+
+typedef struct {
+    /* Entry `name` (`size` bytes) of directory `parent`: TREE_FOUND with *out, TREE_NO_ENTRY,
+     * TREE_ERROR with a Python error set (the reader's, as its lookup raises it), or TREE_DECLINE. */
+    int (*lookup)(PyObject *tree, uint64_t parent, const char *name, size_t size, TreeStat *out);
+    /* Inode `ino`'s attributes, as lookup answers. */
+    int (*getattr)(PyObject *tree, uint64_t ino, TreeStat *out);
+    /* Link `ino`'s target: TREE_FOUND with *out a new bytes object, or as above. */
+    int (*readlink)(PyObject *tree, uint64_t ino, PyObject **out);
+} TreeApi;
+
+#endif
