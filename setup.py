@@ -20,7 +20,7 @@ NATIVE: list[tuple[str, list[str]]] = [
     ("siffs.crypt._xts", ["siffs/crypt/_xts.c"]),
 ]
 #: Headers the sources include (a change rebuilds every module; listed so they ship in the sdist).
-HEADERS = ["siffs/squashfs/_caches.h", "siffs/squashfs/_inode.h", "siffs/squashfs/_tree.h"]
+HEADERS = [f"siffs/squashfs/{name}.h" for name in ("_caches", "_inode", "_listing", "_tree")]
 
 setup(
     ext_modules=[

@@ -23,33 +23,9 @@
  *   for those not cached), stored through put (LruCache.put), once set_segment_type has named
  *   the Segment class; None for block and put leaves every miss to load. With None for load, a
  *   miss that is not parsed here returns NotImplemented: the caller goes the Python way.
- *
- * find_listing(table, key, block, put, name) -> the entry's inode reference, None, or NotImplemented
- *   The same search in a listing without an index, kept as its bytes rather than as a Segment:
- *   key is ("l", block position, offset, length); a miss copies the listing out of the metadata
- *   blocks, checks it whole (the walk parse() makes, so it accepts exactly what the Python parser
- *   does) and stores it through put; each search walks the bytes to the first entry of that name.
- *   NotImplemented: a listing not searched here (damaged, empty or longer than 64 KiB), for the
- *   Python way, which raises the precise error for a damaged one.
  */
 #include "_caches.h" /* first: it includes Python.h */
-
-#include <stdint.h>
-#include <string.h>
-
-#define HEADER_SIZE 12
-#define ENTRY_SIZE 8
-#define MAX_RUN 256
-#define MAX_NAME 256
-#define SIZE_BIAS 3
-/* directory.NATIVE_SEGMENT_MAX: longer listings stay with the streaming Python parser. */
-#define NATIVE_SEGMENT_MAX (1 << 16)
-
-static uint32_t le32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+#include "_listing.h"
 
 /* Append a new reference to `item` to `list`; 0 on success. */
 static int append_new(PyObject *list, PyObject *item) {
@@ -57,47 +33,6 @@ static int append_new(PyObject *list, PyObject *item) {
     int rc = PyList_Append(list, item);
     Py_DECREF(item);
     return rc;
-}
-
-/* One entry of a listing, as walk() hands it to its visitor. */
-typedef struct {
-    const unsigned char *name;
-    Py_ssize_t name_size;
-    uint64_t ref;
-    long long start, end; /* linear offsets of the entry and of the next one */
-} Entry;
-
-enum { WALK_DONE = 0, WALK_STOPPED = 1, WALK_ERROR = -1, WALK_MALFORMED = -2 };
-
-/* Visit each entry of the listing bytes in `data` (at linear offset `linear` of a listing of
- * `length` bytes) in order: the one walk that parse(), validation and the name search share, so
- * they accept exactly the same bytes. `visit` returns 0 to go on, 1 to stop, -1 on an error. */
-static inline int walk(const unsigned char *data, Py_ssize_t size, long long linear, long long length,
-                       int (*visit)(void *ctx, const Entry *e), void *ctx) {
-    Py_ssize_t pos = 0;
-    while (pos < size) {
-        if (size - pos < HEADER_SIZE) return WALK_MALFORMED;
-        uint64_t count = (uint64_t)le32(data + pos) + 1;
-        uint64_t inode_block = le32(data + pos + 4);
-        pos += HEADER_SIZE;
-        linear += HEADER_SIZE;
-        if (count > MAX_RUN) return WALK_MALFORMED;
-        for (uint64_t k = 0; k < count; k++) {
-            if (linear >= length || size - pos < ENTRY_SIZE) return WALK_MALFORMED;
-            Entry e;
-            e.ref = inode_block << 16 | le16(data + pos);
-            e.name_size = (Py_ssize_t)le16(data + pos + 6) + 1;
-            if (e.name_size > MAX_NAME || size - pos - ENTRY_SIZE < e.name_size) return WALK_MALFORMED;
-            e.name = data + pos + ENTRY_SIZE;
-            e.start = linear;
-            pos += ENTRY_SIZE + e.name_size;
-            linear += ENTRY_SIZE + e.name_size;
-            e.end = linear;
-            int rc = visit(ctx, &e);
-            if (rc != 0) return rc < 0 ? WALK_ERROR : WALK_STOPPED;
-        }
-    }
-    return WALK_DONE;
 }
 
 /* parse(): the four lists of a Segment. */
@@ -168,42 +103,6 @@ static Py_ssize_t segment_cost(PyObject *names) {
     return cost;
 }
 
-/* A listing's bytes cross at most 9 metadata blocks (64 KiB in blocks of up to 8 KiB, the first
- * entered anywhere); a longer chain is a damaged image, for the Python loader to name. */
-#define MAX_HOPS 16
-
-/* Copy `length` bytes of listing from the metadata block at `pos` (from `offset` in it) on into
- * `dest`, each block from the cache's `table` or loaded through `block`. 0 on success; -1 with an
- * error (a block that would not load), or -1 without one (damage: an offset past its block, more
- * blocks than a listing can cross), for the Python loader to name. */
-static int copy_listing(PyObject *table, PyObject *block, long long pos, long long offset, long long length,
-                        unsigned char *dest) {
-    CacheView blocks = {NULL, NULL, NULL};
-    int rc = -1;
-    long long got = 0;
-    if (cache_view_set(&blocks, table, block) < 0) goto out;
-    for (int hops = 0; got < length; hops++) {
-        PyObject *pair = hops < MAX_HOPS ? metadata_block_pair(&blocks, (uint64_t)pos) : NULL;
-        if (pair == NULL) goto out;
-        PyObject *data = PyTuple_GET_ITEM(pair, 0);
-        long long have = PyBytes_GET_SIZE(data), next = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
-        if (offset > have || next < 0) { /* next < 0: not an int (or an error) */
-            Py_DECREF(pair);
-            goto out;
-        }
-        long long take = have - offset < length - got ? have - offset : length - got;
-        memcpy(dest + got, PyBytes_AS_STRING(data) + offset, (size_t)take);
-        Py_DECREF(pair);
-        got += take;
-        pos = next;
-        offset = 0;
-    }
-    rc = 0;
-out:
-    cache_view_clear(&blocks);
-    return rc;
-}
-
 /* The position, offset and length a listing key (tag, block position, offset, length) names;
  * 0 if they are ints in range for a listing parsed here, else no error set (the Python way copes). */
 static int listing_span(PyObject *key, long long *pos, long long *offset, long long *length) {
@@ -215,13 +114,6 @@ static int listing_span(PyObject *key, long long *pos, long long *offset, long l
         return -1;
     }
     return 0;
-}
-
-/* An error met while copying a listing that is the image's (damage found loading a block), which
- * the Python loader meets again and raises, is cleared. A signal's exception (KeyboardInterrupt, the
- * daemon's stop) or MemoryError is not the image's: it stays, to go up. */
-static void clear_image_error(void) {
-    if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError)) PyErr_Clear();
 }
 
 /* What Listing._parse(-1) does for a listing without an index, whose one segment is the whole
@@ -254,79 +146,6 @@ out:
     PyMem_Free(buf);
     if (stored == NULL) clear_image_error();
     return stored;
-}
-
-/* walk()'s visitor for validation alone. */
-static int accept(void *ctx, const Entry *e) {
-    (void)ctx;
-    (void)e;
-    return 0;
-}
-
-typedef struct {
-    const char *name;
-    Py_ssize_t size;
-    uint64_t ref;
-} Wanted;
-
-/* walk()'s visitor for a name search: stops at the first entry of that name, as Listing.find. */
-static int match(void *ctx, const Entry *e) {
-    Wanted *w = ctx;
-    if (e->name_size != w->size || memcmp(e->name, w->name, (size_t)w->size) != 0) return 0;
-    w->ref = e->ref;
-    return 1;
-}
-
-/* Cache cost of a listing's bytes beyond their length (the bytes object, the key, the entry). */
-#define LISTING_OVERHEAD 200
-
-/* A listing without an index as the cache keeps it for find_listing: its bytes, checked whole by
- * walk() before they are stored (a new reference); None without an error if it is not one to
- * keep (damage, an empty or long listing: the Python way names it), NULL with an error. */
-static PyObject *listing_bytes(PyObject *table, PyObject *key, PyObject *block, PyObject *put) {
-    PyObject *hit = table_hit(table, key);
-    if (hit != NULL || PyErr_Occurred()) return hit;
-    long long pos, offset, length;
-    if (listing_span(key, &pos, &offset, &length) < 0) Py_RETURN_NONE;
-    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
-    if (data == NULL) return NULL;
-    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
-    PyObject *stored = NULL;
-    if (copy_listing(table, block, pos, offset, length, buf) == 0 &&
-        walk(buf, (Py_ssize_t)length, 0, length, accept, NULL) == WALK_DONE) {
-        PyObject *cost = PyLong_FromLongLong(length + LISTING_OVERHEAD);
-        PyObject *pargs[3] = {key, data, cost};
-        stored = cost == NULL ? NULL : PyObject_Vectorcall(put, pargs, 3, NULL);
-        Py_XDECREF(cost);
-    }
-    Py_DECREF(data);
-    if (stored == NULL) {
-        if (PyErr_Occurred()) clear_image_error();
-        if (!PyErr_Occurred()) Py_RETURN_NONE;
-    }
-    return stored;
-}
-
-static PyObject *find_listing(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 5 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyBytes_Check(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "find_listing(table, key: 4-tuple, block, put, name: bytes)");
-        return NULL;
-    }
-    PyObject *data = listing_bytes(args[0], args[1], args[2], args[3]);
-    if (data == NULL) return NULL;
-    if (!PyBytes_Check(data)) { /* None: not one to search here */
-        Py_DECREF(data);
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    Wanted w = {PyBytes_AS_STRING(args[4]), PyBytes_GET_SIZE(args[4]), 0};
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
-    int rc = walk((const unsigned char *)PyBytes_AS_STRING(data), size, 0, size, match, &w);
-    Py_DECREF(data);
-    if (rc == WALK_STOPPED) return PyLong_FromUnsignedLongLong(w.ref);
-    if (rc == WALK_DONE) Py_RETURN_NONE;
-    PyErr_SetString(PyExc_TypeError, "a cached listing is not one find_listing stored");
-    return NULL;
 }
 
 /* Whether bytes a sort before bytes b, as Python compares bytes. */
@@ -412,9 +231,6 @@ done:
 static PyMethodDef methods[] = {
     {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL,
      "find(table, key, first_names, block, put, name, load) -> inode reference, or None if no entry has the name"},
-    {"find_listing", (PyCFunction)(void (*)(void))find_listing, METH_FASTCALL,
-     "find_listing(table, key, block, put, name) -> inode reference, None if no entry has the name, or "
-     "NotImplemented if the listing is not one to search here"},
     {"set_segment_type", set_segment_type, METH_O,
      "set_segment_type(Segment): the class of the segments find parses and stores itself"},
     {"parse_segment", parse_segment, METH_VARARGS,

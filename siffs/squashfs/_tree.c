@@ -13,26 +13,34 @@
  * raises them, since it would call the same parts.
  *
  * A directory without an index whose listing is not kept (most directories) needs no Listing
- * and no Segment: _directory.find_listing searches its listing's bytes, copied out of the
- * metadata blocks and checked once, then cached under ("l", block position, offset, length),
- * the key made here from the decoded directory inode. A Segment holds four Python objects per
- * entry; a lookup needs one entry, and making the others was most of a cold lookup's time.
+ * and no Segment: Tree keeps its listing's bytes, copied out of the metadata blocks and checked
+ * whole once (walk(), _listing.h: what the Python parser accepts), and each lookup walks them to
+ * the first entry of the name, as squashfuse does. A Segment holds four Python objects per entry;
+ * a lookup needs one entry, and making the others was most of a cold lookup's time. The bytes
+ * are kept up to a budget of their own (the dict is emptied when it is reached).
  *
- * Tree(refs, listings, find, find_listing, decode_ref, read, fallbacks, layout, basic)
+ * The module's capsule (_tree.h) answers lookup, getattr and readlink as C values, from the
+ * inode decoded into C values (_inode.h), for the FUSE layer's C handlers; Tree's methods answer
+ * the same in Python objects, and everything the capsule declines.
+ *
+ * Tree(refs, listings, find, decoder, read, fallbacks, layout, basic)
  *   refs: the reader's dict inode number -> reference | xattr code << 48
  *   listings: its dict directory inode -> Listing (with .find_args and ._segment)
- *   find, find_listing: _directory's; decode_ref: Decoder.decode_ref; read: FileReader.read
+ *   find: _directory.find; decoder: _inode.Decoder (made with a cache); read: FileReader.read
  *   fallbacks: (lookup, getattr, readlink, listxattr, read, inode_at, getxattr): the Python methods
  *   layout: (index of stat, xattr, extended, dir, target in Inode; no xattr table: 0/1)
- *   basic: (metadata cache table, directory table start, MetadataReader.block, LruCache.put,
- *           index of block, offset, size, index_count in DirLocation)
+ *   basic: (metadata cache table, directory table start, MetadataReader.block, bytes of listings
+ *           to keep)
  */
 #include "_caches.h" /* first: it includes Python.h */
 #include "_inode.h"
+#include "_listing.h"
 #include "_tree.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 #define REF_BITS 48
 #define REF_MASK ((1ULL << REF_BITS) - 1)
@@ -42,23 +50,23 @@ enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, F
 
 typedef struct {
     PyObject_HEAD
-    PyObject *refs, *listings, *find, *find_listing, *decoder, *decode_ref, *read;
+    PyObject *refs, *listings, *find, *decoder, *decode_ref, *read;
     const InodeApi *inode_api; /* the decoder's C values, for the capsule's functions (_tree.h) */
     PyObject *fallback[FB_COUNT];
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
     int no_xattr_table;
-    PyObject *table, *directory_table, *block, *put;
-    Py_ssize_t i_block, i_offset, i_size, i_index_count;
-    PyObject *keys; /* directory inode -> its basic_key, for the next lookups there */
+    PyObject *table, *block;
+    unsigned long long directory_table;
+    PyObject *kept; /* directory inode -> its listing's checked bytes (directories without an index) */
+    Py_ssize_t kept_bytes, kept_budget;
     CacheView xattr_sets; /* the metadata cache, for attribute sets loaded by the Python path */
 } Tree;
 
-/* Keys kept (each ~200 bytes); the dict is emptied when full, as the reader's listings are. */
-#define KEYS_KEPT 8192
+/* Listings kept at most, whatever their bytes (a few hundred each); the dict is emptied when this
+ * or the byte budget is reached, as the reader's listings are. */
+#define KEPT_MAX 8192
 
-static PyObject *SEGMENT, *FIND_ARGS, *LISTING_TAG, *XATTR_TAG;
-/* directory.SIZE_BIAS: a directory's stored size counts 3 bytes more than its listing. */
-#define SIZE_BIAS 3
+static PyObject *SEGMENT, *FIND_ARGS, *XATTR_TAG;
 
 static PyObject *call1(PyObject *fn, PyObject *a) { return PyObject_Vectorcall(fn, &a, 1, NULL); }
 
@@ -156,48 +164,63 @@ static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
     return st;
 }
 
-/* Listing's key for directory ``parent`` if it is known and has no index: ("s", directory table +
- * block, offset, length). NULL with no error: not that case, ask Python (which also raises what a
- * damaged inode deserves). */
-static PyObject *basic_key(Tree *t, PyObject *parent) {
-    PyObject *kept = PyDict_GetItemWithError(t->keys, parent);
+/* The inode at `ref` decoded into C values (_inode.h): 1, TREE_DECLINE, or TREE_ERROR. *block: its
+ * metadata block (a new reference, which out->target points into). */
+static int raw_at(Tree *t, unsigned long long ref, RawInode *r, PyObject **block) {
+    if (ref >> REF_BITS)
+        return TREE_DECLINE; /* the Python path names the damage */
+    int rc = t->inode_api->raw(t->decoder, ref, r, block);
+    return rc == 1 ? 1 : rc == 0 ? TREE_DECLINE : TREE_ERROR;
+}
+
+/* The checked bytes of directory `parent`'s listing if it is known and has no index (kept, or
+ * copied out of the metadata blocks and kept). NULL with no error: not that case, or a listing
+ * walk() does not accept, for the Python lookup (which raises what a damaged one deserves). */
+static PyObject *basic_listing(Tree *t, PyObject *parent) {
+    PyObject *kept = PyDict_GetItemWithError(t->kept, parent);
     if (kept != NULL || PyErr_Occurred())
         return Py_XNewRef(kept);
     unsigned long long ref, code;
     if (known(t, parent, &ref, &code) <= 0)
         return NULL;
-    PyObject *inode = inode_at(t, ref);
-    if (inode == NULL)
-        return NULL; /* the error _inode_at would raise on the Python path too */
-    PyObject *key = NULL;
-    if (!PyTuple_Check(inode) || PyTuple_GET_SIZE(inode) <= t->i_target)
-        goto out;
-    PyObject *st = PyTuple_GET_ITEM(inode, t->i_stat), *loc = PyTuple_GET_ITEM(inode, t->i_dir);
-    if (!PyTuple_Check(st) || PyTuple_GET_SIZE(st) < 1 || !PyTuple_Check(loc) ||
-        PyTuple_GET_SIZE(loc) <= t->i_index_count)
-        goto out; /* not a directory: Python raises NotADirectory */
-    int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(st, 0), parent, Py_EQ);
-    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(loc, t->i_size));
-    long indexed = PyLong_AsLong(PyTuple_GET_ITEM(loc, t->i_index_count));
-    if (PyErr_Occurred() || same != 1 || indexed != 0) {
-        PyErr_Clear(); /* another inode than asked for (the Python path names the damage), or an index */
-        goto out;
+    RawInode r;
+    PyObject *block;
+    int rc = raw_at(t, ref, &r, &block);
+    if (rc != 1)
+        return NULL; /* an error the Python path meets too, or a decline */
+    Py_DECREF(block);
+    long long length = r.dir_size > SIZE_BIAS ? (long long)r.dir_size - SIZE_BIAS : 0;
+    unsigned long long ino = PyLong_AsUnsignedLongLong(parent);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
     }
-    PyObject *start = PyNumber_Add(t->directory_table, PyTuple_GET_ITEM(loc, t->i_block));
-    PyObject *length = start == NULL ? NULL : PyLong_FromLongLong(size > SIZE_BIAS ? size - SIZE_BIAS : 0);
-    if (length != NULL)
-        key = PyTuple_Pack(4, LISTING_TAG, start, PyTuple_GET_ITEM(loc, t->i_offset), length);
-    Py_XDECREF(start);
-    Py_XDECREF(length);
-    if (key != NULL) {
-        if (PyDict_GET_SIZE(t->keys) >= KEYS_KEPT)
-            PyDict_Clear(t->keys);
-        if (PyDict_SetItem(t->keys, parent, key) < 0)
-            Py_CLEAR(key);
+    if (r.basic != 1 || r.ino != ino || r.dir_index_count != 0 || length <= 0 || length > NATIVE_SEGMENT_MAX)
+        return NULL; /* not a directory, another inode than asked for, an index, empty or too long */
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (data == NULL)
+        return NULL;
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
+    if (copy_listing(t->table, t->block, (long long)(t->directory_table + r.dir_start), (long long)r.dir_offset,
+                     length, buf) < 0 ||
+        walk(buf, (Py_ssize_t)length, 0, length, accept_entry, NULL) != WALK_DONE) {
+        Py_DECREF(data);
+        if (PyErr_Occurred())
+            clear_image_error();
+        return NULL;
     }
-out:
-    Py_DECREF(inode);
-    return key;
+    if (length > t->kept_budget)
+        return data; /* searched once, not kept */
+    if (PyDict_GET_SIZE(t->kept) >= KEPT_MAX || t->kept_bytes + length > t->kept_budget) {
+        PyDict_Clear(t->kept);
+        t->kept_bytes = 0;
+    }
+    if (PyDict_SetItem(t->kept, parent, data) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    t->kept_bytes += length;
+    return data;
 }
 
 /* What a lookup answers for the reference ``find`` returned (stolen): the entry's Stat, None for
@@ -213,17 +236,20 @@ static PyObject *entry_at(Tree *t, PyObject *ref) {
 /* The reference of entry `name` of directory `dir` (a new reference): an int, None for no such
  * entry, NotImplemented for the reader's Python lookup to answer, or NULL with an error. */
 static PyObject *find_ref(Tree *t, PyObject *dir, PyObject *name) {
+    if (!PyBytes_Check(name))
+        return Py_NewRef(Py_NotImplemented);
     PyObject *listing = PyDict_GetItemWithError(t->listings, dir);
     if (listing == NULL) {
         if (PyErr_Occurred())
             return NULL;
-        PyObject *key = basic_key(t, dir);
-        if (key == NULL)
+        PyObject *data = basic_listing(t, dir);
+        if (data == NULL)
             return PyErr_Occurred() ? NULL : Py_NewRef(Py_NotImplemented);
-        PyObject *fargs[5] = {t->table, key, t->block, t->put, name};
-        PyObject *ref = PyObject_Vectorcall(t->find_listing, fargs, 5, NULL);
-        Py_DECREF(key);
-        return ref; /* NotImplemented: a listing find_listing does not search */
+        Wanted w = {PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), 0};
+        Py_ssize_t size = PyBytes_GET_SIZE(data);
+        int found = walk((const unsigned char *)PyBytes_AS_STRING(data), size, 0, size, match_entry, &w);
+        Py_DECREF(data); /* checked when kept: the walk ends or stops */
+        return found == WALK_STOPPED ? PyLong_FromUnsignedLongLong(w.ref) : Py_NewRef(Py_None);
     }
     Py_INCREF(listing); /* the dict may drop it while a segment loads */
     PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
@@ -403,14 +429,6 @@ static Tree *as_tree(PyObject *tree) {
     return NULL;
 }
 
-/* The inode at `ref` decoded into C values: 1, TREE_DECLINE, or TREE_ERROR. *block: its block. */
-static int raw_at(Tree *t, unsigned long long ref, RawInode *r, PyObject **block) {
-    if (ref >> REF_BITS)
-        return TREE_DECLINE; /* the Python path names the damage */
-    int rc = t->inode_api->raw(t->decoder, ref, r, block);
-    return rc == 1 ? 1 : rc == 0 ? TREE_DECLINE : TREE_ERROR;
-}
-
 static void stat_of(const RawInode *r, TreeStat *out) {
     unsigned long long v[TS_FIELDS] = {r->ino, r->mode, r->nlink, r->uid, r->gid, r->size, r->mtime, r->rdev, r->blocks};
     memcpy(out->f, v, sizeof(v));
@@ -519,17 +537,14 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->refs);
     Py_VISIT(t->listings);
     Py_VISIT(t->find);
-    Py_VISIT(t->find_listing);
     Py_VISIT(t->decoder);
     Py_VISIT(t->decode_ref);
     Py_VISIT(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_VISIT(t->fallback[i]);
     Py_VISIT(t->table);
-    Py_VISIT(t->directory_table);
     Py_VISIT(t->block);
-    Py_VISIT(t->put);
-    Py_VISIT(t->keys);
+    Py_VISIT(t->kept);
     CACHE_VIEW_VISIT(t->xattr_sets);
     return 0;
 }
@@ -538,17 +553,14 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->refs);
     Py_CLEAR(t->listings);
     Py_CLEAR(t->find);
-    Py_CLEAR(t->find_listing);
     Py_CLEAR(t->decoder);
     Py_CLEAR(t->decode_ref);
     Py_CLEAR(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_CLEAR(t->fallback[i]);
     Py_CLEAR(t->table);
-    Py_CLEAR(t->directory_table);
     Py_CLEAR(t->block);
-    Py_CLEAR(t->put);
-    Py_CLEAR(t->keys);
+    Py_CLEAR(t->kept);
     cache_view_clear(&t->xattr_sets);
     t->inode_api = NULL;
     return 0;
@@ -561,22 +573,16 @@ static void Tree_dealloc(Tree *t) {
 }
 
 static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"refs", "listings", "find", "find_listing", "decoder", "read", "fallbacks", "layout", "basic", NULL};
-    PyObject *refs, *listings, *find, *find_listing, *decoder, *read, *fallbacks, *table, *directory_table, *block, *put;
-    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target, i_block, i_offset, i_size, i_index_count;
+    static char *kw[] = {"refs", "listings", "find", "decoder", "read", "fallbacks", "layout", "basic", NULL};
+    PyObject *refs, *listings, *find, *decoder, *read, *fallbacks, *table, *block;
+    Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target, budget;
+    unsigned long long directory_table;
     int no_table;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOO!(nnnnnp)(O!O!OOnnnn)", kw, &PyDict_Type, &refs,
-                                     &PyDict_Type, &listings, &find, &find_listing, &decoder, &read, &PyTuple_Type, &fallbacks,
-                                     &i_stat, &i_xattr, &i_extended, &i_dir, &i_target, &no_table, &PyDict_Type,
-                                     &table, &PyLong_Type, &directory_table, &block, &put, &i_block, &i_offset,
-                                     &i_size, &i_index_count))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!(nnnnnp)(O!KOn)", kw, &PyDict_Type, &refs, &PyDict_Type,
+                                     &listings, &find, &decoder, &read, &PyTuple_Type, &fallbacks, &i_stat, &i_xattr,
+                                     &i_extended, &i_dir, &i_target, &no_table, &PyDict_Type, &table,
+                                     &directory_table, &block, &budget))
         return -1;
-    Py_ssize_t dir_idx[] = {i_block, i_offset, i_size, i_index_count};
-    for (int i = 0; i < 4; i++)
-        if (dir_idx[i] < 0) {
-            PyErr_SetString(PyExc_ValueError, "basic: DirLocation field indices");
-            return -1;
-        }
     if (PyTuple_GET_SIZE(fallbacks) != FB_COUNT) {
         PyErr_Format(PyExc_ValueError, "fallbacks: %d callables", FB_COUNT);
         return -1;
@@ -588,9 +594,9 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
             return -1;
         }
     Tree_clear(t);
-    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->find_listing, &t->decoder, &t->read};
-    PyObject *vals[] = {refs, listings, find, find_listing, decoder, read};
-    for (int i = 0; i < 6; i++) {
+    PyObject **slots[] = {&t->refs, &t->listings, &t->find, &t->decoder, &t->read};
+    PyObject *vals[] = {refs, listings, find, decoder, read};
+    for (int i = 0; i < 5; i++) {
         Py_INCREF(vals[i]);
         *slots[i] = vals[i];
     }
@@ -605,18 +611,16 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
     t->i_target = i_target;
     t->no_xattr_table = no_table;
     t->table = Py_NewRef(table);
-    t->directory_table = Py_NewRef(directory_table);
+    t->directory_table = directory_table;
     t->block = Py_NewRef(block);
-    t->put = Py_NewRef(put);
+    t->kept_budget = budget;
+    t->kept_bytes = 0;
     t->decode_ref = PyObject_GetAttrString(decoder, "decode_ref");
     t->inode_api = PyCapsule_Import(INODE_API_NAME, 0);
-    t->keys = PyDict_New();
-    if (t->decode_ref == NULL || t->inode_api == NULL || t->keys == NULL || cache_view_set(&t->xattr_sets, table, Py_None) < 0)
+    t->kept = PyDict_New();
+    if (t->decode_ref == NULL || t->inode_api == NULL || t->kept == NULL ||
+        cache_view_set(&t->xattr_sets, table, Py_None) < 0)
         return -1;
-    t->i_block = i_block;
-    t->i_offset = i_offset;
-    t->i_size = i_size;
-    t->i_index_count = i_index_count;
     return 0;
 }
 
@@ -630,6 +634,11 @@ static PyMethodDef Tree_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Tree_members[] = {
+    {"kept_bytes", T_PYSSIZET, offsetof(Tree, kept_bytes), READONLY, "Bytes of listings kept now (for the tests)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject TreeType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "siffs.squashfs._tree.Tree",
     .tp_basicsize = sizeof(Tree),
@@ -641,6 +650,7 @@ static PyTypeObject TreeType = {
     .tp_traverse = (traverseproc)Tree_traverse,
     .tp_clear = (inquiry)Tree_clear,
     .tp_methods = Tree_methods,
+    .tp_members = Tree_members,
 };
 
 static struct PyModuleDef module = {
@@ -651,9 +661,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__tree(void) {
     SEGMENT = PyUnicode_InternFromString("_segment");
     FIND_ARGS = PyUnicode_InternFromString("find_args");
-    LISTING_TAG = PyUnicode_InternFromString("l"); /* the keys of find_listing's listings start with it */
     XATTR_TAG = PyUnicode_InternFromString("x");   /* and xattr.XattrTable's attribute sets' with this */
-    if (SEGMENT == NULL || FIND_ARGS == NULL || LISTING_TAG == NULL || XATTR_TAG == NULL ||
+    if (SEGMENT == NULL || FIND_ARGS == NULL || XATTR_TAG == NULL ||
         caches_init_module() < 0 || PyType_Ready(&TreeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -68,30 +68,13 @@ NativeFind = Callable[
 ]
 
 
-#: (cache table, ("l", block position, offset, length), metadata block loader, cache store, name)
-#: -> the entry's inode reference, None, or NotImplemented: the same search in a listing without
-#: an index, cached as its bytes under that key instead of as a Segment (the reader's C lookup,
-#: _tree.c; see _directory.c). NotImplemented: a listing it does not search (damaged, empty, long).
-NativeFindListing = Callable[
-    [
-        object,
-        tuple[object, ...],
-        Callable[[int], metadata.Block],
-        Callable[[object, bytes, int], bytes],
-        bytes,
-    ],
-    int | None,  # (or NotImplemented, as said)
-]
-
-
-def _native() -> tuple[NativeParser, NativeFind, NativeFindListing] | tuple[None, None, None]:
-    """siffs.squashfs._directory's parse_segment, find and find_listing, unless not built or
-    SIFFS_NO_NATIVE=1."""
+def _native() -> tuple[NativeParser, NativeFind] | tuple[None, None]:
+    """siffs.squashfs._directory's parse_segment and find, unless not built or SIFFS_NO_NATIVE=1."""
     module = native.load("siffs.squashfs._directory")
     if module is None:
-        return None, None, None
+        return None, None
     module.set_segment_type(Segment)
-    return module.parse_segment, module.find, module.find_listing
+    return module.parse_segment, module.find
 
 
 class Index(NamedTuple):
@@ -235,5 +218,5 @@ class Listing:
         return Segment(tuple(names), tuple(refs), tuple(starts), tuple(cookies))
 
 
-#: The native segment parser and name searches, or None: the Python code here then does all the work.
-native_parse, native_find, native_find_listing = _native()
+#: The native segment parser and name search, or None: the Python code here then does all the work.
+native_parse, native_find = _native()

@@ -36,7 +36,7 @@ from siffs.squashfs.errors import (
     UnsupportedImage,
     XattrsUnsupported,
 )
-from siffs.squashfs.inode import DirLocation, Inode, InodeDecoder, Stat
+from siffs.squashfs.inode import Inode, InodeDecoder, Stat
 from siffs.squashfs.source import ByteSource, FileSource
 from siffs.squashfs.superblock import NO_TABLE, SIZE, Flags, Superblock
 from siffs.squashfs.table import LookupTable
@@ -64,6 +64,10 @@ _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
 #: index outside the cache's budget.
 _LISTINGS_BUDGET = 2 << 20
 _KEPT_INDEX_MAX = 128
+#: Bytes of listings without an index that the C lookup keeps (_tree.c: their bytes, not
+#: Segments, checked once and searched in place; emptied when full). A listing is a few hundred
+#: bytes (about 20 per entry), so this holds the directories of a large tree's hot paths.
+_C_LISTINGS_BUDGET = 2 << 20
 
 
 class FsStats(NamedTuple):
@@ -131,8 +135,8 @@ class SquashFS:
         """
         module = native.load("siffs.squashfs._tree")
         decoder, read = self._decode.decoder, self._data.native
-        find, find_listing = directory.native_find, directory.native_find_listing
-        if module is None or decoder is None or read is None or find is None or find_listing is None:
+        find = directory.native_find
+        if module is None or decoder is None or read is None or find is None:
             return
         cls = type(self)
         fallbacks = tuple(
@@ -141,13 +145,10 @@ class SquashFS:
         )
         fields = Inode._fields
         indices = (fields.index(f) for f in ("stat", "xattr", "extended", "dir", "target"))
-        dir_fields = DirLocation._fields
-        dir_indices = (dir_fields.index(f) for f in ("block", "offset", "size", "index_count"))
         tree = module.Tree(
             refs=self._refs,
             listings=self._listings,
             find=find,
-            find_listing=find_listing,
             decoder=decoder,
             read=read,
             fallbacks=fallbacks,
@@ -156,8 +157,7 @@ class SquashFS:
                 self._meta_cache.table,
                 self.superblock.directory_table,
                 self._meta.block,
-                self._meta_cache.put,
-                *dir_indices,
+                _C_LISTINGS_BUDGET,
             ),
         )
         self.native_tree = tree

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from siffs.squashfs import SquashFS, SquashfsError, directory, walk
+from siffs.squashfs import SquashFS, SquashfsError, directory, reader, walk
 from siffs.squashfs.cache import LruCache
 from siffs.squashfs.superblock import SIZE, Superblock
 from tests.support.squashfs_corpus import SPECS, damaged_copies
@@ -157,26 +157,27 @@ def counting_parses(fs: SquashFS) -> tuple[list[int], Callable[[], None]]:
 
 
 @pytest.mark.parametrize("name", MAIN)
-def test_listings_without_an_index_are_searched_as_bytes_in_c(name, corpus):
-    """A cold lookup in a directory without an index keeps its listing's bytes (no Segment): the
-    bytes the Python cursor reads, at their length plus the overhead; Python parses only listings
-    with an index."""
+def test_listings_without_an_index_are_searched_as_bytes_in_c(name, corpus, monkeypatch):
+    """A cold lookup in a directory without an index makes no Segment: the reader's C lookup keeps
+    the listing's bytes (_tree.c) within its budget; Python parses only listings with an index.
+    A budget of a few listings empties the kept ones often: the answers stay the same."""
     image = corpus.image(name)
-    with SquashFS.open(image) as fs, SquashFS.open(image) as names:
-        calls, restore = counting_parses(fs)
-        try:
-            found = lookups_only(fs, names)
-        finally:
-            restore()
-        assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
-        table = fs._meta_cache.table
-        kept = {k: v for k, v in table.items() if k[0] == "l"}
-        assert kept and all(calls) and len(calls) < len(kept) / 4
-        assert len([k for k in table if k[0] == "s"]) == len(calls)  # Segments: those Python parsed
-        for (_, pos, offset, length), (data, cost) in kept.items():
-            assert type(data) is bytes and data == fs._meta.cursor(pos, offset).read(length)
-            assert cost == length + 200
-        assert fs._meta_cache.used == sum(cost for _, cost in table.values())
+    answers = []
+    for budget in (2 << 20, 1000):
+        monkeypatch.setattr(reader, "_C_LISTINGS_BUDGET", budget)
+        with SquashFS.open(image) as fs, SquashFS.open(image) as names:
+            calls, restore = counting_parses(fs)
+            try:
+                found = lookups_only(fs, names)
+            finally:
+                restore()
+            answers.append(found)
+            assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
+            segments = [k for k in fs._meta_cache.table if k[0] == "s"]
+            assert all(calls) and len(segments) == len(calls)  # only those Python parsed
+            kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
+            assert 0 < kept <= budget
+    assert answers[0] == answers[1]
 
 
 @pytest.mark.parametrize("name", MAIN)
@@ -206,63 +207,6 @@ def test_a_kept_listing_without_an_index_is_parsed_and_stored_in_c(name, corpus)
         finally:
             restore()
         assert checked > 10 and not calls
-
-
-def test_find_listing_walks_the_bytes_and_keeps_them():
-    find = directory.native_find_listing
-    assert find is not None
-    run = (1).to_bytes(4, "little") + (7).to_bytes(4, "little") + (1).to_bytes(4, "little")
-    for offset in (0x20, 0x40):  # two entries of one name: the first wins
-        run += (
-            offset.to_bytes(2, "little") + (0).to_bytes(2, "little") * 2 + (2).to_bytes(2, "little") + b"abc"
-        )
-    run += (0).to_bytes(4, "little") + (9).to_bytes(4, "little") + (1).to_bytes(4, "little")
-    run += (0x10).to_bytes(2, "little") + (0).to_bytes(2, "little") * 2 + (0).to_bytes(2, "little") + b"z"
-    blocks = {100: (b"pad" + run[:20], 7000), 7000: (run[20:] + b"tail", 9000)}  # across two blocks
-    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
-    stored: list[tuple[object, bytes, int]] = []
-
-    def put(key: object, value: bytes, cost: int) -> bytes:
-        stored.append((key, value, cost))
-        table[key] = (value, cost)
-        return value
-
-    key = ("l", 100, 3, len(run))
-    assert find(table, key, blocks.__getitem__, put, b"abc") == 7 << 16 | 0x20
-    assert stored == [(key, run, len(run) + 200)]
-    table["other"] = (None, 0)
-    assert find(table, key, None, None, b"z") == 9 << 16 | 0x10  # a hit: no block, no store
-    assert list(table)[-1] == key  # marked recently used
-    assert find(table, key, None, None, b"ab") is None
-    with pytest.raises(TypeError):
-        find(table, key[:3], None, None, b"a")
-
-
-def test_a_listing_find_listing_will_not_search_goes_back_to_the_caller():
-    find = directory.native_find_listing
-    assert find is not None
-    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
-
-    def no_block(pos: int) -> tuple[bytes, int]:
-        raise SquashfsError(f"no block at {pos}")
-
-    def put(key: object, value: bytes, cost: int) -> bytes:
-        raise AssertionError("nothing to store")
-
-    assert find(table, ("l", 0, 0, 0), no_block, put, b"a") is NotImplemented  # empty listing
-    assert find(table, ("l", 0, 0, 1 << 17), no_block, put, b"a") is NotImplemented  # too long
-    assert find(table, ("l", 0, 0, 40), no_block, put, b"a") is NotImplemented  # the block fails
-    assert find(table, ("l", 0, 9000, 40), lambda pos: (b"x" * 8192, 8194), put, b"a") is NotImplemented
-    malformed = ("l", 0, 0, 40)
-    assert find(table, malformed, lambda pos: (b"\xff" * 8192, 8194), put, b"a") is NotImplemented
-    hops = ("l", 0, 0, 1 << 15)  # a chain of one-byte blocks: more than a listing can cross
-    assert find(table, hops, lambda pos: (b"\0", pos + 1), put, b"a") is NotImplemented
-
-    def interrupted(pos: int) -> tuple[bytes, int]:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):  # a signal's exception is not the image's: it goes up
-        find(table, ("l", 0, 0, 40), interrupted, put, b"a")
 
 
 def test_a_listing_find_will_not_parse_goes_back_to_the_caller():
