@@ -9,9 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+import siffs.integrity.blocktable as blocktable
 import siffs.integrity.verify as verify_module
 from siffs.integrity.blockcache import BlockTableCache, CachedDigest, ImageIdentity
 from siffs.integrity.blocktable import (
@@ -90,6 +92,42 @@ def test_tampered_block_raises_other_blocks_read(signed_image, keys):
             reader.pread(2 * BLOCK_SIZE, 2 * BLOCK_SIZE)  # spans the changed block
         assert reader.pread(0, 3 * BLOCK_SIZE) == partition[: 3 * BLOCK_SIZE]
         assert reader.pread(4 * BLOCK_SIZE, 1000) == partition[4 * BLOCK_SIZE : 4 * BLOCK_SIZE + 1000]
+
+
+def test_reads_inside_one_block_hash_it_once_and_serve_only_verified_bytes(signed_image, keys, monkeypatch):
+    """A block read alone is kept as verified: the next reads inside it are slices, no hashing;
+    a kept block changed on disk afterwards still serves the bytes that were verified, and a
+    block not kept (read across blocks, or evicted) is checked again and refused."""
+    path, partition = signed_image
+    hashed: list[int] = []
+    real = blocktable.hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(blocktable.hashlib, "sha256", counting)
+    with Image.open(path) as image:
+        report = verify(image, keys, record_blocks=True).check()
+        d = image.primary_partition()
+        reader = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
+        hashed.clear()
+        for offset, size in ((BLOCK_SIZE + 10, 2), (BLOCK_SIZE + 12, 3000), (2 * BLOCK_SIZE - 5, 5)):
+            assert reader.pread(offset, size) == partition[offset : offset + size]
+        assert hashed == [BLOCK_SIZE]  # block 1, once
+        with open(path, "r+b") as f:  # change blocks 1 and 2 under the open image
+            for victim in (BLOCK_SIZE + 100, 2 * BLOCK_SIZE + 100):
+                f.seek(d.offset + victim)
+                f.write(bytes([partition[victim] ^ 1]))
+        assert reader.pread(BLOCK_SIZE + 100, 1) == partition[BLOCK_SIZE + 100 : BLOCK_SIZE + 101]
+        with pytest.raises(TamperedBlockError, match="block 2 "):
+            reader.pread(2 * BLOCK_SIZE + 100, 1)
+        with pytest.raises(TamperedBlockError, match="block 1 "):
+            reader.pread(BLOCK_SIZE - 1, 2)  # across blocks 0 and 1: both read and checked
+        for block in range(3, 3 + blocktable.KEPT_BLOCKS):  # evicts block 1
+            reader.pread(block * BLOCK_SIZE, 1)
+        with pytest.raises(TamperedBlockError, match="block 1 "):
+            reader.pread(BLOCK_SIZE + 100, 1)
 
 
 def test_cache_skips_hashing_and_rejects_forged_entries(signed_image, keys, monkeypatch):
