@@ -211,6 +211,12 @@ static PyObject *basic_listing(Tree *t, PyObject *parent) {
     }
     if (length > t->kept_budget)
         return data; /* searched once, not kept */
+    /* A block load above may have run Python code, and another thread kept it meanwhile. */
+    PyObject *stored = PyDict_GetItemWithError(t->kept, parent);
+    if (stored != NULL || PyErr_Occurred()) {
+        Py_DECREF(data);
+        return Py_XNewRef(stored);
+    }
     if (PyDict_GET_SIZE(t->kept) >= KEPT_MAX || t->kept_bytes + length > t->kept_budget) {
         PyDict_Clear(t->kept);
         t->kept_bytes = 0;
