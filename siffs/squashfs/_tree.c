@@ -440,15 +440,23 @@ static void stat_of(const RawInode *r, TreeStat *out) {
     memcpy(out->f, v, sizeof(v));
 }
 
-/* What stat_at does for a lookup's entry, without the Stat: its reference learned. */
-static int entry_raw(Tree *t, unsigned long long ref, TreeStat *out) {
-    RawInode r;
-    PyObject *block;
-    int rc = raw_at(t, ref, &r, &block);
+/* A decoding's outcome `rc` (raw_at's) as attributes: *out filled and the block let go on success. */
+static int stat_taken(int rc, PyObject *block, const RawInode *r, TreeStat *out) {
     if (rc != 1)
         return rc;
     Py_DECREF(block);
-    stat_of(&r, out);
+    stat_of(r, out);
+    return TREE_FOUND;
+}
+
+/* What stat_at does for a lookup's entry, without the Stat: its reference learned. */
+static int entry_raw(Tree *t, unsigned long long ref, TreeStat *out) {
+    RawInode r;
+    PyObject *block = NULL;
+    int rc = raw_at(t, ref, &r, &block); /* before block is read: argument order is unspecified */
+    rc = stat_taken(rc, block, &r, out);
+    if (rc != TREE_FOUND)
+        return rc;
     PyObject *ino = PyLong_FromUnsignedLong(r.ino);
     if (ino == NULL)
         return TREE_ERROR;
@@ -511,13 +519,9 @@ static int known_raw(PyObject *tree, uint64_t ino, RawInode *r, PyObject **block
 
 static int api_getattr(PyObject *tree, uint64_t ino, TreeStat *out) {
     RawInode r;
-    PyObject *block;
+    PyObject *block = NULL;
     int rc = known_raw(tree, ino, &r, &block);
-    if (rc != 1)
-        return rc;
-    Py_DECREF(block);
-    stat_of(&r, out);
-    return TREE_FOUND;
+    return stat_taken(rc, block, &r, out);
 }
 
 static int api_readlink(PyObject *tree, uint64_t ino, PyObject **out) {
