@@ -7,7 +7,9 @@ real fields. Each case applies one mutation, chosen and parametrised by a genera
 with the case number (so ``--case N`` replays case N exactly), then opens the image from
 memory and exercises the whole interface: walk, getattr, lookup of every entry (also on a
 second reader that only looks names up, as a cold mount does), reads of every file (bounded),
-readlink, resolve, xattrs, statfs.
+readlink, resolve, xattrs, statfs; and a third reader served through the FUSE layer's C handlers
+(``Handlers.call``, as the binding calls them), which resolve every path by lookups and read its
+attributes and link target as C values (``_tree.h``): they must answer or decline, never raise.
 
 Mutations: bit flips, random bytes, truncation, superblock field lies, table pointer lies,
 metadata header lies, u16/u32/u64 lies anywhere in the tables, and targeted lies on real
@@ -36,12 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from siffs.fs import binding
+from siffs.fs.operations import ReadOnlyOperations
 from siffs.squashfs import CorruptImage, SquashFS, SquashfsError, XattrsUnsupported, resolve, walk
 from siffs.squashfs.superblock import Flags
 from tests.fuzz.limits import MEMORY_MIB, SECONDS, Limited
 from tests.support.squashfs_corpus import Spec, pack
 
 CHUNK = 65536
+FAST = binding.Features(fast_ops=True)
 
 
 class BytesSource:
@@ -400,6 +405,8 @@ def exercise(image: bytes) -> None:
     # A second reader only ever looks names up, as a cold mount's first requests do: each
     # directory's first lookup there takes the path that parses its listing in C.
     cold = SquashFS(BytesSource(image), cache_bytes=4 << 20)
+    served = ReadOnlyOperations(SquashFS(BytesSource(image), cache_bytes=4 << 20), features=FAST)
+    handlers = getattr(served, "fast_handlers", None)  # None: the C handlers are not built
     fs.statfs()
     for path, st in walk(fs):
         fs.getattr(st.ino)
@@ -423,6 +430,26 @@ def exercise(image: bytes) -> None:
                 resolve(fs, path, follow_last=stat.S_ISLNK(st.mode))
             with contextlib.suppress(SquashfsError):
                 resolve(cold, path, follow_last=False)
+            if handlers is not None:
+                through_handlers(handlers.call, path)
+
+
+def through_handlers(call: Callable[..., tuple[int, object]], path: bytes) -> None:
+    """Resolve ``path`` with the C handlers' lookups, then its getattr and readlink (a request
+    the handler answers: 0 or an errno; one it declines: -1; anything else, or an exception, is a
+    bug)."""
+    ino = 1
+    for name in path.split(b"/")[1:]:
+        if b"\0" in name:
+            return  # a damaged name the kernel cannot ask for: requests carry C strings
+        res, entry = call("lookup", ino, name)
+        if res != 0 or not isinstance(entry, tuple):
+            return
+        ino = entry[0]
+    for op in ("getattr", "readlink"):
+        res, _ = call(op, ino)
+        if not isinstance(res, int) or res < -1:
+            raise AssertionError(f"{op} answered {res!r}")
 
 
 @dataclass
