@@ -19,6 +19,10 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 typedef int (*cipher_init_fn)(void *ctx, const void *type, void *impl, const unsigned char *key,
                               const unsigned char *iv, int enc);
 typedef int (*cipher_update_fn)(void *ctx, unsigned char *out, int *outl, const unsigned char *in, int inl);
@@ -378,4 +382,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "siffs.crypt._xts", NULL, -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__xts(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__xts(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0)
+        Py_CLEAR(m);
+    return m;
+}

@@ -106,7 +106,7 @@ def _gcrypt_addresses(lib: ctypes.CDLL) -> tuple[int, int, int, int]:
 @functools.cache
 def native_loops() -> ModuleType | None:
     """siffs.crypt._xts (the unit loop in C), unless not built or ``SIFFS_NO_NATIVE`` is set."""
-    return native.load("siffs.crypt._xts")
+    return native.load("siffs.crypt._xts", abi=1)
 
 
 @functools.cache

@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 #define WINDOW 48
 
 typedef struct {
@@ -216,6 +220,10 @@ PyMODINIT_FUNC PyInit__chunk(void) {
     }
     PyObject *m = PyModule_Create(&chunk_module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
     Py_INCREF(&BuzhashType);

@@ -22,6 +22,10 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 /* -- MD4 (RFC 1320) ---------------------------------------------------------------------------- */
 
 static inline uint32_t rol(uint32_t x, unsigned s) { return (x << s) | (x >> (32 - s)); }
@@ -580,6 +584,10 @@ PyMODINIT_FUNC PyInit__zscan(void) {
     }
     PyObject *m = PyModule_Create(&zscan_module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
     Py_INCREF(&MatcherType);

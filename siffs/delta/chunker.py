@@ -302,7 +302,7 @@ _TABLE: npt.NDArray[np.uint32] = np.array(
 TABLE: tuple[int, ...] = tuple(_TABLE.tolist())
 
 
-_native = native.load("siffs.delta._chunk")
+_native = native.load("siffs.delta._chunk", abi=1)
 
 
 def native_available() -> bool:

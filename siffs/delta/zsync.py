@@ -121,7 +121,7 @@ def _rsums(blocks: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.uint64], npt.N
     return a, b
 
 
-_native = native.load("siffs.delta._zscan")
+_native = native.load("siffs.delta._zscan", abi=1)
 
 
 def _md4(block: bytes | memoryview) -> bytes:

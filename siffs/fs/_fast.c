@@ -23,6 +23,10 @@
 
 #include "../squashfs/_tree.h"
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 #define FAST_OPS_NAME "pyfuse3.fast_ops.v1"
 #define DECLINE (-1)
 #define ROOT_INODE 1
@@ -539,6 +543,10 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&HandlersType);
     if (PyModule_AddObject(m, "Handlers", (PyObject *)&HandlersType) < 0) {
         Py_DECREF(&HandlersType);

@@ -30,6 +30,10 @@
 
 #include <string.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 #define HEADER_SIZE 16
 #define BASIC_FILE 2
 #define EXTENDED_FILE 9
@@ -294,6 +298,10 @@ PyMODINIT_FUNC PyInit__data(void) {
     if (caches_init_module() < 0 || DATA_TAG == NULL || PyType_Ready(&FileReaderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddObjectRef(m, "FileReader", (PyObject *)&FileReaderType) < 0) {
         Py_DECREF(m);
         return NULL;

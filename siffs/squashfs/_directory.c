@@ -27,6 +27,10 @@
 #include "_caches.h" /* first: it includes Python.h */
 #include "_listing.h"
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 /* Append a new reference to `item` to `list`; 0 on success. */
 static int append_new(PyObject *list, PyObject *item) {
     if (item == NULL) return -1;
@@ -242,5 +246,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_directory", NULL, -
 
 PyMODINIT_FUNC PyInit__directory(void) {
     if (caches_init_module() < 0) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0) Py_CLEAR(m);
+    return m;
 }

@@ -34,6 +34,10 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 #define HEADER_SIZE 16
 #define NO_FRAGMENT 0xFFFFFFFFu
 #define MAX_TARGET (1u << 16)
@@ -455,6 +459,10 @@ PyMODINIT_FUNC PyInit__inode(void) {
     if (caches_init_module() < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     PyObject *api = PyCapsule_New(&API, INODE_API_NAME, NULL);
     if (api == NULL || PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
         PyModule_AddObject(m, INODE_API_ATTR, api) < 0) {

@@ -42,6 +42,10 @@
 #include <string.h>
 #include <structmember.h>
 
+/* The version of this module's interface to its Python caller (siffs.native.load checks it):
+ * bump it whenever a signature, a constructor argument or a capsule changes. */
+#define ABI 1
+
 #define REF_BITS 48
 #define REF_MASK ((1ULL << REF_BITS) - 1)
 /* The xattr codes of reader.py: none, unsupported (no xattr table), index + BASE. */
@@ -678,6 +682,10 @@ PyMODINIT_FUNC PyInit__tree(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&TreeType);
     if (PyModule_AddObject(m, "Tree", (PyObject *)&TreeType) < 0) {
         Py_DECREF(&TreeType);

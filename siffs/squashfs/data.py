@@ -87,7 +87,7 @@ class DataReader:
         self._zeros = bytes(sb.block_size)
         self._max_list = (sb.directory_table - sb.inode_table) * _EXPANSION
         self.native: NativeRead | None = None
-        module = native.load("siffs.squashfs._data")
+        module = native.load("siffs.squashfs._data", abi=1)
         if module is not None:
             layout = (
                 sb.inode_table,

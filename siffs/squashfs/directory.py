@@ -70,7 +70,7 @@ NativeFind = Callable[
 
 def _native() -> tuple[NativeParser, NativeFind] | tuple[None, None]:
     """siffs.squashfs._directory's parse_segment and find, unless not built or SIFFS_NO_NATIVE=1."""
-    module = native.load("siffs.squashfs._directory")
+    module = native.load("siffs.squashfs._directory", abi=1)
     if module is None:
         return None, None
     module.set_segment_type(Segment)

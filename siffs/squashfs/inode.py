@@ -206,7 +206,7 @@ class InodeDecoder:
         self.by_ref: Callable[[int], Inode | None] | None = None
         #: The C decoder itself (for the reader's C methods, which also take its C values), or None.
         self.decoder: object | None = None
-        module = native.load("siffs.squashfs._inode")
+        module = native.load("siffs.squashfs._inode", abi=1)
         if module is not None:
             stored_size = xattrs.stored_size if xattrs.present else None
             types = (Stat, DirLocation, FileLocation, Inode)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from siffs import native
 from siffs.squashfs import SquashFS, SquashfsError, inode
 from siffs.squashfs.inode import DirLocation, FileLocation, Inode, InodeDecoder, Stat, read_inode
 from siffs.squashfs.superblock import SIZE, Superblock
@@ -72,7 +73,7 @@ def outcome(image: Path, *, native: bool) -> list[tuple[object, ...]] | tuple[st
     """Every entry's attributes and locations as the reader gives them, or the error it raised."""
     saved = inode.native.load
     if not native:
-        inode.native.load = lambda name: None  # type: ignore[assignment]
+        inode.native.load = lambda name, abi: None  # type: ignore[assignment]
     try:
         with SquashFS.open(image) as fs:
             assert (fs._decode.native is not None) == native
@@ -236,7 +237,17 @@ def test_only_named_tuple_classes_with_the_right_fields():
 
 
 def test_no_native_switch():
-    code = "from siffs import native; print(native.load('siffs.squashfs._inode') is None)"
+    code = "from siffs import native; print(native.load('siffs.squashfs._inode', abi=1) is None)"
     env = {"SIFFS_NO_NATIVE": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+def test_a_module_built_from_other_sources_is_not_used(caplog):
+    """An editable install updated without a rebuild keeps the old .so: a module whose interface
+    version is not the caller's (or that states none) gives the Python code, and a warning."""
+    assert native.load("siffs.squashfs._inode", abi=1) is native_module
+    with caplog.at_level("WARNING", logger="siffs.native"):
+        assert native.load("siffs.squashfs._inode", abi=2) is None
+        assert native.load("json", abi=1) is None  # no ABI at all, as a build from before it
+    assert "built for interface 1, not 2" in caplog.text and "built for interface None, not 1" in caplog.text
