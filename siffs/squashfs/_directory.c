@@ -107,19 +107,6 @@ static Py_ssize_t segment_cost(PyObject *names) {
     return cost;
 }
 
-/* The position, offset and length a listing key (tag, block position, offset, length) names;
- * 0 if they are ints in range for a listing parsed here, else no error set (the Python way copes). */
-static int listing_span(PyObject *key, long long *pos, long long *offset, long long *length) {
-    *pos = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 1));
-    *offset = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 2));
-    *length = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 3));
-    if (PyErr_Occurred() || *length <= 0 || *length > NATIVE_SEGMENT_MAX || *pos < 0 || *offset < 0) {
-        PyErr_Clear(); /* not an int of 64 bits */
-        return -1;
-    }
-    return 0;
-}
-
 /* What Listing._parse(-1) does for a listing without an index, whose one segment is the whole
  * listing: copy its bytes out of the metadata blocks (cached, or loaded through `block`), parse
  * them here and store the Segment through `put` (LruCache.put). It runs where a cold lookup
@@ -127,8 +114,13 @@ static int listing_span(PyObject *key, long long *pos, long long *offset, long l
  * NULL without an error: anything unusual (damage, an empty or long listing), for the Python
  * loader to redo and, when the image is damaged, to raise the precise error. */
 static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_key, PyObject *block, PyObject *put) {
-    long long pos, offset, length;
-    if (listing_span(key_base, &pos, &offset, &length) < 0) return NULL;
+    long long pos = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 1));
+    long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 2));
+    long long length = PyLong_AsLongLong(PyTuple_GET_ITEM(key_base, 3));
+    if (PyErr_Occurred() || length <= 0 || length > NATIVE_SEGMENT_MAX || pos < 0 || offset < 0) {
+        PyErr_Clear(); /* not an int of 64 bits: the Python loader copes */
+        return NULL;
+    }
     unsigned char *buf = PyMem_Malloc((size_t)length);
     if (buf == NULL) return PyErr_NoMemory();
     PyObject *stored = NULL;

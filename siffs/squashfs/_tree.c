@@ -120,6 +120,17 @@ static long long xattr_code(Tree *t, PyObject *inode) {
                    x != Py_None, index);
 }
 
+/* Learn that inode `ino` is at `ref` with xattr code `code` (code_of's): 1; 0 for a code that is
+ * not stored here (an index beyond 16 bits: the Python path learns it), -1 on an error (set). */
+static int remember(Tree *t, PyObject *ino, unsigned long long ref, long long code) {
+    if (code <= 0)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *v = PyLong_FromUnsignedLongLong(ref | (unsigned long long)code << REF_BITS);
+    int rc = v == NULL || PyDict_SetItem(t->refs, ino, v) < 0 ? -1 : 1;
+    Py_XDECREF(v);
+    return rc;
+}
+
 /* lookup's second half, as SquashFS._inode_at: the inode's Stat, its reference learned. */
 static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
     unsigned long long ref = PyLong_AsUnsignedLongLong(ref_obj);
@@ -145,20 +156,12 @@ static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
     Py_INCREF(st);
     PyObject *ino = PyTuple_GET_ITEM(st, 0);
     int have = PyDict_Contains(t->refs, ino);
-    if (have == 0) {
-        long long code = xattr_code(t, inode);
-        PyObject *v = NULL;
-        if (code > 0) {
-            v = PyLong_FromUnsignedLongLong(ref | (unsigned long long)code << REF_BITS);
-        } else if (!PyErr_Occurred()) {
-            /* An xattr index beyond 16 bits: let the Python path learn it (arbitrary precision). */
-            PyObject *learnt = call1(t->fallback[FB_INODE_AT], ref_obj);
-            have = learnt == NULL ? -1 : 1;
-            Py_XDECREF(learnt);
-        }
-        if (have == 0 && (v == NULL || PyDict_SetItem(t->refs, ino, v) < 0))
-            have = -1;
-        Py_XDECREF(v);
+    if (have == 0)
+        have = remember(t, ino, ref, xattr_code(t, inode));
+    if (have == 0) { /* an xattr index beyond 16 bits: the Python path learns it (arbitrary precision) */
+        PyObject *learnt = call1(t->fallback[FB_INODE_AT], ref_obj);
+        have = learnt == NULL ? -1 : 1;
+        Py_XDECREF(learnt);
     }
     Py_DECREF(inode);
     if (have < 0) {
@@ -465,17 +468,11 @@ static int entry_raw(Tree *t, unsigned long long ref, TreeStat *out) {
     if (ino == NULL)
         return TREE_ERROR;
     int have = PyDict_Contains(t->refs, ino);
-    if (have == 0) {
-        long long code = code_of(t, r.extended, r.basic == 1, r.basic == 3, r.xattr != INODE_NO_XATTR, r.xattr);
-        PyObject *v = code > 0 ? PyLong_FromUnsignedLongLong(ref | (unsigned long long)code << REF_BITS) : NULL;
-        if (code <= 0)
-            have = 2; /* an index beyond 16 bits: the Python path learns it */
-        else if (v == NULL || PyDict_SetItem(t->refs, ino, v) < 0)
-            have = -1;
-        Py_XDECREF(v);
-    }
+    if (have == 0) /* 0 again: an index beyond 16 bits, which the Python path learns */
+        have = remember(t, ino, ref,
+                        code_of(t, r.extended, r.basic == 1, r.basic == 3, r.xattr != INODE_NO_XATTR, r.xattr));
     Py_DECREF(ino);
-    return have < 0 ? TREE_ERROR : have == 2 ? TREE_DECLINE : TREE_FOUND;
+    return have < 0 ? TREE_ERROR : have == 0 ? TREE_DECLINE : TREE_FOUND;
 }
 
 static int api_lookup(PyObject *tree, uint64_t parent, const char *name, size_t size, TreeStat *out) {
