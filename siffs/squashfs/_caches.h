@@ -6,6 +6,13 @@
  * goes through get_or_load (or, for a value made in C, stores it through LruCache.put), so
  * storing, evicting, de-duplicating loads in flight and every error stay in cache.py. Included by
  * each module (static inline functions: one copy per module).
+ *
+ * A view also remembers the last few metadata blocks it was given (RECENT_BLOCKS pairs, taken
+ * from the cache or its loader): a cold lookup decodes two or three inodes and a listing from the
+ * same handful of blocks, and asking the LruCache for each (a key tuple, a dict look-up, a call of
+ * move_to_end) was a tenth of the request. The image never changes, so a remembered block is right
+ * for as long as it is kept; it may outlive its entry in the LruCache by up to RECENT_BLOCKS
+ * blocks per view (~66 KiB), which the cache's budget does not count.
  */
 #ifndef SIFFS_SQUASHFS_CACHES_H
 #define SIFFS_SQUASHFS_CACHES_H
@@ -14,9 +21,15 @@
 #include <Python.h>
 #include <stdint.h>
 
-/* One cache: its table, the table's move_to_end, and the loader for misses. */
+#define RECENT_BLOCKS 8
+
+/* One cache: its table, the table's move_to_end, and the loader for misses; for metadata blocks,
+ * the last RECENT_BLOCKS given (position, (bytes, next) pair; NULL: a free slot). */
 typedef struct {
     PyObject *items, *touch, *load;
+    uint64_t recent_pos[RECENT_BLOCKS];
+    PyObject *recent[RECENT_BLOCKS];
+    unsigned next_slot;
 } CacheView;
 
 /* The tag of metadata blocks' keys, ("m", position), as metadata.py makes them. */
@@ -41,20 +54,24 @@ static inline int cache_view_set(CacheView *view, PyObject *items, PyObject *loa
     Py_XSETREF(view->items, Py_NewRef(items));
     Py_XSETREF(view->touch, touch);
     Py_XSETREF(view->load, Py_NewRef(load));
+    for (int i = 0; i < RECENT_BLOCKS; i++) Py_CLEAR(view->recent[i]); /* they were another cache's */
     return 0;
 }
 
-#define CACHE_VIEW_VISIT(view)     \
-    do {                           \
-        Py_VISIT((view).items);    \
-        Py_VISIT((view).touch);    \
-        Py_VISIT((view).load);     \
+#define CACHE_VIEW_VISIT(view)                                              \
+    do {                                                                    \
+        Py_VISIT((view).items);                                             \
+        Py_VISIT((view).touch);                                             \
+        Py_VISIT((view).load);                                              \
+        for (int recent_i = 0; recent_i < RECENT_BLOCKS; recent_i++)        \
+            Py_VISIT((view).recent[recent_i]);                              \
     } while (0)
 
 static inline void cache_view_clear(CacheView *view) {
     Py_CLEAR(view->items);
     Py_CLEAR(view->touch);
     Py_CLEAR(view->load);
+    for (int i = 0; i < RECENT_BLOCKS; i++) Py_CLEAR(view->recent[i]);
 }
 
 /* As cache_hit, for a table met once (no view kept): the method is looked up, not bound. */
@@ -101,8 +118,10 @@ static inline PyObject *cache_hit(CacheView *view, PyObject *key) {
 }
 
 /* The decompressed metadata block at `pos` as the cache holds it, (bytes, next position) (a new
- * reference), from the cache or its loader; NULL with an error. */
+ * reference), remembered by the view, from the cache or its loader; NULL with an error. */
 static inline PyObject *metadata_block_pair(CacheView *view, uint64_t pos) {
+    for (int i = 0; i < RECENT_BLOCKS; i++)
+        if (view->recent[i] != NULL && view->recent_pos[i] == pos) return Py_NewRef(view->recent[i]);
     PyObject *where = PyLong_FromUnsignedLongLong(pos);
     if (where == NULL) return NULL;
     PyObject *key = PyTuple_Pack(2, METADATA_TAG, where);
@@ -111,11 +130,15 @@ static inline PyObject *metadata_block_pair(CacheView *view, uint64_t pos) {
     if (block == NULL && !PyErr_Occurred()) block = PyObject_CallOneArg(view->load, where);
     Py_DECREF(where);
     if (block == NULL) return NULL;
-    if (PyTuple_Check(block) && PyTuple_GET_SIZE(block) == 2 && PyBytes_Check(PyTuple_GET_ITEM(block, 0)))
-        return block;
-    Py_DECREF(block);
-    PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
-    return NULL;
+    if (!PyTuple_Check(block) || PyTuple_GET_SIZE(block) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(block, 0))) {
+        Py_DECREF(block);
+        PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
+        return NULL;
+    }
+    unsigned slot = view->next_slot++ % RECENT_BLOCKS;
+    view->recent_pos[slot] = pos;
+    Py_XSETREF(view->recent[slot], Py_NewRef(block));
+    return block;
 }
 
 /* The bytes of the decompressed metadata block at `pos` (a new reference); NULL with an error. */

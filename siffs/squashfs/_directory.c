@@ -124,7 +124,10 @@ static PyObject *load_whole(PyObject *table, PyObject *key_base, PyObject *seg_k
     unsigned char *buf = PyMem_Malloc((size_t)length);
     if (buf == NULL) return PyErr_NoMemory();
     PyObject *stored = NULL;
-    if (copy_listing(table, block, pos, offset, length, buf) < 0) goto out;
+    CacheView blocks = {0}; /* met once per listing: nothing to remember between calls */
+    int copied = cache_view_set(&blocks, table, block) < 0 ? -1 : copy_listing(&blocks, pos, offset, length, buf);
+    cache_view_clear(&blocks);
+    if (copied < 0) goto out;
     PyObject *parsed = parse(buf, (Py_ssize_t)length, 0, length);
     if (parsed == NULL || parsed == Py_None) {
         Py_XDECREF(parsed);

@@ -95,23 +95,20 @@ static inline int match_entry(void *ctx, const Entry *e) {
 #define MAX_HOPS 16
 
 /* Copy `length` bytes of listing from the metadata block at `pos` (from `offset` in it) on into
- * `dest`, each block from the cache's `table` or loaded through `block`. 0 on success; -1 with an
- * error (a block that would not load), or -1 without one (damage: an offset past its block, more
- * blocks than a listing can cross), for the Python loader to name. */
-static inline int copy_listing(PyObject *table, PyObject *block, long long pos, long long offset, long long length,
-                        unsigned char *dest) {
-    CacheView blocks = {NULL, NULL, NULL};
-    int rc = -1;
+ * `dest`, each block through the view `blocks` (_caches.h). 0 on success; -1 with an error (a block
+ * that would not load), or -1 without one (damage: an offset past its block, more blocks than a
+ * listing can cross), for the Python loader to name. */
+static inline int copy_listing(CacheView *blocks, long long pos, long long offset, long long length,
+                               unsigned char *dest) {
     long long got = 0;
-    if (cache_view_set(&blocks, table, block) < 0) goto out;
     for (int hops = 0; got < length; hops++) {
-        PyObject *pair = hops < MAX_HOPS ? metadata_block_pair(&blocks, (uint64_t)pos) : NULL;
-        if (pair == NULL) goto out;
+        PyObject *pair = hops < MAX_HOPS ? metadata_block_pair(blocks, (uint64_t)pos) : NULL;
+        if (pair == NULL) return -1;
         PyObject *data = PyTuple_GET_ITEM(pair, 0);
         long long have = PyBytes_GET_SIZE(data), next = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
         if (offset > have || next < 0) { /* next < 0: not an int (or an error) */
             Py_DECREF(pair);
-            goto out;
+            return -1;
         }
         long long take = have - offset < length - got ? have - offset : length - got;
         memcpy(dest + got, PyBytes_AS_STRING(data) + offset, (size_t)take);
@@ -120,10 +117,7 @@ static inline int copy_listing(PyObject *table, PyObject *block, long long pos, 
         pos = next;
         offset = 0;
     }
-    rc = 0;
-out:
-    cache_view_clear(&blocks);
-    return rc;
+    return 0;
 }
 
 /* An error met while copying a listing that is the image's (damage found loading a block), which

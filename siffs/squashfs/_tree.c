@@ -59,7 +59,7 @@ typedef struct {
     PyObject *fallback[FB_COUNT];
     Py_ssize_t i_stat, i_xattr, i_extended, i_dir, i_target;
     int no_xattr_table;
-    PyObject *table, *block;
+    CacheView blocks; /* metadata blocks, for copying listings out */
     unsigned long long directory_table;
     PyObject *kept; /* directory inode -> its listing's checked bytes (directories without an index) */
     Py_ssize_t kept_bytes, kept_budget;
@@ -208,8 +208,8 @@ static PyObject *basic_listing(Tree *t, PyObject *parent) {
     if (data == NULL)
         return NULL;
     unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
-    if (copy_listing(t->table, t->block, (long long)(t->directory_table + r.dir_start), (long long)r.dir_offset,
-                     length, buf) < 0 ||
+    if (copy_listing(&t->blocks, (long long)(t->directory_table + r.dir_start), (long long)r.dir_offset, length,
+                     buf) < 0 ||
         walk(buf, (Py_ssize_t)length, 0, length, accept_entry, NULL) != WALK_DONE) {
         Py_DECREF(data);
         if (PyErr_Occurred())
@@ -553,8 +553,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_VISIT(t->fallback[i]);
-    Py_VISIT(t->table);
-    Py_VISIT(t->block);
+    CACHE_VIEW_VISIT(t->blocks);
     Py_VISIT(t->kept);
     CACHE_VIEW_VISIT(t->xattr_sets);
     return 0;
@@ -569,8 +568,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->read);
     for (int i = 0; i < FB_COUNT; i++)
         Py_CLEAR(t->fallback[i]);
-    Py_CLEAR(t->table);
-    Py_CLEAR(t->block);
+    cache_view_clear(&t->blocks);
     Py_CLEAR(t->kept);
     cache_view_clear(&t->xattr_sets);
     t->inode_api = NULL;
@@ -621,16 +619,14 @@ static int Tree_init(Tree *t, PyObject *args, PyObject *kwds) {
     t->i_dir = i_dir;
     t->i_target = i_target;
     t->no_xattr_table = no_table;
-    t->table = Py_NewRef(table);
     t->directory_table = directory_table;
-    t->block = Py_NewRef(block);
     t->kept_budget = budget;
     t->kept_bytes = 0;
     t->decode_ref = PyObject_GetAttrString(decoder, "decode_ref");
     t->inode_api = PyCapsule_Import(INODE_API_NAME, 0);
     t->kept = PyDict_New();
     if (t->decode_ref == NULL || t->inode_api == NULL || t->kept == NULL ||
-        cache_view_set(&t->xattr_sets, table, Py_None) < 0)
+        cache_view_set(&t->xattr_sets, table, Py_None) < 0 || cache_view_set(&t->blocks, table, block) < 0)
         return -1;
     return 0;
 }

@@ -204,9 +204,11 @@ def test_decode_by_reference_takes_the_block_from_the_cache_or_its_loader():
     d = native_module.Decoder(TYPES, 10, BLOCK_SIZE, (1000, 2000), None, cache=(table, load, 4096, 5))
     assert d.decode_ref(3 << 16).stat.mode == stat.S_IFIFO | 0o755
     assert loaded == [4096 + 3]  # a miss: the loader (it stores nothing here)
+    assert d.decode_ref(3 << 16).stat.ino == 5 and loaded == [4096 + 3]  # remembered by the decoder
+    fresh = native_module.Decoder(TYPES, 10, BLOCK_SIZE, (1000, 2000), None, cache=(table, load, 4096, 5))
     table["m", 4096 + 3] = ((block, 0), 0)
     table["x"] = (None, 0)
-    assert d.decode_ref(3 << 16).stat.ino == 5 and loaded == [4096 + 3]  # a hit
+    assert fresh.decode_ref(3 << 16).stat.ino == 5 and loaded == [4096 + 3]  # a hit in the cache
     assert list(table)[-1] == ("m", 4096 + 3)  # marked recently used
     with pytest.raises(SquashfsError, match="no block at 4097"):
         d.decode_ref(1 << 16)
@@ -214,6 +216,25 @@ def test_decode_by_reference_takes_the_block_from_the_cache_or_its_loader():
     assert d.decode_ref((3 << 16) | 4) is None  # not a well-formed inode there
     with pytest.raises(RuntimeError, match="without a cache"):
         decoder().decode_ref(0)  # type: ignore[attr-defined]
+
+
+def test_remembered_blocks_outlive_the_cache_and_are_few():
+    """The last eight blocks a decoder was given are kept (the image never changes), older ones asked for again."""
+    table: OrderedDict[object, tuple[object, int]] = OrderedDict()
+    loaded: list[int] = []
+
+    def load(pos: int) -> tuple[bytes, int]:
+        loaded.append(pos)
+        return header(6, ino=1 + (pos - 4096) // 100) + struct.pack("<II", 1, 0), 0
+
+    d = native_module.Decoder(TYPES, 20, BLOCK_SIZE, (1000, 2000), None, cache=(table, load, 4096, 2000))
+    for k in range(8):
+        assert d.decode_ref((k * 100) << 16).stat.ino == 1 + k
+    table.clear()
+    assert [d.decode_ref((k * 100) << 16).stat.ino for k in range(8)] == list(range(1, 9))
+    assert len(loaded) == 8  # all eight remembered, though the cache holds none of them
+    assert d.decode_ref((8 * 100) << 16).stat.ino == 9  # a ninth: the oldest is let go
+    assert d.decode_ref(0).stat.ino == 1 and loaded[-2:] == [4096 + 800, 4096]
 
 
 def test_offsets_outside_the_block():
