@@ -219,7 +219,7 @@ def test_decode_by_reference_takes_the_block_from_the_cache_or_its_loader():
 
 
 def test_remembered_blocks_outlive_the_cache_and_are_few():
-    """The last eight blocks a decoder was given are kept (the image never changes), older ones asked for again."""
+    """A decoder keeps the last eight blocks it was given (the image never changes), and no more."""
     table: OrderedDict[object, tuple[object, int]] = OrderedDict()
     loaded: list[int] = []
 
