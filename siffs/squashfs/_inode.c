@@ -10,7 +10,9 @@
  * or does not lie whole in the given block (a record straddling into the next block), decode()
  * returns None and the caller decodes it with the Python code, which raises the precise error or
  * follows the record into the next block. The Python decoder is the fallback and the oracle in
- * the tests (tests/squashfs/test_inode_native.py).
+ * the tests (tests/squashfs/test_inode_native.py). The capsule's raw() alone follows a record into
+ * one next block itself (about one inode in a hundred straddles two), since its callers answer a
+ * request from it and the Python way there costs a dozen frames and a second search.
  *
  * Decoder(types, inode_count, block_size, ids, stored_size)
  *   types:       (Stat, DirLocation, FileLocation, Inode), the named tuple classes to build
@@ -88,19 +90,24 @@ static PyObject *position(uint64_t block_pos, Py_ssize_t offset) {
     return Py_BuildValue("(Kn)", (unsigned long long)block_pos, offset);
 }
 
+/* What parse_inode found besides an inode: one not well-formed, or one cut short by the end of
+ * the bytes it was given (a record that straddles into the next metadata block, or damage). */
+enum { MALFORMED = 0, CUT_SHORT = -2 };
+
 /* The inode at `pos` in the decompressed block `data` into *r, except the attribute set's share
- * of the blocks and the owner's values (finish() adds them): 1, or 0 when it is not whole in this
- * block or not well-formed (the Python decoder takes it). */
+ * of the blocks and the owner's values (finish() adds them): 1, MALFORMED or CUT_SHORT (for the
+ * Python decoder to take, or for raw() to try again across two blocks). */
 static int parse_inode(const Decoder *self, const unsigned char *data, Py_ssize_t size, Py_ssize_t pos,
                        RawInode *r) {
-    if (pos < 0 || pos > size || size - pos < HEADER_SIZE) return 0;
+    if (pos < 0 || pos > size) return MALFORMED;
+    if (size - pos < HEADER_SIZE) return CUT_SHORT;
     const unsigned char *p = data + pos;
     unsigned kind = le16(p), perm = le16(p + 2);
     r->uid = le16(p + 4), r->gid = le16(p + 6); /* indices into the id table until finish() */
     r->mtime = le32(p + 8), r->ino = le32(p + 12);
-    if (r->ino < 1 || r->ino > self->inode_count || kind < 1 || kind > 14) return 0;
+    if (r->ino < 1 || r->ino > self->inode_count || kind < 1 || kind > 14) return MALFORMED;
     if ((Py_ssize_t)r->uid >= PyTuple_GET_SIZE(self->ids) || (Py_ssize_t)r->gid >= PyTuple_GET_SIZE(self->ids))
-        return 0;
+        return MALFORMED;
     unsigned basic = (kind - 1) % 7 + 1;
     int extended = kind > 7;
     r->basic = basic;
@@ -116,7 +123,7 @@ static int parse_inode(const Decoder *self, const unsigned char *data, Py_ssize_
 
 #define NEED(n)                                 \
     do {                                        \
-        if (left < (Py_ssize_t)(n)) return 0;   \
+        if (left < (Py_ssize_t)(n)) return CUT_SHORT;   \
     } while (0)
 #define TAKE(n) (pos += (n), left -= (n), p += (n))
 
@@ -162,7 +169,7 @@ static int parse_inode(const Decoder *self, const unsigned char *data, Py_ssize_
         NEED(8);
         r->nlink = le32(p), r->size = le32(p + 4);
         TAKE(8);
-        if (r->size > MAX_TARGET) return 0;
+        if (r->size > MAX_TARGET) return MALFORMED;
         NEED(r->size + (extended ? 4 : 0));
         r->target = p;
         r->target_size = (Py_ssize_t)r->size;
@@ -264,7 +271,7 @@ static PyObject *decode(Decoder *self, PyObject *const *args, Py_ssize_t nargs) 
     unsigned long long block_pos = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred()) return NULL;
     RawInode r;
-    if (!parse_inode(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), pos, &r))
+    if (parse_inode(self, (const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), pos, &r) != 1)
         Py_RETURN_NONE;
     if (finish(self, &r) < 0) return NULL;
     return build_inode(self, &r, block_pos, args[3]);
@@ -372,22 +379,54 @@ static PyObject *Decoder_decode(PyObject *self, PyObject *const *args, Py_ssize_
     return decode(d, args, nargs);
 }
 
+/* The bytes from `offset` in the metadata block `data` on, followed by all of the block at `next`
+ * (a new bytes object); NULL with an error (the next block would not load, as it would not for the
+ * Python decoder's cursor either). */
+static PyObject *joined(Decoder *d, PyObject *data, Py_ssize_t offset, uint64_t next) {
+    PyObject *second = metadata_block(&d->meta, next);
+    if (second == NULL) return NULL;
+    Py_ssize_t tail = PyBytes_GET_SIZE(data) - offset, more = PyBytes_GET_SIZE(second);
+    PyObject *both = PyBytes_FromStringAndSize(NULL, tail + more);
+    if (both != NULL) {
+        memcpy(PyBytes_AS_STRING(both), PyBytes_AS_STRING(data) + offset, (size_t)tail);
+        memcpy(PyBytes_AS_STRING(both) + tail, PyBytes_AS_STRING(second), (size_t)more);
+    }
+    Py_DECREF(second);
+    return both;
+}
+
 /* The inode at reference `ref`, its block from the metadata cache: 1 with *r parsed and finished
  * (owner indices, not values) and *block a new reference to the block; 0 for the Python decoder;
- * -1 with an error. */
-static int inode_at_ref(Decoder *d, uint64_t ref, RawInode *r, PyObject **block) {
+ * -1 with an error. With `join`, an inode cut short by the end of its block is parsed again from
+ * its block's tail joined to the next block (*block is then that joined copy, r->end -1): a record
+ * may straddle two blocks, and one in a hundred or so does. One that needs a third block (a link
+ * target of more than 8 KiB) is left to the Python decoder. */
+static int inode_at_ref(Decoder *d, uint64_t ref, RawInode *r, PyObject **block, int join) {
     uint64_t at = ref >> 16;
     if (at >= d->inode_table_size) return 0; /* the Python decoder says what is wrong */
-    PyObject *data = metadata_block(&d->meta, d->inode_table + at);
-    if (data == NULL) return -1;
-    int rc = parse_inode(d, (const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                         (Py_ssize_t)(ref & 0xFFFF), r);
+    PyObject *pair = metadata_block_pair(&d->meta, d->inode_table + at);
+    if (pair == NULL) return -1;
+    PyObject *data = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+    Py_ssize_t offset = (Py_ssize_t)(ref & 0xFFFF);
+    int rc = parse_inode(d, (const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), offset, r);
+    if (rc == CUT_SHORT && join) {
+        unsigned long long next = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(pair, 1));
+        if (next == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* not a position: the Python decoder copes */
+        } else {
+            Py_SETREF(data, joined(d, data, offset, next));
+            rc = data == NULL ? -1 : parse_inode(d, (const unsigned char *)PyBytes_AS_STRING(data),
+                                                 PyBytes_GET_SIZE(data), 0, r);
+            if (rc == 1) r->end = -1;
+        }
+    }
+    Py_DECREF(pair);
     if (rc == 1 && finish(d, r) < 0) rc = -1;
     if (rc == 1)
         *block = data;
     else
-        Py_DECREF(data);
-    return rc;
+        Py_XDECREF(data);
+    return rc == 1 ? 1 : rc == -1 ? -1 : 0;
 }
 
 static int with_cache(Decoder *d) {
@@ -403,7 +442,7 @@ static PyObject *Decoder_decode_ref(PyObject *self, PyObject *ref) {
     if (PyErr_Occurred()) return NULL;
     RawInode r;
     PyObject *block;
-    int rc = inode_at_ref(d, value, &r, &block);
+    int rc = inode_at_ref(d, value, &r, &block, 0);
     if (rc <= 0) {
         if (rc < 0) return NULL;
         Py_RETURN_NONE;
@@ -422,7 +461,7 @@ static int api_raw(PyObject *decoder, uint64_t ref, RawInode *out, PyObject **bl
     Decoder *d = (Decoder *)decoder;
     if (!with_cache(d)) return -1;
     if (d->id_values == NULL) return 0;
-    int rc = inode_at_ref(d, ref, out, block);
+    int rc = inode_at_ref(d, ref, out, block, 1);
     if (rc == 1) {
         out->uid = d->id_values[out->uid];
         out->gid = d->id_values[out->gid];

@@ -26,7 +26,8 @@ typedef struct {
     uint64_t uid, gid, nlink, size, rdev;
     uint64_t blocks; /* as Stat.blocks: 512-byte units stored, the attribute set's included */
     uint32_t xattr;  /* the attribute set's index, INODE_NO_XATTR for none (or no xattr table) */
-    /* directory: DirLocation's fields; end: the offset in the block after the inode */
+    /* directory: DirLocation's fields; end: the offset in the block after the inode (-1 for one
+     * that raw() read across two blocks) */
     uint64_t dir_start, dir_offset, dir_size, dir_parent, dir_index_count;
     /* regular file: FileLocation's fields */
     uint64_t file_blocks_start, file_block_count, file_fragment, file_fragment_offset;
@@ -39,9 +40,10 @@ typedef struct {
 
 typedef struct {
     /* The inode at reference `ref` of `decoder` (a siffs.squashfs._inode.Decoder made with a
-     * cache): 1 with *out filled and *block a new reference to the metadata block it lies in
-     * (out->target points into it); 0 if the C decoder leaves it to Python (damage, a record that
-     * straddles blocks); -1 with an error (a block that would not load, the xattr table's). */
+     * cache): 1 with *out filled and *block a new reference to the metadata block it lies in, or to
+     * a copy of its two parts when it straddles two blocks (out->target points into it); 0 if the C
+     * decoder leaves it to Python (damage, a record across more than two blocks); -1 with an error
+     * (a block that would not load, the xattr table's). */
     int (*raw)(PyObject *decoder, uint64_t ref, RawInode *out, PyObject **block);
 } InodeApi;
 

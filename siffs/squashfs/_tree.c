@@ -172,7 +172,7 @@ static PyObject *stat_at(Tree *t, PyObject *ref_obj) {
 }
 
 /* The inode at `ref` decoded into C values (_inode.h): 1, TREE_DECLINE, or TREE_ERROR. *block: its
- * metadata block (a new reference, which out->target points into). */
+ * metadata block, or its two parts joined (a new reference, which out->target points into). */
 static int raw_at(Tree *t, unsigned long long ref, RawInode *r, PyObject **block) {
     if (ref >> REF_BITS)
         return TREE_DECLINE; /* the Python path names the damage */
