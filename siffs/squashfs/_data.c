@@ -19,7 +19,7 @@
  * FileReader(meta_items, data_items, meta_block, data_block, layout)
  *   meta_items, data_items: the metadata and data caches' tables (LruCache.table: an OrderedDict
  *       of key -> (value, cost), keys ("m", position) and ("d", start, size word))
- *   meta_block: position -> (bytes, next position), the metadata block through its cache
+ *   meta_block: MetadataReader.loader (position -> (bytes, next position) through its cache, _caches.h)
  *   data_block: (start, size word) -> bytes, the data or fragment block through its cache
  *   layout: (inode_table, inode_table_size, block_size, image_end, max_list_bytes,
  *            fragment_count, fragment_block_positions)

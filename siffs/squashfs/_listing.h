@@ -120,11 +120,4 @@ static inline int copy_listing(CacheView *blocks, long long pos, long long offse
     return 0;
 }
 
-/* An error met while copying a listing that is the image's (damage found loading a block), which
- * the Python loader meets again and raises, is cleared. A signal's exception (KeyboardInterrupt, the
- * daemon's stop) or MemoryError is not the image's: it stays, to go up. */
-static inline void clear_image_error(void) {
-    if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError)) PyErr_Clear();
-}
-
 #endif

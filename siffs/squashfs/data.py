@@ -98,7 +98,7 @@ class DataReader:
                 fragments.count if fragments is not None else 0,
                 fragments.blocks if fragments is not None else (),
             )
-            reader = module.FileReader(meta_cache.table, data_cache.table, meta.block, self._block, layout)
+            reader = module.FileReader(meta_cache.table, data_cache.table, meta.loader, self._block, layout)
             self.native = reader.read
 
     def read(self, inode_ref: int, loc: FileLocation, file_size: int, offset: int, size: int) -> bytes:

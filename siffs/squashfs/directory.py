@@ -59,7 +59,7 @@ NativeFind = Callable[
         object,
         tuple[object, ...],
         tuple[bytes, ...],
-        Callable[[int], metadata.Block] | None,
+        object,  # MetadataReader.loader, or None
         Callable[[object, "Segment", int], "Segment"] | None,
         bytes,
         Callable[[int], "Segment"] | None,
@@ -150,7 +150,7 @@ class Listing:
         # the next listing: the length tells them apart.
         self._key = ("s", directory_table + loc.block, loc.offset, self._length)
         #: What ``native_find`` takes before the name (read by the reader's C lookup, _tree.c).
-        self.find_args = (cache.table, self._key, index.names, meta.block, cache.put)
+        self.find_args = (cache.table, self._key, index.names, meta.loader, cache.put)
 
     def cost(self) -> int:
         """Bytes a kept listing holds outside the cache's budget: itself and its index."""

@@ -210,7 +210,7 @@ class InodeDecoder:
         if module is not None:
             stored_size = xattrs.stored_size if xattrs.present else None
             types = (Stat, DirLocation, FileLocation, Inode)
-            cache = (meta.cache.table, meta.block, sb.inode_table, sb.directory_table - sb.inode_table)
+            cache = (meta.cache.table, meta.loader, sb.inode_table, sb.directory_table - sb.inode_table)
             decoder = module.Decoder(
                 types, sb.inode_count, sb.block_size, tuple(ids), stored_size, cache=cache
             )

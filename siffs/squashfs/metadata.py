@@ -9,12 +9,13 @@ cached (decompressed) because the same inode block serves dozens of neighbouring
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from siffs.squashfs.cache import LruCache
 from siffs.squashfs.codecs import Codec
 from siffs.squashfs.errors import CorruptImage
-from siffs.squashfs.source import ByteSource
+from siffs.squashfs.source import ByteSource, FileSource
 
 SIZE = 8192
 _HEADER = struct.Struct("<H")
@@ -43,6 +44,16 @@ class MetadataReader:
         self.codec = codec
         self.limit = limit
         self.cache = cache
+        #: What the native readers load blocks through (_caches.h): :meth:`block`, or, when the
+        #: bytes come straight from a file, (block, source, its offset in the file, the end of the
+        #: image, the codec's decompress, the cache's put, a block's cost beyond its bytes), with
+        #: which they load a block themselves as :meth:`_load` does (``_fd`` read per load, so a
+        #: closed source goes to :meth:`block`, which raises). A stage in between (verification,
+        #: decryption) is read through Python only.
+        self.loader: Callable[[int], Block] | tuple[object, ...] = self.block
+        if type(source) is FileSource:
+            end = min(limit, source.size)
+            self.loader = (self.block, source, source.offset, end, codec.decompress, cache.put, _OVERHEAD)
 
     def block(self, pos: int) -> Block:
         """The decompressed metadata block at partition offset ``pos``, and where the next one starts."""

@@ -156,7 +156,7 @@ class SquashFS:
             basic=(
                 self._meta_cache.table,
                 self.superblock.directory_table,
-                self._meta.block,
+                self._meta.loader,
                 _C_LISTINGS_BUDGET,
             ),
         )

@@ -56,6 +56,11 @@ class FileSource:
         """Length of the partition in bytes."""
         return self._length
 
+    @property
+    def offset(self) -> int:
+        """Where the partition starts in the file."""
+        return self._offset
+
     def pread(self, offset: int, size: int) -> bytes:
         """Read exactly ``size`` bytes at partition offset ``offset``."""
         if offset < 0 or size < 0 or offset + size > self._length:
