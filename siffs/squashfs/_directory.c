@@ -147,13 +147,6 @@ out:
     return stored;
 }
 
-/* Whether bytes a sort before bytes b, as Python compares bytes. */
-static int bytes_less(PyObject *a, PyObject *b) {
-    Py_ssize_t la = PyBytes_GET_SIZE(a), lb = PyBytes_GET_SIZE(b);
-    int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)(la < lb ? la : lb));
-    return c < 0 || (c == 0 && la < lb);
-}
-
 static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 7 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != 4 || !PyTuple_Check(args[2]) ||
@@ -163,20 +156,9 @@ static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     PyObject *key_base = args[1], *first = args[2], *block = args[3], *put = args[4], *name = args[5];
-    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(first);
-    while (lo < hi) { /* bisect_right */
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        PyObject *item = PyTuple_GET_ITEM(first, mid);
-        if (!PyBytes_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "first_names must hold bytes");
-            return NULL;
-        }
-        if (bytes_less(name, item))
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    PyObject *number = PyLong_FromSsize_t(lo - 1);
+    Py_ssize_t interval = interval_of(first, name);
+    if (interval < -1) return NULL;
+    PyObject *number = PyLong_FromSsize_t(interval);
     PyObject *key = number == NULL ? NULL : PyTuple_New(5);
     if (key == NULL) {
         Py_XDECREF(number);

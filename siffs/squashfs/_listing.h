@@ -90,6 +90,33 @@ static inline int match_entry(void *ctx, const Entry *e) {
     return 1;
 }
 
+/* Whether bytes a sort before bytes b, as Python compares bytes. */
+static inline int bytes_less(PyObject *a, PyObject *b) {
+    Py_ssize_t la = PyBytes_GET_SIZE(a), lb = PyBytes_GET_SIZE(b);
+    int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)(la < lb ? la : lb));
+    return c < 0 || (c == 0 && la < lb);
+}
+
+/* The index interval that holds `name` in a listing whose index has the (sorted) first names
+ * `first`, as Listing.find picks it: bisect_right less one (-1: before the first index entry).
+ * -2 with a TypeError if a first name is not bytes. */
+static inline Py_ssize_t interval_of(PyObject *first, PyObject *name) {
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(first);
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        PyObject *item = PyTuple_GET_ITEM(first, mid);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "first_names must hold bytes");
+            return -2;
+        }
+        if (bytes_less(name, item))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo - 1;
+}
+
 /* A listing's bytes cross at most 9 metadata blocks (64 KiB in blocks of up to 8 KiB, the first
  * entered anywhere); a longer chain is a damaged image, for the Python loader to name. */
 #define MAX_HOPS 16

@@ -70,7 +70,7 @@ typedef struct {
  * or the byte budget is reached, as the reader's listings are. */
 #define KEPT_MAX 8192
 
-static PyObject *SEGMENT, *FIND_ARGS, *XATTR_TAG;
+static PyObject *SEGMENT, *FIND_ARGS, *SPANS, *XATTR_TAG;
 
 static PyObject *call1(PyObject *fn, PyObject *a) { return PyObject_Vectorcall(fn, &a, 1, NULL); }
 
@@ -180,6 +180,60 @@ static int raw_at(Tree *t, unsigned long long ref, RawInode *r, PyObject **block
     return rc == 1 ? 1 : rc == 0 ? TREE_DECLINE : TREE_ERROR;
 }
 
+/* `length` bytes of listing copied out of the metadata blocks from `offset` in the block at `pos`
+ * and checked by walk() (a new bytes object): the entries from linear offset `linear` of a listing
+ * of `length_all` bytes. NULL with no error: damage, for the Python lookup to name. */
+static PyObject *copied(Tree *t, long long pos, long long offset, long long linear, long long length,
+                        long long length_all) {
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    if (data == NULL)
+        return NULL;
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
+    if (copy_listing(&t->blocks, pos, offset, length, buf) < 0 ||
+        walk(buf, (Py_ssize_t)length, linear, length_all, accept_entry, NULL) != WALK_DONE) {
+        Py_DECREF(data);
+        if (PyErr_Occurred())
+            clear_image_error();
+        return NULL;
+    }
+    return data;
+}
+
+/* Keep checked listing bytes `data` (stolen) under `key` within the budget (the dict is emptied
+ * when it is reached; bytes larger than the budget are searched once, not kept). Returns the
+ * bytes to search: `data`, or those another thread kept meanwhile (a block load may have run
+ * Python code); NULL on an error. */
+static PyObject *keep(Tree *t, PyObject *key, PyObject *data) {
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    if (length > t->kept_budget)
+        return data;
+    PyObject *stored = PyDict_GetItemWithError(t->kept, key);
+    if (stored != NULL || PyErr_Occurred()) {
+        Py_DECREF(data);
+        return Py_XNewRef(stored);
+    }
+    if (PyDict_GET_SIZE(t->kept) >= KEPT_MAX || t->kept_bytes + length > t->kept_budget) {
+        PyDict_Clear(t->kept);
+        t->kept_bytes = 0;
+    }
+    if (PyDict_SetItem(t->kept, key, data) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    t->kept_bytes += length;
+    return data;
+}
+
+/* The reference of the first entry called `name` in checked listing bytes `data` (stolen), as an
+ * int, or None. */
+static PyObject *search(PyObject *data, PyObject *name) {
+    Wanted w = {PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), 0};
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    int found = walk((const unsigned char *)PyBytes_AS_STRING(data), size, 0, size, match_entry, &w);
+    Py_DECREF(data); /* checked when kept: the walk ends or stops */
+    return found == WALK_STOPPED ? PyLong_FromUnsignedLongLong(w.ref) : Py_NewRef(Py_None);
+}
+
 /* The checked bytes of directory `parent`'s listing if it is known and has no index (kept, or
  * copied out of the metadata blocks and kept). NULL with no error: not that case, or a listing
  * walk() does not accept, for the Python lookup (which raises what a damaged one deserves). */
@@ -204,36 +258,49 @@ static PyObject *basic_listing(Tree *t, PyObject *parent) {
     }
     if (r.basic != 1 || r.ino != ino || r.dir_index_count != 0 || length <= 0 || length > NATIVE_SEGMENT_MAX)
         return NULL; /* not a directory, another inode than asked for, an index, empty or too long */
-    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
-    if (data == NULL)
+    PyObject *data = copied(t, (long long)(t->directory_table + r.dir_start), (long long)r.dir_offset, 0, length,
+                            length);
+    return data == NULL ? NULL : keep(t, parent, data);
+}
+
+/* The checked bytes of index interval `i` of a listing the reader keeps (a Listing with an index:
+ * its find_args `fa` and spans), kept under (directory, i) as basic_listing keeps a whole listing,
+ * instead of the interval's Segment (four Python objects per entry, and a lookup needs one).
+ * The interval is what Listing._parse(i) reads. NULL with no error: an empty or long interval,
+ * odd arguments or damage, for the Segment way (_directory.find). */
+static PyObject *interval(Tree *t, PyObject *dir, PyObject *fa, PyObject *spans, Py_ssize_t i) {
+    PyObject *key = Py_BuildValue("(On)", dir, i);
+    if (key == NULL)
         return NULL;
-    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(data);
-    if (copy_listing(&t->blocks, (long long)(t->directory_table + r.dir_start), (long long)r.dir_offset, length,
-                     buf) < 0 ||
-        walk(buf, (Py_ssize_t)length, 0, length, accept_entry, NULL) != WALK_DONE) {
-        Py_DECREF(data);
-        if (PyErr_Occurred())
-            clear_image_error();
-        return NULL;
+    PyObject *kept = PyDict_GetItemWithError(t->kept, key);
+    if (kept != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        return Py_XNewRef(kept);
     }
-    if (length > t->kept_budget)
-        return data; /* searched once, not kept */
-    /* A block load above may have run Python code, and another thread kept it meanwhile. */
-    PyObject *stored = PyDict_GetItemWithError(t->kept, parent);
-    if (stored != NULL || PyErr_Occurred()) {
-        Py_DECREF(data);
-        return Py_XNewRef(stored);
+    PyObject *data = NULL, *offsets, *blocks;
+    unsigned long long table, start, first_offset, length;
+    PyObject *base = PyTuple_GET_ITEM(fa, 1);
+    if (PyArg_ParseTuple(spans, "KO!O!", &table, &PyTuple_Type, &offsets, &PyTuple_Type, &blocks) &&
+        PyTuple_GET_SIZE(base) == 4 && PyTuple_GET_SIZE(blocks) == PyTuple_GET_SIZE(offsets) &&
+        i < PyTuple_GET_SIZE(offsets)) {
+        start = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(base, 1));
+        first_offset = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(base, 2));
+        length = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(base, 3));
+        unsigned long long linear = i < 0 ? 0 : PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(offsets, i));
+        unsigned long long pos = i < 0 ? start : table + PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(blocks, i));
+        unsigned long long end = i + 1 < PyTuple_GET_SIZE(offsets)
+                                     ? PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(offsets, i + 1))
+                                     : length;
+        if (!PyErr_Occurred() && linear < end && end - linear <= NATIVE_SEGMENT_MAX && end <= length &&
+            length <= LLONG_MAX && pos <= LLONG_MAX)
+            data = copied(t, (long long)pos, (long long)((first_offset + linear) % METADATA_BLOCK), (long long)linear,
+                          (long long)(end - linear), (long long)length);
     }
-    if (PyDict_GET_SIZE(t->kept) >= KEPT_MAX || t->kept_bytes + length > t->kept_budget) {
-        PyDict_Clear(t->kept);
-        t->kept_bytes = 0;
-    }
-    if (PyDict_SetItem(t->kept, parent, data) < 0) {
-        Py_DECREF(data);
-        return NULL;
-    }
-    t->kept_bytes += length;
-    return data;
+    if (data == NULL && PyErr_Occurred())
+        clear_image_error(); /* odd arguments or damage: the Segment way raises what is due */
+    PyObject *kept_now = data == NULL ? NULL : keep(t, key, data);
+    Py_DECREF(key);
+    return kept_now;
 }
 
 /* What a lookup answers for the reference ``find`` returned (stolen): the entry's Stat, None for
@@ -258,17 +325,27 @@ static PyObject *find_ref(Tree *t, PyObject *dir, PyObject *name) {
         PyObject *data = basic_listing(t, dir);
         if (data == NULL)
             return PyErr_Occurred() ? NULL : Py_NewRef(Py_NotImplemented);
-        Wanted w = {PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), 0};
-        Py_ssize_t size = PyBytes_GET_SIZE(data);
-        int found = walk((const unsigned char *)PyBytes_AS_STRING(data), size, 0, size, match_entry, &w);
-        Py_DECREF(data); /* checked when kept: the walk ends or stops */
-        return found == WALK_STOPPED ? PyLong_FromUnsignedLongLong(w.ref) : Py_NewRef(Py_None);
+        return search(data, name);
     }
-    Py_INCREF(listing); /* the dict may drop it while a segment loads */
+    Py_INCREF(listing); /* the dict may drop it while a block loads */
     PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
-    PyObject *load = PyObject_GetAttr(listing, SEGMENT);
-    Py_DECREF(listing);
     PyObject *ref = NULL;
+    if (fa != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 5 && PyTuple_Check(PyTuple_GET_ITEM(fa, 1)) &&
+        PyTuple_Check(PyTuple_GET_ITEM(fa, 2)) && PyTuple_GET_SIZE(PyTuple_GET_ITEM(fa, 2)) > 0) {
+        Py_ssize_t i = interval_of(PyTuple_GET_ITEM(fa, 2), name);
+        PyObject *spans = i < -1 ? NULL : PyObject_GetAttr(listing, SPANS);
+        PyObject *data = spans == NULL || !PyTuple_Check(spans) ? NULL : interval(t, dir, fa, spans, i);
+        Py_XDECREF(spans);
+        if (data != NULL) {
+            Py_DECREF(fa);
+            Py_DECREF(listing);
+            return search(data, name);
+        }
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+            goto out; /* a signal's exception: up */
+        PyErr_Clear(); /* the Segment way below raises what is due */
+    }
+    PyObject *load = fa == NULL ? NULL : PyObject_GetAttr(listing, SEGMENT);
     if (fa != NULL && load != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 5) {
         PyObject *fargs[7] = {PyTuple_GET_ITEM(fa, 0), PyTuple_GET_ITEM(fa, 1), PyTuple_GET_ITEM(fa, 2),
                               PyTuple_GET_ITEM(fa, 3), PyTuple_GET_ITEM(fa, 4), name, load};
@@ -276,8 +353,10 @@ static PyObject *find_ref(Tree *t, PyObject *dir, PyObject *name) {
     } else if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_TypeError, "a listing without find_args");
     }
-    Py_XDECREF(fa);
     Py_XDECREF(load);
+out:
+    Py_XDECREF(fa);
+    Py_DECREF(listing);
     return ref;
 }
 
@@ -668,8 +747,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__tree(void) {
     SEGMENT = PyUnicode_InternFromString("_segment");
     FIND_ARGS = PyUnicode_InternFromString("find_args");
+    SPANS = PyUnicode_InternFromString("spans");
     XATTR_TAG = PyUnicode_InternFromString("x");   /* and xattr.XattrTable's attribute sets' with this */
-    if (SEGMENT == NULL || FIND_ARGS == NULL || XATTR_TAG == NULL ||
+    if (SEGMENT == NULL || FIND_ARGS == NULL || SPANS == NULL || XATTR_TAG == NULL ||
         caches_init_module() < 0 || PyType_Ready(&TreeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -135,7 +135,7 @@ class Listing:
     segment, which the format bounds to 64 KiB for basic directories.
     """
 
-    __slots__ = ("_cache", "_index", "_key", "_length", "_loc", "_meta", "_table", "find_args")
+    __slots__ = ("_cache", "_index", "_key", "_length", "_loc", "_meta", "_table", "find_args", "spans")
 
     def __init__(
         self, meta: MetadataReader, directory_table: int, loc: DirLocation, index: Index, cache: LruCache
@@ -151,6 +151,9 @@ class Listing:
         self._key = ("s", directory_table + loc.block, loc.offset, self._length)
         #: What ``native_find`` takes before the name (read by the reader's C lookup, _tree.c).
         self.find_args = (cache.table, self._key, index.names, meta.loader, cache.put)
+        #: Where each index interval starts (directory table, index offsets, index blocks), for
+        #: the reader's C lookup, which keeps an interval's bytes where ``find`` keeps a Segment.
+        self.spans = (directory_table, index.offsets, index.blocks)
 
     def cost(self) -> int:
         """Bytes a kept listing holds outside the cache's budget: itself and its index."""
