@@ -60,10 +60,11 @@ _NO_XATTRS, _XATTRS_UNSUPPORTED, _XATTR_BASE = 1, 2, 3
 #: segments are in the cache). Enough for a few thousand directories: a walk comes back to a
 #: directory after a whole subtree, and a listing made again (for readdir, and for lookups in a
 #: directory with an index: those without one need no listing in C, see _tree.c) costs a Python
-#: call path of ~5 us. Only listings with a small index are kept, as a kept listing keeps its
-#: index outside the cache's budget.
+#: call path of ~5 us, and a lookup in a directory with an index that is not kept goes through
+#: that Python path every time. A listing is counted with its index (100 bytes and the name per
+#: index entry: ~30 KiB for a directory of 10,000 entries); one costing more than an eighth of
+#: the budget is not kept.
 _LISTINGS_BUDGET = 2 << 20
-_KEPT_INDEX_MAX = 128
 #: Bytes of listings without an index that the C lookup keeps (_tree.c: their bytes, not
 #: Segments, checked once and searched in place; emptied when full). A listing is a few hundred
 #: bytes (about 20 per entry), so this holds the directories of a large tree's hot paths.
@@ -263,8 +264,8 @@ class SquashFS:
                 ("n", inode.ref), lambda: directory.read_index(self._meta, loc), directory.Index.cost
             )
         listing = directory.Listing(self._meta, self.superblock.directory_table, loc, index, self._meta_cache)
-        if loc.index_count <= _KEPT_INDEX_MAX:
-            cost = listing.cost()
+        cost = listing.cost()
+        if cost <= _LISTINGS_BUDGET // 8:
             if self._listings_cost + cost > _LISTINGS_BUDGET:
                 # Cheaper than an LRU's bookkeeping on every hit (the C lookup reads a plain dict),
                 # for objects this cheap to remake.

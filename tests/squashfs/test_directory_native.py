@@ -180,6 +180,40 @@ def test_listings_without_an_index_are_searched_as_bytes_in_c(name, corpus, monk
     assert answers[0] == answers[1]
 
 
+def test_index_intervals_are_searched_as_bytes_in_c(corpus, monkeypatch):
+    """After a directory's first lookup (Python reads its index and makes the Listing), each lookup
+    there keeps and searches its index interval's bytes in C (_tree.c): Python parses one Segment
+    per directory with an index, however many of its intervals are looked into. The same answers
+    with a budget too small to keep an interval (each then searched once)."""
+    image = corpus.image("mk-bigdir")
+    answers = []
+    with SquashFS.open(image) as names:
+        expected = {
+            (path, name): st.ino
+            for path, dst in walk(names)
+            if dst.mode & 0o170000 == 0o040000
+            for name, st, _ in names.readdir(dst.ino)
+        }
+    for budget in (2 << 20, 1000):
+        monkeypatch.setattr(reader, "_C_LISTINGS_BUDGET", budget)
+        with SquashFS.open(image) as fs, SquashFS.open(image) as names:
+            calls, restore = counting_parses(fs)
+            try:
+                found = lookups_only(fs, names)
+            finally:
+                restore()
+            answers.append(found)
+            indexed = sorted(n for n in calls if n)
+            assert indexed and max(indexed) >= 8  # a directory of many intervals
+            assert len(indexed) == len(set(fs._listings))  # one parse per listing with an index
+            kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
+            assert (kept > 8 * 1000) if budget > 1000 else (kept <= budget)
+    for path, ino in answers[0]:
+        head, _, name = path.rpartition(b"/")
+        assert ino == expected.get((head or b"/", name)), path
+    assert answers[0] == answers[1]
+
+
 @pytest.mark.parametrize("name", MAIN)
 def test_a_kept_listing_without_an_index_is_parsed_and_stored_in_c(name, corpus):
     """Listing.find of a listing without an index parses its one segment in C: the segment the
