@@ -158,6 +158,17 @@ static PyObject *read_file(FileReader *self, uint64_t ref, long long offset, lon
         if (total > self->image_end) goto python;
     }
 
+    /* A read of exactly one whole data block (the kernel reads ahead in requests of a block's
+     * size, aligned): the cached block itself, no copy of its 128 KiB. */
+    if (first == last && first < count && off == first * bs && (le32(sizes + 4 * first) & SIZE_MASK) != 0) {
+        PyObject *data = data_block(self, start, le32(sizes + 4 * first));
+        if (data == NULL || (uint64_t)PyBytes_GET_SIZE(data) == end - off) {
+            out = data;
+            goto done;
+        }
+        Py_DECREF(data); /* one that unpacks short: zero-filled below */
+    }
+
     /* At most 2048 blocks (their list lies in one metadata block) and a tail: end - off fits. */
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(end - off));
     if (out == NULL) goto done;

@@ -182,6 +182,9 @@ def test_blocks_sparse_short_and_a_tail():
         assert t.read(offset, size) == whole[offset : offset + size]
     assert t.read(3 * BS + 10, 5) == b"" and t.read(-1, 5) == b"" and t.read(0, -3) == b""
     assert t.missed == []  # everything was a hit
+    assert t.read(0, BS) is t.data["d", 5000, 100][0]  # one whole block: the cached one, no copy
+    assert t.read(2 * BS, BS) == block(3, 1000) + bytes(BS - 1000)  # a short one: zero-filled
+    assert t.read(0, BS - 1) == block(1)[:-1] and t.read(BS, BS) == bytes(BS)  # part of one, a sparse one
 
 
 def test_hits_are_marked_recently_used_and_misses_go_to_the_loaders():
