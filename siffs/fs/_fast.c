@@ -25,7 +25,7 @@
 
 /* The version of this module's interface to its Python caller (siffs.native.load checks it):
  * bump it whenever a signature, a constructor argument or a capsule changes. */
-#define ABI 1
+#define ABI 2
 
 #define FAST_OPS_NAME "pyfuse3.fast_ops.v1"
 #define DECLINE (-1)
@@ -287,15 +287,59 @@ static int fast_readlink(void *data, uint64_t ino, PyObject **out) {
     return bytes_result(call(h->readlink, swap(h, ino), NULL), out);
 }
 
+/* Name and value of pair `j` of an attribute set, if it is a (bytes, bytes) pair: 1, else 0. */
+static int pair_at(PyObject *pairs, Py_ssize_t j, PyObject **name, PyObject **value) {
+    PyObject *pair = PyTuple_GET_ITEM(pairs, j);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)
+        return 0;
+    *name = PyTuple_GET_ITEM(pair, 0);
+    *value = PyTuple_GET_ITEM(pair, 1);
+    return PyBytes_CheckExact(*name) && PyBytes_CheckExact(*value);
+}
+
+/* The tree's attribute set of `ino` as C values (_tree.h): 1 with *pairs (NULL: it has none), 0
+ * to ask the methods, -1 to answer *res (the errno of the reader's error). */
+static int native_xattrs(const Handlers *h, uint64_t ino, PyObject **pairs, int *res) {
+    if (h->api == NULL)
+        return 0;
+    int rc = h->api->xattrs(h->native, swap(h, ino), pairs);
+    if (rc == TREE_ERROR) {
+        *res = raised();
+        return *res != DECLINE ? -1 : 0;
+    }
+    return rc == TREE_FOUND;
+}
+
 static int fast_getxattr(void *data, uint64_t ino, const char *name, PyObject **out) {
     Handlers *h = data;
-    PyObject *key = PyBytes_FromString(name);
-    if (key == NULL) {
+    PyObject *pairs;
+    int res = DECLINE;
+    int got = native_xattrs(h, ino, &pairs, &res);
+    if (got < 0)
+        return res;
+    if (got == 1) {
+        size_t size = strlen(name);
+        PyObject *key, *value;
+        res = ENODATA; /* as the reader raises NoSuchAttribute */
+        for (Py_ssize_t j = 0; pairs != NULL && j < PyTuple_GET_SIZE(pairs) && res == ENODATA; j++) {
+            if (!pair_at(pairs, j, &key, &value)) {
+                res = DECLINE; /* a malformed set: the method says what is wrong */
+            } else if ((size_t)PyBytes_GET_SIZE(key) == size && memcmp(PyBytes_AS_STRING(key), name, size) == 0) {
+                *out = Py_NewRef(value); /* the first of that name, as the reader's loop */
+                res = 0;
+            }
+        }
+        Py_XDECREF(pairs);
+        if (res != DECLINE)
+            return res;
+    }
+    PyObject *wanted = PyBytes_FromString(name);
+    if (wanted == NULL) {
         PyErr_Clear();
         return DECLINE;
     }
-    PyObject *r = call(h->getxattr, swap(h, ino), key);
-    Py_DECREF(key);
+    PyObject *r = call(h->getxattr, swap(h, ino), wanted);
+    Py_DECREF(wanted);
     return bytes_result(r, out);
 }
 
@@ -304,39 +348,64 @@ static int hidden(PyObject *name, uint32_t uid) {
     return uid != 0 && PyBytes_GET_SIZE(name) >= 8 && memcmp(PyBytes_AS_STRING(name), "trusted.", 8) == 0;
 }
 
+/* The names of `count` attributes, each followed by a NUL, those hidden from `uid` left out, in
+ * *out: 0, or DECLINE when one is not bytes. `name_of(items, i)` gives the i-th name or NULL. */
+static int joined_names(PyObject *items, Py_ssize_t count, PyObject *(*name_of)(PyObject *, Py_ssize_t),
+                        uint32_t uid, PyObject **out) {
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = name_of(items, i);
+        if (name == NULL)
+            return DECLINE;
+        if (!hidden(name, uid))
+            total += PyBytes_GET_SIZE(name) + 1;
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
+    if (joined == NULL) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    char *p = PyBytes_AS_STRING(joined);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = name_of(items, i);
+        if (hidden(name, uid))
+            continue;
+        memcpy(p, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name));
+        p += PyBytes_GET_SIZE(name);
+        *p++ = '\0';
+    }
+    *out = joined;
+    return 0;
+}
+
+static PyObject *list_name(PyObject *names, Py_ssize_t i) {
+    PyObject *name = PyList_GET_ITEM(names, i);
+    return PyBytes_CheckExact(name) ? name : NULL;
+}
+
+static PyObject *pair_name(PyObject *pairs, Py_ssize_t i) {
+    PyObject *name, *value;
+    return pair_at(pairs, i, &name, &value) ? name : NULL;
+}
+
 static int fast_listxattr(void *data, uint64_t ino, uint32_t uid, PyObject **out) {
     Handlers *h = data;
+    PyObject *pairs;
+    int res = DECLINE;
+    int got = native_xattrs(h, ino, &pairs, &res);
+    if (got < 0)
+        return res;
+    if (got == 1) {
+        res = pairs == NULL ? joined_names(NULL, 0, pair_name, uid, out)
+                            : joined_names(pairs, PyTuple_GET_SIZE(pairs), pair_name, uid, out);
+        Py_XDECREF(pairs);
+        if (res != DECLINE)
+            return res;
+    }
     PyObject *names = call(h->listxattr, swap(h, ino), NULL);
     if (names == NULL)
         return raised();
-    int res = DECLINE;
-    if (PyList_CheckExact(names)) {
-        Py_ssize_t total = 0, count = PyList_GET_SIZE(names);
-        for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *name = PyList_GET_ITEM(names, i);
-            if (!PyBytes_CheckExact(name))
-                goto done;
-            if (!hidden(name, uid))
-                total += PyBytes_GET_SIZE(name) + 1;
-        }
-        PyObject *joined = PyBytes_FromStringAndSize(NULL, total);
-        if (joined == NULL) {
-            PyErr_Clear();
-            goto done;
-        }
-        char *p = PyBytes_AS_STRING(joined);
-        for (Py_ssize_t i = 0; i < count; i++) {
-            PyObject *name = PyList_GET_ITEM(names, i);
-            if (hidden(name, uid))
-                continue;
-            memcpy(p, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name));
-            p += PyBytes_GET_SIZE(name);
-            *p++ = '\0';
-        }
-        *out = joined;
-        res = 0;
-    }
-done:
+    res = PyList_CheckExact(names) ? joined_names(names, PyList_GET_SIZE(names), list_name, uid, out) : DECLINE;
     Py_DECREF(names);
     return res;
 }

@@ -187,7 +187,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     def _fast_ops(self) -> object | None:
         """The C handlers' capsule (siffs.fs._fast): the same answers as the handlers below."""
-        fast = native.load("siffs.fs._fast", abi=1)
+        fast = native.load("siffs.fs._fast", abi=2)
         if fast is None:
             return None
         handlers = fast.Handlers(

@@ -44,13 +44,15 @@
 
 /* The version of this module's interface to its Python caller (siffs.native.load checks it):
  * bump it whenever a signature, a constructor argument or a capsule changes. */
-#define ABI 1
+#define ABI 2
 
 #define REF_BITS 48
 #define REF_MASK ((1ULL << REF_BITS) - 1)
 /* The xattr codes of reader.py: none, unsupported (no xattr table), index + BASE. */
 enum { NO_XATTRS = 1, XATTRS_UNSUPPORTED = 2, XATTR_BASE = 3 };
 enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, FB_GETXATTR, FB_COUNT };
+
+#define RECENT_SETS 4
 
 typedef struct {
     PyObject_HEAD
@@ -64,6 +66,11 @@ typedef struct {
     PyObject *kept; /* directory inode -> its listing's checked bytes (directories without an index) */
     Py_ssize_t kept_bytes, kept_budget;
     CacheView xattr_sets; /* the metadata cache, for attribute sets loaded by the Python path */
+    /* The last attribute sets met (the image never changes, and files share few sets): their
+     * xattr codes and pairs (NULL: a free slot). */
+    unsigned long long recent_codes[RECENT_SETS];
+    PyObject *recent_sets[RECENT_SETS];
+    unsigned next_set;
 } Tree;
 
 /* Listings kept at most, whatever their bytes (a few hundred each); the dict is emptied when this
@@ -407,13 +414,13 @@ static PyObject *Tree_getattr(Tree *t, PyObject *ino) { return by_inode(t, ino, 
 
 static PyObject *Tree_readlink(Tree *t, PyObject *ino) { return by_inode(t, ino, FB_READLINK); }
 
-/* The (name, value) pairs of inode ``ino``'s attribute set if it is known and the set is in the
- * cache (XattrTable.pairs keeps it under ("x", index)); NULL with no error: ask Python, which
- * loads the set (or raises what the inode deserves). */
-static PyObject *cached_pairs(Tree *t, PyObject *ino) {
-    unsigned long long ref, code;
-    if (known(t, ino, &ref, &code) <= 0 || code < XATTR_BASE)
-        return NULL;
+/* The (name, value) pairs of attribute set `code` (an inode's xattr code, XATTR_BASE or more) if
+ * the set is in the cache (XattrTable.pairs keeps it under ("x", index)); NULL with no error: ask
+ * Python, which loads the set. */
+static PyObject *pairs_of(Tree *t, unsigned long long code) {
+    for (int i = 0; i < RECENT_SETS; i++)
+        if (t->recent_sets[i] != NULL && t->recent_codes[i] == code)
+            return Py_NewRef(t->recent_sets[i]);
     PyObject *index = PyLong_FromUnsignedLongLong(code - XATTR_BASE);
     PyObject *key = index == NULL ? NULL : PyTuple_Pack(2, XATTR_TAG, index);
     Py_XDECREF(index);
@@ -424,7 +431,21 @@ static PyObject *cached_pairs(Tree *t, PyObject *ino) {
         PyErr_SetString(PyExc_TypeError, "an attribute set is not a tuple of pairs");
         return NULL;
     }
+    if (pairs != NULL) {
+        unsigned slot = t->next_set++ % RECENT_SETS;
+        t->recent_codes[slot] = code;
+        Py_XSETREF(t->recent_sets[slot], Py_NewRef(pairs));
+    }
     return pairs;
+}
+
+/* The pairs of inode ``ino``'s attribute set if it is known and the set is in the cache; NULL with
+ * no error: ask Python. */
+static PyObject *cached_pairs(Tree *t, PyObject *ino) {
+    unsigned long long ref, code;
+    if (known(t, ino, &ref, &code) <= 0 || code < XATTR_BASE)
+        return NULL;
+    return pairs_of(t, code);
 }
 
 /* Item ``i`` (0: name, 1: value) of pair ``j``, if it is a (bytes, bytes) pair (borrowed). */
@@ -619,7 +640,29 @@ static int api_readlink(PyObject *tree, uint64_t ino, PyObject **out) {
     return rc;
 }
 
-static const TreeApi API = {api_lookup, api_getattr, api_readlink};
+static int api_xattrs(PyObject *tree, uint64_t ino, PyObject **pairs) {
+    Tree *t = as_tree(tree);
+    if (t == NULL)
+        return TREE_ERROR;
+    PyObject *number = PyLong_FromUnsignedLongLong(ino);
+    if (number == NULL)
+        return TREE_ERROR;
+    unsigned long long ref, code;
+    int k = known(t, number, &ref, &code);
+    Py_DECREF(number);
+    if (k <= 0)
+        return k < 0 ? TREE_ERROR : TREE_DECLINE;
+    if (code == NO_XATTRS) {
+        *pairs = NULL;
+        return TREE_FOUND;
+    }
+    if (code < XATTR_BASE)
+        return TREE_DECLINE; /* no xattr table: EOPNOTSUPP or nothing, by the kind of inode */
+    *pairs = pairs_of(t, code);
+    return *pairs != NULL ? TREE_FOUND : PyErr_Occurred() ? TREE_ERROR : TREE_DECLINE;
+}
+
+static const TreeApi API = {api_lookup, api_getattr, api_readlink, api_xattrs};
 
 /* --- the type ------------------------------------------------------------------------------ */
 
@@ -635,6 +678,8 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     CACHE_VIEW_VISIT(t->blocks);
     Py_VISIT(t->kept);
     CACHE_VIEW_VISIT(t->xattr_sets);
+    for (int i = 0; i < RECENT_SETS; i++)
+        Py_VISIT(t->recent_sets[i]);
     return 0;
 }
 
@@ -650,6 +695,8 @@ static int Tree_clear(Tree *t) {
     cache_view_clear(&t->blocks);
     Py_CLEAR(t->kept);
     cache_view_clear(&t->xattr_sets);
+    for (int i = 0; i < RECENT_SETS; i++)
+        Py_CLEAR(t->recent_sets[i]);
     t->inode_api = NULL;
     return 0;
 }

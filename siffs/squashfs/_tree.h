@@ -15,8 +15,8 @@
 #include <Python.h>
 #include <stdint.h>
 
-#define TREE_API_NAME "siffs.squashfs._tree._api_v1"
-#define TREE_API_ATTR "_api_v1"
+#define TREE_API_NAME "siffs.squashfs._tree._api_v2"
+#define TREE_API_ATTR "_api_v2"
 
 /* The fields of the reader's Stat record, in its order. */
 enum { TS_INO, TS_MODE, TS_NLINK, TS_UID, TS_GID, TS_SIZE, TS_MTIME, TS_RDEV, TS_BLOCKS, TS_FIELDS };
@@ -35,6 +35,12 @@ typedef struct {
     int (*getattr)(PyObject *tree, uint64_t ino, TreeStat *out);
     /* Link `ino`'s target: TREE_FOUND with *out a new bytes object, or as above. */
     int (*readlink)(PyObject *tree, uint64_t ino, PyObject **out);
+    /* Inode `ino`'s extended attributes: TREE_FOUND with *pairs a new reference to its set (a
+     * tuple of (name, value) pairs, as XattrTable.pairs keeps it; the caller checks each pair), or
+     * NULL when it has none; TREE_DECLINE when the inode is not known yet, the image has no xattr
+     * table (the methods say what that means for each kind of inode), or the set is not in the
+     * cache (the method loads it); TREE_ERROR as above. */
+    int (*xattrs)(PyObject *tree, uint64_t ino, PyObject **pairs);
 } TreeApi;
 
 #endif
