@@ -17,11 +17,14 @@
  * whole once (walk(), _listing.h: what the Python parser accepts), and each lookup walks them to
  * the first entry of the name, as squashfuse does. A Segment holds four Python objects per entry;
  * a lookup needs one entry, and making the others was most of a cold lookup's time. The bytes
- * are kept up to a budget of their own (the dict is emptied when it is reached).
+ * are kept up to a budget of their own (the dict is emptied when it is reached). So are the index
+ * intervals of a listing with an index (its Listing, made by the Python lookup, says where they
+ * start), each under (directory, interval).
  *
  * The module's capsule (_tree.h) answers lookup, getattr and readlink as C values, from the
- * inode decoded into C values (_inode.h), for the FUSE layer's C handlers; Tree's methods answer
- * the same in Python objects, and everything the capsule declines.
+ * inode decoded into C values (_inode.h), and hands over an inode's attribute set (the last few
+ * met are remembered), for the FUSE layer's C handlers; Tree's methods answer the same in Python
+ * objects, and everything the capsule declines.
  *
  * Tree(refs, listings, find, decoder, read, fallbacks, layout, basic)
  *   refs: the reader's dict inode number -> reference | xattr code << 48
