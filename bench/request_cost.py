@@ -2,7 +2,7 @@
 """Request cost of a siffs mount against squashfuse_ll, in one run (about a minute).
 
     .venv/bin/python bench/request_cost.py [IMAGE] [--rounds 3] [--subtree usr/lib/python3.11]
-        [--variants all,none]
+        [--variants all,none] [--baseline DIR]
 
 For use before and after a change. Each round mounts the image afresh with every peer (so
 the first pass over the files is cold: nothing of this mount in the page cache), in turn, and
@@ -15,11 +15,14 @@ times small request-bound loops over one subtree:
   each unless the kernel caches link targets);
 * ``listdir``: every directory of the subtree, 5 times after one untimed pass (opendir,
   readdir, releasedir unless the kernel caches listings);
-* ``xattr``: listxattr of every file (the kernel never caches these).
+* ``xattr``: listxattr of every file and getxattr of each name, as the harness's xattr workload
+  (the kernel never caches these: every call is a request, the file's lookup long done).
 
 siffs variants select the pyfuse3 patches through ``SIFFS_PYFUSE3_FEATURES`` (``all`` = what the
 binding has, ``none`` = the stock path, or a ``+``-joined list of feature names), so one run
-shows what each patch buys. Prints medians and siffs ÷ squashfuse_ll (> 1: siffs faster).
+shows what each patch buys. ``--baseline DIR`` adds another commit's siffs (``git archive BASE siffs
+runtime | tar -x -C DIR`` plus its built ``.so`` files, run with ``PYTHONPATH=DIR``) with all
+features. Prints medians and siffs ÷ squashfuse_ll (> 1: siffs faster).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ def mount_squashfuse_ll(image: str, mnt: str) -> None:
     subprocess.run(["squashfuse_ll", "-o", f"offset={partition_offset(image)}", image, mnt], check=True)
 
 
-def mount_siffs(features: str) -> Callable[[str, str], None]:
+def mount_siffs(features: str, code: Path | None = None) -> Callable[[str, str], None]:
     def mount(image: str, mnt: str) -> None:
         env = dict(os.environ)
+        if code is not None:
+            env["PYTHONPATH"] = str(code.resolve())
         if features != "all":
             env[binding.ENV] = features.replace("+", ",")
         siffs = str(here / ".venv/bin/siffs")
@@ -117,7 +122,8 @@ def listdirs(dirs: list[str], repeat: int = REPEAT) -> int:
 
 def xattrs(files: list[str]) -> int:
     for p in files:
-        os.listxattr(p)
+        for name in os.listxattr(p):
+            os.getxattr(p, name)
     return len(files)
 
 
@@ -127,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--subtree", default="usr/lib/python3.11")
     ap.add_argument("--variants", default="all,none", help="siffs feature sets, comma-separated")
+    ap.add_argument("--baseline", type=Path, metavar="DIR", help="another commit's siffs and runtime")
     args = ap.parse_args()
     if not shutil.which("squashfuse_ll"):
         sys.exit("squashfuse_ll not found (apt-get install squashfuse)")
@@ -135,6 +142,8 @@ def main() -> None:
     peers: dict[str, Callable[[str, str], None]] = {"squashfuse_ll": mount_squashfuse_ll}
     for v in args.variants.split(","):
         peers[f"siffs[{v}]"] = mount_siffs(v)
+    if args.baseline:
+        peers["baseline"] = mount_siffs("all", args.baseline)
     work = tempfile.mkdtemp(prefix="siffs-reqcost-")
     mnt = os.path.join(work, "mnt")
     os.mkdir(mnt)
