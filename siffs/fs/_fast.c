@@ -297,42 +297,45 @@ static int pair_at(PyObject *pairs, Py_ssize_t j, PyObject **name, PyObject **va
     return PyBytes_CheckExact(*name) && PyBytes_CheckExact(*value);
 }
 
-/* The tree's attribute set of `ino` as C values (_tree.h): 1 with *pairs (NULL: it has none), 0
- * to ask the methods, -1 to answer *res (the errno of the reader's error). */
-static int native_xattrs(const Handlers *h, uint64_t ino, PyObject **pairs, int *res) {
+/* native_xattrs found the inode's attribute set. */
+#define WITH_SET (-3)
+
+/* The tree's attribute set of `ino` as C values (_tree.h): WITH_SET with *pairs (NULL: it has
+ * none), DECLINE to ask the methods, or the errno of the reader's error. */
+static int native_xattrs(const Handlers *h, uint64_t ino, PyObject **pairs) {
     if (h->api == NULL)
-        return 0;
+        return DECLINE;
     int rc = h->api->xattrs(h->native, swap(h, ino), pairs);
-    if (rc == TREE_ERROR) {
-        *res = raised();
-        return *res != DECLINE ? -1 : 0;
+    return rc == TREE_FOUND ? WITH_SET : rc == TREE_ERROR ? raised() : DECLINE;
+}
+
+/* Attribute `name`'s value from a set's pairs (NULL: none) into *out: 0, ENODATA when there is no
+ * such attribute (as the reader raises NoSuchAttribute), or DECLINE for a malformed set (the
+ * method says what is wrong). */
+static int value_of(PyObject *pairs, const char *name, PyObject **out) {
+    size_t size = strlen(name);
+    PyObject *key, *value;
+    for (Py_ssize_t j = 0; pairs != NULL && j < PyTuple_GET_SIZE(pairs); j++) {
+        if (!pair_at(pairs, j, &key, &value))
+            return DECLINE;
+        if ((size_t)PyBytes_GET_SIZE(key) == size && memcmp(PyBytes_AS_STRING(key), name, size) == 0) {
+            *out = Py_NewRef(value); /* the first of that name, as the reader's loop */
+            return 0;
+        }
     }
-    return rc == TREE_FOUND;
+    return ENODATA;
 }
 
 static int fast_getxattr(void *data, uint64_t ino, const char *name, PyObject **out) {
     Handlers *h = data;
     PyObject *pairs;
-    int res = DECLINE;
-    int got = native_xattrs(h, ino, &pairs, &res);
-    if (got < 0)
-        return res;
-    if (got == 1) {
-        size_t size = strlen(name);
-        PyObject *key, *value;
-        res = ENODATA; /* as the reader raises NoSuchAttribute */
-        for (Py_ssize_t j = 0; pairs != NULL && j < PyTuple_GET_SIZE(pairs) && res == ENODATA; j++) {
-            if (!pair_at(pairs, j, &key, &value)) {
-                res = DECLINE; /* a malformed set: the method says what is wrong */
-            } else if ((size_t)PyBytes_GET_SIZE(key) == size && memcmp(PyBytes_AS_STRING(key), name, size) == 0) {
-                *out = Py_NewRef(value); /* the first of that name, as the reader's loop */
-                res = 0;
-            }
-        }
+    int res = native_xattrs(h, ino, &pairs);
+    if (res == WITH_SET) {
+        res = value_of(pairs, name, out);
         Py_XDECREF(pairs);
-        if (res != DECLINE)
-            return res;
     }
+    if (res != DECLINE)
+        return res;
     PyObject *wanted = PyBytes_FromString(name);
     if (wanted == NULL) {
         PyErr_Clear();
@@ -391,17 +394,13 @@ static PyObject *pair_name(PyObject *pairs, Py_ssize_t i) {
 static int fast_listxattr(void *data, uint64_t ino, uint32_t uid, PyObject **out) {
     Handlers *h = data;
     PyObject *pairs;
-    int res = DECLINE;
-    int got = native_xattrs(h, ino, &pairs, &res);
-    if (got < 0)
-        return res;
-    if (got == 1) {
-        res = pairs == NULL ? joined_names(NULL, 0, pair_name, uid, out)
-                            : joined_names(pairs, PyTuple_GET_SIZE(pairs), pair_name, uid, out);
+    int res = native_xattrs(h, ino, &pairs);
+    if (res == WITH_SET) {
+        res = joined_names(pairs, pairs == NULL ? 0 : PyTuple_GET_SIZE(pairs), pair_name, uid, out);
         Py_XDECREF(pairs);
-        if (res != DECLINE)
-            return res;
     }
+    if (res != DECLINE)
+        return res;
     PyObject *names = call(h->listxattr, swap(h, ino), NULL);
     if (names == NULL)
         return raised();

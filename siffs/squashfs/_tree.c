@@ -605,20 +605,25 @@ static int api_lookup(PyObject *tree, uint64_t parent, const char *name, size_t 
     return rc;
 }
 
-/* The known inode `ino` decoded (1), or TREE_DECLINE / TREE_ERROR. */
-static int known_raw(PyObject *tree, uint64_t ino, RawInode *r, PyObject **block) {
-    Tree *t = as_tree(tree);
-    if (t == NULL)
+/* The reference and xattr code of known inode `ino` (1), or TREE_DECLINE / TREE_ERROR. */
+static int known_ino(PyObject *tree, uint64_t ino, Tree **t, unsigned long long *ref, unsigned long long *code) {
+    *t = as_tree(tree);
+    if (*t == NULL)
         return TREE_ERROR;
     PyObject *number = PyLong_FromUnsignedLongLong(ino);
     if (number == NULL)
         return TREE_ERROR;
-    unsigned long long ref, code;
-    int rc = known(t, number, &ref, &code);
+    int rc = known(*t, number, ref, code);
     Py_DECREF(number);
-    if (rc <= 0)
-        return rc < 0 ? TREE_ERROR : TREE_DECLINE;
-    return raw_at(t, ref, r, block);
+    return rc < 0 ? TREE_ERROR : rc == 0 ? TREE_DECLINE : 1;
+}
+
+/* The known inode `ino` decoded (1), or TREE_DECLINE / TREE_ERROR. */
+static int known_raw(PyObject *tree, uint64_t ino, RawInode *r, PyObject **block) {
+    Tree *t;
+    unsigned long long ref, code;
+    int rc = known_ino(tree, ino, &t, &ref, &code);
+    return rc == 1 ? raw_at(t, ref, r, block) : rc;
 }
 
 static int api_getattr(PyObject *tree, uint64_t ino, TreeStat *out) {
@@ -644,17 +649,11 @@ static int api_readlink(PyObject *tree, uint64_t ino, PyObject **out) {
 }
 
 static int api_xattrs(PyObject *tree, uint64_t ino, PyObject **pairs) {
-    Tree *t = as_tree(tree);
-    if (t == NULL)
-        return TREE_ERROR;
-    PyObject *number = PyLong_FromUnsignedLongLong(ino);
-    if (number == NULL)
-        return TREE_ERROR;
+    Tree *t;
     unsigned long long ref, code;
-    int k = known(t, number, &ref, &code);
-    Py_DECREF(number);
-    if (k <= 0)
-        return k < 0 ? TREE_ERROR : TREE_DECLINE;
+    int rc = known_ino(tree, ino, &t, &ref, &code);
+    if (rc != 1)
+        return rc;
     if (code == NO_XATTRS) {
         *pairs = NULL;
         return TREE_FOUND;

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -142,6 +142,23 @@ def parent_and_name(fs: SquashFS, path: bytes) -> tuple[int, bytes]:
     return ino, name
 
 
+def passes_at_budgets(
+    image: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, SquashFS, list[int], list[tuple[bytes, int | None]]]]:
+    """A lookup-only cold pass on a fresh reader for each budget of the C lookup's kept bytes (one
+    that keeps a large tree's hot listings, one of a few listings): (budget, reader, Python's
+    segment parses, answers)."""
+    for budget in (2 << 20, 1000):
+        monkeypatch.setattr(reader, "_C_LISTINGS_BUDGET", budget)
+        with SquashFS.open(image) as fs, SquashFS.open(image) as names:
+            calls, restore = counting_parses(fs)
+            try:
+                found = lookups_only(fs, names)
+            finally:
+                restore()
+            yield budget, fs, calls, found
+
+
 def counting_parses(fs: SquashFS) -> tuple[list[int], Callable[[], None]]:
     """Count the Python parses of ``fs``'s listing segments (each count: the listing's index size)."""
     calls: list[int] = []
@@ -163,20 +180,13 @@ def test_listings_without_an_index_are_searched_as_bytes_in_c(name, corpus, monk
     A budget of a few listings empties the kept ones often: the answers stay the same."""
     image = corpus.image(name)
     answers = []
-    for budget in (2 << 20, 1000):
-        monkeypatch.setattr(reader, "_C_LISTINGS_BUDGET", budget)
-        with SquashFS.open(image) as fs, SquashFS.open(image) as names:
-            calls, restore = counting_parses(fs)
-            try:
-                found = lookups_only(fs, names)
-            finally:
-                restore()
-            answers.append(found)
-            assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
-            segments = [k for k in fs._meta_cache.table if k[0] == "s"]
-            assert all(calls) and len(segments) == len(calls)  # only those Python parsed
-            kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
-            assert 0 < kept <= budget
+    for budget, fs, calls, found in passes_at_budgets(image, monkeypatch):
+        answers.append(found)
+        assert found and all(ino is not None for path, ino in found if not path.endswith(b"~"))
+        segments = [k for k in fs._meta_cache.table if k[0] == "s"]
+        assert all(calls) and len(segments) == len(calls)  # only those Python parsed
+        kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
+        assert 0 < kept <= budget
     assert answers[0] == answers[1]
 
 
@@ -194,20 +204,13 @@ def test_index_intervals_are_searched_as_bytes_in_c(corpus, monkeypatch):
             if dst.mode & 0o170000 == 0o040000
             for name, st, _ in names.readdir(dst.ino)
         }
-    for budget in (2 << 20, 1000):
-        monkeypatch.setattr(reader, "_C_LISTINGS_BUDGET", budget)
-        with SquashFS.open(image) as fs, SquashFS.open(image) as names:
-            calls, restore = counting_parses(fs)
-            try:
-                found = lookups_only(fs, names)
-            finally:
-                restore()
-            answers.append(found)
-            indexed = sorted(n for n in calls if n)
-            assert indexed and max(indexed) >= 8  # a directory of many intervals
-            assert len(indexed) == len(set(fs._listings))  # one parse per listing with an index
-            kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
-            assert (kept > 8 * 1000) if budget > 1000 else (kept <= budget)
+    for budget, fs, calls, found in passes_at_budgets(image, monkeypatch):
+        answers.append(found)
+        indexed = sorted(n for n in calls if n)
+        assert indexed and max(indexed) >= 8  # a directory of many intervals
+        assert len(indexed) == len(set(fs._listings))  # one parse per listing with an index
+        kept = fs.native_tree.kept_bytes  # type: ignore[attr-defined]
+        assert (kept > 8 * 1000) if budget > 1000 else (kept <= budget)
     for path, ino in answers[0]:
         head, _, name = path.rpartition(b"/")
         assert ino == expected.get((head or b"/", name)), path
