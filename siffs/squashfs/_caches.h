@@ -29,15 +29,45 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#define RECENT_MAX 8
 #define RECENT_BLOCKS 8
 
+/* The last few values met, by a 64-bit key (the image never changes, so any is right for as long as
+ * it is kept): at most RECENT_MAX slots, of which a user takes `n`, the oldest replaced first. */
+typedef struct {
+    uint64_t key[RECENT_MAX];
+    PyObject *value[RECENT_MAX]; /* NULL: a free slot */
+    unsigned next;
+} Recent;
+
+/* The value kept under `key` (a new reference), or NULL. */
+static inline PyObject *recent_get(const Recent *r, int n, uint64_t key) {
+    for (int i = 0; i < n; i++)
+        if (r->value[i] != NULL && r->key[i] == key) return Py_NewRef(r->value[i]);
+    return NULL;
+}
+
+static inline void recent_put(Recent *r, int n, uint64_t key, PyObject *value) {
+    unsigned slot = r->next++ % (unsigned)n;
+    r->key[slot] = key;
+    Py_XSETREF(r->value[slot], Py_NewRef(value));
+}
+
+static inline void recent_clear(Recent *r) {
+    for (int i = 0; i < RECENT_MAX; i++) Py_CLEAR(r->value[i]);
+}
+
+#define RECENT_VISIT(r)                                               \
+    do {                                                              \
+        for (int recent_i = 0; recent_i < RECENT_MAX; recent_i++)     \
+            Py_VISIT((r).value[recent_i]);                            \
+    } while (0)
+
 /* One cache: its table, the table's move_to_end, and the loader for misses; for metadata blocks,
- * the last RECENT_BLOCKS given (position, (bytes, next) pair; NULL: a free slot). */
+ * the last RECENT_BLOCKS given (position -> (bytes, next) pair). */
 typedef struct {
     PyObject *items, *touch, *load;
-    uint64_t recent_pos[RECENT_BLOCKS];
-    PyObject *recent[RECENT_BLOCKS];
-    unsigned next_slot;
+    Recent recent;
     /* Loading a metadata block here (MetadataReader.loader): the file source (NULL: never), its
      * offset in the file, the end of the image, the codec's decompress, the cache's put, and
      * what a block costs beyond its bytes. */
@@ -93,7 +123,7 @@ static inline int cache_view_set(CacheView *view, PyObject *items, PyObject *loa
     Py_XSETREF(view->decompress, Py_XNewRef(decompress));
     Py_XSETREF(view->put, Py_XNewRef(put));
     view->base = base, view->limit = limit, view->overhead = overhead;
-    for (int i = 0; i < RECENT_BLOCKS; i++) Py_CLEAR(view->recent[i]); /* they were another cache's */
+    recent_clear(&view->recent); /* they were another cache's */
     return 0;
 }
 
@@ -105,8 +135,7 @@ static inline int cache_view_set(CacheView *view, PyObject *items, PyObject *loa
         Py_VISIT((view).source);                                            \
         Py_VISIT((view).decompress);                                        \
         Py_VISIT((view).put);                                               \
-        for (int recent_i = 0; recent_i < RECENT_BLOCKS; recent_i++)        \
-            Py_VISIT((view).recent[recent_i]);                              \
+        RECENT_VISIT((view).recent);                                        \
     } while (0)
 
 static inline void cache_view_clear(CacheView *view) {
@@ -116,7 +145,7 @@ static inline void cache_view_clear(CacheView *view) {
     Py_CLEAR(view->source);
     Py_CLEAR(view->decompress);
     Py_CLEAR(view->put);
-    for (int i = 0; i < RECENT_BLOCKS; i++) Py_CLEAR(view->recent[i]);
+    recent_clear(&view->recent);
 }
 
 /* As cache_hit, for a table met once (no view kept): the method is looked up, not bound. */
@@ -223,8 +252,8 @@ static inline PyObject *load_block(CacheView *view, uint64_t pos, PyObject *key)
  * reference), remembered by the view, from the cache, loaded here, or from the Python loader; NULL
  * with an error. */
 static inline PyObject *metadata_block_pair(CacheView *view, uint64_t pos) {
-    for (int i = 0; i < RECENT_BLOCKS; i++)
-        if (view->recent[i] != NULL && view->recent_pos[i] == pos) return Py_NewRef(view->recent[i]);
+    PyObject *remembered = recent_get(&view->recent, RECENT_BLOCKS, pos);
+    if (remembered != NULL) return remembered;
     PyObject *where = PyLong_FromUnsignedLongLong(pos);
     if (where == NULL) return NULL;
     PyObject *key = PyTuple_Pack(2, METADATA_TAG, where);
@@ -239,9 +268,7 @@ static inline PyObject *metadata_block_pair(CacheView *view, uint64_t pos) {
         PyErr_SetString(PyExc_TypeError, "a metadata block is not a (bytes, next) pair");
         return NULL;
     }
-    unsigned slot = view->next_slot++ % RECENT_BLOCKS;
-    view->recent_pos[slot] = pos;
-    Py_XSETREF(view->recent[slot], Py_NewRef(block));
+    recent_put(&view->recent, RECENT_BLOCKS, pos, block);
     return block;
 }
 

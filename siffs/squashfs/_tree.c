@@ -69,11 +69,7 @@ typedef struct {
     PyObject *kept; /* directory inode -> its listing's checked bytes (directories without an index) */
     Py_ssize_t kept_bytes, kept_budget;
     CacheView xattr_sets; /* the metadata cache, for attribute sets loaded by the Python path */
-    /* The last attribute sets met (the image never changes, and files share few sets): their
-     * xattr codes and pairs (NULL: a free slot). */
-    unsigned long long recent_codes[RECENT_SETS];
-    PyObject *recent_sets[RECENT_SETS];
-    unsigned next_set;
+    Recent sets; /* the last RECENT_SETS attribute sets met, by xattr code (files share few sets) */
 } Tree;
 
 /* Listings kept at most, whatever their bytes (a few hundred each); the dict is emptied when this
@@ -421,9 +417,9 @@ static PyObject *Tree_readlink(Tree *t, PyObject *ino) { return by_inode(t, ino,
  * the set is in the cache (XattrTable.pairs keeps it under ("x", index)); NULL with no error: ask
  * Python, which loads the set. */
 static PyObject *pairs_of(Tree *t, unsigned long long code) {
-    for (int i = 0; i < RECENT_SETS; i++)
-        if (t->recent_sets[i] != NULL && t->recent_codes[i] == code)
-            return Py_NewRef(t->recent_sets[i]);
+    PyObject *remembered = recent_get(&t->sets, RECENT_SETS, code);
+    if (remembered != NULL)
+        return remembered;
     PyObject *index = PyLong_FromUnsignedLongLong(code - XATTR_BASE);
     PyObject *key = index == NULL ? NULL : PyTuple_Pack(2, XATTR_TAG, index);
     Py_XDECREF(index);
@@ -434,11 +430,8 @@ static PyObject *pairs_of(Tree *t, unsigned long long code) {
         PyErr_SetString(PyExc_TypeError, "an attribute set is not a tuple of pairs");
         return NULL;
     }
-    if (pairs != NULL) {
-        unsigned slot = t->next_set++ % RECENT_SETS;
-        t->recent_codes[slot] = code;
-        Py_XSETREF(t->recent_sets[slot], Py_NewRef(pairs));
-    }
+    if (pairs != NULL)
+        recent_put(&t->sets, RECENT_SETS, code, pairs);
     return pairs;
 }
 
@@ -680,8 +673,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     CACHE_VIEW_VISIT(t->blocks);
     Py_VISIT(t->kept);
     CACHE_VIEW_VISIT(t->xattr_sets);
-    for (int i = 0; i < RECENT_SETS; i++)
-        Py_VISIT(t->recent_sets[i]);
+    RECENT_VISIT(t->sets);
     return 0;
 }
 
@@ -697,8 +689,7 @@ static int Tree_clear(Tree *t) {
     cache_view_clear(&t->blocks);
     Py_CLEAR(t->kept);
     cache_view_clear(&t->xattr_sets);
-    for (int i = 0; i < RECENT_SETS; i++)
-        Py_CLEAR(t->recent_sets[i]);
+    recent_clear(&t->sets);
     t->inode_api = NULL;
     return 0;
 }
