@@ -56,6 +56,7 @@ enum { NO_XATTRS = 1, XATTRS_UNSUPPORTED = 2, XATTR_BASE = 3 };
 enum { FB_LOOKUP, FB_GETATTR, FB_READLINK, FB_LISTXATTR, FB_READ, FB_INODE_AT, FB_GETXATTR, FB_COUNT };
 
 #define RECENT_SETS 4
+#define RECENT_INOS 4
 
 typedef struct {
     PyObject_HEAD
@@ -70,6 +71,7 @@ typedef struct {
     Py_ssize_t kept_bytes, kept_budget;
     CacheView xattr_sets; /* the metadata cache, for attribute sets loaded by the Python path */
     Recent sets; /* the last RECENT_SETS attribute sets met, by xattr code (files share few sets) */
+    Recent inos; /* refs' values for the last RECENT_INOS inode numbers the C API was asked about */
 } Tree;
 
 /* Listings kept at most, whatever their bytes (a few hundred each); the dict is emptied when this
@@ -80,11 +82,8 @@ static PyObject *SEGMENT, *FIND_ARGS, *SPANS, *XATTR_TAG;
 
 static PyObject *call1(PyObject *fn, PyObject *a) { return PyObject_Vectorcall(fn, &a, 1, NULL); }
 
-/* The known reference of inode ``ino`` (0 with no error: not known, or not 64-bit). */
-static int known(Tree *t, PyObject *ino, unsigned long long *ref, unsigned long long *code) {
-    PyObject *v = PyDict_GetItemWithError(t->refs, ino); /* borrowed */
-    if (v == NULL)
-        return PyErr_Occurred() ? -1 : 0;
+/* A refs value as reference and xattr code: 1, or 0 with no error when it is not 64-bit. */
+static int unpacked(PyObject *v, unsigned long long *ref, unsigned long long *code) {
     unsigned long long raw = PyLong_AsUnsignedLongLong(v);
     if (raw == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear(); /* an xattr index too large for 64 bits: the Python path copes */
@@ -93,6 +92,14 @@ static int known(Tree *t, PyObject *ino, unsigned long long *ref, unsigned long 
     *ref = raw & REF_MASK;
     *code = raw >> REF_BITS;
     return 1;
+}
+
+/* The known reference of inode ``ino`` (0 with no error: not known, or not 64-bit). */
+static int known(Tree *t, PyObject *ino, unsigned long long *ref, unsigned long long *code) {
+    PyObject *v = PyDict_GetItemWithError(t->refs, ino); /* borrowed */
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return unpacked(v, ref, code);
 }
 
 /* The decoded inode at ``ref`` (C decoder first, the reader's _inode_at when it declines). */
@@ -603,12 +610,23 @@ static int known_ino(PyObject *tree, uint64_t ino, Tree **t, unsigned long long 
     *t = as_tree(tree);
     if (*t == NULL)
         return TREE_ERROR;
-    PyObject *number = PyLong_FromUnsignedLongLong(ino);
-    if (number == NULL)
-        return TREE_ERROR;
-    int rc = known(*t, number, ref, code);
-    Py_DECREF(number);
-    return rc < 0 ? TREE_ERROR : rc == 0 ? TREE_DECLINE : 1;
+    /* A client asks several things of one inode in a row (getxattr after listxattr, read after
+     * read); remembering its refs value saves making a number and a dict lookup each time. */
+    PyObject *v = recent_get(&(*t)->inos, RECENT_INOS, ino);
+    if (v == NULL) {
+        PyObject *number = PyLong_FromUnsignedLongLong(ino);
+        if (number == NULL)
+            return TREE_ERROR;
+        v = PyDict_GetItemWithError((*t)->refs, number);
+        Py_DECREF(number);
+        if (v == NULL)
+            return PyErr_Occurred() ? TREE_ERROR : TREE_DECLINE;
+        recent_put(&(*t)->inos, RECENT_INOS, ino, v);
+        Py_INCREF(v);
+    }
+    int rc = unpacked(v, ref, code);
+    Py_DECREF(v);
+    return rc == 0 ? TREE_DECLINE : 1;
 }
 
 /* The known inode `ino` decoded (1), or TREE_DECLINE / TREE_ERROR. */
@@ -674,6 +692,7 @@ static int Tree_traverse(Tree *t, visitproc visit, void *arg) {
     Py_VISIT(t->kept);
     CACHE_VIEW_VISIT(t->xattr_sets);
     RECENT_VISIT(t->sets);
+    RECENT_VISIT(t->inos);
     return 0;
 }
 
@@ -690,6 +709,7 @@ static int Tree_clear(Tree *t) {
     Py_CLEAR(t->kept);
     cache_view_clear(&t->xattr_sets);
     recent_clear(&t->sets);
+    recent_clear(&t->inos);
     t->inode_api = NULL;
     return 0;
 }

@@ -261,6 +261,26 @@ def test_inodes_across_two_metadata_blocks_are_answered_in_c(tmp_path):
     assert asked == {"lookup": 1}
 
 
+def test_the_last_four_inodes_asked_are_remembered_and_no_more(corpus):
+    """The tree keeps the refs values of the last four inode numbers its C values were asked
+    about (a client asks listxattr, then getxattr, of one file): a value changed in refs is not
+    seen until four others were asked. (The reader never changes one: only the test does.)"""
+    with SquashFS.open(corpus.image("mk-gzip")) as fs:
+        h = ReadOnlyOperations(fs, features=FAST).fast_handlers
+        names = [name for name, _, _ in fs.readdir(fs.root_ino)]
+        inos = {name: h.call("lookup", pyfuse3.ROOT_INODE, name)[1][0] for name in names}
+        x = inos.pop(b"xattrs")
+        others = list(inos.values())[:4]
+        listed = h.call("listxattr", x)
+        assert listed[0] == 0 and b"user.on-a-dir\0" in listed[1]  # the image has what this is about
+        fs._refs[x] = fs._refs[others[0]]  # an inode with no attributes
+        for other in others[:3]:
+            assert h.call("listxattr", other) == (0, b"")
+        assert h.call("listxattr", x) == listed  # remembered
+        assert h.call("listxattr", others[3]) == (0, b"")
+        assert h.call("listxattr", x) == (0, b"")  # forgotten: refs asked again
+
+
 def test_a_native_tree_that_is_not_one_is_declined(corpus):
     with SquashFS.open(corpus.image("mk-gzip")) as fs:
         fs.native_tree = "not a Tree"
