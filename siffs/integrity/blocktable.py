@@ -136,10 +136,13 @@ class VerifiedObjectReader:
     the SquashFS layer takes as its byte source. Thread-safe: ``os.pread`` has no file position,
     and the kept blocks change under a lock.
 
-    The last ``KEPT_BLOCKS`` blocks read alone are kept, as verified: metadata is read in pieces
-    of a few KiB (a block's 2-byte header, then the block, then its neighbour), each inside the
-    same 64 KiB, and hashing the whole block for each piece cost three times the rest of a cold
-    lookup. Bytes kept were checked when read, so serving them again serves verified bytes.
+    The last ``KEPT_BLOCKS`` blocks of small reads are kept, as verified: metadata is read in
+    pieces of a few KiB (a block's 2-byte header, then the block, then its neighbour), each inside
+    the same 64 KiB or across two, and hashing whole blocks for each piece cost three times the rest
+    of a cold lookup. A read of at most two blocks takes each from the kept ones or reads, checks
+    and keeps it (a metadata block across a boundary then costs no hashing of its neighbours
+    again); a larger read (data blocks) is checked whole and not kept, so it does not push the
+    metadata out. Bytes kept were checked when read, so serving them again serves verified bytes.
     """
 
     def __init__(self, fd: int, object_offset: int, object_size: int, table: BlockTable) -> None:
@@ -166,10 +169,30 @@ class VerifiedObjectReader:
         first, last = offset // bs, (end - 1) // bs
         start = first * bs
         if first == last:
-            kept = self._kept.get(first)
-            if kept is not None:
-                return kept[offset - start : end - start]
-        stop = min((last + 1) * bs, self.size)
+            return self._block(first)[offset - start : end - start]
+        if last == first + 1:
+            return self._block(first)[offset - start :] + self._block(last)[: end - start - bs]
+        data = self._checked(first, last)
+        if start == offset and len(data) == size:
+            return data
+        return data[offset - start : end - start]
+
+    def _block(self, index: int) -> bytes:
+        """Block ``index``, kept or read, checked and kept."""
+        kept = self._kept.get(index)
+        if kept is not None:
+            return kept
+        data = self._checked(index, index)
+        with self._lock:
+            if len(self._kept) >= KEPT_BLOCKS:
+                del self._kept[next(iter(self._kept))]  # the oldest
+            self._kept[index] = data
+        return data
+
+    def _checked(self, first: int, last: int) -> bytes:
+        """Blocks ``first`` to ``last`` read from the file, each checked against the table."""
+        bs = self.table.block_size
+        start, stop = first * bs, min((last + 1) * bs, self.size)
         data = os.pread(self.fd, stop - start, self.object_offset + start)
         if len(data) != stop - start:
             raise TamperedBlockError(
@@ -183,11 +206,4 @@ class VerifiedObjectReader:
                     f"block {index} (object bytes {index * bs}-{index * bs + len(block)}) "
                     "changed since the image was verified"
                 )
-        if first == last:
-            with self._lock:
-                if len(self._kept) >= KEPT_BLOCKS:
-                    del self._kept[next(iter(self._kept))]  # the oldest
-                self._kept[first] = data
-        if start == offset and stop == end:
-            return data
-        return data[offset - start : end - start]
+        return data

@@ -94,10 +94,12 @@ def test_tampered_block_raises_other_blocks_read(signed_image, keys):
         assert reader.pread(4 * BLOCK_SIZE, 1000) == partition[4 * BLOCK_SIZE : 4 * BLOCK_SIZE + 1000]
 
 
-def test_reads_inside_one_block_hash_it_once_and_serve_only_verified_bytes(signed_image, keys, monkeypatch):
-    """A block read alone is kept as verified: the next reads inside it are slices, no hashing;
-    a kept block changed on disk afterwards still serves the bytes that were verified, and a
-    block not kept (read across blocks, or evicted) is checked again and refused."""
+def test_small_reads_hash_each_block_once_and_serve_only_verified_bytes(signed_image, keys, monkeypatch):
+    """A block read by a small read (inside one block or across two) is kept as verified: the next
+    reads in it are slices, no hashing, and a read across a kept block and the next hashes only
+    the next; a kept block changed on disk afterwards still serves the bytes that were verified; a
+    block not kept (evicted, or read only by a large read, which keeps nothing) is checked again
+    and refused."""
     path, partition = signed_image
     hashed: list[int] = []
     real = blocktable.hashlib.sha256
@@ -106,6 +108,9 @@ def test_reads_inside_one_block_hash_it_once_and_serve_only_verified_bytes(signe
         hashed.append(len(data))
         return real(data)
 
+    def same(offset: int, size: int) -> None:
+        assert reader.pread(offset, size) == partition[offset : offset + size]
+
     monkeypatch.setattr(blocktable.hashlib, "sha256", counting)
     with Image.open(path) as image:
         report = verify(image, keys, record_blocks=True).check()
@@ -113,18 +118,25 @@ def test_reads_inside_one_block_hash_it_once_and_serve_only_verified_bytes(signe
         reader = VerifiedObjectReader(image.fd, d.offset, d.size, report.block_tables[d.id])
         hashed.clear()
         for offset, size in ((BLOCK_SIZE + 10, 2), (BLOCK_SIZE + 12, 3000), (2 * BLOCK_SIZE - 5, 5)):
-            assert reader.pread(offset, size) == partition[offset : offset + size]
+            same(offset, size)
         assert hashed == [BLOCK_SIZE]  # block 1, once
-        with open(path, "r+b") as f:  # change blocks 1 and 2 under the open image
-            for victim in (BLOCK_SIZE + 100, 2 * BLOCK_SIZE + 100):
+        same(2 * BLOCK_SIZE - 100, 8194)  # a metadata block across blocks 1 and 2
+        same(2 * BLOCK_SIZE + 50, 2)
+        assert hashed == [BLOCK_SIZE] * 2  # block 2 once; block 1 was kept
+        same(4 * BLOCK_SIZE, 3 * BLOCK_SIZE)  # a large read: checked whole, nothing kept
+        same(5 * BLOCK_SIZE, 10)
+        assert len(hashed) == 2 + 3 + 1
+        with open(path, "r+b") as f:  # change blocks 1, 2 and 3 under the open image
+            for victim in (BLOCK_SIZE + 100, 2 * BLOCK_SIZE + 100, 3 * BLOCK_SIZE + 100):
                 f.seek(d.offset + victim)
                 f.write(bytes([partition[victim] ^ 1]))
-        assert reader.pread(BLOCK_SIZE + 100, 1) == partition[BLOCK_SIZE + 100 : BLOCK_SIZE + 101]
-        with pytest.raises(TamperedBlockError, match="block 2 "):
-            reader.pread(2 * BLOCK_SIZE + 100, 1)
+        same(BLOCK_SIZE + 100, 1)
+        same(2 * BLOCK_SIZE - 1, 200)  # both kept: the verified bytes
+        with pytest.raises(TamperedBlockError, match="block 3 "):
+            reader.pread(3 * BLOCK_SIZE - 1, 200)  # block 2 kept, block 3 read and checked
         with pytest.raises(TamperedBlockError, match="block 1 "):
-            reader.pread(BLOCK_SIZE - 1, 2)  # across blocks 0 and 1: both read and checked
-        for block in range(3, 3 + blocktable.KEPT_BLOCKS):  # evicts block 1
+            reader.pread(0, 3 * BLOCK_SIZE)  # a large read checks every block it reads
+        for block in range(6, 6 + blocktable.KEPT_BLOCKS):  # evicts blocks 1 and 2
             reader.pread(block * BLOCK_SIZE, 1)
         with pytest.raises(TamperedBlockError, match="block 1 "):
             reader.pread(BLOCK_SIZE + 100, 1)
