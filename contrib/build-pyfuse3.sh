@@ -39,6 +39,6 @@ for p in "${patches[@]}"; do
 done
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall \
     "$work/pyfuse3-$version"
-"$venv/bin/python" -c 'import pyfuse3; assert pyfuse3.Operations.enable_no_open is False; assert callable(pyfuse3.main_sync); assert pyfuse3.Operations.fast_ops is None; assert "wake_path" in pyfuse3.main_sync.__code__.co_varnames'
+"$venv/bin/python" -c 'import pyfuse3; assert pyfuse3.Operations.enable_no_open is False; assert callable(pyfuse3.main_sync); assert pyfuse3.Operations.fast_ops is None; assert "wake_path" in pyfuse3.main_sync.__code__.co_varnames; assert pyfuse3.FAST_OPS_VERSION == 2'
 echo "$want" >"$stamp"
 echo "siffs: patched pyfuse3 installed" >&2

@@ -12,11 +12,14 @@
  * "." and "..", results that are not the reader's Stat records, and every exception that does
  * not carry its own errno (the Python handler repeats the call, which logs and counts it).
  *
- * The pyfuse3_fast_ops layout is the binding's ABI v1, pinned by the capsule's name.
+ * The pyfuse3_fast_ops layout is the binding's ABI, pinned by the capsule's name: v1, or v2 (which
+ * adds readdirplus) for a binding whose FAST_OPS_VERSION is 2; one structure serves both, since v2
+ * only appends a member.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,9 +28,10 @@
 
 /* The version of this module's interface to its Python caller (siffs.native.load checks it):
  * bump it whenever a signature, a constructor argument or a capsule changes. */
-#define ABI 2
+#define ABI 3
 
 #define FAST_OPS_NAME "pyfuse3.fast_ops.v1"
+#define FAST_OPS_V2_NAME "pyfuse3.fast_ops.v2"
 #define DECLINE (-1)
 #define ROOT_INODE 1
 
@@ -39,6 +43,9 @@ typedef struct {
     double entry_timeout;
 } fast_entry;
 
+/* The binding's way of taking a listing's entry: 0 once it is in the reply, 1 when the reply is full. */
+typedef int (*fast_add)(void *ctx, const char *name, const fast_entry *entry, uint64_t next_off);
+
 typedef struct {
     void *data;
     int (*lookup)(void *data, uint64_t parent, const char *name, fast_entry *entry);
@@ -47,6 +54,7 @@ typedef struct {
     int (*readlink)(void *data, uint64_t ino, PyObject **out);
     int (*listxattr)(void *data, uint64_t ino, uint32_t uid, PyObject **out);
     int (*getxattr)(void *data, uint64_t ino, const char *name, PyObject **out);
+    int (*readdirplus)(void *data, uint64_t fh, uint64_t off, fast_add add, void *ctx); /* v2 */
 } fast_ops;
 
 typedef struct {
@@ -409,6 +417,90 @@ static int fast_listxattr(void *data, uint64_t ino, uint32_t uid, PyObject **out
     return res;
 }
 
+/* --- readdirplus: a listing with each entry's attributes ------------------------------------- */
+
+/* ReadOnlyOperations' cookies: "." and "..", then the reader's shifted past them. */
+#define DOT_COOKIE 1
+#define DOTDOT_COOKIE 2
+/* A name in a listing is at most this long (_listing.h's MAX_NAME). */
+#define LISTED_NAME_MAX 256
+
+/* "." or ".." with the attributes of `ino` handed to `add`: 0, 1 when the reply is full, DECLINE. */
+static int add_dot(const Handlers *h, uint64_t ino, const char *name, uint64_t cookie, fast_add add, void *ctx) {
+    TreeStat ts;
+    int rc = h->api->getattr(h->native, ino, &ts);
+    if (rc != TREE_FOUND) {
+        if (rc == TREE_ERROR)
+            PyErr_Clear(); /* the Python path meets it again and says what it is */
+        return DECLINE;
+    }
+    fast_entry e;
+    fill_values(h, ts.f, &e);
+    return add(ctx, name, &e, cookie);
+}
+
+/* The parent of directory `dir` for "..", as _dots finds it (the root when not learnt); 0 on an
+ * error (cleared). */
+static uint64_t parent_of(const Handlers *h, uint64_t dir) {
+    PyObject *key = PyLong_FromUnsignedLongLong(dir);
+    PyObject *up = key == NULL ? NULL : PyDict_GetItemWithError(h->parents, key); /* borrowed */
+    Py_XDECREF(key);
+    unsigned long long parent = up == NULL ? (PyErr_Occurred() ? 0 : h->root) : PyLong_AsUnsignedLongLong(up);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return parent;
+}
+
+typedef struct {
+    const Handlers *h;
+    uint64_t dir;
+    fast_add add;
+    void *ctx;
+} Listing;
+
+/* The tree's readdir hands over an entry (_tree.h's TreeEmit): as _entries yields it. */
+static int take_entry(void *ctx, const unsigned char *name, size_t size, const TreeStat *st, uint64_t cookie) {
+    Listing *l = ctx;
+    fast_entry e;
+    fill_values(l->h, st->f, &e);
+    if (S_ISDIR(e.attr.st_mode)) {
+        PyObject *ino = PyLong_FromUnsignedLongLong(st->f[TS_INO]);
+        int res = ino == NULL ? DECLINE : remember_parent(l->h, ino, l->dir);
+        Py_XDECREF(ino);
+        if (res != 0) {
+            PyErr_Clear();
+            return -1;
+        }
+    }
+    char cname[LISTED_NAME_MAX + 1];
+    if (size > LISTED_NAME_MAX)
+        return -1;
+    memcpy(cname, name, size);
+    cname[size] = '\0'; /* the binding takes a C string, as readdir_reply does */
+    return l->add(l->ctx, cname, &e, cookie + DOTDOT_COOKIE);
+}
+
+static int fast_readdirplus(void *data, uint64_t fh, uint64_t off, fast_add add, void *ctx) {
+    Handlers *h = data;
+    if (h->api == NULL)
+        return DECLINE;
+    uint64_t dir = swap(h, fh);
+    int full = 0;
+    if (off < DOT_COOKIE)
+        full = add_dot(h, dir, ".", DOT_COOKIE, add, ctx);
+    if (full == 0 && off < DOTDOT_COOKIE) {
+        uint64_t parent = parent_of(h, dir);
+        full = parent == 0 ? DECLINE : add_dot(h, parent, "..", DOTDOT_COOKIE, add, ctx);
+    }
+    if (full != 0)
+        return full == 1 ? 0 : DECLINE;
+    Listing l = {h, dir, add, ctx};
+    int rc = h->api->readdir(h->native, dir, off > DOTDOT_COOKIE ? off - DOTDOT_COOKIE : 0, take_entry, &l);
+    return rc == TREE_FOUND ? 0 : rc == TREE_ERROR ? raised() : DECLINE;
+}
+
 /* --- the Python type ------------------------------------------------------------------------ */
 
 static int Handlers_traverse(Handlers *self, visitproc visit, void *arg) {
@@ -495,18 +587,25 @@ static int Handlers_init(Handlers *self, PyObject *args, PyObject *kwds) {
     self->timeout = timeout;
     self->blksize = blksize;
     self->ops = (fast_ops){self,          fast_lookup,    fast_getattr,  fast_read,
-                           fast_readlink, fast_listxattr, fast_getxattr};
+                           fast_readlink, fast_listxattr, fast_getxattr, fast_readdirplus};
     return 0;
 }
 
 static void capsule_release(PyObject *capsule) { Py_XDECREF((PyObject *)PyCapsule_GetContext(capsule)); }
 
-static PyObject *Handlers_capsule(Handlers *self, PyObject *Py_UNUSED(ignored)) {
+static PyObject *Handlers_capsule(Handlers *self, PyObject *args) {
+    int version = 1;
+    if (!PyArg_ParseTuple(args, "|i", &version))
+        return NULL;
     if (self->lookup == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Handlers were not initialised");
         return NULL;
     }
-    PyObject *capsule = PyCapsule_New(&self->ops, FAST_OPS_NAME, capsule_release);
+    if (version != 1 && version != 2) {
+        PyErr_Format(PyExc_ValueError, "no fast_ops version %d here (1 or 2)", version);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(&self->ops, version == 2 ? FAST_OPS_V2_NAME : FAST_OPS_NAME, capsule_release);
     if (capsule == NULL)
         return NULL;
     /* The capsule keeps the handlers (and so the structure it points to) alive. */
@@ -521,15 +620,37 @@ static PyObject *Handlers_capsule(Handlers *self, PyObject *Py_UNUSED(ignored)) 
 
 /* The handlers called through the structure, for the tests (which need no mount for this):
  * (errno or -1, value) where value is an attribute tuple, bytes or None. */
-static PyObject *entry_tuple(int res, const fast_entry *e) {
-    if (res != 0)
-        return Py_BuildValue("(iO)", res, Py_None);
+static PyObject *entry_values(const fast_entry *e) {
     const struct stat *a = &e->attr;
-    return Py_BuildValue("(i(KKddKIIIKLlLL))", 0, (unsigned long long)e->ino, (unsigned long long)e->generation,
+    return Py_BuildValue("(KKddKIIIKLlLL)", (unsigned long long)e->ino, (unsigned long long)e->generation,
                          e->attr_timeout, e->entry_timeout, (unsigned long long)a->st_mode,
                          (unsigned int)a->st_nlink, (unsigned int)a->st_uid, (unsigned int)a->st_gid,
                          (unsigned long long)a->st_rdev, (long long)a->st_size, (long)a->st_blksize,
                          (long long)a->st_blocks, (long long)a->st_mtim.tv_sec);
+}
+
+static PyObject *entry_tuple(int res, const fast_entry *e) {
+    if (res != 0)
+        return Py_BuildValue("(iO)", res, Py_None);
+    return Py_BuildValue("(iN)", 0, entry_values(e));
+}
+
+/* A listing as the binding would take it, for the tests: at most `left` entries. */
+typedef struct {
+    PyObject *entries; /* [(name, attributes, next_off)] */
+    unsigned long long left;
+} Collected;
+
+static int collect(void *ctx, const char *name, const fast_entry *e, uint64_t next_off) {
+    Collected *c = ctx;
+    if (c->left == 0)
+        return 1;
+    c->left--;
+    PyObject *item = Py_BuildValue("(yNK)", name, entry_values(e), (unsigned long long)next_off);
+    if (item == NULL || PyList_Append(c->entries, item) < 0)
+        PyErr_Clear(); /* the test sees an entry missing */
+    Py_XDECREF(item);
+    return 0;
 }
 
 static PyObject *bytes_tuple(int res, PyObject *out) {
@@ -562,6 +683,16 @@ static PyObject *Handlers_call(Handlers *self, PyObject *args) {
         res = fast_getattr(self, ino, &e);
         return entry_tuple(res, &e);
     }
+    if (strcmp(op, "readdir") == 0) {
+        Collected c = {PyList_New(0), size == 0 ? ULLONG_MAX : size};
+        if (c.entries == NULL)
+            return NULL;
+        res = fast_readdirplus(self, ino, off, collect, &c);
+        if (res == 0)
+            return Py_BuildValue("(iN)", 0, c.entries);
+        Py_DECREF(c.entries);
+        return Py_BuildValue("(iO)", res, Py_None);
+    }
     if (strcmp(op, "read") == 0)
         res = fast_read(self, ino, off, (size_t)size, &out);
     else if (strcmp(op, "readlink") == 0)
@@ -579,11 +710,13 @@ static PyObject *Handlers_call(Handlers *self, PyObject *args) {
 }
 
 static PyMethodDef Handlers_methods[] = {
-    {"capsule", (PyCFunction)Handlers_capsule, METH_NOARGS,
-     "The pyfuse3.fast_ops.v1 capsule for Operations.fast_ops (it keeps these handlers alive)."},
+    {"capsule", (PyCFunction)Handlers_capsule, METH_VARARGS,
+     "capsule(version=1): the pyfuse3.fast_ops.v1 (or .v2, with readdirplus) capsule for "
+     "Operations.fast_ops (it keeps these handlers alive)."},
     {"call", (PyCFunction)Handlers_call, METH_VARARGS,
      "call(op, ino, name=b'', off=0, size=0, uid=0) -> (errno or -1 declined or 0, value): one "
-     "handler as the binding calls it, for tests."},
+     "handler as the binding calls it, for tests. readdir: the entries from cookie off, at most "
+     "size of them (0: all), as [(name, attributes, next_off)]."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -47,6 +47,9 @@ class Features(NamedTuple):
     #: request instead of an empty read and a ppoll); a watcher thread takes the stop signals
     #: and wakes it with a ``statfs`` of the mount point.
     blocking_receive: bool = False
+    #: ``FAST_OPS_VERSION`` 2: the C handlers answer readdirplus too (a listing with each entry's
+    #: attributes), which the Python path built an ``EntryAttributes`` per entry for.
+    fast_readdir: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -71,6 +74,7 @@ def available() -> Features:
         fast_ops=hasattr(ops, "fast_ops"),
         blocking_receive="wake_path"
         in getattr(getattr(pyfuse3, "main_sync", None), "__code__", _NO_CODE).co_varnames,
+        fast_readdir=getattr(pyfuse3, "FAST_OPS_VERSION", 1) >= 2,
     )
 
 

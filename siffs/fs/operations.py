@@ -187,7 +187,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     def _fast_ops(self) -> object | None:
         """The C handlers' capsule (siffs.fs._fast): the same answers as the handlers below."""
-        fast = native.load("siffs.fs._fast", abi=2)
+        fast = native.load("siffs.fs._fast", abi=3)
         if fast is None:
             return None
         handlers = fast.Handlers(
@@ -202,7 +202,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
             blksize=BLKSIZE,
         )
         self.fast_handlers = handlers  # for the tests, which call them without a mount
-        capsule: object = handlers.capsule()
+        capsule: object = handlers.capsule(2 if self.features.fast_readdir else 1)
         return capsule
 
     # -- numbering and attributes -------------------------------------------------------

@@ -47,7 +47,7 @@
 
 /* The version of this module's interface to its Python caller (siffs.native.load checks it):
  * bump it whenever a signature, a constructor argument or a capsule changes. */
-#define ABI 2
+#define ABI 3
 
 #define REF_BITS 48
 #define REF_MASK ((1ULL << REF_BITS) - 1)
@@ -675,7 +675,137 @@ static int api_xattrs(PyObject *tree, uint64_t ino, PyObject **pairs) {
     return *pairs != NULL ? TREE_FOUND : PyErr_Occurred() ? TREE_ERROR : TREE_DECLINE;
 }
 
-static const TreeApi API = {api_lookup, api_getattr, api_readlink, api_xattrs};
+/* readdir's walk over listing bytes: entries from linear offset `want` on, each decoded and handed to
+ * `emit`. */
+typedef struct {
+    Tree *t;
+    unsigned long long want;
+    TreeEmit emit;
+    void *ctx;
+    int rc;   /* why the walk was cut short (TREE_DECLINE or TREE_ERROR) */
+    int full; /* emit took no more */
+} Lister;
+
+static int list_entry(void *ctx, const Entry *e) {
+    Lister *l = ctx;
+    if ((unsigned long long)e->start < l->want)
+        return 0; /* handed over by an earlier call */
+    TreeStat ts;
+    int rc = entry_raw(l->t, e->ref, &ts);
+    if (rc != TREE_FOUND) {
+        l->rc = rc;
+        return -1;
+    }
+    rc = l->emit(l->ctx, e->name, (size_t)e->name_size, &ts, (uint64_t)e->end + SIZE_BIAS);
+    if (rc < 0) {
+        l->rc = TREE_DECLINE;
+        return -1;
+    }
+    l->full = rc > 0;
+    return rc > 0;
+}
+
+/* Walk checked listing bytes `data` (stolen) of a listing of `length` bytes, from linear offset
+ * `linear`: TREE_FOUND (l->full when emit stopped), or why not. */
+static int list_bytes(Lister *l, PyObject *data, long long linear, long long length) {
+    int walked = walk((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), linear, length,
+                      list_entry, l);
+    Py_DECREF(data);
+    return walked == WALK_ERROR ? l->rc : walked == WALK_MALFORMED ? TREE_DECLINE : TREE_FOUND;
+}
+
+/* The first index interval readdir reads from cookie `want` (a linear offset), as Listing.entries
+ * picks it: bisect_right of the index offsets less one. -2 with an error. */
+static Py_ssize_t first_interval(PyObject *offsets, unsigned long long want) {
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(offsets);
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        unsigned long long at = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(offsets, mid));
+        if (at == (unsigned long long)-1 && PyErr_Occurred())
+            return -2;
+        if (want < at)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo - 1;
+}
+
+/* The entries of a listing with an index, from the Listing the reader keeps for it: interval by
+ * interval, each kept as checked bytes as lookups keep them. */
+static int list_intervals(Lister *l, PyObject *dir, PyObject *listing) {
+    PyObject *fa = PyObject_GetAttr(listing, FIND_ARGS);
+    PyObject *spans = fa == NULL ? NULL : PyObject_GetAttr(listing, SPANS);
+    PyObject *offsets = NULL;
+    PyObject *base = NULL;
+    int rc = TREE_DECLINE;
+    if (spans != NULL && PyTuple_Check(fa) && PyTuple_GET_SIZE(fa) == 5 && PyTuple_Check(spans) &&
+        PyTuple_GET_SIZE(spans) == 3 && PyTuple_Check(PyTuple_GET_ITEM(spans, 1)) &&
+        PyTuple_Check(PyTuple_GET_ITEM(fa, 1)) && PyTuple_GET_SIZE(PyTuple_GET_ITEM(fa, 1)) == 4) {
+        offsets = PyTuple_GET_ITEM(spans, 1);
+        base = PyTuple_GET_ITEM(fa, 1);
+    }
+    long long length = base == NULL ? -1 : PyLong_AsLongLong(PyTuple_GET_ITEM(base, 3));
+    Py_ssize_t i = length < 0 ? -2 : first_interval(offsets, l->want);
+    Py_ssize_t n = i < -1 ? 0 : PyTuple_GET_SIZE(offsets);
+    for (rc = i < -1 ? TREE_DECLINE : TREE_FOUND; rc == TREE_FOUND && !l->full && i < n; i++) {
+        long long lo = i < 0 ? 0 : PyLong_AsLongLong(PyTuple_GET_ITEM(offsets, i));
+        long long hi = i + 1 < n ? PyLong_AsLongLong(PyTuple_GET_ITEM(offsets, i + 1)) : length;
+        if (lo < 0 || hi < 0) {
+            rc = TREE_DECLINE;
+        } else if (lo < hi) { /* an empty interval (the index starting at 0) has nothing to hand over */
+            PyObject *data = interval(l->t, dir, fa, spans, i);
+            rc = data != NULL ? list_bytes(l, data, lo, length) : PyErr_Occurred() ? TREE_ERROR : TREE_DECLINE;
+        }
+    }
+    if (rc == TREE_DECLINE && PyErr_Occurred())
+        PyErr_Clear(); /* odd arguments: the Python path raises what is due */
+    Py_XDECREF(fa);
+    Py_XDECREF(spans);
+    return rc;
+}
+
+/* TREE_FOUND if known inode `ino` is a directory with an empty listing (nothing to hand over), else
+ * TREE_DECLINE (or TREE_ERROR). */
+static int empty_directory(Tree *t, uint64_t ino) {
+    RawInode r;
+    PyObject *block;
+    int rc = known_raw((PyObject *)t, ino, &r, &block);
+    if (rc != 1)
+        return rc;
+    Py_DECREF(block);
+    return r.basic == 1 && r.ino == ino && r.dir_size <= SIZE_BIAS ? TREE_FOUND : TREE_DECLINE;
+}
+
+static int api_readdir(PyObject *tree, uint64_t ino, uint64_t start, TreeEmit emit, void *ctx) {
+    Tree *t = as_tree(tree);
+    if (t == NULL)
+        return TREE_ERROR;
+    Lister l = {t, start > SIZE_BIAS ? start - SIZE_BIAS : 0, emit, ctx, TREE_FOUND, 0};
+    PyObject *dir = PyLong_FromUnsignedLongLong(ino);
+    if (dir == NULL)
+        return TREE_ERROR;
+    int rc = TREE_DECLINE;
+    PyObject *data = basic_listing(t, dir);
+    if (data != NULL) {
+        rc = list_bytes(&l, data, 0, PyBytes_GET_SIZE(data));
+    } else if (!PyErr_Occurred()) {
+        PyObject *listing = PyDict_GetItemWithError(t->listings, dir);
+        if (listing != NULL) {
+            Py_INCREF(listing); /* the dict may drop it while a block loads */
+            rc = list_intervals(&l, dir, listing);
+            Py_DECREF(listing);
+        } else if (!PyErr_Occurred()) {
+            rc = empty_directory(t, ino);
+        }
+    }
+    if (PyErr_Occurred() && rc != TREE_ERROR)
+        rc = TREE_ERROR;
+    Py_DECREF(dir);
+    return rc;
+}
+
+static const TreeApi API = {api_lookup, api_getattr, api_readlink, api_xattrs, api_readdir};
 
 /* --- the type ------------------------------------------------------------------------------ */
 

@@ -15,8 +15,8 @@
 #include <Python.h>
 #include <stdint.h>
 
-#define TREE_API_NAME "siffs.squashfs._tree._api_v2"
-#define TREE_API_ATTR "_api_v2"
+#define TREE_API_NAME "siffs.squashfs._tree._api_v3"
+#define TREE_API_ATTR "_api_v3"
 
 /* The fields of the reader's Stat record, in its order. */
 enum { TS_INO, TS_MODE, TS_NLINK, TS_UID, TS_GID, TS_SIZE, TS_MTIME, TS_RDEV, TS_BLOCKS, TS_FIELDS };
@@ -26,6 +26,11 @@ typedef struct {
 } TreeStat;
 
 enum { TREE_DECLINE = -2, TREE_ERROR = -1, TREE_NO_ENTRY = 0, TREE_FOUND = 1 };
+
+/* How readdir hands over an entry: its name (`size` bytes, not NUL-terminated), attributes and the
+ * cookie to resume after it. Returns 0 to go on, 1 to stop (the entry was not taken), -1 to decline
+ * the whole listing (an error, cleared). */
+typedef int (*TreeEmit)(void *ctx, const unsigned char *name, size_t size, const TreeStat *st, uint64_t cookie);
 
 typedef struct {
     /* Entry `name` (`size` bytes) of directory `parent`: TREE_FOUND with *out, TREE_NO_ENTRY,
@@ -41,6 +46,12 @@ typedef struct {
      * table (the methods say what that means for each kind of inode), or the set is not in the
      * cache (the method loads it); TREE_ERROR as above. */
     int (*xattrs)(PyObject *tree, uint64_t ino, PyObject **pairs);
+    /* Directory `dir`'s entries after reader cookie `start` (0: from the first), as SquashFS.readdir
+     * yields them, each handed to `emit` until it stops: TREE_FOUND once all or as many as it took
+     * were handed over; TREE_DECLINE for anything else (not a known directory, a listing with an
+     * index the reader keeps no Listing for, damage), at any point: the caller drops what was
+     * handed over and asks the Python path; TREE_ERROR as above. */
+    int (*readdir)(PyObject *tree, uint64_t dir, uint64_t start, TreeEmit emit, void *ctx);
 } TreeApi;
 
 #endif

@@ -134,7 +134,7 @@ class SquashFS:
         in the tests. The C methods hold bound methods of this reader (a reference cycle, freed
         by the garbage collector).
         """
-        module = native.load("siffs.squashfs._tree", abi=2)
+        module = native.load("siffs.squashfs._tree", abi=3)
         decoder, read = self._decode.decoder, self._data.native
         find = directory.native_find
         if module is None or decoder is None or read is None or find is None:

@@ -84,6 +84,8 @@ def python_answer(
 ) -> Any:
     """("ok", value) or ("err", errno), as the Python handler answers."""
     ctx = SimpleNamespace(uid=uid, gid=uid, pid=1, umask=0o022)
+    if op == "readdir":
+        return python_listing(ops, ino, off, size)
     calls = {
         "lookup": lambda: ops.lookup(ino, name, ctx),  # type: ignore[arg-type]
         "getattr": lambda: ops.getattr(ino, ctx),  # type: ignore[arg-type]
@@ -101,6 +103,40 @@ def python_answer(
     if op == "listxattr":
         return ("ok", b"".join(n + b"\0" for n in value))
     return ("ok", value)
+
+
+def python_listing(ops: ReadOnlyOperations, ino: int, off: int, size: int) -> Any:
+    """readdir's answer from cookie ``off``, at most ``size`` entries (0: all) as the binding takes
+    them: (name up to its first NUL, as a C string, attributes, cookie)."""
+    entries: list[tuple[bytes, tuple[int, ...], int]] = []
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, cookie: int) -> bool:
+        if size and len(entries) >= size:
+            return False
+        entries.append((name.split(b"\0")[0], fields(attrs), cookie))
+        return True
+
+    real = pyfuse3.readdir_reply
+    pyfuse3.readdir_reply = reply
+    try:
+        drive(ops.readdir(ino, off, None))  # type: ignore[arg-type]
+    except pyfuse3.FUSEError as exc:
+        return ("err", exc.errno)
+    finally:
+        pyfuse3.readdir_reply = real
+    return ("ok", entries)
+
+
+def pages(check: Checker, ino: int) -> None:
+    """A directory's listing whole, then in pages of 3 resumed from each page's last cookie."""
+    kind, whole = check("readdir", ino)
+    off = 0
+    while kind == "ok":
+        kind, page = check("readdir", ino, off=off, size=3)
+        if kind != "ok" or not page:
+            break
+        assert page == whole[: len(page)] if off == 0 else True
+        off = page[-1][2]
 
 
 class Checker:
@@ -141,6 +177,7 @@ def walk(check: Checker, fs: SquashFS) -> Iterator[None]:
     bs = fs.superblock.block_size
     while todo:
         parent, image_ino = todo.pop()
+        pages(check, parent)
         check("lookup", parent, b"no-such-entry")
         check("lookup", parent, b"x" * 300)
         check("lookup", parent, b".")
@@ -218,8 +255,16 @@ def test_every_request_of_a_walk_is_answered_as_python_answers_it(name, native, 
             pass
         check("getattr", 10**9)  # never seen: the reader's NotFound
     assert check.answered > 0
-    # Only "." and ".." are left to Python on a healthy image.
-    assert {(op, n) for op, _, n in check.declined} <= {("lookup", b"."), ("lookup", b"..")}
+    # Only "." and ".." are left to Python on a healthy image, and, where the C values answer, the
+    # first readdir of a directory whose listing has an index (the Python path reads the index).
+    dots = {("lookup", b"."), ("lookup", b"..")}
+    assert {(op, n) for op, _, n in check.declined if op != "readdir"} <= dots
+    listed = [ino for op, ino, _ in check.declined if op == "readdir"]
+    if native:
+        assert len(listed) == len(set(listed))
+        swapped = {1: fs.root_ino, fs.root_ino: 1}  # the kernel's numbers and the image's
+        assert all(fs.inode(swapped.get(ino, ino)).dir.index_count for ino in listed)  # type: ignore[union-attr]
+        assert check.answered_by_op["readdir"] > 0
     if native and SPECS[name].tree == "main":
         # The methods answered only what the C values do not (the first lookup in a directory
         # with an index, the never-seen inode, a readlink of what is no link, the first ask for
@@ -254,11 +299,13 @@ def test_inodes_across_two_metadata_blocks_are_answered_in_c(tmp_path):
         across = [ref for ref in refs if fs._decode.decoder.decode_ref(ref) is None]  # type: ignore[attr-defined]
     assert len(refs) == 600 and len(across) >= 5  # the image has what this test is about
     assert check.answered_by_op["readlink"] == 600 and check.answered_by_op["getattr"] == 600
-    # Every getattr and readlink answered as C values, and every lookup but the first in the root,
-    # whose listing has an index (the one case the C values leave to the methods). (The image has
-    # no xattr table: what that means for a link, EOPNOTSUPP, the methods answer.)
+    # Every getattr, readlink and lookup answered as C values: the root's listing has an index,
+    # which the Python path read for the walk's first readdir there (the one request the C values
+    # leave to it). (The image has no xattr table: what that means for a link, EOPNOTSUPP, the
+    # methods answer.)
     asked = {op: n for op, n in methods.calls.items() if op in ("lookup", "getattr", "readlink")}
-    assert asked == {"lookup": 1}
+    assert asked == {}
+    assert [(op, ino) for op, ino, _ in check.declined if op != "lookup"] == [("readdir", 1)]
 
 
 def test_the_last_four_inodes_asked_are_remembered_and_no_more(corpus):
@@ -389,6 +436,11 @@ def test_the_capsule_is_the_bindings_abi_and_keeps_the_handlers_alive(corpus):
         is_valid = ctypes.pythonapi.PyCapsule_IsValid
         is_valid.argtypes = [ctypes.py_object, ctypes.c_char_p]
         assert is_valid(capsule, b"pyfuse3.fast_ops.v1")
+        # v2 (with readdirplus) for a binding that reads it; one structure serves both names.
+        readdir = ReadOnlyOperations(fs, features=binding.Features(fast_ops=True, fast_readdir=True))
+        assert is_valid(readdir.fast_ops, b"pyfuse3.fast_ops.v2")
+        with pytest.raises(ValueError, match="version 3"):
+            readdir.fast_handlers.capsule(3)
         handlers = ops.fast_handlers
         before = sys.getrefcount(handlers)
         extra = handlers.capsule()
@@ -415,7 +467,7 @@ def counted(name):
     return handler
 
 Counting = type("Counting", (ReadOnlyOperations,), {
-    n: counted(n) for n in ("lookup", "getattr", "read", "readlink", "listxattr", "getxattr")})
+    n: counted(n) for n in ("lookup", "getattr", "read", "readlink", "listxattr", "getxattr", "readdir")})
 tree = SquashFS.open(sys.argv[1], int(sys.argv[3]))
 pyfuse3.init(Counting(tree), sys.argv[2], {"fsname=siffs-test", "ro", "default_permissions"})
 print("ready", flush=True)
@@ -462,8 +514,10 @@ def test_a_mount_through_the_patched_binding_leaves_python_nothing_to_answer(ima
     if not binding.available().fast_ops:
         pytest.skip("this pyfuse3 has no fast_ops hook (contrib/build-pyfuse3.sh)")
     everything = ",".join(binding.Features.names())
-    without = ",".join(n for n in binding.Features.names() if n != "fast_ops")
+    without = ",".join(n for n in binding.Features.names() if n not in ("fast_ops", "fast_readdir"))
     slow = python_calls(image, tmp_path / "python", without)
     fast = python_calls(image, tmp_path / "fast", everything)
-    assert min(slow.get(op, 0) for op in ("lookup", "read", "readlink", "listxattr")) > 0, slow
+    assert min(slow.get(op, 0) for op in ("lookup", "read", "readlink", "listxattr", "readdir")) > 0, slow
+    if not binding.available().fast_readdir:  # a binding before 0011: listings are Python's
+        fast.pop("readdir")
     assert fast == {}, fast

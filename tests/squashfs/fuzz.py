@@ -435,7 +435,7 @@ def exercise(image: bytes) -> None:
 
 
 def through_handlers(call: Callable[..., tuple[int, object]], path: bytes) -> None:
-    """Resolve ``path`` with the C handlers' lookups, then its getattr and readlink (a request
+    """Resolve ``path`` with the C handlers' lookups, then its getattr, readlink and listing (a request
     the handler answers: 0 or an errno; one it declines: -1; anything else, or an exception, is a
     bug)."""
     ino = 1
@@ -446,10 +446,14 @@ def through_handlers(call: Callable[..., tuple[int, object]], path: bytes) -> No
         if res != 0 or not isinstance(entry, tuple):
             return
         ino = entry[0]
-    for op in ("getattr", "readlink"):
-        res, _ = call(op, ino)
+    for op in ("getattr", "readlink", "readdir"):
+        res, value = call(op, ino)
         if not isinstance(res, int) or res < -1:
             raise AssertionError(f"{op} answered {res!r}")
+    if res == 0 and isinstance(value, list) and len(value) > 3:  # a listing, resumed mid-way
+        res, _ = call("readdir", ino, b"", value[2][2], 2)
+        if not isinstance(res, int) or res < -1:
+            raise AssertionError(f"readdir from a cookie answered {res!r}")
 
 
 @dataclass
