@@ -12,7 +12,7 @@ threads, nanoseconds from /proc/PID/task/*/schedstat) is reported beside the wal
 what a change to the daemon changes, and it moves less with the machine's load than the wall
 time. Passes: a walk with ``lstat`` of every entry, a read of every regular file, and
 ``listxattr`` + ``getxattr`` of every entry. The daemon runs on CPU 1 and the reader on CPU 0
-(``--pin split``).
+(``--pin split``, the default), or both on CPU 0 (``--pin same``).
 
 Passes by path (``-by-path``: read-all, readlink, xattr) take the list of paths made beforehand,
 as the harness's read-all, readlink and xattr workloads do: the kernel then resolves each path with LOOKUP
@@ -22,6 +22,10 @@ requests, where the walk's READDIRPLUS answered a whole directory's entries at o
 tar -x -C DIR``, plus that commit's built ``.so`` files for its native modules) through the
 same interpreter and binding (the installed ``siffs`` command with ``PYTHONPATH=DIR``: not
 ``python -m siffs``, which would put the working directory, maybe this checkout, first).
+``--without FEATURE,...`` adds siffs with those pyfuse3 patches switched off
+(``SIFFS_PYFUSE3_FEATURES``: every feature but these), to measure what a patch buys on the same
+code and binding.
+
 Needs root (drop_caches) and squashfuse_ll.
 """
 
@@ -43,6 +47,8 @@ here = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(here))
 
 from request_cost import partition_offset  # noqa: E402 - bench/ is the script's directory
+
+from siffs.fs import binding  # noqa: E402
 
 DEFAULT_IMAGE = "/tmp/siffs-bench/images-own/rootfs-zstd.sif"
 DAEMON_CPU, READER_CPU = 1, 0
@@ -150,6 +156,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", type=Path, metavar="DIR", help="another commit's siffs and runtime")
     ap.add_argument("--passes", metavar="NAME,...", help="only these passes (default: all)")
+    ap.add_argument("--pin", choices=("split", "same"), default="split", help="daemon's CPU")
+    ap.add_argument("--without", metavar="FEATURE,...", help="add siffs without these pyfuse3 patches")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("squashfuse_ll"):
         sys.exit("cold_ab: needs root (to drop the page cache) and squashfuse_ll")
@@ -161,6 +169,11 @@ def main() -> None:
     }
     if args.baseline:
         peers["baseline"] = (siffs, {"PYTHONPATH": str(args.baseline.resolve())})
+    if args.without:
+        off = set(args.without.split(","))
+        kept = ",".join(name for name in binding.Features.names() if name not in off)
+        peers[f"-{args.without}"] = (siffs, {binding.ENV: kept})
+    daemon_cpu = DAEMON_CPU if args.pin == "split" else READER_CPU
     os.sched_setaffinity(0, {READER_CPU})
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     work = tempfile.mkdtemp(prefix="siffs-coldab-")
@@ -179,7 +192,7 @@ def main() -> None:
             for name, run in passes.items():
                 for peer, (command, env) in peers.items():
                     subprocess.run(
-                        ["taskset", "-c", str(DAEMON_CPU), *command, mnt],
+                        ["taskset", "-c", str(daemon_cpu), *command, mnt],
                         check=True,
                         env={**os.environ, **env},
                         stderr=subprocess.DEVNULL,
@@ -202,7 +215,8 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.image}, {args.rounds} rounds, medians; load {min(loads):.2f}-{max(loads):.2f}")
+    load = f"{min(loads):.2f}-{max(loads):.2f}"
+    print(f"{args.image}, {args.rounds} rounds, --pin {args.pin}, medians; load {load}")
     print(f"{'pass':18}{'peer':15}{'wall s':>9}{'daemon CPU s':>14}{'÷ squashfuse_ll (wall)':>25}")
     for name in passes:
         ref = statistics.median(w for w, _ in results[name, "squashfuse_ll"])
