@@ -14,9 +14,10 @@ time. Passes: a walk with ``lstat`` of every entry, a read of every regular file
 ``listxattr`` + ``getxattr`` of every entry. The daemon runs on CPU 1 and the reader on CPU 0
 (``--pin split``, the default), or both on CPU 0 (``--pin same``).
 
-Passes by path (``-by-path``: read-all, readlink, xattr) take the list of paths made beforehand,
-as the harness's read-all, readlink and xattr workloads do: the kernel then resolves each path with LOOKUP
-requests, where the walk's READDIRPLUS answered a whole directory's entries at once.
+Passes by path (``-by-path``: read-all, read-all with 4 threads, readlink, xattr) take the list of
+paths made beforehand, as the harness's read-all, readall_par4, readlink and xattr workloads do:
+the kernel then resolves each path with LOOKUP requests, where the walk's READDIRPLUS answered a
+whole directory's entries at once.
 
 ``--baseline DIR`` adds siffs running another commit's code (``git archive BASE siffs runtime |
 tar -x -C DIR``, plus that commit's built ``.so`` files for its native modules) through the
@@ -47,6 +48,7 @@ here = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(here))
 
 from request_cost import partition_offset  # noqa: E402 - bench/ is the script's directory
+from workloads import read_files  # noqa: E402
 
 from siffs.fs import binding  # noqa: E402
 
@@ -130,6 +132,9 @@ def by_path(files: list[str], links: list[str], entries: list[str]) -> dict[str,
         for path in files:
             read_file(os.path.join(mnt, path), buf)
 
+    def read_all_x4_by_path(mnt: str) -> None:  # the harness's readall_par4: 4 threads, shared index
+        read_files([os.path.join(mnt, path) for path in files], 4, float("inf"))
+
     def readlink_by_path(mnt: str) -> None:
         for rel in links:
             os.readlink(os.path.join(mnt, rel))
@@ -142,6 +147,7 @@ def by_path(files: list[str], links: list[str], entries: list[str]) -> dict[str,
 
     return {
         "read-all-by-path": read_all_by_path,
+        "read-all-x4-by-path": read_all_x4_by_path,
         "readlink-by-path": readlink_by_path,
         "xattr-by-path": xattrs_by_path,
     }
@@ -217,13 +223,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     load = f"{min(loads):.2f}-{max(loads):.2f}"
     print(f"{args.image}, {args.rounds} rounds, --pin {args.pin}, medians; load {load}")
-    print(f"{'pass':18}{'peer':15}{'wall s':>9}{'daemon CPU s':>14}{'÷ squashfuse_ll (wall)':>25}")
+    print(f"{'pass':21}{'peer':15}{'wall s':>9}{'daemon CPU s':>14}{'÷ squashfuse_ll (wall)':>25}")
     for name in passes:
         ref = statistics.median(w for w, _ in results[name, "squashfuse_ll"])
         for peer in peers:
             wall = statistics.median(w for w, _ in results[name, peer])
             cpu = statistics.median(c for _, c in results[name, peer])
-            print(f"{name:18}{peer:15}{wall:9.3f}{cpu:14.3f}{ref / wall:25.2f}")
+            print(f"{name:21}{peer:15}{wall:9.3f}{cpu:14.3f}{ref / wall:25.2f}")
 
 
 if __name__ == "__main__":
