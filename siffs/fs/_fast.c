@@ -177,6 +177,18 @@ static int remember_parent(const Handlers *h, PyObject *ino, uint64_t dir) {
     return res;
 }
 
+/* remember_parent for an entry the tree answered as C values (its inode number a C value too). */
+static int remember_dir(const Handlers *h, uint64_t ino, uint64_t dir) {
+    PyObject *number = PyLong_FromUnsignedLongLong(ino);
+    if (number == NULL) {
+        PyErr_Clear();
+        return DECLINE;
+    }
+    int res = remember_parent(h, number, dir);
+    Py_DECREF(number);
+    return res;
+}
+
 /* The tree's answer as C values (_tree.h), when it has one: 0 or an errno, else DECLINE. */
 static int native_lookup(const Handlers *h, uint64_t dir, const char *name, size_t n, fast_entry *entry) {
     TreeStat ts;
@@ -190,16 +202,7 @@ static int native_lookup(const Handlers *h, uint64_t dir, const char *name, size
     if (rc != TREE_FOUND)
         return DECLINE;
     fill_values(h, ts.f, entry);
-    if (!S_ISDIR(entry->attr.st_mode))
-        return 0;
-    PyObject *ino = PyLong_FromUnsignedLongLong(ts.f[TS_INO]);
-    if (ino == NULL) {
-        PyErr_Clear();
-        return DECLINE;
-    }
-    int res = remember_parent(h, ino, dir);
-    Py_DECREF(ino);
-    return res;
+    return S_ISDIR(entry->attr.st_mode) ? remember_dir(h, ts.f[TS_INO], dir) : 0;
 }
 
 static int fast_lookup(void *data, uint64_t parent, const char *name, fast_entry *entry) {
@@ -425,17 +428,12 @@ static int fast_listxattr(void *data, uint64_t ino, uint32_t uid, PyObject **out
 /* A name in a listing is at most this long (_listing.h's MAX_NAME). */
 #define LISTED_NAME_MAX 256
 
-/* "." or ".." with the attributes of `ino` handed to `add`: 0, 1 when the reply is full, DECLINE. */
-static int add_dot(const Handlers *h, uint64_t ino, const char *name, uint64_t cookie, fast_add add, void *ctx) {
-    TreeStat ts;
-    int rc = h->api->getattr(h->native, ino, &ts);
-    if (rc != TREE_FOUND) {
-        if (rc == TREE_ERROR)
-            PyErr_Clear(); /* the Python path meets it again and says what it is */
-        return DECLINE;
-    }
+/* "." or ".." with the attributes of `ino` (as getattr answers) handed to `add`: 0, 1 when the reply
+ * is full, DECLINE (an error too: the Python path meets it again and says what it is). */
+static int add_dot(Handlers *h, uint64_t ino, const char *name, uint64_t cookie, fast_add add, void *ctx) {
     fast_entry e;
-    fill_values(h, ts.f, &e);
+    if (fast_getattr(h, swap(h, ino), &e) != 0)
+        return DECLINE;
     return add(ctx, name, &e, cookie);
 }
 
@@ -465,15 +463,8 @@ static int take_entry(void *ctx, const unsigned char *name, size_t size, const T
     Listing *l = ctx;
     fast_entry e;
     fill_values(l->h, st->f, &e);
-    if (S_ISDIR(e.attr.st_mode)) {
-        PyObject *ino = PyLong_FromUnsignedLongLong(st->f[TS_INO]);
-        int res = ino == NULL ? DECLINE : remember_parent(l->h, ino, l->dir);
-        Py_XDECREF(ino);
-        if (res != 0) {
-            PyErr_Clear();
-            return -1;
-        }
-    }
+    if (S_ISDIR(e.attr.st_mode) && remember_dir(l->h, st->f[TS_INO], l->dir) != 0)
+        return -1;
     char cname[LISTED_NAME_MAX + 1];
     if (size > LISTED_NAME_MAX)
         return -1;
